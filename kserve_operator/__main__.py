@@ -1,0 +1,76 @@
+"""`python -m kserve_operator`: parse settings, register the controllers, run kopf."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import kopf
+
+from kserve_operator import observability
+from kserve_operator.clients.kube import KubeClient, resolve_connection
+from kserve_operator.clients.prometheus import PrometheusClient
+from kserve_operator.controllers import memcached
+from kserve_operator.settings import OperatorSettings, kopf_settings, parse_settings
+
+
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: object) -> kopf.ConnectionInfo:
+        return resolve_connection()
+
+    memcached.register(settings, registry)
+    return registry
+
+
+async def run(settings: OperatorSettings) -> None:
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    kube = KubeClient(user_agent="kserve-operator")
+    prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
+    memo = kopf.Memo(memcached=memcached.MemcachedContext(settings=settings, kube=kube, prometheus=prometheus))
+    runner = None
+    if settings.http_port:
+        runner = await observability.serve_probes(settings.http_host, settings.http_port, ready)
+    try:
+        await kopf.operator(
+            registry=build_registry(settings),
+            settings=kopf_settings(settings),
+            standalone=True,
+            clusterwide=settings.all_namespaces,
+            namespaces=settings.namespaces,
+            memo=memo,
+            ready_flag=ready,
+            stop_flag=stop,
+        )
+    finally:
+        await kube.close()
+        if prometheus is not None:
+            await prometheus.close()
+        if runner is not None:
+            await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if settings.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    asyncio.run(run(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

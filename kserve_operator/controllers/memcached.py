@@ -1,0 +1,237 @@
+"""The Memcached controller: thin kopf handlers around one level-based reconcile.
+
+Every trigger (create/resume/spec change, the 30 s resync timer, a change of the owned
+Deployment) runs the same `reconcile`: read the Memcached, its Deployment and the metric,
+ask `planning.memcached` what should be, then write only what differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime
+import logging
+import time
+from typing import Any, cast
+
+import kopf
+
+from kserve_operator import observability
+from kserve_operator.clients.kube import DEPLOYMENTS, SERVICES, KubeClient, Resource
+from kserve_operator.clients.prometheus import PrometheusClient
+from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable
+from kserve_operator.planning import memcached as plan
+from kserve_operator.planning.backoff import backoff_delay
+from kserve_operator.planning.diff import needs_update
+from kserve_operator.resources.memcached import GROUP, KIND, PLURAL, VERSION, parse_spec
+from kserve_operator.settings import OperatorSettings
+
+MEMCACHEDS = Resource(GROUP, VERSION, PLURAL)
+CONTROLLER = "memcached"
+
+
+@dataclasses.dataclass
+class MemcachedContext:
+    """What the handlers share: settings, clients and one lock per object (kopf's memo)."""
+
+    settings: OperatorSettings
+    kube: KubeClient
+    prometheus: PrometheusClient | None
+    locks: collections.defaultdict[tuple[str, str], asyncio.Lock] = dataclasses.field(
+        default_factory=lambda: collections.defaultdict(asyncio.Lock)
+    )
+
+
+class Outcome:
+    OK = "ok"
+    INVALID = "invalid"
+    GONE = "gone"
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+async def _observe_connections(ctx: MemcachedContext, body: dict[str, Any], query: str | None) -> float:
+    if ctx.prometheus is None:
+        raise MetricsUnavailable("PROMETHEUS_URL is not set")
+    meta = body["metadata"]
+    promql = query or plan.default_metrics_query(meta["namespace"], meta["name"])
+    return await ctx.prometheus.query_scalar(promql)
+
+
+def _emit(body: dict[str, Any], events: list[plan.EventPlan]) -> None:
+    # kopf only reads apiVersion/kind/metadata from the body; a plain dict from our GET works.
+    target = cast(kopf.Body, body)
+    for event in events:
+        kopf.event(target, type=event.type, reason=event.reason, message=event.message)
+
+
+async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: logging.Logger | Any) -> str:
+    """One level-based pass. Raises ApiError for the caller to retry; returns an Outcome."""
+    async with ctx.locks[(namespace, name)]:
+        started = time.perf_counter()
+        try:
+            return await _reconcile(ctx, namespace, name, logger)
+        finally:
+            observability.RECONCILE_SECONDS.labels(controller=CONTROLLER).observe(time.perf_counter() - started)
+
+
+async def _reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: logging.Logger | Any) -> str:
+    kube = ctx.kube
+    body = await kube.get(MEMCACHEDS, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return Outcome.GONE
+    now = _now()
+
+    try:
+        spec = parse_spec(body.get("spec"))
+    except InvalidSpec as exc:
+        # Permanent until the user edits the spec: report it, touch nothing else.
+        status = plan.plan_error_status(body, str(exc), now)
+        changes = plan.status_changes(body.get("status"), status)
+        if changes:
+            await kube.patch(MEMCACHEDS, namespace, name, {"status": changes}, subresource="status")
+            _emit(body, plan.plan_events(body, status, previous_replicas=None,
+                                         decision=plan.ReplicaDecision(0, 0, None, "")))
+        logger.warning("Memcached %s/%s has an invalid spec: %s", namespace, name, exc)
+        return Outcome.INVALID
+
+    deployment = await kube.get(DEPLOYMENTS, namespace, name)
+    current = deployment["spec"].get("replicas") if deployment else None
+
+    connections: float | None = None
+    metrics_problem: str | None = None
+    if spec.autoscaling:
+        try:
+            connections = await _observe_connections(ctx, body, spec.metrics_query)
+        except MetricsUnavailable as exc:
+            metrics_problem = str(exc)
+            logger.warning("Memcached %s/%s: metrics unavailable, holding replicas: %s", namespace, name, exc)
+
+    old_status = body.get("status") or {}
+    decision = plan.decide_replicas(
+        spec,
+        connections=connections,
+        current=current,
+        window=plan.ScaleDownWindow.from_status(old_status.get("scaleDown")),
+        now=now,
+    )
+
+    desired_deployment = plan.build_deployment(body, decision.replicas, ctx.settings.memcached)
+    if deployment is None:
+        deployment = await kube.create(DEPLOYMENTS, desired_deployment)
+        logger.info("Created Deployment %s/%s with %d replica(s)", namespace, name, decision.replicas)
+    elif needs_update(deployment, desired_deployment, sections=("metadata.labels", "metadata.ownerReferences", "spec")):
+        deployment = await kube.patch(
+            DEPLOYMENTS, namespace, name,
+            {"metadata": {"labels": desired_deployment["metadata"]["labels"],
+                          "ownerReferences": desired_deployment["metadata"]["ownerReferences"]},
+             "spec": desired_deployment["spec"]},
+        )
+    desired_service = plan.build_service(body)
+    service = await kube.get(SERVICES, namespace, name)
+    if service is None:
+        await kube.create(SERVICES, desired_service)
+    elif needs_update(service, desired_service, sections=("metadata.labels", "metadata.ownerReferences", "spec")):
+        await kube.patch(SERVICES, namespace, name, {"metadata": {"labels": desired_service["metadata"]["labels"]},
+                                                     "spec": desired_service["spec"]})
+
+    scaled = current != decision.replicas
+    if scaled and current is not None:
+        observability.SCALES.labels(direction="up" if decision.replicas > current else "down").inc()
+    status = plan.plan_status(
+        body, decision, deployment=deployment, connections=connections,
+        metrics_problem=metrics_problem, scaled=scaled, now=now,
+    )
+    changes = plan.status_changes(old_status, status)
+    if changes:
+        await kube.patch(MEMCACHEDS, namespace, name, {"status": changes}, subresource="status")
+    _emit(body, plan.plan_events(body, status, previous_replicas=current, decision=decision))
+    return Outcome.OK
+
+
+async def _run(memo: Any, namespace: str, name: str, logger: Any, retry: int, *, raise_permanent: bool) -> None:
+    ctx: MemcachedContext = memo.memcached
+    try:
+        outcome = await reconcile(ctx, namespace, name, logger)
+    except ApiError as exc:
+        observability.RECONCILES.labels(controller=CONTROLLER, result="error").inc()
+        if exc.temporary or exc.status in (404,):
+            raise kopf.TemporaryError(str(exc), delay=backoff_delay(retry)) from exc
+        raise kopf.PermanentError(str(exc)) from exc
+    observability.RECONCILES.labels(controller=CONTROLLER, result=outcome).inc()
+    if outcome == Outcome.INVALID and raise_permanent:
+        raise kopf.PermanentError("invalid spec; see status.conditions")
+
+
+async def memcached_changed(
+    namespace: str | None, name: str, memo: Any, logger: kopf.Logger, retry: int, **_: Any
+) -> None:
+    """Create, resume and spec changes: reconcile now."""
+    assert namespace is not None  # the CRD is namespaced
+    await _run(memo, namespace, name, logger, retry, raise_permanent=True)
+
+
+async def memcached_resync(namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """The periodic re-evaluation (the seed's RequeueAfter: 30s): metrics move without events."""
+    assert namespace is not None
+    await _run(memo, namespace, name, logger, 0, raise_permanent=False)
+
+
+async def deployment_changed(
+    body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger, **_: Any
+) -> None:
+    """A change of an owned Deployment (readiness, someone editing replicas): reconcile its owner."""
+    if type is None:  # the initial listing: the Memcached's own resume handler covers it
+        return
+    for owner in body.get("metadata", {}).get("ownerReferences") or []:
+        if owner.get("kind") == KIND and str(owner.get("apiVersion", "")).startswith(f"{GROUP}/"):
+            namespace = body["metadata"]["namespace"]
+            try:
+                await reconcile(memo.memcached, namespace, owner["name"], logger)
+            except ApiError as exc:
+                logger.warning("Reconcile of Memcached %s/%s after a Deployment change failed: %s",
+                               namespace, owner["name"], exc)
+
+
+async def memcached_deleted(
+    namespace: str | None, name: str, memo: Any, logger: kopf.Logger, runtime: datetime.timedelta, **_: Any
+) -> None:
+    """Graceful termination: scale to zero, wait (bounded) for the pods to go, then release."""
+    assert namespace is not None
+    ctx: MemcachedContext = memo.memcached
+    try:
+        deployment = await ctx.kube.get(DEPLOYMENTS, namespace, name)
+        if deployment is None:
+            return
+        if deployment["spec"].get("replicas") != 0:
+            deployment = await ctx.kube.patch(DEPLOYMENTS, namespace, name, {"spec": {"replicas": 0}})
+            logger.info("Scaling Deployment %s/%s to zero before deletion", namespace, name)
+    except ApiError as exc:
+        raise kopf.TemporaryError(f"could not scale down before deletion: {exc}", delay=2) from exc
+    remaining = int((deployment.get("status") or {}).get("replicas") or 0)
+    if remaining == 0:
+        return
+    if runtime.total_seconds() >= ctx.settings.finalizer_timeout_seconds:
+        logger.warning("Deployment %s/%s still has %d pod(s) after %.0fs; releasing anyway",
+                       namespace, name, remaining, runtime.total_seconds())
+        return
+    raise kopf.TemporaryError(f"waiting for {remaining} pod(s) to stop", delay=1)
+
+
+def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
+    """Attach the handlers; done at start-up so the resync interval comes from settings."""
+    resource = (GROUP, VERSION, PLURAL)
+    kopf.on.resume(*resource, registry=registry)(memcached_changed)
+    kopf.on.create(*resource, registry=registry)(memcached_changed)
+    kopf.on.update(*resource, field="spec", registry=registry)(memcached_changed)
+    kopf.on.delete(*resource, registry=registry)(memcached_deleted)
+    kopf.timer(*resource, interval=settings.resync_seconds, initial_delay=settings.resync_seconds,
+               registry=registry)(memcached_resync)
+    kopf.on.event(
+        "apps", "v1", "deployments",
+        labels={"app.kubernetes.io/managed-by": plan.MANAGED_BY, "app.kubernetes.io/name": "memcached"},
+        registry=registry,
+    )(deployment_changed)

@@ -1,0 +1,65 @@
+"""The operator's own /metrics, /healthz and /readyz, served from its event loop.
+
+Liveness answers while the loop runs; readiness waits for kopf's ready flag (caches
+primed, watches started), so a rolling update keeps the old pod until the new one works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import prometheus_client
+from aiohttp import web
+
+REGISTRY = prometheus_client.CollectorRegistry(auto_describe=True)
+
+RECONCILES = prometheus_client.Counter(
+    "kserve_operator_reconciles_total", "Reconciles by controller and result.",
+    ["controller", "result"], registry=REGISTRY,
+)
+RECONCILE_SECONDS = prometheus_client.Histogram(
+    "kserve_operator_reconcile_duration_seconds", "Reconcile wall time.",
+    ["controller"], registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+API_REQUESTS = prometheus_client.Counter(
+    "kserve_operator_api_requests_total", "Kubernetes API calls made by the operator's own client.",
+    ["method", "code"], registry=REGISTRY,
+)
+API_LATENCY = prometheus_client.Histogram(
+    "kserve_operator_api_request_duration_seconds", "Kubernetes API call latency.",
+    ["method"], registry=REGISTRY,
+)
+SCALES = prometheus_client.Counter(
+    "kserve_operator_memcached_scale_total", "Replica changes applied to Memcached Deployments.",
+    ["direction"], registry=REGISTRY,
+)
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def _metrics(_: web.Request) -> web.Response:
+    body = prometheus_client.generate_latest(REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
+def _readyz(ready: asyncio.Event) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(_: web.Request) -> web.Response:
+        if ready.is_set():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="starting\n")
+    return handler
+
+
+async def serve_probes(host: str, port: int, ready: asyncio.Event) -> web.AppRunner:
+    app = web.Application()
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz(ready))
+    app.router.add_get("/metrics", _metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,394 @@
+"""Everything the Memcached controller decides: replica math, the scaling window,
+the Deployment and Service manifests, the status and the events to emit.
+
+Pure: callers pass the observed state and `now`; nothing here talks to a server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from kserve_operator.resources import conditions as cond
+from kserve_operator.resources.memcached import KIND, MemcachedSpec
+
+MEMCACHED_PORT = 11211
+EXPORTER_PORT = 9150
+MANAGED_BY = "kserve-operator"
+
+PHASE_PENDING = "Pending"
+PHASE_RUNNING = "Running"
+PHASE_SCALING = "Scaling"
+PHASE_SCALED_TO_ZERO = "ScaledToZero"
+PHASE_ERROR = "Error"
+
+
+@dataclasses.dataclass(frozen=True)
+class MemcachedImages:
+    """Operator-wide settings for the pods it runs (from OperatorSettings)."""
+
+    memcached: str = "memcached:1.6.38-alpine"
+    exporter: str = "prom/memcached-exporter:v0.15.3"
+    memory_mb: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleDownWindow:
+    """A pending scale-down: the lower value first seen at `since`, the highest wanted value since."""
+
+    since: datetime.datetime
+    replicas: int
+
+    def to_status(self) -> dict[str, Any]:
+        return {"since": cond.rfc3339(self.since), "replicas": self.replicas}
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any] | None) -> ScaleDownWindow | None:
+        if not raw or "since" not in raw or "replicas" not in raw:
+            return None
+        try:
+            return cls(since=cond.parse_rfc3339(str(raw["since"])), replicas=int(raw["replicas"]))
+        except (TypeError, ValueError):
+            return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaDecision:
+    replicas: int  # what the Deployment should run now
+    wanted: int  # what demand asks for right now (spares added, capped)
+    window: ScaleDownWindow | None  # an open scale-down window, if any
+    reason: str  # why, in words, for events and logs
+
+
+def labels_for(name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "memcached",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def selector_for(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "memcached", "app.kubernetes.io/instance": name}
+
+
+def default_metrics_query(namespace: str, name: str) -> str:
+    """Client connections over the cache's pods.
+
+    memcached counts the exporter's own stats connection in `curr_connections`, so each
+    pod reports 1 when idle; subtracting it lets an idle cache read 0 and scale to zero.
+    """
+    selector = f'namespace="{namespace}",pod=~"{name}-[a-z0-9]+-[a-z0-9]+"'
+    return f"sum(clamp_min(memcached_current_connections{{{selector}}} - 1, 0))"
+
+
+def wanted_replicas(spec: MemcachedSpec, connections: float) -> int:
+    """max(size, ceil(connections / target)) plus warm spares, capped; 0 only when idle at size 0."""
+    if spec.target_connections_per_replica is None:
+        return spec.size
+    demand = math.ceil(max(connections, 0.0) / spec.target_connections_per_replica)
+    base = max(spec.size, demand)
+    if base == 0:
+        return 0
+    return min(base + spec.cold_start_buffer, spec.max_size)
+
+
+def decide_replicas(
+    spec: MemcachedSpec,
+    *,
+    connections: float | None,
+    current: int | None,
+    window: ScaleDownWindow | None,
+    now: datetime.datetime,
+) -> ReplicaDecision:
+    """Scale up at once, scale down only after the lower value held for the whole window.
+
+    `connections=None` means Prometheus gave no usable answer: hold what runs now.
+    `current=None` means there is no Deployment yet.
+    """
+    if not spec.autoscaling:
+        return ReplicaDecision(spec.size, spec.size, None, f"size is {spec.size} (autoscaling off)")
+
+    if connections is None:
+        held = current if current is not None else max(spec.size, 1)
+        return ReplicaDecision(held, held, window, f"holding {held}: no usable metrics")
+
+    wanted = wanted_replicas(spec, connections)
+    why = (
+        f"{connections:g} active connections, {spec.target_connections_per_replica} per replica, "
+        f"size {spec.size}, {spec.cold_start_buffer} warm spare(s), max {spec.max_size}"
+    )
+    if current is None:
+        # A new cache starts warm; reaching zero takes a whole idle window like any scale-down.
+        start = max(wanted, 1)
+        opened = ScaleDownWindow(now, wanted) if wanted < start else None
+        return ReplicaDecision(start, wanted, opened, why)
+    if current > spec.max_size:
+        return ReplicaDecision(spec.max_size, wanted, None, f"{why}; capped at maxSize")
+    if wanted >= current:
+        return ReplicaDecision(wanted, wanted, None, why)
+
+    # wanted < current: open or extend the window; the highest value seen in it wins.
+    if window is None:
+        return ReplicaDecision(current, wanted, ScaleDownWindow(now, wanted), f"{why}; scale-down window opened")
+    pending = ScaleDownWindow(window.since, max(window.replicas, wanted))
+    if pending.replicas >= current:
+        # Demand came back up to the running count inside the window: start over.
+        return ReplicaDecision(current, wanted, ScaleDownWindow(now, wanted), f"{why}; window restarted")
+    elapsed = (now - window.since).total_seconds()
+    if elapsed >= spec.scaling_window_seconds:
+        return ReplicaDecision(pending.replicas, wanted, None, f"{why}; lower for {elapsed:.0f}s")
+    remaining = spec.scaling_window_seconds - elapsed
+    return ReplicaDecision(current, wanted, pending, f"{why}; scale-down in {remaining:.0f}s")
+
+
+def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata", {})
+    return {
+        "apiVersion": str(body.get("apiVersion", "")),
+        "kind": str(body.get("kind", KIND)),
+        "name": meta.get("name"),
+        "uid": meta.get("uid"),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+_RESTRICTED_CONTAINER: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def build_deployment(body: Mapping[str, Any], replicas: int, images: MemcachedImages) -> dict[str, Any]:
+    """memcached plus the upstream exporter as a sidecar, restricted pod security, probes."""
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    memory_limit = f"{images.memory_mb + images.memory_mb // 2}Mi"
+    memcached = {
+        "name": "memcached",
+        "image": images.memcached,
+        "args": ["-m", str(images.memory_mb), "-p", str(MEMCACHED_PORT), "-U", "0", "-c", "4096"],
+        "ports": [{"name": "memcached", "containerPort": MEMCACHED_PORT, "protocol": "TCP"}],
+        "resources": {
+            "requests": {"cpu": "100m", "memory": f"{images.memory_mb}Mi"},
+            "limits": {"memory": memory_limit},
+        },
+        "readinessProbe": {"tcpSocket": {"port": "memcached"}, "periodSeconds": 5},
+        "livenessProbe": {"tcpSocket": {"port": "memcached"}, "initialDelaySeconds": 10, "periodSeconds": 10},
+        "securityContext": {**_RESTRICTED_CONTAINER, "runAsUser": 11211, "runAsGroup": 11211},
+    }
+    exporter = {
+        "name": "exporter",
+        "image": images.exporter,
+        "args": [f"--memcached.address=127.0.0.1:{MEMCACHED_PORT}", f"--web.listen-address=:{EXPORTER_PORT}"],
+        "ports": [{"name": "metrics", "containerPort": EXPORTER_PORT, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 10},
+        "livenessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 20},
+        "securityContext": {**_RESTRICTED_CONTAINER, "runAsUser": 65534, "runAsGroup": 65534},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels_for(name),
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_for(name)},
+            "template": {
+                "metadata": {
+                    "labels": labels_for(name),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(EXPORTER_PORT),
+                    },
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [memcached, exporter],
+                },
+            },
+        },
+    }
+
+
+def build_service(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels_for(name),
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "selector": selector_for(name),
+            "ports": [
+                {"name": "memcached", "port": MEMCACHED_PORT, "targetPort": "memcached", "protocol": "TCP"},
+                {"name": "metrics", "port": EXPORTER_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class EventPlan:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+def _phase(replicas: int, ready: int, deployment_replicas: int | None) -> str:
+    if replicas == 0 and ready == 0:
+        return PHASE_SCALED_TO_ZERO
+    if deployment_replicas is None:
+        return PHASE_PENDING
+    if deployment_replicas != replicas or ready != replicas:
+        return PHASE_SCALING
+    return PHASE_RUNNING
+
+
+def plan_status(
+    body: Mapping[str, Any],
+    decision: ReplicaDecision,
+    *,
+    deployment: Mapping[str, Any] | None,
+    connections: float | None,
+    metrics_problem: str | None,
+    scaled: bool,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    """The status a healthy reconcile writes; identical input gives an identical status.
+
+    `deployment` is the Deployment as it stands after this reconcile applied its change;
+    `scaled` says whether this reconcile changed its replicas.
+    """
+    old: Mapping[str, Any] = body.get("status") or {}
+    generation = body.get("metadata", {}).get("generation")
+    dep_status = (deployment or {}).get("status") or {}
+    dep_replicas = (deployment or {}).get("spec", {}).get("replicas") if deployment else None
+    ready = int(dep_status.get("readyReplicas") or 0)
+    replicas = decision.replicas
+    phase = _phase(replicas, ready, dep_replicas)
+
+    conditions: list[cond.Condition] = list(old.get("conditions") or [])
+    if phase == PHASE_SCALED_TO_ZERO:
+        available = (cond.FALSE, "ScaledToZero", "scaled to zero after a whole window without connections")
+    elif ready > 0:
+        available = (cond.TRUE, "ReplicasReady", f"{ready}/{replicas} replicas ready")
+    else:
+        available = (cond.FALSE, "NoReplicasReady", f"0/{replicas} replicas ready")
+    if phase in (PHASE_SCALING, PHASE_PENDING):
+        progressing = (cond.TRUE, "Scaling", f"{ready}/{replicas} replicas ready")
+    elif decision.window is not None:
+        progressing = (
+            cond.FALSE,
+            "ScaleDownPending",
+            f"demand is {decision.wanted}; scaling down to {decision.window.replicas} after the window",
+        )
+    else:
+        progressing = (cond.FALSE, "Settled", f"running {replicas} replica(s) as wanted")
+    if metrics_problem is not None:
+        degraded = (cond.TRUE, "MetricsUnavailable", f"holding {replicas} replica(s): {metrics_problem}")
+    else:
+        degraded = (cond.FALSE, "AsExpected", "reconciled")
+    for ctype, (value, reason, message) in (
+        (cond.AVAILABLE, available),
+        (cond.PROGRESSING, progressing),
+        (cond.DEGRADED, degraded),
+    ):
+        conditions = cond.set_condition(
+            conditions, type=ctype, status=value, reason=reason, message=message, now=now, generation=generation
+        )
+
+    status: dict[str, Any] = {
+        "phase": phase,
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "desiredReplicas": decision.wanted,
+        "conditions": conditions,
+        "scaleDown": decision.window.to_status() if decision.window else None,
+    }
+    if generation is not None:
+        status["observedGeneration"] = generation
+    if connections is not None:
+        status["activeConnections"] = connections
+    elif "activeConnections" in old:
+        status["activeConnections"] = old["activeConnections"]
+    if scaled:
+        status["lastScaleTime"] = cond.rfc3339(now)
+    elif "lastScaleTime" in old:
+        status["lastScaleTime"] = old["lastScaleTime"]
+    return status
+
+
+def plan_error_status(body: Mapping[str, Any], problem: str, now: datetime.datetime) -> dict[str, Any]:
+    """An invalid spec: say why, keep the rest of the status as it was, change nothing else."""
+    old: Mapping[str, Any] = body.get("status") or {}
+    generation = body.get("metadata", {}).get("generation")
+    conditions: list[cond.Condition] = list(old.get("conditions") or [])
+    conditions = cond.set_condition(
+        conditions, type=cond.DEGRADED, status=cond.TRUE, reason="InvalidSpec", message=problem,
+        now=now, generation=generation,
+    )
+    conditions = cond.set_condition(
+        conditions, type=cond.PROGRESSING, status=cond.FALSE, reason="InvalidSpec",
+        message="waiting for a valid spec", now=now, generation=generation,
+    )
+    status = {**old, "phase": PHASE_ERROR, "conditions": conditions}
+    if generation is not None:
+        status["observedGeneration"] = generation
+    return status
+
+
+def status_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch turning `old` into `new` at the top level; empty when nothing changed."""
+    old = old or {}
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        if old.get(key) != value:
+            patch[key] = value
+    return patch
+
+
+def plan_events(
+    body: Mapping[str, Any],
+    new_status: Mapping[str, Any],
+    *,
+    previous_replicas: int | None,
+    decision: ReplicaDecision,
+) -> list[EventPlan]:
+    """Events on every scale and on every newly raised problem (not on every tick)."""
+    events: list[EventPlan] = []
+    if previous_replicas is not None and previous_replicas != decision.replicas:
+        verb = "up" if decision.replicas > previous_replicas else "down"
+        events.append(EventPlan(
+            "Normal", f"Scaled{verb.capitalize()}",
+            f"Scaled {verb} from {previous_replicas} to {decision.replicas} replica(s): {decision.reason}",
+        ))
+    old_conditions = list((body.get("status") or {}).get("conditions") or [])
+    old_degraded = cond.find_condition(old_conditions, cond.DEGRADED)
+    new_degraded = cond.find_condition(list(new_status.get("conditions") or []), cond.DEGRADED)
+    if new_degraded and new_degraded["status"] == cond.TRUE and (
+        old_degraded is None
+        or old_degraded.get("status") != cond.TRUE
+        or old_degraded.get("reason") != new_degraded.get("reason")
+    ):
+        events.append(EventPlan("Warning", str(new_degraded["reason"]), str(new_degraded["message"])))
+    return events

@@ -1,0 +1,86 @@
+"""The Memcached custom resource (cache.serverless.xyz/v1alpha1): spec parsing and validation.
+
+The CRD schema rejects most bad input at the API server; `parse_spec` re-checks what a
+schema cannot express (cross-field rules) and what could slip past an old CRD version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from kserve_operator.errors import InvalidSpec
+
+GROUP = "cache.serverless.xyz"
+VERSION = "v1alpha1"
+PLURAL = "memcacheds"
+KIND = "Memcached"
+
+MAX_REPLICAS = 100
+DEFAULT_WINDOW = "5m"
+
+_DURATION = re.compile(r"^(?:[0-9]+[smh])+$")
+_PART = re.compile(r"([0-9]+)([smh])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """Parse `30s`, `5m`, `1h30m` into seconds; anything else is an InvalidSpec."""
+    if not isinstance(text, str) or not _DURATION.match(text):
+        raise InvalidSpec(f"scalingWindow {text!r} is not a duration such as 30s, 5m or 1h")
+    return float(sum(int(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(text)))
+
+
+@dataclasses.dataclass(frozen=True)
+class MemcachedSpec:
+    size: int
+    scaling_window_seconds: float
+    cold_start_buffer: int
+    max_size: int
+    target_connections_per_replica: int | None
+    metrics_query: str | None
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.target_connections_per_replica is not None
+
+
+def _int_field(spec: Mapping[str, Any], name: str, default: int | None, low: int, high: int | None) -> int | None:
+    value = spec.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSpec(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise InvalidSpec(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def parse_spec(spec: Mapping[str, Any] | None) -> MemcachedSpec:
+    """Turn the raw spec into a MemcachedSpec, or raise InvalidSpec naming the field."""
+    if not isinstance(spec, Mapping):
+        raise InvalidSpec("spec is missing")
+    if "size" not in spec:
+        raise InvalidSpec("size is required")
+    size = _int_field(spec, "size", None, 0, MAX_REPLICAS)
+    assert size is not None
+    buffer = _int_field(spec, "coldStartBuffer", 0, 0, MAX_REPLICAS)
+    max_size = _int_field(spec, "maxSize", None, 1, MAX_REPLICAS)
+    target = _int_field(spec, "targetConnectionsPerReplica", None, 1, None)
+    window = parse_duration(spec.get("scalingWindow", DEFAULT_WINDOW))
+    query = spec.get("metricsQuery")
+    if query is not None and (not isinstance(query, str) or not query.strip()):
+        raise InvalidSpec("metricsQuery must be a non-empty PromQL string")
+    if max_size is not None and max_size < size:
+        raise InvalidSpec(f"maxSize ({max_size}) must not be smaller than size ({size})")
+    return MemcachedSpec(
+        size=size,
+        scaling_window_seconds=window,
+        cold_start_buffer=buffer or 0,
+        max_size=max_size if max_size is not None else MAX_REPLICAS,
+        target_connections_per_replica=target,
+        metrics_query=query,
+    )

@@ -1,0 +1,107 @@
+"""Operator settings: flags and environment parsed once into a frozen dataclass, and kopf's tuning.
+
+Every environment variable the operator reads is read here and documented in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+
+import kopf
+
+from kserve_operator.planning.memcached import MemcachedImages
+
+FINALIZER = "serverless.xyz/kserve-operator"
+ANNOTATION_PREFIX = "kserve-operator.serverless.xyz"
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorSettings:
+    namespaces: tuple[str, ...] = ()
+    all_namespaces: bool = True
+    prometheus_url: str | None = None
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    resync_seconds: float = 30.0
+    finalizer_timeout_seconds: float = 60.0
+    memcached: MemcachedImages = dataclasses.field(default_factory=MemcachedImages)
+    verbose: bool = False
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{key}={raw!r} is not a number") from exc
+    if value <= 0:
+        raise SystemExit(f"{key} must be positive, got {raw}")
+    return value
+
+
+def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OperatorSettings:
+    """Flags win over environment variables, which win over defaults."""
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(prog="kserve-operator", description=__doc__)
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=None,
+                       help="watch this namespace (repeatable; env WATCH_NAMESPACE, comma-separated)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--prometheus-url", default=env.get("PROMETHEUS_URL") or None)
+    parser.add_argument("--http-port", type=int, default=int(env.get("OPERATOR_HTTP_PORT", "8080")),
+                        help="port for /healthz, /readyz and /metrics (0 disables)")
+    parser.add_argument("--http-host", default=env.get("OPERATOR_HTTP_HOST", "0.0.0.0"))
+    parser.add_argument("--resync-seconds", type=float, default=_float(env, "RESYNC_SECONDS", 30.0))
+    parser.add_argument("-v", "--verbose", action="store_true", default=env.get("LOG_LEVEL", "").upper() == "DEBUG")
+    args = parser.parse_args(argv)
+
+    namespaces: tuple[str, ...] = ()
+    if args.namespace:
+        namespaces = tuple(args.namespace)
+    elif not args.all_namespaces and env.get("WATCH_NAMESPACE"):
+        namespaces = tuple(ns.strip() for ns in env["WATCH_NAMESPACE"].split(",") if ns.strip())
+    if args.resync_seconds <= 0:
+        parser.error("--resync-seconds must be positive")
+    return OperatorSettings(
+        namespaces=namespaces,
+        all_namespaces=not namespaces,
+        prometheus_url=args.prometheus_url,
+        http_host=args.http_host,
+        http_port=args.http_port,
+        resync_seconds=args.resync_seconds,
+        finalizer_timeout_seconds=_float(env, "FINALIZER_TIMEOUT_SECONDS", 60.0),
+        memcached=MemcachedImages(
+            memcached=env.get("MEMCACHED_IMAGE") or MemcachedImages.memcached,
+            exporter=env.get("MEMCACHED_EXPORTER_IMAGE") or MemcachedImages.exporter,
+            memory_mb=int(_float(env, "MEMCACHED_MEMORY_MB", MemcachedImages.memory_mb)),
+        ),
+        verbose=args.verbose,
+    )
+
+
+def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+    """kopf's knobs, set once before it starts."""
+    tuned = kopf.OperatorSettings()
+    tuned.persistence.finalizer = FINALIZER
+    tuned.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    tuned.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    # Events come from the controllers' explicit decisions only: kopf would otherwise turn
+    # every handler log line (one per 30 s timer tick) into an Event, a write per tick.
+    tuned.posting.loggers = False
+    # Watches die silently behind some load balancers; reconnect well before that
+    # (kopf issues #232, #585: a server-side timeout plus a slightly longer client one).
+    tuned.watching.server_timeout = 300
+    tuned.watching.client_timeout = 330
+    tuned.watching.connect_timeout = 30
+    tuned.networking.request_timeout = 60
+    tuned.networking.error_backoffs = [1, 2, 5, 10, 20]
+    tuned.execution.max_workers = 16
+    tuned.batching.error_delays = (1, 2, 5, 10, 20, 30)
+    return tuned

@@ -1,0 +1,201 @@
+"""Everything the preloader can be told, parsed once into frozen dataclasses.
+
+This is the only module that reads the environment (KServe's S3 variables) or the command line.
+Every knob is a documented field with a default, in the manner of s3transfer's ``TransferConfig``;
+the rest of the package receives a ``Config`` and never looks at ``os.environ``. boto3's own
+credential chain (``AWS_ACCESS_KEY_ID``, web identity, instance metadata, ...) is left to boto3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from preloader.errors import UsageError
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+ProgressMode = Literal["auto", "always", "never"]
+AddressingStyle = Literal["auto", "virtual", "path"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach S3, following KServe's storage-initializer conventions."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    # True, False, or a CA bundle path (botocore's ``verify`` has the same three forms).
+    verify: bool | str = True
+    anonymous: bool = False
+    addressing_style: AddressingStyle = "auto"
+    # botocore retry mode for HEAD/LIST; the same budget is used for our ranged GETs.
+    retry_mode: Literal["standard", "adaptive"] = "standard"
+    max_attempts: int = 5
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """How the bytes are fetched; defaults measured on loopback and sized for a GPU node."""
+
+    part_size: int = 16 * MiB
+    concurrency: int = 8
+    # Bytes requested but not yet received, across all connections.
+    max_inflight_bytes: int = 256 * MiB
+    # Attempts per range for streaming failures (truncated body, reset connection) and 5xx.
+    max_attempts: int = 5
+    backoff_base: float = 0.2
+    backoff_cap: float = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    uri: str
+    device: str = "auto"
+    cache_dir: Path | None = None
+    revalidate: bool = False
+    termination_log: Path = Path("/dev/termination-log")
+    max_device_bytes: int | None = None
+    progress: ProgressMode = "auto"
+    log_level: str = "INFO"
+    s3: S3Settings = field(default_factory=S3Settings)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+def parse_size(text: str) -> int:
+    """'16MiB' -> 16777216, '1G' -> 10**9, '4096' -> 4096; binary units when an 'i' is present."""
+    match = _SIZE.match(text)
+    if not match:
+        raise UsageError(f"not a size: {text!r} (examples: 4096, 16MiB, 1GiB, 2G)")
+    number, unit = match.group(1), (match.group(2) or "").lower()
+    letter = unit[:1] if unit != "b" else ""
+    scale = (1 << (10 * "kmgt".index(letter) + 10)) if "i" in unit and letter else _UNITS[letter]
+    return int(float(number) * scale)
+
+
+def parse_bool(name: str, text: str) -> bool:
+    """Parse the loose booleans KServe writes into env ('0', 'false', 'True', ...)."""
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise UsageError(f"{name} must be true or false, got {text!r}")
+
+
+def s3_settings_from_env(env: Mapping[str, str]) -> S3Settings:
+    """Read KServe's S3 variables.
+
+    ``AWS_ENDPOINT_URL`` wins; otherwise ``S3_ENDPOINT`` (host[:port], as KServe's webhook writes it)
+    gets ``https://`` unless ``S3_USE_HTTPS`` is false. ``S3_VERIFY_SSL=0`` turns TLS verification
+    off, else ``AWS_CA_BUNDLE`` names a CA file. ``awsAnonymousCredential=true`` sends unsigned
+    requests. ``S3_USER_VIRTUAL_BUCKET`` (KServe's spelling) selects virtual-hosted addressing.
+    """
+    use_https = parse_bool("S3_USE_HTTPS", env.get("S3_USE_HTTPS", "1"))
+    endpoint = env.get("AWS_ENDPOINT_URL") or None
+    if endpoint is None and env.get("S3_ENDPOINT"):
+        raw = env["S3_ENDPOINT"].strip()
+        endpoint = raw if "://" in raw else f"{'https' if use_https else 'http'}://{raw}"
+    verify: bool | str = parse_bool("S3_VERIFY_SSL", env.get("S3_VERIFY_SSL", "1"))
+    if verify and env.get("AWS_CA_BUNDLE"):
+        verify = env["AWS_CA_BUNDLE"]
+    anonymous = parse_bool("awsAnonymousCredential", env.get("awsAnonymousCredential", "false"))
+    virtual = parse_bool("S3_USER_VIRTUAL_BUCKET", env.get("S3_USER_VIRTUAL_BUCKET", "false"))
+    region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or None
+    retry_mode = env.get("AWS_RETRY_MODE", "standard")
+    if retry_mode not in ("standard", "adaptive"):
+        raise UsageError(f"AWS_RETRY_MODE must be standard or adaptive, got {retry_mode!r}")
+    attempts = env.get("AWS_MAX_ATTEMPTS", "5")
+    if not attempts.isdigit() or int(attempts) < 1:
+        raise UsageError(f"AWS_MAX_ATTEMPTS must be a positive integer, got {attempts!r}")
+    return S3Settings(
+        endpoint_url=endpoint,
+        region=region,
+        verify=verify,
+        anonymous=anonymous,
+        addressing_style="virtual" if virtual else "auto",
+        retry_mode="adaptive" if retry_mode == "adaptive" else "standard",
+        max_attempts=int(attempts),
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting, so __main__ owns every exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="preloader",
+        description="Fetch a model from S3 into host memory and onto a device, through a node-local cache. "
+        "Prints one JSON result as the last line of stdout.",
+    )
+    parser.add_argument("uri", help="s3://bucket/key for one file, s3://bucket/prefix/ for a model directory")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="node-local cache directory")
+    parser.add_argument(
+        "--revalidate",
+        action="store_true",
+        help="on a cache hit, still LIST/HEAD S3 (no data) and fetch a new version if the ETags changed",
+    )
+    parser.add_argument("--termination-log", type=Path, default=Path("/dev/termination-log"))
+    parser.add_argument("--part-size", default="16MiB", help="bytes per ranged GET (default 16MiB)")
+    parser.add_argument("--concurrency", type=int, default=8, help="parallel connections (default 8)")
+    parser.add_argument("--max-inflight", default="256MiB", help="bytes requested at once (default 256MiB)")
+    parser.add_argument("--max-attempts", type=int, default=None, help="attempts per range (default 5)")
+    parser.add_argument(
+        "--max-device-bytes",
+        default=None,
+        help="refuse models larger than this (default: free device memory, or MemAvailable for cpu)",
+    )
+    parser.add_argument("--progress", choices=["auto", "always", "never"], default="auto")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
+    """argv + environment -> Config; raises UsageError naming the bad input."""
+    args = build_parser().parse_args(list(argv))
+    s3 = s3_settings_from_env(env)
+    part_size = parse_size(args.part_size)
+    inflight = parse_size(args.max_inflight)
+    if part_size < 64 * 1024:
+        raise UsageError("--part-size must be at least 64KiB")
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    if inflight < part_size:
+        raise UsageError("--max-inflight must be at least one --part-size")
+    attempts = args.max_attempts if args.max_attempts is not None else s3.max_attempts
+    if attempts < 1:
+        raise UsageError("--max-attempts must be at least 1")
+    transfer = TransferSettings(
+        part_size=part_size, concurrency=args.concurrency, max_inflight_bytes=inflight, max_attempts=attempts
+    )
+    return Config(
+        uri=args.uri,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        revalidate=args.revalidate,
+        termination_log=args.termination_log,
+        max_device_bytes=parse_size(args.max_device_bytes) if args.max_device_bytes else None,
+        progress=args.progress,
+        log_level=args.log_level,
+        s3=s3,
+        transfer=transfer,
+    )

@@ -1,0 +1,87 @@
+"""Domain errors of the preloader, one class per failure a platform engineer must tell apart.
+
+Every error carries a CamelCase ``reason`` (what the operator puts in a condition) and an
+``exit_code`` (what the Job's pod status shows). ``__main__`` is the only place that turns them
+into a message and an exit status; the rest of the package only raises them.
+"""
+
+from __future__ import annotations
+
+
+class PreloadError(Exception):
+    """Base class: a failure with a stable reason and exit code."""
+
+    reason = "PreloadFailed"
+    exit_code = 1
+
+
+class UsageError(PreloadError):
+    """Bad command line or environment: retrying cannot help."""
+
+    reason = "InvalidArguments"
+    exit_code = 2
+
+
+class BucketNotFound(PreloadError):
+    reason = "NoSuchBucket"
+    exit_code = 3
+
+
+class ObjectNotFound(PreloadError):
+    reason = "NoSuchKey"
+    exit_code = 3
+
+
+class EmptyPrefix(PreloadError):
+    reason = "EmptyPrefix"
+    exit_code = 3
+
+
+class AccessDenied(PreloadError):
+    reason = "AccessDenied"
+    exit_code = 4
+
+
+class ObjectChanged(PreloadError):
+    """The object's ETag changed between HEAD and a ranged GET (If-Match failed)."""
+
+    reason = "ObjectChanged"
+    exit_code = 5
+
+
+class TransferFailed(PreloadError):
+    """A range could not be fetched intact within the retry budget."""
+
+    reason = "TransferFailed"
+    exit_code = 5
+
+
+class CorruptModel(PreloadError):
+    """The bytes arrived intact but are not a valid model file (bad/truncated safetensors)."""
+
+    reason = "CorruptModel"
+    exit_code = 6
+
+
+class UnsafePickle(PreloadError):
+    """A PyTorch file needs arbitrary code to unpickle; it was refused, not executed."""
+
+    reason = "UnsafePickle"
+    exit_code = 6
+
+
+class UnsafeKey(PreloadError):
+    """An object key would escape the cache directory."""
+
+    reason = "UnsafeKey"
+    exit_code = 6
+
+
+class DeviceOutOfMemory(PreloadError):
+    reason = "DeviceOutOfMemory"
+    exit_code = 7
+
+
+class DiskFull(PreloadError):
+    reason = "DiskFull"
+    exit_code = 8

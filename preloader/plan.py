@@ -1,0 +1,280 @@
+"""Pure decisions: URIs, byte ranges, response checks, file selection, key safety, retry delays.
+
+Nothing here does I/O or reads a clock, so all of it is unit- and property-tested. The shape
+follows s3transfer's ``calculate_num_parts`` / ``calculate_range_parameter`` and
+``_validate_content_range``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Literal
+
+from preloader.errors import CorruptModel, DeviceOutOfMemory, UnsafeKey, UsageError
+
+FileFormat = Literal["safetensors", "torch", "other"]
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @property
+    def is_prefix(self) -> bool:
+        """A trailing slash (or no key) names a model directory rather than one object."""
+        return self.key == "" or self.key.endswith("/")
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One object of the model and where it lives relative to the model root."""
+
+    obj: ObjectInfo
+    path: PurePosixPath
+
+    @property
+    def format(self) -> FileFormat:
+        return file_format(self.path.name)
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """Inclusive [start, end], as HTTP Range headers count."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    @property
+    def header(self) -> str:
+        return f"bytes={self.start}-{self.end}"
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$")
+
+
+def parse_s3_uri(uri: str) -> S3Location:
+    """'s3://bucket/some/key' -> S3Location; anything else is a usage error."""
+    if not uri.startswith("s3://"):
+        raise UsageError(f"model location must start with s3://, got {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not _BUCKET.match(bucket):
+        raise UsageError(f"not a valid bucket name in {uri!r}")
+    return S3Location(bucket=bucket, key=key)
+
+
+def byte_ranges(size: int, part_size: int) -> list[ByteRange]:
+    """Split [0, size) into consecutive ranges of at most part_size bytes; none for size 0."""
+    if part_size <= 0:
+        raise ValueError("part_size must be positive")
+    if size < 0:
+        raise ValueError("size must not be negative")
+    return [ByteRange(start, min(start + part_size, size) - 1) for start in range(0, size, part_size)]
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+def parse_content_range(value: str) -> tuple[int, int, int | None]:
+    """'bytes 0-99/1000' -> (0, 99, 1000); raises ValueError on anything malformed."""
+    match = _CONTENT_RANGE.match(value.strip())
+    if not match:
+        raise ValueError(f"malformed Content-Range {value!r}")
+    total = None if match.group(3) == "*" else int(match.group(3))
+    return int(match.group(1)), int(match.group(2)), total
+
+
+def range_response_problem(
+    status: int, content_range: str | None, content_length: str | None, wanted: ByteRange, size: int
+) -> str | None:
+    """Why a ranged GET response cannot be used for ``wanted``, or None when it can.
+
+    A 206 must say exactly the range asked for and the object size from HEAD; a 200 is only
+    acceptable when the range was the whole object (servers may ignore Range then).
+    """
+    if content_length is None or not content_length.isdigit():
+        return "response has no Content-Length"
+    if int(content_length) != wanted.length:
+        return f"Content-Length {content_length} but asked for {wanted.length} bytes"
+    if status == 200:
+        if wanted.start == 0 and wanted.length == size:
+            return None
+        return "server ignored the Range header (200 for a partial range)"
+    if status != 206:
+        return f"unexpected HTTP status {status}"
+    if content_range is None:
+        return "206 without Content-Range"
+    try:
+        start, end, total = parse_content_range(content_range)
+    except ValueError as exc:
+        return str(exc)
+    if (start, end) != (wanted.start, wanted.end):
+        return f"Content-Range {content_range!r} but asked for {wanted.header}"
+    if total is not None and total != size:
+        return f"object size changed: Content-Range says {total}, HEAD said {size}"
+    return None
+
+
+def is_md5_etag(etag: str) -> bool:
+    """Single-part uploads (without SSE-KMS) have the body's MD5 as ETag; multipart ones end in -N."""
+    return re.fullmatch(r'"?[0-9a-fA-F]{32}"?', etag) is not None
+
+
+def safe_relative_path(text: str) -> PurePosixPath:
+    """Validate a path derived from an object key; it must stay below the directory it is joined to.
+
+    Refuses empty names, absolute paths, '.' and '..' segments, empty segments ('a//b'),
+    backslashes and NUL. Links are checked where the filesystem is (cache.py).
+    """
+    if not text or "\x00" in text or "\\" in text:
+        raise UnsafeKey(f"object key gives an unusable file name: {text!r}")
+    if text.startswith("/"):
+        raise UnsafeKey(f"object key would be an absolute path: {text!r}")
+    parts = text.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise UnsafeKey(f"object key would escape the cache directory: {text!r}")
+    return PurePosixPath(*parts)
+
+
+def select_files(objects: Iterable[ObjectInfo], location: S3Location) -> list[ModelFile]:
+    """Turn a listing into model files: skip directory markers, derive safe relative paths, sort."""
+    files: list[ModelFile] = []
+    for obj in objects:
+        if location.is_prefix:
+            if not obj.key.startswith(location.key) or obj.key.endswith("/"):
+                continue
+            rel = obj.key[len(location.key) :]
+        else:
+            rel = obj.key.rsplit("/", 1)[-1]
+        files.append(ModelFile(obj=obj, path=safe_relative_path(rel)))
+    files.sort(key=lambda f: f.obj.key)
+    return files
+
+
+def file_format(name: str) -> FileFormat:
+    """safetensors first; .pt/.pth/.bin are PyTorch files; anything else is copied, not loaded."""
+    lowered = name.lower()
+    if lowered.endswith(".safetensors"):
+        return "safetensors"
+    if lowered.endswith((".pt", ".pth", ".bin")):
+        return "torch"
+    return "other"
+
+
+def effective_concurrency(concurrency: int, part_size: int, max_inflight: int, parts: int) -> int:
+    """Connections to open: bounded by the in-flight byte budget and by the work there is."""
+    return max(1, min(concurrency, max_inflight // part_size, max(parts, 1)))
+
+
+def backoff_delay(attempt: int, base: float, cap: float, jitter: float) -> float:
+    """Full-jitter exponential backoff (attempt counts from 1); jitter in [0, 1] is passed in."""
+    return min(cap, base * (2 ** (attempt - 1))) * jitter
+
+
+def check_fits(need: int, available: int, device: str) -> None:
+    """Refuse before downloading a model that cannot fit in the target device's memory."""
+    if need > available:
+        raise DeviceOutOfMemory(
+            f"model needs {need} bytes on {device} but only {available} bytes are available"
+        )
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor in a safetensors file: dtype name, shape, and [begin, end) in the data section."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+SAFETENSORS_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+    "U32": 4, "I32": 4, "F32": 4,
+    "U64": 8, "I64": 8, "F64": 8,
+}  # fmt: skip
+
+MAX_HEADER_BYTES = 100 * 1000 * 1000
+
+
+def safetensors_header_size(prefix: bytes | memoryview, file_size: int) -> int:
+    """Length of the JSON header from the first 8 bytes (little-endian u64), bounds-checked."""
+    if file_size < 8 or len(prefix) < 8:
+        raise CorruptModel("safetensors file is shorter than its 8-byte header length")
+    header_len = int.from_bytes(bytes(prefix[:8]), "little")
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > file_size:
+        raise CorruptModel(f"safetensors header length {header_len} does not fit a {file_size}-byte file")
+    return header_len
+
+
+def plan_safetensors(header: object, data_size: int) -> list[TensorSpec]:
+    """Validate a parsed safetensors header against the data section; return tensors by offset.
+
+    Checks what the format promises: known dtypes, non-negative shapes, each tensor's byte length
+    equal to numel * itemsize, offsets inside the data, and tensors that tile the data with no gap
+    or overlap. A truncated file fails here (the last tensor ends beyond the data).
+    """
+    if not isinstance(header, dict):
+        raise CorruptModel("safetensors header is not a JSON object")
+    specs: list[TensorSpec] = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise CorruptModel(f"tensor {name!r}: header entry is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in SAFETENSORS_ITEMSIZE:
+            raise CorruptModel(f"tensor {name!r}: unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise CorruptModel(f"tensor {name!r}: bad shape {shape!r}")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise CorruptModel(f"tensor {name!r}: bad data_offsets {offsets!r}")
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        if offsets[1] - offsets[0] != numel * SAFETENSORS_ITEMSIZE[dtype]:
+            raise CorruptModel(f"tensor {name!r}: {offsets[1] - offsets[0]} bytes for shape {shape} {dtype}")
+        if offsets[1] > data_size:
+            raise CorruptModel(
+                f"tensor {name!r} ends at byte {offsets[1]} of a {data_size}-byte data section "
+                "(truncated file?)"
+            )
+        specs.append(TensorSpec(name, dtype, tuple(shape), offsets[0], offsets[1]))
+    specs.sort(key=lambda s: (s.begin, s.end))
+    expected = 0
+    for spec in specs:
+        if spec.begin != expected:
+            raise CorruptModel(f"tensor {spec.name!r} starts at {spec.begin}, expected {expected} (gap/overlap)")
+        expected = spec.end
+    if expected != data_size:
+        raise CorruptModel(f"tensors cover {expected} bytes but the data section has {data_size}")
+    return specs
+
+
+def total_bytes(files: Sequence[ModelFile]) -> int:
+    return sum(f.obj.size for f in files)

@@ -1,0 +1,304 @@
+"""S3 access: LIST/HEAD through botocore, ranged GETs straight off the socket into our buffer.
+
+botocore resolves the endpoint, addressing style, region and credentials, retries throttling and
+5xx for HEAD/LIST (retry mode ``standard``/``adaptive``), and presigns each GET. The GET itself goes
+over ``http.client`` so the body can be ``readinto`` a slice of the preallocated buffer: botocore's
+``StreamingBody.read()`` would allocate and copy every byte once more. Because botocore does not
+see those GETs, this module retries them itself: 5xx/429 answers and streaming failures (reset
+connection, truncated body), with full-jitter backoff; 403/404/412 are final. Presigned URLs carry
+credentials, so they are never logged.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import random
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+import botocore.exceptions
+from botocore import UNSIGNED
+from botocore.config import Config as BotoConfig
+
+from preloader.config import S3Settings, TransferSettings
+from preloader.errors import (
+    AccessDenied,
+    BucketNotFound,
+    EmptyPrefix,
+    ObjectChanged,
+    ObjectNotFound,
+    PreloadError,
+    TransferFailed,
+)
+from preloader.plan import ByteRange, ObjectInfo, S3Location, backoff_delay, range_response_problem
+
+log = logging.getLogger(__name__)
+
+_DENIED = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+    "ExpiredToken",
+    "InvalidToken",
+    "AccountProblem",
+}
+_MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
+_RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+_STREAMING_ERRORS = (OSError, http.client.HTTPException)
+
+
+def translate_error(exc: Exception, where: str) -> PreloadError:
+    """The one place botocore failures become domain errors with a message naming the problem."""
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return AccessDenied(
+            f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a web identity, "
+            "or awsAnonymousCredential=true for a public bucket)"
+        )
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code == "NoSuchBucket":
+            return BucketNotFound(f"{where}: bucket does not exist")
+        if code in _MISSING_KEY:
+            return ObjectNotFound(f"{where}: no such key")
+        if code in _DENIED:
+            return AccessDenied(f"{where}: access denied ({code})")
+        return TransferFailed(f"{where}: S3 error {code or 'unknown'}")
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectionError):
+        return TransferFailed(f"{where}: cannot reach the S3 endpoint ({type(exc).__name__})")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return TransferFailed(f"{where}: {exc}")
+    return TransferFailed(f"{where}: {type(exc).__name__}: {exc}")
+
+
+class S3Client:
+    """LIST, HEAD and presign for one endpoint; thread-safe (botocore clients are)."""
+
+    def __init__(self, settings: S3Settings, pool_size: int = 10) -> None:
+        self.settings = settings
+        boto_config = BotoConfig(
+            retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
+            s3={"addressing_style": settings.addressing_style},
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            max_pool_connections=pool_size,
+            signature_version=UNSIGNED if settings.anonymous else None,
+        )
+        self._client: Any = boto3.session.Session().client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            region_name=settings.region,
+            verify=settings.verify,
+            config=boto_config,
+        )
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint actually used, part of the cache key so two S3s never share entries."""
+        return str(self._client.meta.endpoint_url)
+
+    def head(self, location: S3Location) -> ObjectInfo:
+        try:
+            response = self._client.head_object(Bucket=location.bucket, Key=location.key)
+        except Exception as exc:
+            raise translate_error(exc, str(location)) from exc
+        return ObjectInfo(key=location.key, size=int(response["ContentLength"]), etag=response.get("ETag", ""))
+
+    def list(self, location: S3Location) -> list[ObjectInfo]:
+        objects: list[ObjectInfo] = []
+        kwargs: dict[str, str] = {"Bucket": location.bucket, "Prefix": location.key}
+        try:
+            while True:
+                page = self._client.list_objects_v2(**kwargs)
+                for item in page.get("Contents", []):
+                    objects.append(ObjectInfo(key=item["Key"], size=int(item["Size"]), etag=item.get("ETag", "")))
+                if not page.get("IsTruncated"):
+                    return objects
+                kwargs["ContinuationToken"] = page["NextContinuationToken"]
+        except Exception as exc:
+            raise translate_error(exc, str(location)) from exc
+
+    def resolve(self, location: S3Location) -> tuple[S3Location, list[ObjectInfo]]:
+        """Objects of the model: HEAD for one key, LIST for a prefix.
+
+        A key that is not an object but a "directory" (KServe's ``storageUri: s3://models/mnist``)
+        is read as the prefix ``mnist/``. A missing key is told apart from a missing bucket.
+        """
+        if not location.is_prefix:
+            try:
+                return location, [self.head(location)]
+            except ObjectNotFound:
+                as_dir = S3Location(location.bucket, location.key + "/")
+                objects = self.list(as_dir)  # raises BucketNotFound when it is the bucket that is missing
+                if not objects:
+                    raise
+                return as_dir, objects
+        objects = self.list(location)
+        if not [o for o in objects if not o.key.endswith("/")]:
+            raise EmptyPrefix(f"{location}: no objects under this prefix")
+        return location, objects
+
+    def presign_get(self, bucket: str, key: str) -> str:
+        """A GET URL botocore built and (unless anonymous) signed; Range/If-Match go as headers."""
+        try:
+            url: str = self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=3600
+            )
+        except Exception as exc:
+            raise translate_error(exc, f"s3://{bucket}/{key}") from exc
+        return url
+
+
+def _ssl_context(verify: bool | str) -> ssl.SSLContext:
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+
+
+class RangeFetcher:
+    """Fetches one byte range of one object into a memoryview, retrying what is worth retrying.
+
+    Each worker thread keeps its own keep-alive connection per host. ``sleep`` and ``jitter`` are
+    seams for tests.
+    """
+
+    def __init__(
+        self,
+        client: S3Client,
+        transfer: TransferSettings,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._client = client
+        self._transfer = transfer
+        self._timeout = client.settings.read_timeout
+        self._ssl = _ssl_context(client.settings.verify)
+        self._local = threading.local()
+        self._sleep = sleep
+        self._jitter = jitter
+        self._urls: dict[tuple[str, str], tuple[float, str]] = {}
+        self._urls_lock = threading.Lock()
+
+    def _url(self, bucket: str, key: str) -> str:
+        """Presign once per object and reuse for 30 minutes (the URL is valid for 60)."""
+        now = time.monotonic()
+        with self._urls_lock:
+            cached = self._urls.get((bucket, key))
+            if cached and now - cached[0] < 1800:
+                return cached[1]
+        url = self._client.presign_get(bucket, key)
+        with self._urls_lock:
+            self._urls[(bucket, key)] = (now, url)
+        return url
+
+    @contextmanager
+    def _connection(self, scheme: str, netloc: str) -> Iterator[http.client.HTTPConnection]:
+        conns: dict[tuple[str, str], http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})
+        conn = conns.get((scheme, netloc))
+        if conn is None:
+            if scheme == "https":
+                conn = http.client.HTTPSConnection(netloc, timeout=self._timeout, context=self._ssl)
+            else:
+                conn = http.client.HTTPConnection(netloc, timeout=self._timeout)
+            conns[(scheme, netloc)] = conn
+        try:
+            yield conn
+        except BaseException:
+            conn.close()
+            del conns[(scheme, netloc)]
+            raise
+
+    def fetch(
+        self,
+        bucket: str,
+        obj: ObjectInfo,
+        rng: ByteRange,
+        dest: memoryview,
+        progress: Callable[[int], None],
+    ) -> None:
+        """Fill ``dest`` (exactly rng.length bytes) with the range, or raise a PreloadError."""
+        where = f"s3://{bucket}/{obj.key} {rng.header}"
+        last = "no attempt made"
+        for attempt in range(1, self._transfer.max_attempts + 1):
+            got = 0
+            try:
+                got = self._attempt(bucket, obj, rng, dest, progress, where)
+                return
+            except _RetryableError as exc:
+                last = str(exc)
+                got = exc.received
+            except _STREAMING_ERRORS as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if got:
+                progress(-got)  # rewind, as s3transfer does, so progress never over-counts
+            if attempt < self._transfer.max_attempts:
+                delay = backoff_delay(attempt, self._transfer.backoff_base, self._transfer.backoff_cap, self._jitter())
+                log.warning("%s: attempt %d failed (%s); retrying in %.2fs", where, attempt, last, delay)
+                self._sleep(delay)
+        raise TransferFailed(f"{where}: failed after {self._transfer.max_attempts} attempts: {last}")
+
+    def _attempt(
+        self,
+        bucket: str,
+        obj: ObjectInfo,
+        rng: ByteRange,
+        dest: memoryview,
+        progress: Callable[[int], None],
+        where: str,
+    ) -> int:
+        url = urllib.parse.urlsplit(self._url(bucket, obj.key))
+        target = url.path + (f"?{url.query}" if url.query else "")
+        headers = {"Range": rng.header, "Accept-Encoding": "identity"}
+        if obj.etag:
+            headers["If-Match"] = obj.etag
+        with self._connection(url.scheme, url.netloc) as conn:
+            conn.request("GET", target, headers=headers)
+            response = conn.getresponse()
+            status = response.status
+            if status in (403, 404, 412) or status in _RETRYABLE_STATUS or status >= 300:
+                response.read()  # drain so the connection can be reused
+                if status == 403:
+                    raise AccessDenied(f"{where}: access denied (403)")
+                if status == 404:
+                    raise ObjectNotFound(f"{where}: no such key")
+                if status == 412:
+                    raise ObjectChanged(f"{where}: the object changed during the download (ETag {obj.etag})")
+                if status in _RETRYABLE_STATUS:
+                    raise _RetryableError(f"HTTP {status}", 0)
+                raise TransferFailed(f"{where}: unexpected HTTP {status}")
+            problem = range_response_problem(
+                status, response.getheader("Content-Range"), response.getheader("Content-Length"), rng, obj.size
+            )
+            if problem:
+                raise TransferFailed(f"{where}: {problem}")
+            got = 0
+            while got < rng.length:
+                try:
+                    n = response.readinto(dest[got:])
+                except _STREAMING_ERRORS as exc:
+                    raise _RetryableError(f"{type(exc).__name__} after {got} bytes", got) from exc
+                if not n:
+                    raise _RetryableError(f"body truncated at {got} of {rng.length} bytes", got)
+                got += n
+                progress(n)
+            return got
+
+
+class _RetryableError(Exception):
+    """A streaming failure worth another attempt; remembers how much progress to rewind."""
+
+    def __init__(self, message: str, received: int) -> None:
+        super().__init__(message)
+        self.received = received
