@@ -1,0 +1,162 @@
+"""The real operator process reconciling Memcached CRs on the emulated cluster.
+
+The Deployment controller that sets readyReplicas is the emulator's simulation.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.integration.operator.conftest import StartOperator, StubPrometheus
+
+pytestmark = pytest.mark.integration
+
+MC = "/apis/cache.serverless.xyz/v1alpha1/namespaces/default/memcacheds"
+DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
+SVC = "/api/v1/namespaces/default/services"
+EVENTS = "/api/v1/namespaces/default/events"
+
+
+def memcached(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached",
+            "metadata": {"name": name, "namespace": "default"}, "spec": spec}
+
+
+def condition(obj: dict[str, Any], type: str) -> dict[str, Any]:
+    for c in obj.get("status", {}).get("conditions", []):
+        if c["type"] == type:
+            return dict(c)
+    return {}
+
+
+def events_for(kube: Any, name: str) -> list[dict[str, Any]]:
+    return [e for e in kube.list(EVENTS) if e.get("involvedObject", {}).get("name") == name]
+
+
+def operator_writes(cluster: Any, since: float) -> int:
+    """Writes by anyone but the test's own client (the simulation writes in-process)."""
+    return int(cluster.count_writes(since=since, exclude_resources=(), exclude_user_agent="devcluster-client"))
+
+
+def test_creates_owned_children_and_reports_running(cluster: Any, kube: Any, start_operator: StartOperator) -> None:
+    start_operator()
+    created = kube.create(MC, memcached("fixed", size=3))
+    dep = kube.wait_for(f"{DEPLOY}/fixed", lambda d: d["spec"]["replicas"] == 3)
+    owner = dep["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("Memcached", created["metadata"]["uid"], True)
+    svc = kube.get(f"{SVC}/fixed")
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+    mc = kube.wait_for(f"{MC}/fixed", lambda o: o.get("status", {}).get("phase") == "Running")
+    status = mc["status"]
+    assert status["readyReplicas"] == 3 and status["replicas"] == 3
+    assert status["observedGeneration"] == mc["metadata"]["generation"]
+    assert condition(mc, "Available")["status"] == "True"
+    assert condition(mc, "Degraded")["status"] == "False"
+
+
+def test_spec_change_scales_at_once_with_an_event(cluster: Any, kube: Any, start_operator: StartOperator) -> None:
+    start_operator(resync=60)  # no timer help: the spec change alone must drive it
+    kube.create(MC, memcached("grow", size=1))
+    kube.wait_for(f"{MC}/grow", lambda o: o.get("status", {}).get("phase") == "Running")
+    kube.patch(f"{MC}/grow", {"spec": {"size": 4}})
+    kube.wait_for(f"{DEPLOY}/grow", lambda d: d["spec"]["replicas"] == 4, timeout=5)
+    mc = kube.wait_for(f"{MC}/grow", lambda o: o["status"].get("readyReplicas") == 4
+                       and o["status"]["phase"] == "Running")
+    assert mc["status"]["observedGeneration"] == 2
+    assert mc["status"]["lastScaleTime"]
+    scaled = [e for e in events_for(kube, "grow") if e["reason"] == "ScaledUp"]
+    assert scaled and "from 1 to 4" in scaled[0]["message"] and scaled[0]["type"] == "Normal"
+
+
+def test_a_settled_cache_costs_no_writes(cluster: Any, kube: Any, start_operator: StartOperator) -> None:
+    start_operator(resync=0.5)
+    kube.create(MC, memcached("quiet", size=2))
+    kube.wait_for(f"{MC}/quiet", lambda o: o.get("status", {}).get("phase") == "Running")
+    time.sleep(1.5)  # let kopf finish its own one-time bookkeeping
+    since = time.time()
+    time.sleep(3)  # six resync periods
+    assert operator_writes(cluster, since) == 0
+
+
+def test_edits_to_the_owned_deployment_are_reverted(cluster: Any, kube: Any, start_operator: StartOperator) -> None:
+    start_operator(resync=60)
+    kube.create(MC, memcached("owned", size=2))
+    kube.wait_for(f"{MC}/owned", lambda o: o.get("status", {}).get("phase") == "Running")
+    kube.patch(f"{DEPLOY}/owned", {"spec": {"replicas": 7}})
+    kube.wait_for(f"{DEPLOY}/owned", lambda d: d["spec"]["replicas"] == 2, timeout=5)
+
+
+def test_invalid_spec_past_the_schema_is_reported_not_retried(
+    cluster: Any, kube: Any, start_operator: StartOperator
+) -> None:
+    start_operator(resync=0.5)
+    kube.create(MC, memcached("bad", size=5, maxSize=2))  # the schema cannot compare two fields
+    mc = kube.wait_for(f"{MC}/bad", lambda o: o.get("status", {}).get("phase") == "Error")
+    degraded = condition(mc, "Degraded")
+    assert degraded["reason"] == "InvalidSpec" and "maxSize (2) must not be smaller than size (5)" in degraded["message"]
+    warnings = [e for e in events_for(kube, "bad") if e["type"] == "Warning"]
+    assert warnings and warnings[0]["reason"] == "InvalidSpec"
+    assert kube.list(DEPLOY, label_selector="app.kubernetes.io/instance=bad") == []
+    time.sleep(1)
+    since = time.time()
+    time.sleep(2.5)
+    assert operator_writes(cluster, since) == 0, "an invalid spec must not cause a retry loop"
+    kube.patch(f"{MC}/bad", {"spec": {"maxSize": 8}})
+    kube.wait_for(f"{DEPLOY}/bad", lambda d: d["spec"]["replicas"] == 5)
+    mc = kube.wait_for(f"{MC}/bad", lambda o: o["status"]["phase"] == "Running")
+    assert condition(mc, "Degraded")["status"] == "False"
+
+
+def test_delete_scales_to_zero_then_releases(cluster: Any, kube: Any, start_operator: StartOperator) -> None:
+    start_operator()
+    kube.create(MC, memcached("gone", size=2))
+    kube.wait_for(f"{MC}/gone", lambda o: o.get("status", {}).get("phase") == "Running")
+    cluster.sim.hold_ready("default", "gone", ready=2)  # pods that take their time to stop
+    kube.delete(f"{MC}/gone")
+    kube.wait_for(f"{DEPLOY}/gone", lambda d: d["spec"]["replicas"] == 0, timeout=5)
+    mc = kube.get(f"{MC}/gone")
+    assert mc["metadata"].get("deletionTimestamp"), "the finalizer holds the cache while pods stop"
+    cluster.sim.release("default", "gone")
+    kube.wait_for_absent(f"{MC}/gone", timeout=10)
+    kube.wait_for_absent(f"{DEPLOY}/gone", timeout=5)  # garbage-collected through the owner reference
+    kube.wait_for_absent(f"{SVC}/gone", timeout=5)
+
+
+@pytest.mark.parametrize(("mode", "why"), [
+    ("500", "HTTP 500"),
+    ("garbage", "not a number"),
+    ("hang", "did not answer in time"),
+])
+def test_unusable_metrics_hold_replicas_and_say_why(
+    cluster: Any, kube: Any, start_operator: StartOperator, stub_prometheus: StubPrometheus, mode: str, why: str
+) -> None:
+    stub_prometheus.value = "250"  # 3 replicas at 100 per replica
+    op = start_operator(resync=0.5, PROMETHEUS_URL=stub_prometheus.url)
+    kube.create(MC, memcached("held", size=1, targetConnectionsPerReplica=100, scalingWindow="1s"))
+    kube.wait_for(f"{MC}/held", lambda o: o.get("status", {}).get("readyReplicas") == 3)
+    stub_prometheus.mode = mode
+    mc = kube.wait_for(f"{MC}/held", lambda o: condition(o, "Degraded").get("reason") == "MetricsUnavailable",
+                       timeout=20)
+    assert why in condition(mc, "Degraded")["message"]
+    time.sleep(2)  # several resyncs (and scaling windows) later, nothing flapped
+    assert kube.get(f"{DEPLOY}/held")["spec"]["replicas"] == 3
+    assert [e["reason"] for e in events_for(kube, "held") if e["type"] == "Warning"] == ["MetricsUnavailable"]
+    assert op.proc.poll() is None
+    stub_prometheus.mode = "ok"
+    stub_prometheus.value = "0"
+    kube.wait_for(f"{DEPLOY}/held", lambda d: d["spec"]["replicas"] == 1, timeout=20)
+
+
+def test_probes_and_metrics_endpoint(cluster: Any, kube: Any, start_operator: StartOperator) -> None:
+    op = start_operator()
+    kube.create(MC, memcached("observed", size=1))
+    kube.wait_for(f"{MC}/observed", lambda o: o.get("status", {}).get("phase") == "Running")
+    assert op.http_get("/healthz")[0] == 200
+    assert op.http_get("/readyz")[0] == 200
+    code, text = op.http_get("/metrics")
+    assert code == 200
+    assert 'kserve_operator_reconciles_total{controller="memcached",result="ok"}' in text
+    assert "kserve_operator_api_requests_total" in text

@@ -1,0 +1,77 @@
+"""The scaling decision following real connections: a real memcached, the stats exporter,
+a real Prometheus scraping it every second, and the real operator process.
+
+The pod label on the scrape target matches the Deployment's pod naming, so the operator's
+default query finds it exactly as it would in a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import pytest
+
+from devcluster import metrics_stack
+from tests.integration.operator.conftest import StartOperator
+
+pytestmark = pytest.mark.integration
+
+MC = "/apis/cache.serverless.xyz/v1alpha1/namespaces/default/memcacheds"
+DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
+
+if not metrics_stack.have_binaries():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must run the real-metrics test: .ci/run installs memcached and prometheus")
+    pytest.skip("memcached/prometheus not installed (apt-get install memcached prometheus)",
+                allow_module_level=True)
+
+
+def wait_for_first_sample(prometheus: str, timeout: float = 30.0) -> None:
+    query = urllib.parse.urlencode({"query": "memcached_up"})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{prometheus}/api/v1/query?{query}", timeout=2) as response:
+            if b'"value"' in response.read():
+                return
+        time.sleep(0.3)
+    raise TimeoutError("Prometheus scraped nothing")
+
+
+def test_replicas_follow_real_connections_down_to_zero(kube: Any, start_operator: StartOperator) -> None:
+    labels = {"namespace": "default", "pod": "sessions-6d9f7b8c4d-x7k2p"}
+    with metrics_stack.memcached_server() as mc_port, metrics_stack.stats_exporter(mc_port) as exporter_port, \
+            metrics_stack.prometheus_server({exporter_port: labels}) as prometheus:
+        wait_for_first_sample(prometheus)
+        start_operator(resync=0.5, PROMETHEUS_URL=prometheus)
+        kube.create(MC, {
+            "apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached",
+            "metadata": {"name": "sessions", "namespace": "default"},
+            "spec": {"size": 0, "targetConnectionsPerReplica": 2, "coldStartBuffer": 1, "maxSize": 5,
+                     "scalingWindow": "3s"},
+        })
+        # Idle: starts warm at 1, then reaches zero after one whole window.
+        mc = kube.wait_for(f"{MC}/sessions", lambda o: o.get("status", {}).get("phase") == "ScaledToZero",
+                           timeout=30)
+        assert mc["status"]["activeConnections"] == 0
+        with metrics_stack.client_connections(mc_port, 5):
+            # 5 connections / 2 per replica = 3, plus 1 warm spare = 4; scale-up is immediate.
+            mc = kube.wait_for(f"{MC}/sessions", lambda o: o["status"].get("readyReplicas") == 4, timeout=30)
+            assert mc["status"]["activeConnections"] == 5
+            assert kube.get(f"{DEPLOY}/sessions")["spec"]["replicas"] == 4
+        seen_lower_at = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            mc = kube.get(f"{MC}/sessions")
+            if mc["status"].get("activeConnections") == 0 and seen_lower_at is None:
+                seen_lower_at = time.monotonic()
+            if mc["status"]["phase"] == "ScaledToZero":
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"never scaled back to zero: {mc['status']}")
+        assert seen_lower_at is not None
+        assert time.monotonic() - seen_lower_at >= 2.5, "scaled down before the 3s window passed"
