@@ -21,7 +21,6 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import yaml
 

@@ -104,7 +104,8 @@ def bad_request(message: str) -> ApiStatusError:
     return ApiStatusError(status=400, reason="BadRequest", message=message, details={})
 
 
-def method_not_allowed(message: str = "the server does not allow this method on the requested resource") -> ApiStatusError:
+def method_not_allowed(
+        message: str = "the server does not allow this method on the requested resource") -> ApiStatusError:
     return ApiStatusError(status=405, reason="MethodNotAllowed", message=message, details={})
 
 

@@ -125,10 +125,11 @@ def prometheus_server(targets: Mapping[int, Mapping[str, str]], *, scrape_interv
     """A real Prometheus scraping `targets` (port -> labels); yields its base URL."""
     port = free_port()
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="prometheus-"))
-    static = "\n".join(
-        f"      - targets: ['127.0.0.1:{target}']\n        labels: {{{', '.join(f'{k}: {v!r}' for k, v in labels.items())}}}"
-        for target, labels in targets.items()
-    )
+    def entry(target: int, labels: Mapping[str, str]) -> str:
+        rendered = ", ".join(f"{key}: {value!r}" for key, value in labels.items())
+        return f"      - targets: ['127.0.0.1:{target}']\n        labels: {{{rendered}}}"
+
+    static = "\n".join(entry(target, labels) for target, labels in targets.items())
     (workdir / "prometheus.yml").write_text(
         f"global:\n  scrape_interval: {scrape_interval}\n  evaluation_interval: {scrape_interval}\n"
         f"scrape_configs:\n  - job_name: memcached\n    static_configs:\n{static}\n"

@@ -39,6 +39,8 @@ class ResourceDef:
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: The CRD object this came from, when it came from one.
     crd: dict[str, Any] | None = None
+    #: What DELETE does to dependents without a propagationPolicy (batch/v1 Jobs orphan their Pods).
+    default_propagation: str = "Background"
 
     @property
     def key(self) -> tuple[str, str]:
@@ -84,11 +86,11 @@ def version_priority(version: str) -> tuple[int, int, int, str]:
 
 def _builtin(group: str, version: str, plural: str, kind: str, *, namespaced: bool = True,
              shortnames: Iterable[str] = (), categories: Iterable[str] = (), status: bool = False,
-             generation: bool = False) -> ResourceDef:
+             generation: bool = False, default_propagation: str = "Background") -> ResourceDef:
     return ResourceDef(
         group=group, versions=[version], plural=plural, kind=kind, singular=kind.lower(),
         namespaced=namespaced, shortnames=tuple(shortnames), categories=tuple(categories),
-        status_subresource=status, has_generation=generation,
+        status_subresource=status, has_generation=generation, default_propagation=default_propagation,
     )
 
 
@@ -108,7 +110,8 @@ def builtin_resources() -> list[ResourceDef]:
                  status=True, generation=True),
         _builtin("apps", "v1", "replicasets", "ReplicaSet", shortnames=["rs"], categories=["all"],
                  status=True, generation=True),
-        _builtin("batch", "v1", "jobs", "Job", categories=["all"], status=True, generation=True),
+        _builtin("batch", "v1", "jobs", "Job", categories=["all"], status=True, generation=True,
+                 default_propagation="Orphan"),
         _builtin("events.k8s.io", "v1", "events", "Event", shortnames=["ev"]),
         _builtin("coordination.k8s.io", "v1", "leases", "Lease"),
         _builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
@@ -127,11 +130,11 @@ def resource_from_crd(crd: Mapping[str, Any]) -> ResourceDef:
     storage = [v["name"] for v in served if v.get("storage")]
     ordered = sorted((v["name"] for v in served), key=version_priority)
     versions = storage + [v for v in ordered if v not in storage]
-    status = any("status" in ((v.get("subresources") or {})) for v in served) or \
+    status = any("status" in (v.get("subresources") or {}) for v in served) or \
         "status" in (spec.get("subresources") or {})
     schemas: dict[str, dict[str, Any]] = {}
     for version in served:
-        schema = ((version.get("schema") or spec.get("validation") or {}).get("openAPIV3Schema"))
+        schema = (version.get("schema") or spec.get("validation") or {}).get("openAPIV3Schema")
         if schema:
             schemas[version["name"]] = schema
     return ResourceDef(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -29,11 +28,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
 
 
 async def run(settings: OperatorSettings) -> None:
-    ready = asyncio.Event()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    ready = asyncio.Event()  # kopf sets it once its watches run; /readyz reports it
 
     kube = KubeClient(user_agent="kserve-operator")
     prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
@@ -49,8 +44,7 @@ async def run(settings: OperatorSettings) -> None:
             clusterwide=settings.all_namespaces,
             namespaces=settings.namespaces,
             memo=memo,
-            ready_flag=ready,
-            stop_flag=stop,
+            ready_flag=ready,  # SIGTERM/SIGINT: kopf's own handlers stop it gracefully
         )
     finally:
         await kube.close()

@@ -76,8 +76,8 @@ def load_torch(view: memoryview, name: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(io.BytesIO(view), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()
-        detail = next((line for line in first_line if "GLOBAL" in line or "global" in line), first_line[0] if first_line else "")
+        lines = str(exc).strip().splitlines() or [""]
+        detail = next((line for line in lines if "global" in line.lower()), lines[0])
         raise UnsafePickle(
             f"{name}: refused to unpickle: the file needs code outside torch's weights-only allow-list "
             f"({detail.strip()}); convert it to safetensors"

@@ -185,15 +185,13 @@ def effective_concurrency(concurrency: int, part_size: int, max_inflight: int, p
 
 def backoff_delay(attempt: int, base: float, cap: float, jitter: float) -> float:
     """Full-jitter exponential backoff (attempt counts from 1); jitter in [0, 1] is passed in."""
-    return min(cap, base * (2 ** (attempt - 1))) * jitter
+    return float(min(cap, base * 2.0 ** (attempt - 1)) * jitter)
 
 
 def check_fits(need: int, available: int, device: str) -> None:
     """Refuse before downloading a model that cannot fit in the target device's memory."""
     if need > available:
-        raise DeviceOutOfMemory(
-            f"model needs {need} bytes on {device} but only {available} bytes are available"
-        )
+        raise DeviceOutOfMemory(f"model needs {need} bytes on {device} but only {available} bytes are available")
 
 
 @dataclass(frozen=True)
@@ -261,8 +259,7 @@ def plan_safetensors(header: object, data_size: int) -> list[TensorSpec]:
             raise CorruptModel(f"tensor {name!r}: {offsets[1] - offsets[0]} bytes for shape {shape} {dtype}")
         if offsets[1] > data_size:
             raise CorruptModel(
-                f"tensor {name!r} ends at byte {offsets[1]} of a {data_size}-byte data section "
-                "(truncated file?)"
+                f"tensor {name!r} ends at byte {offsets[1]} of a {data_size}-byte data section (truncated file?)"
             )
         specs.append(TensorSpec(name, dtype, tuple(shape), offsets[0], offsets[1]))
     specs.sort(key=lambda s: (s.begin, s.end))

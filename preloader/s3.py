@@ -113,7 +113,7 @@ class S3Client:
             raise translate_error(exc, str(location)) from exc
         return ObjectInfo(key=location.key, size=int(response["ContentLength"]), etag=response.get("ETag", ""))
 
-    def list(self, location: S3Location) -> list[ObjectInfo]:
+    def list_objects(self, location: S3Location) -> list[ObjectInfo]:
         objects: list[ObjectInfo] = []
         kwargs: dict[str, str] = {"Bucket": location.bucket, "Prefix": location.key}
         try:
@@ -138,11 +138,11 @@ class S3Client:
                 return location, [self.head(location)]
             except ObjectNotFound:
                 as_dir = S3Location(location.bucket, location.key + "/")
-                objects = self.list(as_dir)  # raises BucketNotFound when it is the bucket that is missing
+                objects = self.list_objects(as_dir)  # raises BucketNotFound when it is the bucket that is missing
                 if not objects:
                     raise
                 return as_dir, objects
-        objects = self.list(location)
+        objects = self.list_objects(location)
         if not [o for o in objects if not o.key.endswith("/")]:
             raise EmptyPrefix(f"{location}: no objects under this prefix")
         return location, objects

@@ -57,7 +57,7 @@ class FileBuffer:
         with self._cond:
             if self.view is None:
                 self.tensor = allocate(self.file.obj.size, self.pinned)
-                self.view = memoryview(self.tensor.numpy()).cast("B") if self.file.obj.size else memoryview(b"")
+                self.view = self.tensor.numpy().data.cast("B") if self.file.obj.size else memoryview(b"")
             return self.view
 
     def part_done(self, index: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import os
 import pathlib
 import signal
@@ -119,8 +120,8 @@ class StubPrometheus:
                     self.wfile.write(b"internal error")
                     return
                 value = "not-a-number" if outer.mode == "garbage" else outer.value
-                body = ('{"status":"success","data":{"resultType":"vector","result":'
-                        '[{"metric":{},"value":[0,"%s"]}]}}' % value).encode()
+                body = json.dumps({"status": "success", "data": {
+                    "resultType": "vector", "result": [{"metric": {}, "value": [0, value]}]}}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()

@@ -48,9 +48,11 @@ class TestContains:
         assert contains({"a": 1.0}, {"a": 1})
         assert not contains({"a": 1}, {"a": True})
 
-    @given(st.recursive(st.integers() | st.text(max_size=3) | st.booleans(),
-                        lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=3), kids, max_size=3),
-                        max_leaves=10))
+    @given(st.recursive(
+        st.integers() | st.text(max_size=3) | st.booleans(),
+        lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=3), kids, max_size=3),
+        max_leaves=10,
+    ))
     def test_everything_contains_itself(self, value: Any) -> None:
         assert contains(value, value)
 

@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench-preload` and `make bench-operator`."""

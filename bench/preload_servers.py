@@ -1,0 +1,104 @@
+"""Loopback servers for the preload benchmark: nginx as a fast anonymous S3 and a model file.
+
+nginx answers path-style unsigned GET/HEAD with Range and If-Match the way S3 does for a public
+object (no ListObjectsV2, so the benchmark uses single-object URIs). It runs in the foreground
+with its own pid, log and temp paths under the work directory, on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_model(path: Path, size: int) -> Path:
+    """A safetensors file of about ``size`` bytes: bf16/fp32 layers like a small LLM's, random bits."""
+    if path.exists() and abs(path.stat().st_size - size) < (8 << 20):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    tensors: dict[str, torch.Tensor] = {}
+    remaining, index = size, 0
+    while remaining > (1 << 20):
+        n = min(64 << 20, remaining) // 2
+        rows = n // 4096
+        tensors[f"layers.{index}.weight"] = torch.randint(
+            0, 2**15, (rows, 4096), generator=gen, dtype=torch.int16
+        ).view(torch.bfloat16)
+        remaining -= rows * 4096 * 2
+        index += 1
+    tensors["norm.weight"] = torch.ones(4096, dtype=torch.float32)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
+
+
+NGINX_CONF = """
+worker_processes 2;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    client_body_temp_path {work}/client_body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    types {{ }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{ }}
+    }}
+}}
+"""
+
+
+@contextmanager
+def nginx(root: Path, work: Path) -> Iterator[str]:
+    """Serve ``root`` (``root/<bucket>/<key>``) on loopback; yields the endpoint URL."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(work=work, port=port, root=root))
+    user = [] if os.geteuid() != 0 else ["-g", "user root;"]
+    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(work), *user], stderr=subprocess.PIPE)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(endpoint + "/", timeout=1).close()
+                break
+            except OSError as exc:
+                if getattr(exc, "code", None):  # an HTTP error (403/404) means it is serving
+                    break
+                if proc.poll() is not None:
+                    raise RuntimeError(f"nginx exited: {proc.stderr.read().decode() if proc.stderr else ''}") from exc
+                time.sleep(0.05)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,0 +1,20 @@
+"""The emulated Kubernetes cluster (API server + simulated controllers) for tests, demo and benchmark."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from devcluster.client import ApiError, ClusterClient
+
+if TYPE_CHECKING:
+    from devcluster.emulator import EmulatedCluster
+
+__all__ = ["ApiError", "ClusterClient", "EmulatedCluster"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `python -m devcluster.emulator` does not import the module twice.
+    if name == "EmulatedCluster":
+        from devcluster.emulator import EmulatedCluster
+        return EmulatedCluster
+    raise AttributeError(name)

@@ -1,0 +1,228 @@
+"""The emulated Kubernetes cluster that tests, the demo and the benchmark run the operator against.
+
+``EmulatedCluster`` serves ``ApiServerEmulator`` (kmock's ``KubernetesEmulator`` extended with
+the semantics the operator relies on, see server.py and store.py) on 127.0.0.1 from a
+background thread with its own event loop, with the SIMULATED Deployment/Job controllers of
+simulation.py. The HTTP listener is a plain aiohttp low-level server: kmock's own ``Server``
+patches aiohttp's resolver process-wide, which would leak into an operator running in the
+same process and into other clusters started side by side.
+
+Run it standalone (for the demo or manual poking)::
+
+    python -m devcluster.emulator --port 8001 --kubeconfig /tmp/kc --crds manifests/crds
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp.web
+import yaml
+
+from devcluster.client import ApiError, ClusterClient
+from devcluster.requestlog import RequestLog, RequestRecord
+from devcluster.resources import load_crd_documents, resource_from_crd
+from devcluster.server import ApiServerEmulator
+from devcluster.simulation import Simulation
+from devcluster.store import ObjectStore
+
+__all__ = ["ApiError", "ClusterClient", "EmulatedCluster", "RequestRecord", "main"]
+
+logger = logging.getLogger("devcluster")
+
+
+class EmulatedCluster:
+    """The extended kmock emulator on 127.0.0.1, served from a background thread with its own event loop."""
+
+    def __init__(self, crd_paths: Iterable[Path] = (), *, simulate: bool = True, port: int = 0,
+                 ready_delay: float = 0.2, watch_history: int = 2000, bookmark_interval: float = 5.0) -> None:
+        by_name = {doc["metadata"]["name"]: doc for doc in load_crd_documents(crd_paths)}  # the last file wins
+        self._crd_documents = list(by_name.values())
+        self._simulate = simulate
+        self._port = port
+        self._ready_delay = ready_delay
+        self._watch_history = watch_history
+        self._bookmark_interval = bookmark_interval
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._stopping: asyncio.Event | None = None
+        self._startup_error: BaseException | None = None
+        self._emulator: ApiServerEmulator | None = None
+        self._sim: Simulation | None = None
+        self.port = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> EmulatedCluster:
+        if self._thread is not None:
+            raise RuntimeError("The cluster is already started.")
+        self._thread = threading.Thread(target=self._run, name="devcluster", daemon=True)
+        self._thread.start()
+        self._started.wait(timeout=30)
+        if self._startup_error is not None:
+            raise RuntimeError("The emulated cluster failed to start") from self._startup_error
+        if not self._started.is_set():
+            raise RuntimeError("The emulated cluster did not start within 30 seconds")
+        logger.info("Emulated Kubernetes API server at %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None or self._stopping is None:
+            return
+        stopping = self._stopping
+        self._loop.call_soon_threadsafe(stopping.set)
+        self._thread.join(timeout=30)
+        self._thread = None
+
+    def __enter__(self) -> EmulatedCluster:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:
+            self._startup_error = exc
+            self._started.set()
+            logger.exception("The emulated cluster crashed")
+        finally:
+            loop.close()
+
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        store = ObjectStore(history=self._watch_history)
+        crds = store.resources[("apiextensions.k8s.io", "customresourcedefinitions")]
+        for document in self._crd_documents:
+            resource_from_crd(document)  # fail loudly on an unusable CRD file
+            store.create(crds, None, document, field_validation="Ignore")
+        emulator = ApiServerEmulator(store=store, bookmark_interval=self._bookmark_interval)
+        self._emulator = emulator
+        self._sim = Simulation(store, asyncio.get_running_loop(), ready_delay=self._ready_delay,
+                               enabled=self._simulate)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self._port))
+        self.port = sock.getsockname()[1]
+        async with emulator:
+            server = aiohttp.web.Server(emulator, access_log=None)  # request_log records everything
+            runner = aiohttp.web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
+            await runner.setup()
+            site = aiohttp.web.SockSite(runner, sock)
+            await site.start()
+            self._started.set()
+            try:
+                await self._stopping.wait()
+            finally:
+                emulator.close()
+                await asyncio.sleep(0.05)  # let the watch streams end cleanly
+                await runner.cleanup()
+
+    # ---- access -------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def sim(self) -> Simulation:
+        """The SIMULATED controllers' test controls (hold_ready, complete_job, ...)."""
+        if self._sim is None:
+            raise RuntimeError("The cluster is not started.")
+        return self._sim
+
+    @property
+    def request_log(self) -> RequestLog:
+        if self._emulator is None:
+            raise RuntimeError("The cluster is not started.")
+        return self._emulator.request_log
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """A thread-safe snapshot of every request answered so far."""
+        return self.request_log.snapshot()
+
+    def count_writes(self, *, user_agent: str | None = None, since: float | None = None,
+                     exclude_resources: Iterable[str] = ("events",),
+                     resources: Iterable[str] | None = None) -> int:
+        """How many POST/PUT/PATCH/DELETE calls (``since`` is a ``time.time()`` value)."""
+        return len(self.request_log.writes(user_agent=user_agent, since=since,
+                                           exclude_resources=exclude_resources, resources=resources))
+
+    def client(self, user_agent: str = "devcluster-client") -> ClusterClient:
+        return ClusterClient(self.url, user_agent=user_agent)
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the server's loop (e.g. to inspect the store) and return its result."""
+        if self._loop is None:
+            raise RuntimeError("The cluster is not started.")
+
+        async def run() -> Any:
+            return fn(*args)
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=10)
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        """A kubeconfig for this cluster (plain http, a dummy token) that kopf and kubectl accept."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "devcluster", "cluster": {"server": self.url}}],
+            "users": [{"name": "devcluster", "user": {"token": "devcluster"}}],
+            "contexts": [{"name": "devcluster",
+                          "context": {"cluster": "devcluster", "user": "devcluster", "namespace": namespace}}],
+            "current-context": "devcluster",
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devcluster.emulator",
+                                     description="Run the emulated Kubernetes API server until Ctrl-C.")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--kubeconfig", type=Path, help="write a kubeconfig for the server here")
+    parser.add_argument("--crds", type=Path, action="append", default=[],
+                        help="a CRD YAML file or a directory of them (repeatable)")
+    parser.add_argument("--no-simulation", action="store_true", help="do not simulate Deployment/Job controllers")
+    parser.add_argument("--ready-delay", type=float, default=0.2)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cluster = EmulatedCluster(args.crds, simulate=not args.no_simulation, port=args.port,
+                              ready_delay=args.ready_delay)
+    cluster.start()
+    if args.kubeconfig:
+        cluster.write_kubeconfig(args.kubeconfig)
+        print(f"kubeconfig written to {args.kubeconfig}", flush=True)
+    print(f"Emulated Kubernetes API server listening at {cluster.url} (Ctrl-C to stop)", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

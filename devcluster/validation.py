@@ -1,0 +1,376 @@
+"""Admission of objects: metadata checks for every kind, CRD schemas for custom resources.
+
+Custom resources go through what kube-apiserver does with a structural openAPIV3Schema:
+drop ``null``s of non-nullable fields, prune unknown fields (``fieldValidation``: ``Strict``
+-> 400 ``strict decoding error``, ``Warn`` (default) -> pruned plus a ``Warning`` header,
+``Ignore`` -> pruned silently), apply ``default``s, then validate with ``jsonschema`` and
+answer 422 ``Invalid`` with the real server's wording and ``details.causes``.
+
+The OpenAPI v3 dialect is translated to JSON schema: ``nullable``,
+``x-kubernetes-int-or-string``, ``x-kubernetes-preserve-unknown-fields`` and
+``x-kubernetes-embedded-resource`` are honoured; CEL rules (``x-kubernetes-validations``)
+and list-type uniqueness (``x-kubernetes-list-type``) are NOT checked.
+
+Built-in kinds are NOT schema-validated: only their metadata (name and label syntax) is.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import datetime
+import json
+import re
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import jsonschema  # no types-jsonschema in the dev extras
+
+from devcluster import errors
+from devcluster.resources import ResourceDef
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_DNS_LABEL_KINDS = {"namespaces", "services"}
+
+_SUBDOMAIN_MESSAGE = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+    "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
+    "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+)
+_LABEL_MESSAGE = (
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must "
+    "start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for "
+    "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+)
+
+
+def go_value(value: Any) -> str:
+    """Render a value the way the API server prints it in ``Invalid value: ...``."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, sort_keys=True)
+
+
+def json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null"
+
+
+def _cause(reason: str, field: str, message: str) -> dict[str, str]:
+    return {"reason": reason, "message": message, "field": field}
+
+
+def validate_metadata(resource: ResourceDef, obj: dict[str, Any]) -> list[dict[str, str]]:
+    """Name and label syntax, as the API server checks them for every kind."""
+    causes: list[dict[str, str]] = []
+    meta = obj.get("metadata") or {}
+    name = meta.get("name")
+    if isinstance(name, str) and name:
+        if resource.plural in _DNS_LABEL_KINDS:
+            if len(name) > 63:
+                causes.append(_cause("FieldValueInvalid", "metadata.name",
+                                     f"Invalid value: {go_value(name)}: must be no more than 63 characters"))
+            elif not _DNS_LABEL.match(name):
+                causes.append(_cause("FieldValueInvalid", "metadata.name",
+                                     f"Invalid value: {go_value(name)}: {_LABEL_MESSAGE}"))
+        elif len(name) > 253:
+            causes.append(_cause("FieldValueInvalid", "metadata.name",
+                                 f"Invalid value: {go_value(name)}: must be no more than 253 characters"))
+        elif not _DNS_SUBDOMAIN.match(name):
+            causes.append(_cause("FieldValueInvalid", "metadata.name",
+                                 f"Invalid value: {go_value(name)}: {_SUBDOMAIN_MESSAGE}"))
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, dict):
+        causes.append(_cause("FieldValueTypeInvalid", "metadata.labels", "Invalid value: must be a map"))
+        labels = {}
+    for key, value in labels.items():
+        prefix, _, label_name = key.rpartition("/")
+        if (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))) or \
+                len(label_name) > 63 or not _LABEL_NAME.match(label_name):
+            causes.append(_cause("FieldValueInvalid", "metadata.labels",
+                                 f"Invalid value: {go_value(key)}: name part must consist of alphanumeric "
+                                 "characters, '-', '_' or '.', and must start and end with an alphanumeric "
+                                 "character, and be no more than 63 characters"))
+        if not isinstance(value, str):
+            causes.append(_cause("FieldValueTypeInvalid", "metadata.labels",
+                                 f"Invalid value: {go_value(value)}: label values must be strings"))
+        elif len(value) > 63:
+            causes.append(_cause("FieldValueInvalid", "metadata.labels",
+                                 f"Invalid value: {go_value(value)}: must be no more than 63 characters"))
+        elif not _LABEL_VALUE.match(value):
+            causes.append(_cause("FieldValueInvalid", "metadata.labels",
+                                 f"Invalid value: {go_value(value)}: a valid label must be an empty string or "
+                                 "consist of alphanumeric characters, '-', '_' or '.', and must start and end "
+                                 "with an alphanumeric character"))
+    for key in ("annotations",):
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, dict) or
+                                  not all(isinstance(v, str) for v in value.values())):
+            causes.append(_cause("FieldValueTypeInvalid", f"metadata.{key}",
+                                 "Invalid value: must be a map of strings"))
+    return causes
+
+
+# ---- OpenAPI v3 -> JSON schema -------------------------------------------------------------------
+
+_DROPPED_KEYS = {"description", "example", "externalDocs", "nullable", "x-kubernetes-int-or-string",
+                 "x-kubernetes-preserve-unknown-fields", "x-kubernetes-embedded-resource",
+                 "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-map-type",
+                 "x-kubernetes-validations"}
+
+
+def to_json_schema(schema: Any) -> Any:
+    """Translate a structural OpenAPI v3 schema node into draft-4 JSON schema."""
+    if not isinstance(schema, dict):
+        return schema
+    result: dict[str, Any] = {k: v for k, v in schema.items() if k not in _DROPPED_KEYS}
+    for key in ("properties", "patternProperties", "definitions"):
+        if isinstance(schema.get(key), dict):
+            result[key] = {name: to_json_schema(sub) for name, sub in schema[key].items()}
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(schema.get(key), dict):
+            result[key] = to_json_schema(schema[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if isinstance(schema.get(key), list):
+            result[key] = [to_json_schema(sub) for sub in schema[key]]
+    if schema.get("x-kubernetes-int-or-string"):
+        result.pop("type", None)
+        alternatives = [{"type": "integer"}, {"type": "string"}]
+        if schema.get("nullable"):
+            alternatives.append({"type": "null"})
+        result["allOf"] = [*result.get("allOf", []), {"anyOf": alternatives}]
+    elif schema.get("nullable"):
+        if "type" in result:
+            result["type"] = [result["type"], "null"]
+        if "enum" in result:
+            result["enum"] = [*result["enum"], None]
+    if schema.get("x-kubernetes-embedded-resource"):
+        properties = dict(result.get("properties") or {})
+        properties.setdefault("apiVersion", {"type": "string"})
+        properties.setdefault("kind", {"type": "string"})
+        properties.setdefault("metadata", {"type": "object"})
+        result["properties"] = properties
+    return result
+
+
+_FORMATS = jsonschema.FormatChecker(formats=())
+
+
+def _is_datetime(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    if not re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}", value):
+        return False
+    datetime.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    return True
+
+
+def _is_date(value: object) -> bool:
+    if isinstance(value, str):
+        datetime.date.fromisoformat(value)
+    return True
+
+
+def _is_uuid(value: object) -> bool:
+    if isinstance(value, str):
+        uuid.UUID(value)
+    return True
+
+
+def _is_byte(value: object) -> bool:
+    if isinstance(value, str):
+        base64.b64decode(value, validate=True)
+    return True
+
+
+_FORMATS.checks("date-time", raises=ValueError)(_is_datetime)
+_FORMATS.checks("date", raises=ValueError)(_is_date)
+_FORMATS.checks("uuid", raises=ValueError)(_is_uuid)
+_FORMATS.checks("byte", raises=(ValueError, binascii.Error))(_is_byte)
+
+
+def _field(path: Iterable[Any]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _error_to_cause(error: jsonschema.ValidationError) -> dict[str, str]:
+    path = _field(error.absolute_path)
+    value = error.instance
+    where = path or "<root>"
+    validator = error.validator
+    schema_value = error.validator_value
+    if validator == "required":
+        match = re.match(r"^'(.+)' is a required property$", error.message)
+        missing = match.group(1) if match else str(schema_value)
+        return _cause("FieldValueRequired", f"{path}.{missing}" if path else missing, "Required value")
+    if validator == "type":
+        expected = ",".join(schema_value) if isinstance(schema_value, list) else str(schema_value)
+        return _cause("FieldValueTypeInvalid", where,
+                      f"Invalid value: {go_value(json_type(value))}: {where} in body must be of type "
+                      f"{expected}: {go_value(json_type(value))}")
+    if validator in ("anyOf", "allOf") and any(
+            isinstance(alt, dict) and alt.get("type") == "integer" for alt in _flatten_alternatives(schema_value)):
+        return _cause("FieldValueTypeInvalid", where,
+                      f"Invalid value: {go_value(json_type(value))}: {where} in body must be of type "
+                      f"integer,string: {go_value(json_type(value))}")
+    if validator == "enum":
+        supported = ", ".join(go_value(v) for v in schema_value)
+        return _cause("FieldValueNotSupported", where,
+                      f"Unsupported value: {go_value(value)}: supported values: {supported}")
+    if validator in ("maximum", "minimum"):
+        exclusive = error.schema.get("exclusiveMaximum" if validator == "maximum" else "exclusiveMinimum")
+        relation = ("less than" if validator == "maximum" else "greater than") + ("" if exclusive else " or equal to")
+        return _cause("FieldValueInvalid", where,
+                      f"Invalid value: {go_value(value)}: {where} in body should be {relation} {schema_value}")
+    if validator == "pattern":
+        return _cause("FieldValueInvalid", where,
+                      f"Invalid value: {go_value(value)}: {where} in body should match '{schema_value}'")
+    if validator == "maxLength":
+        return _cause("FieldValueTooLong", where, f"Too long: may not be more than {schema_value} bytes")
+    if validator == "minLength":
+        return _cause("FieldValueInvalid", where,
+                      f"Invalid value: {go_value(value)}: {where} in body should be at least "
+                      f"{schema_value} chars long")
+    if validator == "maxItems":
+        return _cause("FieldValueTooMany", where, f"Too many: {len(value)}: must have at most {schema_value} items")
+    if validator == "minItems":
+        return _cause("FieldValueInvalid", where,
+                      f"Invalid value: {len(value)}: {where} in body should have at least {schema_value} items")
+    if validator == "maxProperties":
+        return _cause("FieldValueTooMany", where,
+                      f"Too many: {len(value)}: must have at most {schema_value} items")
+    if validator == "format":
+        return _cause("FieldValueInvalid", where,
+                      f"Invalid value: {go_value(value)}: {where} in body must be of type {schema_value}: "
+                      f"{go_value(value)}")
+    if validator == "multipleOf":
+        return _cause("FieldValueInvalid", where,
+                      f"Invalid value: {go_value(value)}: {where} in body should be a multiple of {schema_value}")
+    return _cause("FieldValueInvalid", where, f"Invalid value: {go_value(value)}: {error.message}")
+
+
+def _flatten_alternatives(value: Any) -> list[Any]:
+    result: list[Any] = []
+    for alt in value if isinstance(value, list) else []:
+        result.append(alt)
+        if isinstance(alt, dict) and isinstance(alt.get("anyOf"), list):
+            result.extend(alt["anyOf"])
+    return result
+
+
+class CustomResourceSchema:
+    """The admission pipeline (prune, default, validate) for one version of a custom resource."""
+
+    def __init__(self, openapi: dict[str, Any]) -> None:
+        self.openapi = openapi
+        self.json_schema = to_json_schema(openapi)
+        jsonschema.Draft4Validator.check_schema(self.json_schema)
+        self.validator = jsonschema.Draft4Validator(self.json_schema, format_checker=_FORMATS)
+
+    def prune(self, obj: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """Drop unknown fields and non-nullable nulls; returns the new object and the unknown paths."""
+        unknown: list[str] = []
+        pruned = self._prune(copy.deepcopy(obj), self.openapi, [], unknown, root=True)
+        return pruned, unknown
+
+    def _prune(self, value: Any, schema: dict[str, Any], path: list[Any], unknown: list[str],
+               *, root: bool = False) -> Any:
+        if isinstance(value, dict):
+            properties: dict[str, Any] = schema.get("properties") or {}
+            additional = schema.get("additionalProperties")
+            preserve = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+            embedded = bool(schema.get("x-kubernetes-embedded-resource"))
+            for key in list(value):
+                if (root or embedded) and key in ("apiVersion", "kind", "metadata"):
+                    continue
+                sub = properties.get(key)
+                if sub is None and isinstance(additional, dict):
+                    sub = additional
+                if sub is None:
+                    if not preserve and additional is not True and (properties or additional is not None
+                                                                     or schema.get("type") == "object"):
+                        unknown.append(_field([*path, key]))
+                        del value[key]
+                    continue
+                if value[key] is None and not sub.get("nullable"):
+                    del value[key]
+                    continue
+                value[key] = self._prune(value[key], sub, [*path, key], unknown)
+        elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+            return [self._prune(item, schema["items"], [*path, index], unknown) for index, item in enumerate(value)]
+        return value
+
+    def apply_defaults(self, obj: dict[str, Any]) -> dict[str, Any]:
+        result = copy.deepcopy(obj)
+        self._default(result, self.openapi)
+        return result
+
+    def _default(self, value: Any, schema: dict[str, Any]) -> None:
+        if isinstance(value, dict):
+            properties: dict[str, Any] = schema.get("properties") or {}
+            for key, sub in properties.items():
+                if key not in value and "default" in sub:
+                    value[key] = copy.deepcopy(sub["default"])
+                if key in value:
+                    self._default(value[key], sub)
+            additional = schema.get("additionalProperties")
+            if isinstance(additional, dict):
+                for key in value:
+                    if key not in properties:
+                        self._default(value[key], additional)
+        elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+            for item in value:
+                self._default(item, schema["items"])
+
+    def validate(self, obj: dict[str, Any]) -> list[dict[str, str]]:
+        found = sorted(self.validator.iter_errors(obj), key=lambda e: _field(e.absolute_path))
+        type_errors = {_field(e.absolute_path) for e in found if e.validator == "type"}
+        causes: list[dict[str, str]] = []
+        for error in found:
+            if error.validator != "type" and _field(error.absolute_path) in type_errors:
+                continue  # the real server reports only the type mismatch of a field
+            causes.append(_error_to_cause(error))
+        return causes
+
+
+def admit_custom(schema: CustomResourceSchema, obj: dict[str, Any], *, field_validation: str,
+                 kind: str, group: str, name: str) -> tuple[dict[str, Any], list[str]]:
+    """Prune, default and validate a custom resource; returns it and the ``Warning`` texts."""
+    pruned, unknown = schema.prune(obj)
+    warnings: list[str] = []
+    if unknown:
+        if field_validation == "Strict":
+            fields = ", ".join(f'unknown field "{path}"' for path in unknown)
+            raise errors.bad_request(f"strict decoding error: {fields}")
+        if field_validation != "Ignore":
+            warnings = [f'unknown field "{path}"' for path in unknown]
+    defaulted = schema.apply_defaults(pruned)
+    causes = schema.validate(defaulted)
+    if causes:
+        raise errors.invalid(kind, group, name, causes)
+    return defaulted, warnings

@@ -1,0 +1,34 @@
+"""Shared fixtures: an emulated Kubernetes cluster per test, a client for it, and a kubeconfig."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # devcluster/ is not an installed package
+    sys.path.insert(0, str(REPO_ROOT))
+
+from devcluster import ClusterClient, EmulatedCluster  # noqa: E402
+
+CRD_PATHS = [REPO_ROOT / "manifests" / "crds", REPO_ROOT / "tests" / "fixtures" / "crds"]
+
+
+@pytest.fixture
+def cluster() -> Iterator[EmulatedCluster]:
+    """An emulated API server with the project's and the test fixtures' CRDs, simulation on."""
+    with EmulatedCluster([path for path in CRD_PATHS if path.exists()]) as running:
+        yield running
+
+
+@pytest.fixture
+def kube(cluster: EmulatedCluster) -> ClusterClient:
+    return ClusterClient(cluster.url, user_agent="pytest")
+
+
+@pytest.fixture
+def kubeconfig(cluster: EmulatedCluster, tmp_path: Path) -> Path:
+    return cluster.write_kubeconfig(tmp_path / "kubeconfig")

@@ -1,0 +1,119 @@
+"""Cache keys and manifests, device choice, and the result record's contract with the operator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+
+import pytest
+import torch
+
+from preloader.cache import CacheCorrupt, CachedFile, Manifest, location_key, safe_join, version_key
+from preloader.device import host_available_bytes, resolve_device
+from preloader.errors import EmptyPrefix, UnsafeKey, UsageError
+from preloader.formats import tensor_view
+from preloader.plan import ModelFile, ObjectInfo, S3Location, TensorSpec
+from preloader.progress import bar_text
+from preloader.result import Phases, Result, error_line, result_line, termination_text
+
+
+def files(*etags: str) -> list[ModelFile]:
+    return [ModelFile(ObjectInfo(f"m/{i}", 10, e), PurePosixPath(str(i))) for i, e in enumerate(etags)]
+
+
+class TestKeys:
+    def test_location_key_separates_endpoint_bucket_and_key(self) -> None:
+        keys = {
+            location_key("http://a", S3Location("b", "m/")),
+            location_key("http://other", S3Location("b", "m/")),
+            location_key("http://a", S3Location("c", "m/")),
+            location_key("http://a", S3Location("b", "m2/")),
+            location_key("http://a", S3Location("bm", "/")),
+        }
+        assert len(keys) == 5
+
+    def test_version_key_changes_with_any_etag(self) -> None:
+        assert version_key(files("x", "y")) == version_key(list(reversed(files("x", "y"))))
+        assert version_key(files("x", "y")) != version_key(files("x", "z"))
+
+
+class TestManifest:
+    def test_round_trip(self) -> None:
+        manifest = Manifest(
+            "s3://b/m/", "http://e", "v1", 4, (CachedFile(PurePosixPath("a/b"), "m/a/b", 5, '"e"', ("d1", "d2")),)
+        )
+        assert Manifest.from_json(manifest.to_json()) == manifest
+
+    @pytest.mark.parametrize(
+        "mutate",
+        [
+            lambda d: d.pop("files"),
+            lambda d: d["files"][0].update(path="../x"),
+            lambda d: d["files"][0].update(sha256=["only-one"]),
+            lambda d: d.update(chunk_size="x"),
+        ],
+    )
+    def test_damaged_manifest_is_corrupt_not_a_crash(self, mutate: object) -> None:
+        raw = {
+            "uri": "u",
+            "endpoint": "e",
+            "version": "v",
+            "chunk_size": 4,
+            "files": [{"path": "a", "key": "k", "size": 5, "etag": "e", "sha256": ["1", "2"]}],
+        }
+        mutate(raw)  # type: ignore[operator]
+        with pytest.raises(CacheCorrupt):
+            Manifest.from_json(json.dumps(raw))
+
+
+def test_safe_join_refuses_links(tmp_path: Path) -> None:
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "link").symlink_to(tmp_path)
+    assert safe_join(tmp_path / "base", PurePosixPath("a/b")) == tmp_path / "base" / "a" / "b"
+    with pytest.raises(UnsafeKey, match="symbolic link"):
+        safe_join(tmp_path / "base", PurePosixPath("link/x"))
+
+
+class TestDevice:
+    def test_auto_is_cpu_without_cuda(self) -> None:
+        assert resolve_device("auto", cuda_available=False) == torch.device("cpu")
+
+    @pytest.mark.parametrize("spec", ["cuda", "cuda:0", "tpu", "cuda:x"])
+    def test_unusable_devices(self, spec: str) -> None:
+        with pytest.raises(UsageError):
+            resolve_device(spec, cuda_available=False)
+
+    def test_host_memory_from_meminfo(self, tmp_path: Path) -> None:
+        meminfo = tmp_path / "meminfo"
+        meminfo.write_text("MemTotal: 100 kB\nMemAvailable:  42 kB\n")
+        assert host_available_bytes(meminfo) == 42 * 1024
+
+
+def test_misaligned_tensor_is_copied_aligned_is_a_view() -> None:
+    base = torch.arange(16, dtype=torch.uint8)
+    aligned = tensor_view(base, 0, TensorSpec("a", "I32", (2,), 4, 12))
+    assert aligned.data_ptr() == base.data_ptr() + 4
+    odd = tensor_view(base, 1, TensorSpec("b", "I16", (2,), 0, 4))
+    assert odd.tolist() == torch.tensor([1, 2, 3, 4], dtype=torch.uint8).view(torch.int16).tolist()
+
+
+class TestResult:
+    result = Result("s3://b/m/", 2, 2 * 10**9, Phases(0.1, 1.5, 0.2, 0.3, 2.0), "cuda:0", "miss", 123)
+
+    def test_json_has_the_promised_keys(self) -> None:
+        data = json.loads(result_line(self.result))
+        assert {"model", "files", "bytes", "seconds", "gbps", "device", "cache", "peak_rss_bytes"} <= data.keys()
+        assert data["seconds"] == {"list": 0.1, "download": 1.5, "deserialise": 0.2, "to-device": 0.3, "total": 2.0}
+        assert data["gbps"] == 1.0
+        assert "\n" not in result_line(self.result)
+
+    def test_error_line_names_reason(self) -> None:
+        data = json.loads(error_line("s3://b/m/", EmptyPrefix("nothing here")))
+        assert data == {"model": "s3://b/m/", "error": "EmptyPrefix", "message": "nothing here", "exit_code": 3}
+
+    def test_termination_message_stays_under_the_kubelet_limit(self) -> None:
+        assert termination_text("x" * 5000) == '{"truncated": true}'
+        assert termination_text("{}") == "{}"
+
+    def test_progress_bar_text(self) -> None:
+        assert bar_text(50, 100, 1.0, width=10) == "[#####.....]  50.0%  0.00/0.00 GB  0.00 GB/s"
