@@ -103,6 +103,7 @@ def memcached_demo(kube: ClusterClient, kubeconfig: pathlib.Path, workdir: pathl
             exporter = stack.enter_context(metrics_stack.stats_exporter(mc_port))
             labels = {"namespace": "default", "pod": f"{name}-6d9f7b8c4d-x7k2p"}
             prometheus_url = stack.enter_context(metrics_stack.prometheus_server({exporter: labels}))
+            metrics_stack.wait_for_first_sample(prometheus_url)
             say(f"  memcached on 127.0.0.1:{mc_port}, Prometheus at {prometheus_url}")
         else:
             say("memcached/prometheus are not installed: the scale step will use a spec change instead.")
@@ -152,7 +153,7 @@ def preloader_demo(workdir: pathlib.Path) -> None:
     if not script.exists():
         say("  (the preloader demo is not available in this checkout)")
         return
-    subprocess.run([sys.executable, str(script), str(workdir)], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "devcluster.preload_demo", str(workdir)], cwd=ROOT, check=True)
 
 
 def main() -> int:

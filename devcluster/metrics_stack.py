@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 
@@ -161,6 +162,18 @@ def prometheus_server(targets: Mapping[int, Mapping[str, str]], *, scrape_interv
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_for_first_sample(prometheus_url: str, timeout: float = 30.0) -> None:
+    """Prometheus answers empty until its first scrape; callers that judge answers wait for it."""
+    query = urllib.parse.urlencode({"query": "memcached_up"})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{prometheus_url}/api/v1/query?{query}", timeout=2) as response:
+            if b'"value"' in response.read():
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"Prometheus scraped nothing in {timeout}s")
 
 
 @contextlib.contextmanager

@@ -29,9 +29,9 @@ from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, resource
 from kmock._internal import rendering
 
 from devcluster import errors
+from devcluster.label_selectors import FieldRequirement, Selector
 from devcluster.requestlog import RequestLog, RequestRecord, now
 from devcluster.resources import ALL_VERBS, ResourceDef, version_priority
-from devcluster.selectors import FieldRequirement, Selector
 from devcluster.store import ObjectStore, WatchEvent
 
 logger = logging.getLogger("devcluster.server")

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devcluster import errors, patches, validation
+from devcluster.label_selectors import Selector
 from devcluster.resources import ResourceDef, builtin_resources, resource_from_crd
-from devcluster.selectors import Selector
 
 logger = logging.getLogger("devcluster.store")
 

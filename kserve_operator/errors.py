@@ -15,6 +15,10 @@ class MetricsUnavailable(OperatorError):
     """Prometheus could not answer with a usable number: hold the current state, do not flap."""
 
 
+class NoSamples(MetricsUnavailable):
+    """The query matched no series: expected while a cache runs no pods, a problem otherwise."""
+
+
 class ApiError(OperatorError):
     """A Kubernetes API call failed; `status` is the HTTP status (0 when no answer came back)."""
 

@@ -18,10 +18,8 @@ def bar_text(done: int, total: int, seconds: float, width: int = 30) -> str:
     fraction = done / total if total else 1.0
     filled = int(width * fraction)
     rate = done / seconds / 1e9 if seconds > 0 else 0.0
-    return (
-        f"[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}%  "
-        f"{done / 1e9:.2f}/{total / 1e9:.2f} GB  {rate:.2f} GB/s"
-    )
+    bar = f"[{'#' * filled}{'.' * (width - filled)}] " if width else ""
+    return f"{bar}{fraction * 100:5.1f}%  {done / 1e9:.2f}/{total / 1e9:.2f} GB  {rate:.2f} GB/s"
 
 
 class Progress:

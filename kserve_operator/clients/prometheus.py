@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from kserve_operator.errors import MetricsUnavailable
+from kserve_operator.errors import MetricsUnavailable, NoSamples
 
 
 class PrometheusClient:
@@ -54,7 +54,7 @@ def parse_query_result(payload: Any) -> float:
     else:
         raise MetricsUnavailable(f"query returned a {kind!r}, not a number")
     if not samples:
-        raise MetricsUnavailable("query returned no samples")
+        raise NoSamples("query returned no samples")
     total = 0.0
     for sample in samples:
         try:

@@ -20,7 +20,7 @@ import kopf
 from kserve_operator import observability
 from kserve_operator.clients.kube import DEPLOYMENTS, SERVICES, KubeClient, Resource
 from kserve_operator.clients.prometheus import PrometheusClient
-from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable
+from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable, NoSamples
 from kserve_operator.planning import memcached as plan
 from kserve_operator.planning.backoff import backoff_delay
 from kserve_operator.planning.diff import needs_update
@@ -106,6 +106,11 @@ async def _reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: l
     if spec.autoscaling:
         try:
             connections = await _observe_connections(ctx, body, spec.metrics_query)
+        except NoSamples:
+            if current != 0:  # at zero there are no pods and so no series: holding zero is right
+                metrics_problem = "query returned no samples"
+                logger.warning("Memcached %s/%s: metrics query returned no samples, holding replicas",
+                               namespace, name)
         except MetricsUnavailable as exc:
             metrics_problem = str(exc)
             logger.warning("Memcached %s/%s: metrics unavailable, holding replicas: %s", namespace, name, exc)

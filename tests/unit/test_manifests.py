@@ -68,3 +68,41 @@ def test_rbac_grants_no_wildcards_and_no_secrets() -> None:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
         assert "secrets" not in rule["resources"]
         assert "delete" not in rule["verbs"], "children are removed by the garbage collector"
+
+
+def _schemas() -> dict[tuple[str, str], Any]:
+    from devcluster.validation import CustomResourceSchema
+
+    schemas = {}
+    for _, crd in CRDS:
+        for version in crd["spec"]["versions"]:
+            api_version = f"{crd['spec']['group']}/{version['name']}"
+            schemas[(api_version, crd["spec"]["names"]["kind"])] = (
+                CustomResourceSchema(version["schema"]["openAPIV3Schema"]), crd)
+    return schemas
+
+
+SAMPLES = documents(sorted((MANIFESTS / "samples").glob("*.yaml")))
+
+
+@pytest.mark.parametrize(("where", "doc"), SAMPLES, ids=[w for w, _ in SAMPLES])
+def test_every_sample_validates_strictly_against_its_crd(where: str, doc: dict[str, Any]) -> None:
+    """The same admission the emulated API server applies: strict unknown fields, defaults, schema."""
+    from devcluster.validation import admit_custom
+
+    schema, crd = _schemas()[(doc["apiVersion"], doc["kind"])]
+    admitted, warnings = admit_custom(schema, doc, field_validation="Strict", kind=doc["kind"],
+                                      group=crd["spec"]["group"], name=doc["metadata"]["name"])
+    assert warnings == []
+    assert admitted["spec"].items() >= doc["spec"].items()
+
+
+def test_a_bad_sample_would_be_caught() -> None:
+    from devcluster.errors import ApiStatusError
+    from devcluster.validation import admit_custom
+
+    schema, _ = _schemas()[("cache.serverless.xyz/v1alpha1", "Memcached")]
+    bad = {"apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached",
+           "metadata": {"name": "x"}, "spec": {"size": 101}}
+    with pytest.raises(ApiStatusError, match="less than or equal to 100"):
+        admit_custom(schema, bad, field_validation="Strict", kind="Memcached", group="cache.serverless.xyz", name="x")

@@ -6,7 +6,7 @@ import pytest
 
 from devcluster import ApiError, ClusterClient
 from devcluster.errors import ApiStatusError
-from devcluster.selectors import Selector, parse_label_selector
+from devcluster.label_selectors import Selector, parse_label_selector
 
 CMS = "/api/v1/namespaces/default/configmaps"
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.parse
-import urllib.request
 from typing import Any
 
 import pytest
@@ -30,22 +28,11 @@ if not metrics_stack.have_binaries():
                 allow_module_level=True)
 
 
-def wait_for_first_sample(prometheus: str, timeout: float = 30.0) -> None:
-    query = urllib.parse.urlencode({"query": "memcached_up"})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{prometheus}/api/v1/query?{query}", timeout=2) as response:
-            if b'"value"' in response.read():
-                return
-        time.sleep(0.3)
-    raise TimeoutError("Prometheus scraped nothing")
-
-
 def test_replicas_follow_real_connections_down_to_zero(kube: Any, start_operator: StartOperator) -> None:
     labels = {"namespace": "default", "pod": "sessions-6d9f7b8c4d-x7k2p"}
     with metrics_stack.memcached_server() as mc_port, metrics_stack.stats_exporter(mc_port) as exporter_port, \
             metrics_stack.prometheus_server({exporter_port: labels}) as prometheus:
-        wait_for_first_sample(prometheus)
+        metrics_stack.wait_for_first_sample(prometheus)
         start_operator(resync=0.5, PROMETHEUS_URL=prometheus)
         kube.create(MC, {
             "apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached",
