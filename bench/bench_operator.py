@@ -12,21 +12,17 @@ Reports, in one run:
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from typing import Any
 
 from devcluster.client import ClusterClient
 from devcluster.emulator import EmulatedCluster
-from devcluster.metrics_stack import free_port
+from devcluster.operator_process import running_operator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MC = "/apis/cache.serverless.xyz/v1alpha1/namespaces/default/memcacheds"
@@ -68,25 +64,7 @@ def run(count: int, quiet_seconds: float, resync: float) -> dict[str, Any]:
         baseline = baseline_direct_creates(kube, count)
 
         kubeconfig = cluster.write_kubeconfig(workdir / "kubeconfig")
-        port = free_port()
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "RESYNC_SECONDS": str(resync)}
-        env.pop("PROMETHEUS_URL", None)
-        log = open(workdir / "operator.log", "wb")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen([sys.executable, "-m", "kserve_operator", "-A", "--http-host", "127.0.0.1",
-                                 "--http-port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError((workdir / "operator.log").read_text()[-3000:])
-                time.sleep(0.1)
-
+        with running_operator(kubeconfig, workdir / "operator.log", env={"RESYNC_SECONDS": str(resync)}) as op:
             created_at: dict[str, float] = {}
             deployment_at: dict[str, float] = {}
             stop = threading.Event()
@@ -124,14 +102,7 @@ def run(count: int, quiet_seconds: float, resync: float) -> dict[str, Any]:
             time.sleep(quiet_seconds)
             writes = sum(cluster.count_writes(since=since, exclude_resources=(), user_agent=agent)
                          for agent in ("kopf/", "kserve-operator"))
-            peak = peak_rss_bytes(proc.pid)
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
+            peak = peak_rss_bytes(op.proc.pid)
     per_object_minute = writes / count / (quiet_seconds / 60)
     return {
         "count": count, "converge_s": converged, "baseline_s": baseline,

@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pathlib
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
 
 import yaml
 
 from devcluster import metrics_stack
 from devcluster.client import ClusterClient
 from devcluster.emulator import EmulatedCluster
+from devcluster.operator_process import running_operator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MC = "/apis/cache.serverless.xyz/v1alpha1/namespaces/default/memcacheds"
@@ -37,39 +33,6 @@ EVENTS = "/api/v1/namespaces/default/events"
 
 def say(text: str) -> None:
     print(text, flush=True)
-
-
-@contextlib.contextmanager
-def operator(kubeconfig: pathlib.Path, workdir: pathlib.Path, prometheus_url: str | None) -> Iterator[None]:
-    port = metrics_stack.free_port()
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "RESYNC_SECONDS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("PROMETHEUS_URL", None)
-    if prometheus_url:
-        env["PROMETHEUS_URL"] = prometheus_url
-    log_path = workdir / "operator.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kserve_operator", "-A", "--http-host", "127.0.0.1", "--http-port", str(port)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), \
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the operator did not start; see {log_path}:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-        say(f"  operator running (pid {proc.pid}), probes and /metrics on 127.0.0.1:{port}, log {log_path}")
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def describe(kube: ClusterClient, name: str) -> None:
@@ -109,7 +72,10 @@ def memcached_demo(kube: ClusterClient, kubeconfig: pathlib.Path, workdir: pathl
             say("memcached/prometheus are not installed: the scale step will use a spec change instead.")
             sample["spec"].pop("targetConnectionsPerReplica", None)
         say("Starting the operator...")
-        stack.enter_context(operator(kubeconfig, workdir, prometheus_url))
+        env = {"RESYNC_SECONDS": "1", **({"PROMETHEUS_URL": prometheus_url} if prometheus_url else {})}
+        op = stack.enter_context(running_operator(kubeconfig, workdir / "operator.log", env=env))
+        say(f"  operator running (pid {op.proc.pid}), probes and /metrics on 127.0.0.1:{op.http_port}, "
+            f"log {op.log_path}")
 
         say(f"\nApplying manifests/samples/memcached.yaml ({json.dumps(sample['spec'])})")
         kube.create(MC, sample)

@@ -93,8 +93,7 @@ async def _reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: l
         changes = plan.status_changes(body.get("status"), status)
         if changes:
             await kube.patch(MEMCACHEDS, namespace, name, {"status": changes}, subresource="status")
-            _emit(body, plan.plan_events(body, status, previous_replicas=None,
-                                         decision=plan.ReplicaDecision(0, 0, None, "")))
+            _emit(body, plan.plan_events(body, status))
         logger.warning("Memcached %s/%s has an invalid spec: %s", namespace, name, exc)
         return Outcome.INVALID
 

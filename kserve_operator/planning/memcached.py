@@ -157,6 +157,17 @@ def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def child_metadata(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Same name and namespace as the cache, our labels, and the cache as controlling owner."""
+    meta = body["metadata"]
+    return {
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        "labels": labels_for(meta["name"]),
+        "ownerReferences": [owner_reference(body)],
+    }
+
+
 _RESTRICTED_CONTAINER: dict[str, Any] = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
@@ -168,8 +179,7 @@ _RESTRICTED_CONTAINER: dict[str, Any] = {
 
 def build_deployment(body: Mapping[str, Any], replicas: int, images: MemcachedImages) -> dict[str, Any]:
     """memcached plus the upstream exporter as a sidecar, restricted pod security, probes."""
-    meta = body["metadata"]
-    name, namespace = meta["name"], meta["namespace"]
+    name = body["metadata"]["name"]
     memory_limit = f"{images.memory_mb + images.memory_mb // 2}Mi"
     memcached = {
         "name": "memcached",
@@ -197,12 +207,7 @@ def build_deployment(body: Mapping[str, Any], replicas: int, images: MemcachedIm
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": labels_for(name),
-            "ownerReferences": [owner_reference(body)],
-        },
+        "metadata": child_metadata(body),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector_for(name)},
@@ -226,17 +231,11 @@ def build_deployment(body: Mapping[str, Any], replicas: int, images: MemcachedIm
 
 
 def build_service(body: Mapping[str, Any]) -> dict[str, Any]:
-    meta = body["metadata"]
-    name, namespace = meta["name"], meta["namespace"]
+    name = body["metadata"]["name"]
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": labels_for(name),
-            "ownerReferences": [owner_reference(body)],
-        },
+        "metadata": child_metadata(body),
         "spec": {
             "selector": selector_for(name),
             "ports": [
@@ -371,12 +370,12 @@ def plan_events(
     body: Mapping[str, Any],
     new_status: Mapping[str, Any],
     *,
-    previous_replicas: int | None,
-    decision: ReplicaDecision,
+    previous_replicas: int | None = None,
+    decision: ReplicaDecision | None = None,
 ) -> list[EventPlan]:
     """Events on every scale and on every newly raised problem (not on every tick)."""
     events: list[EventPlan] = []
-    if previous_replicas is not None and previous_replicas != decision.replicas:
+    if decision is not None and previous_replicas is not None and previous_replicas != decision.replicas:
         verb = "up" if decision.replicas > previous_replicas else "down"
         events.append(EventPlan(
             "Normal", f"Scaled{verb.capitalize()}",

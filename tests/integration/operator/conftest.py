@@ -2,64 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
-import os
 import pathlib
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from devcluster.metrics_stack import free_port
-
-ROOT = pathlib.Path(__file__).resolve().parents[3]
-
-
-class OperatorProcess:
-    def __init__(self, proc: subprocess.Popen[bytes], log_path: pathlib.Path, http_port: int) -> None:
-        self.proc = proc
-        self.log_path = log_path
-        self.http_port = http_port
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def http_get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            with contextlib.suppress(OSError):
-                if self.http_get("/readyz")[0] == 200:
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"operator not ready after {timeout}s:\n{self.log()[-4000:]}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
+from devcluster.operator_process import OperatorProcess
+from devcluster.operator_process import start_operator as start_operator_process
 
 StartOperator = Callable[..., OperatorProcess]
 
@@ -70,25 +24,10 @@ def start_operator(kubeconfig: pathlib.Path, tmp_path: pathlib.Path) -> Iterator
     started: list[OperatorProcess] = []
 
     def start(*args: str, resync: float = 1.0, **env: str) -> OperatorProcess:
-        port = free_port()
         log_path = tmp_path / f"operator-{len(started)}.log"
-        full_env = {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig),
-            "RESYNC_SECONDS": str(resync),
-            "FINALIZER_TIMEOUT_SECONDS": "20",
-            "PYTHONUNBUFFERED": "1",
-            **env,
-        }
-        if "PROMETHEUS_URL" not in env:  # never inherit one from the developer's shell
-            full_env.pop("PROMETHEUS_URL", None)
-        cmd = [sys.executable, "-m", "kserve_operator", "--http-host", "127.0.0.1", "--http-port", str(port),
-               *(args or ("--all-namespaces",))]
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-        op = OperatorProcess(proc, log_path, port)
+        full_env = {"RESYNC_SECONDS": str(resync), "FINALIZER_TIMEOUT_SECONDS": "20", **env}
+        op = start_operator_process(kubeconfig, log_path, args=args or ("--all-namespaces",), env=full_env)
         started.append(op)
-        op.wait_ready()
         return op
 
     yield start
