@@ -162,3 +162,16 @@ def test_probes_and_metrics_endpoint(cluster: Any, kube: Any, start_operator: St
     assert code == 200
     assert 'kserve_operator_reconciles_total{controller="memcached",result="ok"}' in text
     assert "kserve_operator_api_requests_total" in text
+
+
+def test_namespaced_mode_leaves_other_namespaces_alone(
+    cluster: Any, kube: Any, start_operator: StartOperator
+) -> None:
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-b"}})
+    start_operator("--namespace", "default")
+    other = "/apis/cache.serverless.xyz/v1alpha1/namespaces/team-b/memcacheds"
+    kube.create(other, {**memcached("elsewhere", size=1), "metadata": {"name": "elsewhere", "namespace": "team-b"}})
+    kube.create(MC, memcached("here", size=1))
+    kube.wait_for(f"{MC}/here", lambda o: o.get("status", {}).get("phase") == "Running")
+    assert not kube.exists("/apis/apps/v1/namespaces/team-b/deployments/elsewhere")
+    assert "status" not in kube.get(f"{other}/elsewhere")
