@@ -44,6 +44,15 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
     return value
 
 
+def _port(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) > 65535:
+        raise SystemExit(f"{key}={raw!r} is not a port number (0 turns the endpoint off)")
+    return int(raw)
+
+
 def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OperatorSettings:
     """Flags win over environment variables, which win over defaults."""
     env = os.environ if env is None else env
@@ -53,7 +62,7 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
                        help="watch this namespace (repeatable; env WATCH_NAMESPACE, comma-separated)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     parser.add_argument("--prometheus-url", default=env.get("PROMETHEUS_URL") or None)
-    parser.add_argument("--http-port", type=int, default=int(env.get("OPERATOR_HTTP_PORT", "8080")),
+    parser.add_argument("--http-port", type=int, default=_port(env, "OPERATOR_HTTP_PORT", 8080),
                         help="port for /healthz, /readyz and /metrics (0 disables)")
     parser.add_argument("--http-host", default=env.get("OPERATOR_HTTP_HOST", "0.0.0.0"))
     parser.add_argument("--resync-seconds", type=float, default=_float(env, "RESYNC_SECONDS", 30.0))

@@ -14,6 +14,10 @@ import torch
 
 from preloader.errors import DeviceOutOfMemory, UsageError
 
+# torch.OutOfMemoryError exists from torch 2.5 on (and torch.cuda.OutOfMemoryError is then an alias
+# of it); before that only torch.cuda.OutOfMemoryError exists. Resolved once, at import.
+OUT_OF_MEMORY: type[Exception] = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
 
 def resolve_device(spec: str, cuda_available: bool | None = None) -> torch.device:
     """'auto' -> cuda:current when CUDA is present else cpu; 'cuda'/'cuda:N' must exist."""
@@ -53,7 +57,7 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
         return tensor
     try:
         return tensor.to(device, non_blocking=True)
-    except torch.OutOfMemoryError as exc:
+    except OUT_OF_MEMORY as exc:
         raise DeviceOutOfMemory(f"out of memory on {device} while copying tensors: {exc}") from None
 
 

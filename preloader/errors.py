@@ -85,3 +85,24 @@ class DeviceOutOfMemory(PreloadError):
 class DiskFull(PreloadError):
     reason = "DiskFull"
     exit_code = 8
+
+
+class CacheBusy(PreloadError):
+    """Another run held the cache entry's lock for longer than ``--lock-timeout``."""
+
+    reason = "CacheBusy"
+    exit_code = 9
+
+
+class InternalError(PreloadError):
+    """An unexpected exception (a bug, a torch RuntimeError, MemoryError); the traceback is on stderr."""
+
+    reason = "InternalError"
+    exit_code = 70  # EX_SOFTWARE in sysexits.h
+
+
+class Interrupted(PreloadError):
+    """SIGINT / Ctrl-C."""
+
+    reason = "Interrupted"
+    exit_code = 130  # 128 + SIGINT, what a shell reports for an interrupted command

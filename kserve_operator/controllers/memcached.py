@@ -33,7 +33,7 @@ CONTROLLER = "memcached"
 
 @dataclasses.dataclass
 class MemcachedContext:
-    """What the handlers share: settings, clients and one lock per object (kopf's memo)."""
+    """What the handlers share: settings, clients and per-object state (kopf's memo)."""
 
     settings: OperatorSettings
     kube: KubeClient
@@ -41,11 +41,13 @@ class MemcachedContext:
     locks: collections.defaultdict[tuple[str, str], asyncio.Lock] = dataclasses.field(
         default_factory=lambda: collections.defaultdict(asyncio.Lock)
     )
+    # Consecutive failed reconciles per object: the timer's retries back off on it too.
+    failures: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
 
 class Outcome:
     OK = "ok"
-    INVALID = "invalid"
+    INVALID = "invalid"  # waits for a person: invalid spec, a name taken by someone else
     GONE = "gone"
 
 
@@ -68,14 +70,57 @@ def _emit(body: dict[str, Any], events: list[plan.EventPlan]) -> None:
         kopf.event(target, type=event.type, reason=event.reason, message=event.message)
 
 
+async def _report_problem(kube: KubeClient, body: dict[str, Any], reason: str, problem: str,
+                          now: datetime.datetime) -> None:
+    """Status Error + Degraded with the reason, and one Warning event when the problem is new."""
+    meta = body["metadata"]
+    status = plan.plan_error_status(body, problem, now, reason)
+    changes = plan.status_changes(body.get("status"), status)
+    if changes:
+        await kube.patch(MEMCACHEDS, meta["namespace"], meta["name"], {"status": changes}, subresource="status")
+        _emit(body, plan.plan_events(body, status))
+
+
 async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: logging.Logger | Any) -> str:
     """One level-based pass. Raises ApiError for the caller to retry; returns an Outcome."""
-    async with ctx.locks[(namespace, name)]:
+    key = (namespace, name)
+    async with ctx.locks[key]:
         started = time.perf_counter()
         try:
-            return await _reconcile(ctx, namespace, name, logger)
+            outcome = await _reconcile(ctx, namespace, name, logger)
         finally:
             observability.RECONCILE_SECONDS.labels(controller=CONTROLLER).observe(time.perf_counter() - started)
+    if outcome == Outcome.GONE:  # forget per-object state of deleted caches
+        ctx.locks.pop(key, None)
+        ctx.failures.pop(key, None)
+    return outcome
+
+
+async def _apply_children(
+    kube: KubeClient, body: dict[str, Any], deployment: dict[str, Any] | None, service: dict[str, Any] | None,
+    replicas: int, ctx: MemcachedContext, logger: logging.Logger | Any,
+) -> dict[str, Any]:
+    """Create what is missing, patch only what differs; returns the Deployment as it now stands."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    managed = ("metadata.labels", "metadata.ownerReferences", "spec")
+    desired_deployment = plan.build_deployment(body, replicas, ctx.settings.memcached)
+    if deployment is None:
+        deployment = await kube.create(DEPLOYMENTS, desired_deployment)
+        logger.info("Created Deployment %s/%s with %d replica(s)", namespace, name, replicas)
+    elif needs_update(deployment, desired_deployment, sections=managed):
+        deployment = await kube.patch(DEPLOYMENTS, namespace, name, _managed_patch(desired_deployment))
+    desired_service = plan.build_service(body)
+    if service is None:
+        await kube.create(SERVICES, desired_service)
+    elif needs_update(service, desired_service, sections=managed):
+        await kube.patch(SERVICES, namespace, name, _managed_patch(desired_service))
+    return deployment
+
+
+def _managed_patch(desired: dict[str, Any]) -> dict[str, Any]:
+    meta = desired["metadata"]
+    return {"metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]},
+            "spec": desired["spec"]}
 
 
 async def _reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: logging.Logger | Any) -> str:
@@ -89,15 +134,17 @@ async def _reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: l
         spec = parse_spec(body.get("spec"))
     except InvalidSpec as exc:
         # Permanent until the user edits the spec: report it, touch nothing else.
-        status = plan.plan_error_status(body, str(exc), now)
-        changes = plan.status_changes(body.get("status"), status)
-        if changes:
-            await kube.patch(MEMCACHEDS, namespace, name, {"status": changes}, subresource="status")
-            _emit(body, plan.plan_events(body, status))
+        await _report_problem(kube, body, plan.REASON_INVALID_SPEC, str(exc), now)
         logger.warning("Memcached %s/%s has an invalid spec: %s", namespace, name, exc)
         return Outcome.INVALID
 
     deployment = await kube.get(DEPLOYMENTS, namespace, name)
+    service = await kube.get(SERVICES, namespace, name)
+    conflict = plan.ownership_problem(deployment, body) or plan.ownership_problem(service, body)
+    if conflict is not None:
+        await _report_problem(kube, body, plan.REASON_NAME_CONFLICT, conflict, now)
+        logger.warning("Memcached %s/%s: %s", namespace, name, conflict)
+        return Outcome.INVALID
     current = deployment["spec"].get("replicas") if deployment else None
 
     connections: float | None = None
@@ -123,24 +170,12 @@ async def _reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: l
         now=now,
     )
 
-    desired_deployment = plan.build_deployment(body, decision.replicas, ctx.settings.memcached)
-    if deployment is None:
-        deployment = await kube.create(DEPLOYMENTS, desired_deployment)
-        logger.info("Created Deployment %s/%s with %d replica(s)", namespace, name, decision.replicas)
-    elif needs_update(deployment, desired_deployment, sections=("metadata.labels", "metadata.ownerReferences", "spec")):
-        deployment = await kube.patch(
-            DEPLOYMENTS, namespace, name,
-            {"metadata": {"labels": desired_deployment["metadata"]["labels"],
-                          "ownerReferences": desired_deployment["metadata"]["ownerReferences"]},
-             "spec": desired_deployment["spec"]},
-        )
-    desired_service = plan.build_service(body)
-    service = await kube.get(SERVICES, namespace, name)
-    if service is None:
-        await kube.create(SERVICES, desired_service)
-    elif needs_update(service, desired_service, sections=("metadata.labels", "metadata.ownerReferences", "spec")):
-        await kube.patch(SERVICES, namespace, name, {"metadata": {"labels": desired_service["metadata"]["labels"]},
-                                                     "spec": desired_service["spec"]})
+    try:
+        deployment = await _apply_children(kube, body, deployment, service, decision.replicas, ctx, logger)
+    except ApiError as exc:
+        if not exc.temporary:  # forbidden, rejected by admission: a person must act
+            await _report_problem(kube, body, plan.REASON_APPLY_FAILED, str(exc), now)
+        raise
 
     scaled = current != decision.replicas
     if scaled and current is not None:
@@ -158,16 +193,21 @@ async def _reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: l
 
 async def _run(memo: Any, namespace: str, name: str, logger: Any, retry: int, *, raise_permanent: bool) -> None:
     ctx: MemcachedContext = memo.memcached
+    key = (namespace, name)
     try:
         outcome = await reconcile(ctx, namespace, name, logger)
     except ApiError as exc:
         observability.RECONCILES.labels(controller=CONTROLLER, result="error").inc()
-        if exc.temporary or exc.status in (404,):
-            raise kopf.TemporaryError(str(exc), delay=backoff_delay(retry)) from exc
+        failures = ctx.failures[key] = ctx.failures.get(key, 0) + 1
+        if exc.temporary or exc.status == 404:
+            # kopf's `retry` restarts at 0 for every timer tick; the failure count does not.
+            delay = backoff_delay(max(retry, failures - 1))
+            raise kopf.TemporaryError(str(exc), delay=delay) from exc
         raise kopf.PermanentError(str(exc)) from exc
+    ctx.failures.pop(key, None)
     observability.RECONCILES.labels(controller=CONTROLLER, result=outcome).inc()
     if outcome == Outcome.INVALID and raise_permanent:
-        raise kopf.PermanentError("invalid spec; see status.conditions")
+        raise kopf.PermanentError("cannot proceed; see status.conditions")
 
 
 async def memcached_changed(

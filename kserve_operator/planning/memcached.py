@@ -337,23 +337,53 @@ def plan_status(
     return status
 
 
-def plan_error_status(body: Mapping[str, Any], problem: str, now: datetime.datetime) -> dict[str, Any]:
-    """An invalid spec: say why, keep the rest of the status as it was, change nothing else."""
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_NAME_CONFLICT = "NameConflict"
+REASON_APPLY_FAILED = "ApplyFailed"
+
+_WAITING_FOR = {
+    REASON_INVALID_SPEC: "waiting for a valid spec",
+    REASON_NAME_CONFLICT: "waiting for the name to be free",
+    REASON_APPLY_FAILED: "waiting for the API server to accept the change",
+}
+
+
+def plan_error_status(body: Mapping[str, Any], problem: str, now: datetime.datetime,
+                      reason: str = REASON_INVALID_SPEC) -> dict[str, Any]:
+    """A problem only a person can fix: say why, keep the rest of the status, change nothing else."""
     old: Mapping[str, Any] = body.get("status") or {}
     generation = body.get("metadata", {}).get("generation")
     conditions: list[cond.Condition] = list(old.get("conditions") or [])
     conditions = cond.set_condition(
-        conditions, type=cond.DEGRADED, status=cond.TRUE, reason="InvalidSpec", message=problem,
+        conditions, type=cond.DEGRADED, status=cond.TRUE, reason=reason, message=problem,
         now=now, generation=generation,
     )
     conditions = cond.set_condition(
-        conditions, type=cond.PROGRESSING, status=cond.FALSE, reason="InvalidSpec",
-        message="waiting for a valid spec", now=now, generation=generation,
+        conditions, type=cond.PROGRESSING, status=cond.FALSE, reason=reason,
+        message=_WAITING_FOR.get(reason, "waiting"), now=now, generation=generation,
     )
     status = {**old, "phase": PHASE_ERROR, "conditions": conditions}
     if generation is not None:
         status["observedGeneration"] = generation
     return status
+
+
+def ownership_problem(live: Mapping[str, Any] | None, body: Mapping[str, Any]) -> str | None:
+    """None when this cache may manage `live`: absent, or controlled by this very cache.
+
+    An object of the same name that someone else controls, or nobody does, is not taken
+    over: adopting it would let the garbage collector delete it with the cache.
+    """
+    if live is None:
+        return None
+    meta = live.get("metadata", {})
+    where = f"{live.get('kind', 'object')} {meta.get('namespace')}/{meta.get('name')}"
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            if ref.get("uid") == body.get("metadata", {}).get("uid"):
+                return None
+            return f"{where} already exists, controlled by {ref.get('kind')} {ref.get('name')}"
+    return f"{where} already exists and is not managed by this Memcached; delete or rename it"
 
 
 def status_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:

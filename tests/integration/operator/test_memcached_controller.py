@@ -175,3 +175,46 @@ def test_namespaced_mode_leaves_other_namespaces_alone(
     kube.wait_for(f"{MC}/here", lambda o: o.get("status", {}).get("phase") == "Running")
     assert not kube.exists("/apis/apps/v1/namespaces/team-b/deployments/elsewhere")
     assert "status" not in kube.get(f"{other}/elsewhere")
+
+
+def test_an_existing_deployment_of_the_same_name_is_not_taken_over(
+    cluster: Any, kube: Any, start_operator: StartOperator
+) -> None:
+    kube.create(DEPLOY, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "taken", "namespace": "default"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "mine"}},
+                 "template": {"metadata": {"labels": {"app": "mine"}},
+                              "spec": {"containers": [{"name": "app", "image": "registry.local/app:1"}]}}},
+    })
+    start_operator(resync=0.5)
+    kube.create(MC, memcached("taken", size=3))
+    mc = kube.wait_for(f"{MC}/taken", lambda o: o.get("status", {}).get("phase") == "Error")
+    degraded = condition(mc, "Degraded")
+    assert degraded["reason"] == "NameConflict" and "not managed by this Memcached" in degraded["message"]
+    assert [e["reason"] for e in events_for(kube, "taken") if e["type"] == "Warning"] == ["NameConflict"]
+    time.sleep(1.5)
+    theirs = kube.get(f"{DEPLOY}/taken")
+    assert theirs["spec"]["replicas"] == 1 and "ownerReferences" not in theirs["metadata"]
+    assert theirs["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/app:1"
+
+
+def test_a_settled_autoscaled_cache_costs_no_writes_even_with_an_open_window(
+    cluster: Any, kube: Any, start_operator: StartOperator, stub_prometheus: StubPrometheus
+) -> None:
+    stub_prometheus.value = "250"
+    start_operator(resync=0.5, PROMETHEUS_URL=stub_prometheus.url)
+    kube.create(MC, memcached("steady", size=1, targetConnectionsPerReplica=100, scalingWindow="1h"))
+    kube.wait_for(f"{MC}/steady", lambda o: o.get("status", {}).get("readyReplicas") == 3
+                  and o["status"]["phase"] == "Running")
+    time.sleep(1.5)
+    since = time.time()
+    time.sleep(2.5)
+    assert operator_writes(cluster, since) == 0, "settled at 3 replicas"
+    stub_prometheus.value = "50"  # demand drops: a one-hour window opens, one status write
+    mc = kube.wait_for(f"{MC}/steady", lambda o: o["status"].get("scaleDown") is not None)
+    assert mc["status"]["scaleDown"]["replicas"] == 1 and condition(mc, "Progressing")["reason"] == "ScaleDownPending"
+    time.sleep(1.5)
+    since = time.time()
+    time.sleep(2.5)
+    assert operator_writes(cluster, since) == 0, "holding inside the window"
+    assert kube.get(f"{DEPLOY}/steady")["spec"]["replicas"] == 3

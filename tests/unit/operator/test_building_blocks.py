@@ -118,6 +118,8 @@ class TestSettings:
         assert s2.namespaces == ("c",) and s2.prometheus_url == "http://other"
         assert parse_settings(["-A"], env=env).all_namespaces
 
-    def test_bad_numbers_are_refused(self) -> None:
-        with pytest.raises(SystemExit):
-            parse_settings([], env={"RESYNC_SECONDS": "soon"})
+    @pytest.mark.parametrize("env", [{"RESYNC_SECONDS": "soon"}, {"RESYNC_SECONDS": "-1"},
+                                     {"OPERATOR_HTTP_PORT": "http"}, {"OPERATOR_HTTP_PORT": "70000"}])
+    def test_bad_numbers_are_refused_with_the_variable_named(self, env: dict[str, str]) -> None:
+        with pytest.raises(SystemExit, match=next(iter(env))):
+            parse_settings([], env=env)

@@ -171,3 +171,31 @@ class TestSpec:
     @pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("1h30m", 5400)])
     def test_durations(self, text: str, seconds: float) -> None:
         assert parse_spec({"size": 0, "scalingWindow": text}).scaling_window_seconds == seconds
+
+
+class TestOwnership:
+    def live(self, *refs: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": "Deployment", "metadata": {"name": "cache", "namespace": "team-a",
+                                                   "ownerReferences": list(refs)}}
+
+    def test_absent_or_ours_is_fine(self) -> None:
+        assert plan.ownership_problem(None, body()) is None
+        assert plan.ownership_problem(self.live(plan.owner_reference(body())), body()) is None
+
+    def test_someone_elses_is_not_taken_over(self) -> None:
+        theirs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": "other", "controller": True}
+        problem = plan.ownership_problem(self.live(theirs), body())
+        assert problem is not None and "controlled by ReplicaSet x" in problem
+
+    def test_an_unowned_object_of_the_same_name_is_not_taken_over(self) -> None:
+        non_controller = {**plan.owner_reference(body()), "controller": False}
+        problem = plan.ownership_problem(self.live(non_controller), body())
+        assert problem is not None and "not managed by this Memcached" in problem
+
+    @pytest.mark.parametrize("reason", [plan.REASON_NAME_CONFLICT, plan.REASON_APPLY_FAILED])
+    def test_problem_status_names_the_reason(self, reason: str) -> None:
+        s = plan.plan_error_status(body(), "why", T0, reason)
+        degraded = cond.find_condition(s["conditions"], "Degraded")
+        assert s["phase"] == "Error" and degraded is not None and degraded["reason"] == reason
+        events = plan.plan_events(body(), s)
+        assert [(e.type, e.reason) for e in events] == [("Warning", reason)]
