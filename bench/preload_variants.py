@@ -97,24 +97,31 @@ def fileobj_16x16(endpoint: str, bucket: str, key: str) -> dict[str, float]:
     return _download_fileobj(endpoint, bucket, key, config)
 
 
-def crt(endpoint: str, bucket: str, key: str) -> dict[str, float]:
-    """awscrt's S3 client (what boto3[crt] uses), unsigned, into a buffer, then safetensors.load."""
-    from awscrt.http import HttpHeaders, HttpRequest
+def _crt_client() -> Any:
+    """The CRT S3 client as both CRT variants use it: plain HTTP, 8 MiB parts, a 10 Gb/s target."""
     from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
-    from awscrt.s3 import S3Client, S3RequestTlsMode, S3RequestType
-    from safetensors.torch import load
+    from awscrt.s3 import S3Client, S3RequestTlsMode
 
-    start = time.perf_counter()
-    size = unsigned_client(endpoint).head_object(Bucket=bucket, Key=key)["ContentLength"]
     elg = EventLoopGroup()
     bootstrap = ClientBootstrap(elg, DefaultHostResolver(elg))
-    client = S3Client(
+    return S3Client(
         bootstrap=bootstrap,
         region="us-east-1",
         tls_mode=S3RequestTlsMode.DISABLED,
         part_size=8 * MiB,
         throughput_target_gbps=10.0,
     )
+
+
+def crt(endpoint: str, bucket: str, key: str) -> dict[str, float]:
+    """awscrt's S3 client (what boto3[crt] uses), unsigned, into a buffer, then safetensors.load."""
+    from awscrt.http import HttpHeaders, HttpRequest
+    from awscrt.s3 import S3RequestType
+    from safetensors.torch import load
+
+    start = time.perf_counter()
+    size = unsigned_client(endpoint).head_object(Bucket=bucket, Key=key)["ContentLength"]
+    client = _crt_client()
     buffer = np.empty(size, dtype=np.uint8)
     view = buffer.data
     host = urlsplit(endpoint).netloc
@@ -133,21 +140,12 @@ def crt(endpoint: str, bucket: str, key: str) -> dict[str, float]:
 def crt_file(endpoint: str, bucket: str, key: str) -> dict[str, float]:
     """awscrt writing straight to a RAM-backed file (its fastest mode), then safetensors.load_file."""
     from awscrt.http import HttpHeaders, HttpRequest
-    from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
-    from awscrt.s3 import S3Client, S3RequestTlsMode, S3RequestType
+    from awscrt.s3 import S3RequestType
     from safetensors.torch import load_file
 
     target = f"/dev/shm/bench-crt-{os.getpid()}.safetensors"
     start = time.perf_counter()
-    elg = EventLoopGroup()
-    bootstrap = ClientBootstrap(elg, DefaultHostResolver(elg))
-    client = S3Client(
-        bootstrap=bootstrap,
-        region="us-east-1",
-        tls_mode=S3RequestTlsMode.DISABLED,
-        part_size=8 * MiB,
-        throughput_target_gbps=10.0,
-    )
+    client = _crt_client()
     request = HttpRequest("GET", f"/{bucket}/{key}", HttpHeaders([("Host", urlsplit(endpoint).netloc)]))
     try:
         client.make_request(
