@@ -1,7 +1,8 @@
 """Command line entry: argv + environment -> Config -> preload() -> one JSON line, exit status.
 
 The only place that prints results, configures logging, writes the termination message and
-maps domain errors to exit codes.
+maps domain errors to exit codes. Every outcome, an unexpected exception or Ctrl-C included, ends
+with one JSON line on stdout and the termination message: the operator's contract.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from preloader.config import load_config
-from preloader.errors import PreloadError
+from preloader.errors import InternalError, Interrupted, PreloadError
 from preloader.preload import preload
 from preloader.result import error_line, result_line, termination_text
 
@@ -42,14 +43,24 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         outcome = preload(config)
     except PreloadError as exc:
         log.error("%s: %s", exc.reason, exc)
-        line = error_line(model, exc)
-        print(line, flush=True)
-        write_termination_log(termination_log, line)
-        return exc.exit_code
+        return _fail(model, exc, termination_log)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return _fail(model, Interrupted("interrupted (SIGINT)"), termination_log)
+    except Exception as exc:  # a bug, a torch RuntimeError, MemoryError: still honour the output contract
+        log.exception("internal error")
+        return _fail(model, InternalError(f"{type(exc).__name__}: {exc}"), termination_log)
     line = result_line(outcome.result)
     print(line, flush=True)
     write_termination_log(termination_log, line)
     return 0
+
+
+def _fail(model: str, error: PreloadError, termination_log: Path) -> int:
+    line = error_line(model, error)
+    print(line, flush=True)
+    write_termination_log(termination_log, line)
+    return error.exit_code
 
 
 if __name__ == "__main__":

@@ -12,30 +12,40 @@ either. Files are written under a temporary name, fsynced and renamed; the manif
 records each file's size, ETag and SHA-256 per chunk, is written last, so an entry without a
 manifest is incomplete and never used. Every use re-hashes the bytes it reads against the
 manifest, so a same-size corruption is caught; a failed check makes the entry a miss and the
-download rewrites it. All filesystem calls go through ``FileSystem`` so tests can make a disk
-full without root.
+download rewrites it.
+
+Writers of one location are serialised by an exclusive ``flock`` on ``<location>/.lock``, held
+from before the writer cleans up a killed run's leftovers until ``current.json`` is replaced; a
+second run (two Jobs on a node, a retried pod) waits for it, bounded by a timeout, and then looks
+the entry up again, so it becomes a hit instead of a second download. Readers never take the lock:
+an entry is used only through its manifest and every chunk is verified. The kernel drops the lock
+when its holder dies, so a killed run never leaves the location locked. All filesystem calls go
+through ``FileSystem`` so tests can make a disk full without root.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import secrets
 import shutil
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from preloader.errors import DiskFull, TransferFailed, UnsafeKey
+from preloader.errors import CacheBusy, DiskFull, TransferFailed, UnsafeKey
 from preloader.plan import ByteRange, ModelFile, ObjectInfo, S3Location, is_md5_etag, safe_relative_path
 
 log = logging.getLogger(__name__)
 
 FORMAT_DIR = "preloader-v1"
+LOCK_FILE = ".lock"
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -161,6 +171,30 @@ def safe_join(base: Path, rel: PurePosixPath) -> Path:
     return current
 
 
+class CacheLock:
+    """An exclusive flock on one location's lock file; ``release`` (or leaving ``with``) drops it."""
+
+    def __init__(self, path: Path, fd: int, waited: float) -> None:
+        self.path = path
+        self.waited = waited  # seconds spent waiting for another holder; 0.0 when it was free
+        self._fd: int | None = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the only descriptor of this open file drops the flock
+
+    def __enter__(self) -> CacheLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class ModelCache:
     def __init__(self, root: Path, fs: FileSystem | None = None) -> None:
         self.root = root
@@ -168,6 +202,51 @@ class ModelCache:
 
     def location_dir(self, endpoint: str, location: S3Location) -> Path:
         return self.root / FORMAT_DIR / location_key(endpoint, location)
+
+    def lock(
+        self,
+        endpoint: str,
+        location: S3Location,
+        timeout: float,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> CacheLock:
+        """Take the location's writer lock, waiting up to ``timeout`` seconds for another run.
+
+        Raises CacheBusy when it stays held, DiskFull/TransferFailed when the lock file cannot be
+        created. ``sleep`` and ``clock`` are seams for tests.
+        """
+        where = self.location_dir(endpoint, location)
+        path = where / LOCK_FILE
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise _disk_error(exc, path) from None
+        started = clock()
+        delay = 0.05
+        logged = False
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return CacheLock(path, fd, clock() - started if logged else 0.0)
+                except BlockingIOError:
+                    pass
+                waited = clock() - started
+                if waited >= timeout:
+                    raise CacheBusy(
+                        f"another run has been writing the cache entry for {location} for over {timeout:g}s "
+                        f"(lock {path}); raise --lock-timeout, or check for a stuck preloader on this node"
+                    )
+                if not logged:
+                    log.info("another run is writing the cache entry for %s; waiting for it (lock %s)", location, path)
+                    logged = True
+                sleep(min(delay, max(timeout - waited, 0.0)))
+                delay = min(delay * 2, 2.0)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def lookup(self, endpoint: str, location: S3Location) -> tuple[Manifest, Path] | None:
         """The current complete entry for a location, or None; a broken one is logged and ignored."""
@@ -210,15 +289,34 @@ class ModelCache:
         if hashlib.sha256(dest).hexdigest() != cached.sha256[rng.start // chunk]:
             raise CacheCorrupt(f"{cached.path}: bytes {rng.start}-{rng.end} do not match the recorded SHA-256")
 
-    def writer(self, endpoint: str, location: S3Location, files: Sequence[ModelFile], chunk: int) -> EntryWriter:
-        return EntryWriter(self, endpoint, location, files, chunk)
+    def writer(
+        self, endpoint: str, location: S3Location, files: Sequence[ModelFile], chunk: int, lock: CacheLock
+    ) -> EntryWriter:
+        """A writer for a new entry; ``lock`` must be this location's lock, held until ``commit``."""
+        return EntryWriter(self, endpoint, location, files, chunk, lock)
+
+
+def _disk_error(exc: OSError, path: Path) -> Exception:
+    if exc.errno in _FULL:
+        return DiskFull(f"cache disk full while writing {path}: {exc.strerror}")
+    return TransferFailed(f"cannot write the cache at {path}: {exc.strerror or exc}")
 
 
 class EntryWriter:
-    """Writes one version of one model into the cache; ``commit`` makes it visible."""
+    """Writes one version of one model into the cache; ``commit`` makes it visible.
+
+    Only one writer per location at a time: the caller holds the location's ``CacheLock``, so the
+    ``.tmp-*`` files removed here can only be a killed run's, never a live one's.
+    """
 
     def __init__(
-        self, cache: ModelCache, endpoint: str, location: S3Location, files: Sequence[ModelFile], chunk: int
+        self,
+        cache: ModelCache,
+        endpoint: str,
+        location: S3Location,
+        files: Sequence[ModelFile],
+        chunk: int,
+        lock: CacheLock,
     ) -> None:
         self.cache = cache
         self.fs = cache.fs
@@ -229,6 +327,8 @@ class EntryWriter:
         self.location_dir = cache.location_dir(endpoint, location)
         self.entry = self.location_dir / self.version
         self.written: list[CachedFile] = []
+        if not lock.held or lock.path != self.location_dir / LOCK_FILE:
+            raise RuntimeError(f"writing {self.entry} needs the held lock {self.location_dir / LOCK_FILE}")
         try:
             (self.entry / "files").mkdir(parents=True, exist_ok=True)
             (self.entry / "manifest.json").unlink(missing_ok=True)  # being rewritten: not complete
@@ -242,9 +342,7 @@ class EntryWriter:
             raise DiskFull(f"cache disk full: {self.entry} has {free} bytes free, the model needs {need}")
 
     def _disk_error(self, exc: OSError, path: Path) -> Exception:
-        if exc.errno in _FULL:
-            return DiskFull(f"cache disk full while writing {path}: {exc.strerror}")
-        return TransferFailed(f"cannot write the cache at {path}: {exc.strerror or exc}")
+        return _disk_error(exc, path)
 
     def write_file(self, file: ModelFile, data: memoryview) -> CachedFile:
         """Atomically write one file, checking size and (single-part) MD5 ETag before the rename."""

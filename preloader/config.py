@@ -42,6 +42,8 @@ class S3Settings:
     max_attempts: int = 5
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    # scheme ("http", "https", "no") -> proxy URL / NO_PROXY list, as urllib.request.getproxies() has them.
+    proxies: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class Config:
     max_device_bytes: int | None = None
     progress: ProgressMode = "auto"
     log_level: str = "INFO"
+    # Seconds to wait for another run that is writing the same cache entry (then CacheBusy).
+    lock_timeout: float = 1800.0
     s3: S3Settings = field(default_factory=S3Settings)
     transfer: TransferSettings = field(default_factory=TransferSettings)
 
@@ -95,6 +99,26 @@ def parse_bool(name: str, text: str) -> bool:
     if lowered in _FALSE:
         return False
     raise UsageError(f"{name} must be true or false, got {text!r}")
+
+
+def proxies_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """HTTPS_PROXY / HTTP_PROXY / NO_PROXY as urllib.request.getproxies_environment reads them.
+
+    Lowercase wins over uppercase; HTTP_PROXY is ignored under CGI (REQUEST_METHOD set), as urllib does.
+    """
+    proxies: dict[str, str] = {}
+    for name, value in env.items():  # first pass: any case
+        if value and name.lower().endswith("_proxy"):
+            proxies[name.lower()[:-6]] = value
+    if "REQUEST_METHOD" in env:
+        proxies.pop("http", None)
+    for name, value in env.items():  # second pass: lowercase names win (an empty one unsets)
+        if name.endswith("_proxy"):
+            if value:
+                proxies[name.lower()[:-6]] = value
+            else:
+                proxies.pop(name.lower()[:-6], None)
+    return proxies
 
 
 def s3_settings_from_env(env: Mapping[str, str]) -> S3Settings:
@@ -130,6 +154,7 @@ def s3_settings_from_env(env: Mapping[str, str]) -> S3Settings:
         addressing_style="virtual" if virtual else "auto",
         retry_mode="adaptive" if retry_mode == "adaptive" else "standard",
         max_attempts=int(attempts),
+        proxies=proxies_from_env(env),
     )
 
 
@@ -164,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="refuse models larger than this (default: free device memory, or MemAvailable for cpu)",
     )
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds to wait for another run writing the same cache entry (default 1800)",
+    )
     parser.add_argument("--progress", choices=["auto", "always", "never"], default="auto")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -181,6 +212,8 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         raise UsageError("--concurrency must be at least 1")
     if inflight < part_size:
         raise UsageError("--max-inflight must be at least one --part-size")
+    if not args.lock_timeout >= 0:
+        raise UsageError("--lock-timeout must be a number of seconds, 0 or more")
     attempts = args.max_attempts if args.max_attempts is not None else s3.max_attempts
     if attempts < 1:
         raise UsageError("--max-attempts must be at least 1")
@@ -196,6 +229,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         max_device_bytes=parse_size(args.max_device_bytes) if args.max_device_bytes else None,
         progress=args.progress,
         log_level=args.log_level,
+        lock_timeout=args.lock_timeout,
         s3=s3,
         transfer=transfer,
     )

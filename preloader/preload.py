@@ -19,7 +19,16 @@ from typing import Literal, TextIO
 
 import torch
 
-from preloader.cache import CacheCorrupt, CachedFile, EntryWriter, FileSystem, ModelCache, version_key
+from preloader.cache import (
+    CacheCorrupt,
+    CachedFile,
+    CacheLock,
+    EntryWriter,
+    FileSystem,
+    Manifest,
+    ModelCache,
+    version_key,
+)
 from preloader.config import Config
 from preloader.device import available_bytes, memory_used, resolve_device, synchronize, to_device
 from preloader.formats import load_torch, safetensors_layout, tensor_view
@@ -51,64 +60,128 @@ def _needs_device_memory(files: Sequence[ModelFile]) -> int:
 
 def preload(config: Config, fs: FileSystem | None = None, stderr: TextIO | None = None) -> Preloaded:
     """Run once; raises PreloadError subclasses for every failure a user must act on."""
-    started = time.perf_counter()
-    stream = stderr or sys.stderr
-    device = resolve_device(config.device)
-    location = parse_s3_uri(config.uri)
-    client = S3Client(config.s3, pool_size=max(10, config.transfer.concurrency))
-    endpoint = client.endpoint
-    cache = ModelCache(config.cache_dir, fs) if config.cache_dir else None
-    list_seconds = 0.0
-    listed: tuple[S3Location, list[ModelFile]] | None = None
+    return _Run(config, fs, stderr or sys.stderr).run()
 
-    if cache is not None:
-        found = cache.lookup(endpoint, location)
-        if found is not None and config.revalidate:
-            t = time.perf_counter()
-            resolved, objects = client.resolve(location)
-            listed = (resolved, select_files(objects, resolved))
-            list_seconds = time.perf_counter() - t
-            if version_key(listed[1]) != found[0].version:
-                log.info("cache entry for %s is an older version; fetching the new one", location)
-                found = None
+
+class _Run:
+    """One preload: a cache hit if there is a usable entry, else a download under the cache lock."""
+
+    def __init__(self, config: Config, fs: FileSystem | None, stream: TextIO) -> None:
+        self.started = time.perf_counter()
+        self.config = config
+        self.stream = stream
+        self.device = resolve_device(config.device)
+        self.location = parse_s3_uri(config.uri)
+        self.client = S3Client(config.s3, pool_size=max(10, config.transfer.concurrency))
+        self.endpoint = self.client.endpoint
+        self.cache = ModelCache(config.cache_dir, fs) if config.cache_dir else None
+        self.list_seconds = 0.0
+        self.listed: tuple[S3Location, list[ModelFile]] | None = None
+        # The entry this run already rejected (older version, failed verification), by the identity
+        # of its manifest file, so a re-check under the lock does not verify it a second time.
+        self.rejected: tuple[Path, int, int] | None = None
+
+    def run(self) -> Preloaded:
+        cache = self.cache
+        if cache is None:
+            return self._download(None, None)
+        found = self._usable(cache)
         if found is not None:
-            manifest, entry = found
+            hit = self._serve(cache, *found)
+            if hit is not None:
+                return hit
+        lock = cache.lock(self.endpoint, self.location, self.config.lock_timeout)
+        try:
+            # Look again: a run that held the lock (or finished just before we asked) may have
+            # written the entry, which makes this run a hit instead of a second download.
+            found = self._usable(cache)
+            if found is not None:
+                lock.release()  # a hit needs no lock: readers verify every chunk they use
+                hit = self._serve(cache, *found)
+                if hit is not None:
+                    return hit
+                lock = cache.lock(self.endpoint, self.location, self.config.lock_timeout)
+            return self._download(cache, lock)
+        finally:
+            lock.release()
+
+    def _list(self) -> tuple[S3Location, list[ModelFile]]:
+        if self.listed is None:
+            t = time.perf_counter()
+            resolved, objects = self.client.resolve(self.location)
+            self.listed = (resolved, select_files(objects, resolved))
+            self.list_seconds += time.perf_counter() - t
+        return self.listed
+
+    def _usable(self, cache: ModelCache) -> tuple[Manifest, Path] | None:
+        """The current entry, unless this run already rejected it or (--revalidate) it is outdated."""
+        found = cache.lookup(self.endpoint, self.location)
+        if found is None:
+            return None
+        manifest, entry = found
+        try:
+            st = (entry / "manifest.json").stat()
+        except OSError:
+            return None  # replaced or removed since the lookup: a writer is at work
+        stamp = (entry, st.st_ino, st.st_mtime_ns)
+        if stamp == self.rejected:
+            return None
+        if self.config.revalidate and version_key(self._list()[1]) != manifest.version:
+            log.info("cache entry for %s is an older version; fetching the new one", self.location)
+            self.rejected = stamp
+            return None
+        return manifest, entry
+
+    def _serve(self, cache: ModelCache, manifest: Manifest, entry: Path) -> Preloaded | None:
+        try:
+            return _from_cache(
+                self.config,
+                cache,
+                manifest.files,
+                manifest.chunk_size,
+                entry,
+                self.device,
+                self.stream,
+                self.started,
+                self.list_seconds,
+            )
+        except CacheCorrupt as exc:
+            log.warning("cache entry for %s failed verification (%s); downloading and repairing it", self.location, exc)
             try:
-                return _from_cache(
-                    config, cache, manifest.files, manifest.chunk_size, entry, device, stream, started, list_seconds
-                )
-            except CacheCorrupt as exc:
-                log.warning("cache entry for %s failed verification (%s); downloading and repairing it", location, exc)
+                st = (entry / "manifest.json").stat()
+                self.rejected = (entry, st.st_ino, st.st_mtime_ns)
+            except OSError:
+                pass  # already being rewritten; the re-check under the lock decides
+            return None
 
-    if listed is None:
-        t = time.perf_counter()
-        resolved, objects = client.resolve(location)
-        listed = (resolved, select_files(objects, resolved))
-        list_seconds = time.perf_counter() - t
-    resolved, files = listed
-    check_fits(_needs_device_memory(files), config.max_device_bytes or available_bytes(device), str(device))
-    writer = cache.writer(endpoint, location, files, config.transfer.part_size) if cache else None
-    fetcher = RangeFetcher(client, config.transfer)
+    def _download(self, cache: ModelCache | None, lock: CacheLock | None) -> Preloaded:
+        config, device = self.config, self.device
+        resolved, files = self._list()
+        check_fits(_needs_device_memory(files), config.max_device_bytes or available_bytes(device), str(device))
+        writer = None
+        if cache is not None and lock is not None:
+            writer = cache.writer(self.endpoint, self.location, files, config.transfer.part_size, lock)
+        fetcher = RangeFetcher(self.client, config.transfer)
 
-    def from_s3(file: ModelFile, rng: ByteRange, dest: memoryview, progress: Callable[[int], None]) -> None:
-        fetcher.fetch(resolved.bucket, file.obj, rng, dest, progress)
+        def from_s3(file: ModelFile, rng: ByteRange, dest: memoryview, progress: Callable[[int], None]) -> None:
+            fetcher.fetch(resolved.bucket, file.obj, rng, dest, progress)
 
-    log.info(
-        "downloading %s: %d file(s), %d bytes, to %s", resolved, len(files), sum(f.obj.size for f in files), device
-    )
-    return _pipeline(
-        config,
-        files,
-        from_s3,
-        config.transfer.part_size,
-        device,
-        writer,
-        stream,
-        started,
-        list_seconds,
-        "miss" if cache else "off",
-        str(resolved),
-    )
+        log.info(
+            "downloading %s: %d file(s), %d bytes, to %s", resolved, len(files), sum(f.obj.size for f in files), device
+        )
+        return _pipeline(
+            config,
+            files,
+            from_s3,
+            config.transfer.part_size,
+            device,
+            writer,
+            self.stream,
+            self.started,
+            self.list_seconds,
+            "miss" if cache else "off",
+            str(resolved),
+        )
 
 
 def _from_cache(

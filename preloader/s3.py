@@ -5,12 +5,20 @@ botocore resolves the endpoint, addressing style, region and credentials, retrie
 over ``http.client`` so the body can be ``readinto`` a slice of the preallocated buffer: botocore's
 ``StreamingBody.read()`` would allocate and copy every byte once more. Because botocore does not
 see those GETs, this module retries them itself: 5xx/429 answers and streaming failures (reset
-connection, truncated body), with full-jitter backoff; 403/404/412 are final. Presigned URLs carry
-credentials, so they are never logged.
+connection, truncated body), with full-jitter backoff; 404/412 are final. A 403 drops the cached
+presigned URL and retries the range once with a fresh one (temporary credentials, STS or IRSA web
+identity, may have expired under the old signature; botocore refreshes them when presigning); a
+second 403 is final. Presigned URLs carry credentials, so they are never logged.
+
+The GETs honour ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` as botocore does for LIST/HEAD (read
+from the environment by ``preloader.config``): an ``https`` endpoint is reached through a CONNECT
+tunnel, an ``http`` one with absolute-URI requests to the proxy. Only ``http://`` proxies are
+supported (TLS to the proxy itself is not).
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import logging
 import random
@@ -18,8 +26,10 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -36,6 +46,7 @@ from preloader.errors import (
     ObjectNotFound,
     PreloadError,
     TransferFailed,
+    UsageError,
 )
 from preloader.plan import ByteRange, ObjectInfo, S3Location, backoff_delay, range_response_problem
 
@@ -55,6 +66,7 @@ _DENIED = {
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
 _RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 _STREAMING_ERRORS = (OSError, http.client.HTTPException)
+URL_REUSE_SECONDS = 300.0  # a presigned URL is reused this long (it is valid for an hour)
 
 
 def translate_error(exc: Exception, where: str) -> PreloadError:
@@ -158,6 +170,49 @@ class S3Client:
         return url
 
 
+@dataclass(frozen=True)
+class Proxy:
+    """Where to send the requests for one endpoint, and the header that authenticates to it."""
+
+    host: str
+    port: int
+    authorization: str | None = None  # value of Proxy-Authorization, from user:password in the URL
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Proxy-Authorization": self.authorization} if self.authorization else {}
+
+
+def proxy_for(scheme: str, netloc: str, proxies: Mapping[str, str]) -> Proxy | None:
+    """The proxy for requests to ``scheme://netloc``, or None to connect directly.
+
+    ``proxies`` is urllib's mapping (``{"https": ..., "http": ..., "no": "host,.domain"}``);
+    NO_PROXY is applied by ``urllib.request.proxy_bypass_environment``, which botocore's own
+    ``should_bypass_proxies`` also relies on, so LIST/HEAD and GETs take the same route.
+    """
+    url = proxies.get(scheme)
+    if not url:
+        return None
+    if urllib.request.proxy_bypass_environment(netloc, dict(proxies)):  # type: ignore[attr-defined]
+        return None
+    parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise UsageError(
+            f"{scheme.upper()}_PROXY must be an http://host:port proxy for the ranged GETs, got scheme "
+            f"{parsed.scheme!r}; set NO_PROXY for the S3 endpoint to reach it directly"
+        )
+    try:
+        port = parsed.port or 80
+    except ValueError:
+        raise UsageError(f"{scheme.upper()}_PROXY has an invalid port") from None
+    authorization = None
+    if parsed.username is not None:
+        user = urllib.parse.unquote(parsed.username)
+        password = urllib.parse.unquote(parsed.password or "")
+        authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return Proxy(parsed.hostname, port, authorization)
+
+
 def _ssl_context(verify: bool | str) -> ssl.SSLContext:
     if verify is False:
         context = ssl.create_default_context()
@@ -180,6 +235,7 @@ class RangeFetcher:
         transfer: TransferSettings,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._transfer = transfer
@@ -188,30 +244,50 @@ class RangeFetcher:
         self._local = threading.local()
         self._sleep = sleep
         self._jitter = jitter
+        self._clock = clock
         self._urls: dict[tuple[str, str], tuple[float, str]] = {}
         self._urls_lock = threading.Lock()
 
     def _url(self, bucket: str, key: str) -> str:
-        """Presign once per object and reuse for 30 minutes (the URL is valid for 60)."""
-        now = time.monotonic()
+        """Presign once per object and reuse it for URL_REUSE_SECONDS.
+
+        Short reuse, because temporary credentials may expire long before the URL's own hour.
+        """
+        now = self._clock()
         with self._urls_lock:
             cached = self._urls.get((bucket, key))
-            if cached and now - cached[0] < 1800:
+            if cached and now - cached[0] < URL_REUSE_SECONDS:
                 return cached[1]
         url = self._client.presign_get(bucket, key)
         with self._urls_lock:
             self._urls[(bucket, key)] = (now, url)
         return url
 
+    def _forget_url(self, bucket: str, key: str, url: str) -> None:
+        """Drop a URL S3 refused, unless another thread already replaced it with a fresh one."""
+        with self._urls_lock:
+            cached = self._urls.get((bucket, key))
+            if cached and cached[1] == url:
+                del self._urls[(bucket, key)]
+
+    def _new_connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        proxy = proxy_for(scheme, netloc, self._client.settings.proxies)
+        if scheme == "https":
+            if proxy is None:
+                return http.client.HTTPSConnection(netloc, timeout=self._timeout, context=self._ssl)
+            conn = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=self._timeout, context=self._ssl)
+            conn.set_tunnel(netloc, headers=proxy.headers)  # CONNECT, then TLS with the endpoint
+            return conn
+        if proxy is None:
+            return http.client.HTTPConnection(netloc, timeout=self._timeout)
+        return _ForwardProxyConnection(proxy, scheme, netloc, timeout=self._timeout)
+
     @contextmanager
     def _connection(self, scheme: str, netloc: str) -> Iterator[http.client.HTTPConnection]:
         conns: dict[tuple[str, str], http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})
         conn = conns.get((scheme, netloc))
         if conn is None:
-            if scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=self._timeout, context=self._ssl)
-            else:
-                conn = http.client.HTTPConnection(netloc, timeout=self._timeout)
+            conn = self._new_connection(scheme, netloc)
             conns[(scheme, netloc)] = conn
         try:
             yield conn
@@ -231,11 +307,22 @@ class RangeFetcher:
         """Fill ``dest`` (exactly rng.length bytes) with the range, or raise a PreloadError."""
         where = f"s3://{bucket}/{obj.key} {rng.header}"
         last = "no attempt made"
-        for attempt in range(1, self._transfer.max_attempts + 1):
+        refreshed = False
+        attempt = 1
+        while True:
             got = 0
             try:
                 got = self._attempt(bucket, obj, rng, dest, progress, where)
                 return
+            except _Forbidden as exc:
+                if refreshed:
+                    raise AccessDenied(f"{where}: access denied (403), also with a freshly presigned URL") from None
+                # The signature's credentials may have expired (STS, web identity): presign again
+                # (botocore refreshes them) and retry this range once, without using up an attempt.
+                log.info("%s: 403 on a presigned URL; presigning again and retrying once", where)
+                self._forget_url(bucket, obj.key, exc.url)
+                refreshed = True
+                continue
             except _RetryableError as exc:
                 last = str(exc)
                 got = exc.received
@@ -243,10 +330,12 @@ class RangeFetcher:
                 last = f"{type(exc).__name__}: {exc}"
             if got:
                 progress(-got)  # rewind, as s3transfer does, so progress never over-counts
-            if attempt < self._transfer.max_attempts:
-                delay = backoff_delay(attempt, self._transfer.backoff_base, self._transfer.backoff_cap, self._jitter())
-                log.warning("%s: attempt %d failed (%s); retrying in %.2fs", where, attempt, last, delay)
-                self._sleep(delay)
+            if attempt >= self._transfer.max_attempts:
+                break
+            delay = backoff_delay(attempt, self._transfer.backoff_base, self._transfer.backoff_cap, self._jitter())
+            log.warning("%s: attempt %d failed (%s); retrying in %.2fs", where, attempt, last, delay)
+            self._sleep(delay)
+            attempt += 1
         raise TransferFailed(f"{where}: failed after {self._transfer.max_attempts} attempts: {last}")
 
     def _attempt(
@@ -258,7 +347,8 @@ class RangeFetcher:
         progress: Callable[[int], None],
         where: str,
     ) -> int:
-        url = urllib.parse.urlsplit(self._url(bucket, obj.key))
+        presigned = self._url(bucket, obj.key)
+        url = urllib.parse.urlsplit(presigned)
         target = url.path + (f"?{url.query}" if url.query else "")
         headers = {"Range": rng.header, "Accept-Encoding": "identity"}
         if obj.etag:
@@ -270,7 +360,7 @@ class RangeFetcher:
             if status in (403, 404, 412) or status in _RETRYABLE_STATUS or status >= 300:
                 response.read()  # drain so the connection can be reused
                 if status == 403:
-                    raise AccessDenied(f"{where}: access denied (403)")
+                    raise _Forbidden(presigned)
                 if status == 404:
                     raise ObjectNotFound(f"{where}: no such key")
                 if status == 412:
@@ -294,6 +384,31 @@ class RangeFetcher:
                 got += n
                 progress(n)
             return got
+
+
+class _ForwardProxyConnection(http.client.HTTPConnection):
+    """Plain HTTP through a forward proxy: connect to the proxy, send absolute-URI requests.
+
+    http.client derives the Host header from an absolute URL, so only the request line changes.
+    """
+
+    def __init__(self, proxy: Proxy, scheme: str, netloc: str, timeout: float) -> None:
+        super().__init__(proxy.host, proxy.port, timeout=timeout)
+        self._origin = f"{scheme}://{netloc}"
+        self._proxy_headers = proxy.headers
+
+    def request(  # type: ignore[override]
+        self, method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().request(method, self._origin + url, body=body, headers={**(headers or {}), **self._proxy_headers})
+
+
+class _Forbidden(Exception):
+    """A 403 on a presigned URL; ``fetch`` presigns again once before it becomes AccessDenied."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__("HTTP 403")
+        self.url = url
 
 
 class _RetryableError(Exception):
