@@ -241,24 +241,30 @@ async def deployment_changed(
 
 
 async def memcached_deleted(
-    namespace: str | None, name: str, memo: Any, logger: kopf.Logger, runtime: datetime.timedelta, **_: Any
+    body: kopf.Body, namespace: str | None, name: str, memo: Any, logger: kopf.Logger,
+    runtime: datetime.timedelta, **_: Any,
 ) -> None:
     """Graceful termination: scale to zero, wait (bounded) for the pods to go, then release."""
     assert namespace is not None
     ctx: MemcachedContext = memo.memcached
+    out_of_time = runtime.total_seconds() >= ctx.settings.finalizer_timeout_seconds
     try:
         deployment = await ctx.kube.get(DEPLOYMENTS, namespace, name)
-        if deployment is None:
-            return
+        if deployment is None or plan.ownership_problem(deployment, dict(body)) is not None:
+            return  # nothing of ours to stop (a same-named Deployment of someone else stays as it is)
         if deployment["spec"].get("replicas") != 0:
             deployment = await ctx.kube.patch(DEPLOYMENTS, namespace, name, {"spec": {"replicas": 0}})
             logger.info("Scaling Deployment %s/%s to zero before deletion", namespace, name)
     except ApiError as exc:
+        if out_of_time:
+            logger.warning("Could not scale Deployment %s/%s down before deletion (%s); releasing anyway",
+                           namespace, name, exc)
+            return
         raise kopf.TemporaryError(f"could not scale down before deletion: {exc}", delay=2) from exc
     remaining = int((deployment.get("status") or {}).get("replicas") or 0)
     if remaining == 0:
         return
-    if runtime.total_seconds() >= ctx.settings.finalizer_timeout_seconds:
+    if out_of_time:
         logger.warning("Deployment %s/%s still has %d pod(s) after %.0fs; releasing anyway",
                        namespace, name, remaining, runtime.total_seconds())
         return

@@ -196,6 +196,9 @@ def test_an_existing_deployment_of_the_same_name_is_not_taken_over(
     theirs = kube.get(f"{DEPLOY}/taken")
     assert theirs["spec"]["replicas"] == 1 and "ownerReferences" not in theirs["metadata"]
     assert theirs["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/app:1"
+    kube.delete(f"{MC}/taken")  # deleting the cache neither scales nor removes what is not its own
+    kube.wait_gone(f"{MC}/taken", timeout=10)
+    assert kube.get(f"{DEPLOY}/taken")["spec"]["replicas"] == 1
 
 
 def test_a_settled_autoscaled_cache_costs_no_writes_even_with_an_open_window(
