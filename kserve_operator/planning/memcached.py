@@ -43,7 +43,11 @@ class ScaleDownWindow:
     replicas: int
 
     def to_status(self) -> dict[str, Any]:
-        return {"since": cond.rfc3339(self.since), "replicas": self.replicas}
+        """Whole seconds, rounded up: a window read back from status is never shorter than asked."""
+        since = self.since
+        if since.microsecond:
+            since = since.replace(microsecond=0) + datetime.timedelta(seconds=1)
+        return {"since": cond.rfc3339(since), "replicas": self.replicas}
 
     @classmethod
     def from_status(cls, raw: Mapping[str, Any] | None) -> ScaleDownWindow | None:

@@ -80,6 +80,12 @@ class TestWindow:
         d3 = decide_replicas(s, connections=100, current=5, window=d2.window, now=T0 + datetime.timedelta(seconds=60))
         assert d3.replicas == 1 and d3.window is None
 
+    def test_a_window_stored_in_status_is_never_shorter(self) -> None:
+        opened = ScaleDownWindow(T0 + datetime.timedelta(seconds=10, microseconds=400_000), 1)
+        restored = ScaleDownWindow.from_status(opened.to_status())
+        assert restored is not None and restored.since >= opened.since
+        assert restored.since - opened.since < datetime.timedelta(seconds=1)
+
     def test_the_highest_value_seen_in_the_window_wins(self) -> None:
         s = spec(1, window=60)
         d1 = decide_replicas(s, connections=100, current=5, window=None, now=T0)
