@@ -25,7 +25,8 @@ import torch
 from moto.server import ThreadedMotoServer
 from safetensors.torch import load_file, save
 
-from bench.preload_servers import free_port, make_model, nginx
+from bench.preload_servers import make_model, nginx
+from devcluster.metrics_stack import free_port
 from preloader.config import load_config
 from preloader.preload import preload
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -20,13 +19,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from devcluster.metrics_stack import free_port
+
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_model(path: Path, size: int) -> Path:

@@ -378,18 +378,13 @@ class ObjectStore:
         current = self.get(resource, namespace, name)
         meta = current["metadata"]
         preconditions = preconditions or {}
-        if preconditions.get("uid") and preconditions["uid"] != meta["uid"]:
-            raise errors.ApiStatusError(
-                status=409, reason="Conflict",
-                message=f"Precondition failed: UID in precondition: {preconditions['uid']}, "
-                        f"UID in object meta: {meta['uid']}",
-                details={"name": name, "group": resource.group, "kind": resource.plural})
-        if preconditions.get("resourceVersion") and preconditions["resourceVersion"] != meta["resourceVersion"]:
-            raise errors.ApiStatusError(
-                status=409, reason="Conflict",
-                message=f"Precondition failed: ResourceVersion in precondition: {preconditions['resourceVersion']}, "
-                        f"ResourceVersion in object meta: {meta['resourceVersion']}",
-                details={"name": name, "group": resource.group, "kind": resource.plural})
+        for precondition, label in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+            if preconditions.get(precondition) and preconditions[precondition] != meta[precondition]:
+                raise errors.ApiStatusError(
+                    status=409, reason="Conflict",
+                    message=f"Precondition failed: {label} in precondition: {preconditions[precondition]}, "
+                            f"{label} in object meta: {meta[precondition]}",
+                    details={"name": name, "group": resource.group, "kind": resource.plural})
         propagation = propagation or resource.default_propagation
         if propagation not in ("Background", "Foreground", "Orphan"):
             raise errors.bad_request(f"propagationPolicy: Unsupported value: {propagation!r}")

@@ -144,6 +144,12 @@ class FileSystem:
     def write(self, fd: int, data: memoryview) -> int:
         return os.write(fd, data)
 
+    def write_all(self, fd: int, data: memoryview) -> None:
+        """os.write may write less than asked; loop on `write` so a test seam sees every call."""
+        done = 0
+        while done < len(data):
+            done += self.write(fd, data[done:])
+
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
 
@@ -362,9 +368,7 @@ class EntryWriter:
                     digests.append(hashlib.sha256(piece).hexdigest())
                     if md5 is not None:
                         md5.update(piece)
-                    done = 0
-                    while done < len(piece):
-                        done += self.fs.write(fd, piece[done:])
+                    self.fs.write_all(fd, piece)
                 self.fs.fsync(fd)
             finally:
                 os.close(fd)
@@ -401,10 +405,7 @@ class EntryWriter:
         temp = path.parent / f".tmp-{path.name}-{secrets.token_hex(4)}"
         fd = self.fs.open_new(temp)
         try:
-            data = memoryview(text.encode())
-            done = 0
-            while done < len(data):
-                done += self.fs.write(fd, data[done:])
+            self.fs.write_all(fd, memoryview(text.encode()))
             self.fs.fsync(fd)
         finally:
             os.close(fd)

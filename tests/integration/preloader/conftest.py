@@ -8,7 +8,6 @@ see each other's objects. Credentials are dummies: moto accepts any unless IAM a
 from __future__ import annotations
 
 import itertools
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,10 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from devcluster.metrics_stack import free_port
 from preloader.config import Config, load_config
 
 _buckets = itertools.count()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
