@@ -22,7 +22,7 @@ from typing import Any
 
 from devcluster.client import ClusterClient
 from devcluster.emulator import EmulatedCluster
-from devcluster.operator_process import running_operator
+from devstack.operator_process import running_operator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MC = "/apis/cache.serverless.xyz/v1alpha1/namespaces/default/memcacheds"

@@ -26,7 +26,7 @@ from moto.server import ThreadedMotoServer
 from safetensors.torch import load_file, save
 
 from bench.preload_servers import make_model, nginx
-from devcluster.metrics_stack import free_port
+from devstack.metrics_stack import free_port
 from preloader.config import load_config
 from preloader.preload import preload
 

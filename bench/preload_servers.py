@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from devcluster.metrics_stack import free_port
+from devstack.metrics_stack import free_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

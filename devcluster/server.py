@@ -25,8 +25,7 @@ from typing import Any
 
 import aiohttp.web
 import attrs
-from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, resource
-from kmock._internal import rendering
+from kmock import KubernetesEmulator, KubernetesError, Payload, Request, ResourceInfo, resource
 
 from devcluster import errors
 from devcluster.label_selectors import FieldRequirement, Selector
@@ -122,11 +121,11 @@ class ApiServerEmulator(KubernetesEmulator):
             "preferredVersion": {"groupVersion": f"{group}/{versions[0]}", "version": versions[0]},
         }
 
-    async def _serve_apis(self, request: rendering.Request) -> rendering.Payload:
+    async def _serve_apis(self, request: Request) -> Payload:
         return {"kind": "APIGroupList", "apiVersion": "v1",
                 "groups": [self._group_body(g, v) for g, v in self._group_versions().items()]}
 
-    async def _serve_group(self, request: rendering.Request) -> rendering.Payload:
+    async def _serve_group(self, request: Request) -> Payload:
         group = request.resource.group if request.resource is not None else None
         versions = self._group_versions().get(group or "")
         if not versions or not group:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from devcluster.operator_process import OperatorProcess, start_operator
+from devstack.operator_process import OperatorProcess, start_operator
 from kserve_operator.clients.kube import DEPLOYMENTS, KubeClient, Resource
 from kserve_operator.errors import ApiError
 

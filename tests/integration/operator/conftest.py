@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from devcluster.operator_process import OperatorProcess
-from devcluster.operator_process import start_operator as start_operator_process
+from devstack.operator_process import OperatorProcess
+from devstack.operator_process import start_operator as start_operator_process
 
 StartOperator = Callable[..., OperatorProcess]
 

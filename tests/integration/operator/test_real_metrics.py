@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from devcluster import metrics_stack
+from devstack import metrics_stack
 from tests.integration.operator.conftest import StartOperator
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from devcluster.metrics_stack import free_port
+from devstack.metrics_stack import free_port
 from preloader.config import Config, load_config
 
 _buckets = itertools.count()

@@ -16,7 +16,7 @@ import torch
 from moto.server import ThreadedMotoServer
 from safetensors.torch import save_file
 
-from devcluster.metrics_stack import free_port
+from devstack.metrics_stack import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 
-from devcluster.metrics_stack import free_port
+from devstack.metrics_stack import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

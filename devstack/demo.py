@@ -19,10 +19,10 @@ import tempfile
 
 import yaml
 
-from devcluster import metrics_stack
 from devcluster.client import ClusterClient
 from devcluster.emulator import EmulatedCluster
-from devcluster.operator_process import running_operator
+from devstack import metrics_stack
+from devstack.operator_process import running_operator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MC = "/apis/cache.serverless.xyz/v1alpha1/namespaces/default/memcacheds"
@@ -115,11 +115,11 @@ def memcached_demo(kube: ClusterClient, kubeconfig: pathlib.Path, workdir: pathl
 
 def preloader_demo(workdir: pathlib.Path) -> None:
     say("\nPreloader: a small real model in a local S3 (moto's server), pulled into memory on the CPU...")
-    script = ROOT / "devcluster" / "preload_demo.py"
+    script = ROOT / "devstack" / "preload_demo.py"
     if not script.exists():
         say("  (the preloader demo is not available in this checkout)")
         return
-    subprocess.run([sys.executable, "-m", "devcluster.preload_demo", str(workdir)], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "devstack.preload_demo", str(workdir)], cwd=ROOT, check=True)
 
 
 def main() -> int:
