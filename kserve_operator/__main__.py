@@ -10,9 +10,11 @@ from collections.abc import Sequence
 import kopf
 
 from kserve_operator import observability
-from kserve_operator.clients.kube import KubeClient, resolve_connection
+from kserve_operator.clients.connection import kopf_connection_info
+from kserve_operator.clients.kube import KubernetesApi
 from kserve_operator.clients.prometheus import PrometheusClient
 from kserve_operator.controllers import memcached
+from kserve_operator.controllers.core import ReconcileCore
 from kserve_operator.settings import OperatorSettings, kopf_settings, parse_settings
 
 
@@ -20,8 +22,8 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    def login(**_: object) -> kopf.ConnectionInfo:
-        return resolve_connection()
+    async def login(**_: object) -> kopf.ConnectionInfo:
+        return await kopf_connection_info()
 
     memcached.register(settings, registry)
     return registry
@@ -30,9 +32,12 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
 async def run(settings: OperatorSettings) -> None:
     ready = asyncio.Event()  # kopf sets it once its watches run; /readyz reports it
 
-    kube = KubeClient(user_agent="kserve-operator")
+    api = await KubernetesApi.connect(user_agent="kserve-operator")
     prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
-    memo = kopf.Memo(memcached=memcached.MemcachedContext(settings=settings, kube=kube, prometheus=prometheus))
+    memo = kopf.Memo(
+        memcached=memcached.MemcachedContext(
+            settings=settings, core=ReconcileCore(memcached.CONTROLLER, api), prometheus=prometheus),
+    )
     runner = None
     if settings.http_port:
         runner = await observability.serve_probes(settings.http_host, settings.http_port, ready)
@@ -47,7 +52,7 @@ async def run(settings: OperatorSettings) -> None:
             ready_flag=ready,  # SIGTERM/SIGINT: kopf's own handlers stop it gracefully
         )
     finally:
-        await kube.close()
+        await api.close()
         if prometheus is not None:
             await prometheus.close()
         if runner is not None:

@@ -1,4 +1,4 @@
-"""Domain exceptions. Controllers translate them into kopf.TemporaryError / kopf.PermanentError."""
+"""Domain exceptions. Only the reconcile core turns them into kopf.TemporaryError / kopf.PermanentError."""
 
 from __future__ import annotations
 
@@ -20,15 +20,30 @@ class NoSamples(MetricsUnavailable):
 
 
 class ApiError(OperatorError):
-    """A Kubernetes API call failed; `status` is the HTTP status (0 when no answer came back)."""
+    """A Kubernetes API call failed; `status` is the HTTP status (0 when no answer came back).
 
-    def __init__(self, status: int, reason: str, message: str, *, method: str = "", path: str = "") -> None:
+    `retry_after` carries the server's Retry-After (seconds) on 429 and some 5xx answers.
+    """
+
+    def __init__(
+        self, status: int, reason: str, message: str, *, method: str = "", path: str = "",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"{method} {path}: {status} {reason}: {message}".strip())
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after
 
     @property
     def temporary(self) -> bool:
         """Conflicts, throttling, server errors and lost connections are worth retrying."""
         return self.status in (0, 409, 429) or self.status >= 500
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409

@@ -28,6 +28,9 @@ class OperatorSettings:
     resync_seconds: float = 30.0
     finalizer_timeout_seconds: float = 60.0
     memcached: MemcachedImages = dataclasses.field(default_factory=MemcachedImages)
+    # A Memcached's spec.metricsQuery runs with the operator's view of Prometheus (every
+    # namespace) and its number lands in the tenant's status: an administrator's opt-in.
+    allow_custom_metrics_queries: bool = False
     verbose: bool = False
 
 
@@ -66,6 +69,9 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
                         help="port for /healthz, /readyz and /metrics (0 disables)")
     parser.add_argument("--http-host", default=env.get("OPERATOR_HTTP_HOST", "0.0.0.0"))
     parser.add_argument("--resync-seconds", type=float, default=_float(env, "RESYNC_SECONDS", 30.0))
+    parser.add_argument("--allow-custom-metrics-queries", action="store_true",
+                        default=env.get("ALLOW_CUSTOM_METRICS_QUERIES", "").lower() in ("1", "true", "yes"),
+                        help="let Memcached specs carry their own PromQL (env ALLOW_CUSTOM_METRICS_QUERIES)")
     parser.add_argument("-v", "--verbose", action="store_true", default=env.get("LOG_LEVEL", "").upper() == "DEBUG")
     args = parser.parse_args(argv)
 
@@ -89,6 +95,7 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             exporter=env.get("MEMCACHED_EXPORTER_IMAGE") or MemcachedImages.exporter,
             memory_mb=int(_float(env, "MEMCACHED_MEMORY_MB", MemcachedImages.memory_mb)),
         ),
+        allow_custom_metrics_queries=args.allow_custom_metrics_queries,
         verbose=args.verbose,
     )
 

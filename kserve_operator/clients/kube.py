@@ -1,171 +1,296 @@
-"""A small async Kubernetes API client: JSON in, JSON out, one call per method.
+"""The operator's Kubernetes API façade over the official client (`kubernetes.aio`, asynchronous).
 
-It resolves the cluster like kubectl (KUBECONFIG or ~/.kube/config, then the in-cluster
-service account) through kopf's own login functions, so kopf and this client always talk
-to the same server with the same credentials. Every call is counted in /metrics.
+Controllers talk to the cluster only through `KubeApi`: get / list / create / patch / delete by
+a `Kind` descriptor, plain dicts in and out, `ApiError` out. `KubernetesApi` implements it with
+the official client: `CustomObjectsApi` for custom resources (ours, KServe's, Istio's), the typed
+APIs (`CoreV1Api`, `AppsV1Api`, `BatchV1Api`) for built-in kinds. Responses are read as JSON
+(`_preload_content=False`), never turned into model classes: the controllers want dicts, and
+the models of the 36.x line mangle unknown fields. Tests put a fake behind the Protocol.
+
+Patch content types are always passed explicitly (`_content_type`): the client would otherwise
+guess from the body's Python type, and its guesses differ between releases (kubernetes 36/37
+send merge-patch for a JSON-patch list on custom objects).
+
+The cluster is found the way kubectl finds it (connection.py); kopf logs in through the same
+function, so both always talk to the same server as the same user. Every call is counted in
+/metrics with its method and status code.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
+import enum
 import json
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import aiohttp
-import kopf
+from kubernetes.aio import client as k8s
 
 from kserve_operator import observability
 from kserve_operator.errors import ApiError
+from kserve_operator.resources.kinds import Kind
 
-MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
-
-
-@dataclasses.dataclass(frozen=True)
-class Resource:
-    group: str
-    version: str
-    plural: str
-    namespaced: bool = True
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
-        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        parts = [base]
-        if self.namespaced and namespace:
-            parts.append(f"namespaces/{namespace}")
-        parts.append(self.plural)
-        if name:
-            parts.append(name)
-        if subresource:
-            parts.append(subresource)
-        return "/".join(parts)
+Object = dict[str, Any]
 
 
-DEPLOYMENTS = Resource("apps", "v1", "deployments")
-SERVICES = Resource("", "v1", "services")
+class PatchType(enum.StrEnum):
+    MERGE = "application/merge-patch+json"  # RFC 7386
+    JSON = "application/json-patch+json"  # RFC 6902
+    STRATEGIC = "application/strategic-merge-patch+json"  # built-in kinds only
 
 
-def resolve_connection() -> kopf.ConnectionInfo:
-    """kubectl's order: a kubeconfig (KUBECONFIG, ~/.kube/config), then the in-cluster account."""
-    settings = kopf.OperatorSettings()
-    info = kopf.login_with_kubeconfig(settings=settings) or kopf.login_with_service_account(settings=settings)
-    if info is None:
-        raise kopf.LoginError("No kubeconfig and no in-cluster service account: cannot reach a cluster.")
-    return info
+class KubeApi(Protocol):
+    """What controllers may do to the cluster. 404 on get is `None`; everything else raises ApiError."""
 
-
-class KubeClient:
-    """The operator's own API calls (kopf keeps its watches and bookkeeping to itself)."""
-
-    def __init__(self, *, user_agent: str = "kserve-operator", timeout: float = 30.0) -> None:
-        self._user_agent = user_agent
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
-        self._server = ""
-        self._lock = asyncio.Lock()
-
-    async def _ensure_session(self) -> aiohttp.ClientSession:
-        async with self._lock:
-            if self._session is None or self._session.closed:
-                info = resolve_connection()
-                self._server = info.server.rstrip("/")
-                headers = {**info.as_http_headers(), "User-Agent": self._user_agent}
-                self._session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(ssl=info.as_ssl_context(), limit=64),
-                    headers=headers,
-                    timeout=self._timeout,
-                )
-            return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        params: Mapping[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> dict[str, Any]:
-        session = await self._ensure_session()
-        data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type} if body is not None else {}
-        started = time.perf_counter()
-        code = "error"
-        try:
-            async with session.request(
-                method, self._server + path, data=data, params=params, headers=headers
-            ) as response:
-                code = str(response.status)
-                text = await response.text()
-                if response.status == 401:
-                    await self.close()  # a rotated token: log in again on the next call
-                if response.status >= 400:
-                    raise _api_error(response.status, text, method, path)
-                return json.loads(text) if text else {}
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ApiError(0, type(exc).__name__, str(exc) or "no response", method=method, path=path) from exc
-        finally:
-            observability.API_REQUESTS.labels(method=method, code=code).inc()
-            observability.API_LATENCY.labels(method=method).observe(time.perf_counter() - started)
-
-    async def get(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
-        try:
-            return await self.request("GET", res.path(namespace, name))
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+    async def get(self, kind: Kind, name: str, namespace: str | None = None) -> Object | None: ...
 
     async def list(
-        self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None
-    ) -> list[dict[str, Any]]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        result = await self.request("GET", res.path(namespace), params=params)
-        return list(result.get("items") or [])
+        self, kind: Kind, namespace: str | None = None, *,
+        label_selector: str | None = None, field_selector: str | None = None,
+    ) -> list[Object]: ...
 
-    async def create(self, res: Resource, body: Mapping[str, Any]) -> dict[str, Any]:
-        namespace = body.get("metadata", {}).get("namespace")
-        return await self.request("POST", res.path(namespace), body=dict(body))
+    async def create(self, kind: Kind, body: Mapping[str, Any]) -> Object: ...
 
     async def patch(
-        self,
-        res: Resource,
-        namespace: str | None,
-        name: str,
-        patch: Any,
-        *,
-        subresource: str | None = None,
-        content_type: str = MERGE_PATCH,
-    ) -> dict[str, Any]:
-        return await self.request(
-            "PATCH", res.path(namespace, name, subresource), body=patch, content_type=content_type
-        )
+        self, kind: Kind, name: str, patch: Mapping[str, Any] | Sequence[Mapping[str, Any]], *,
+        namespace: str | None = None, patch_type: PatchType = PatchType.MERGE, status: bool = False,
+    ) -> Object: ...
 
-    async def delete(self, res: Resource, namespace: str | None, name: str) -> None:
+    async def delete(
+        self, kind: Kind, name: str, *, namespace: str | None = None,
+        propagation: str = "Background", uid: str | None = None,
+    ) -> bool: ...
+
+
+# Built-in API groups served by typed APIs; anything else goes through CustomObjectsApi.
+_TYPED_APIS: dict[tuple[str, str], Callable[[k8s.ApiClient], Any]] = {
+    ("", "v1"): k8s.CoreV1Api,
+    ("apps", "v1"): k8s.AppsV1Api,
+    ("batch", "v1"): k8s.BatchV1Api,
+}
+
+
+def _snake(kind: str) -> str:
+    out = []
+    for index, char in enumerate(kind):
+        if char.isupper() and index:
+            out.append("_")
+        out.append(char.lower())
+    return "".join(out)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        return None
+
+
+class KubernetesApi:
+    """`KubeApi` on the official asynchronous client. Create with `await KubernetesApi.connect()`."""
+
+    def __init__(
+        self, api_client: k8s.ApiClient, *,
+        reconnect: Callable[[], Awaitable[k8s.ApiClient]] | None = None, timeout: float = 30.0,
+    ) -> None:
+        self._client = api_client
+        self._reconnect = reconnect
+        self._timeout = timeout
+        self._typed: dict[tuple[str, str], Any] = {}
+        self._custom = k8s.CustomObjectsApi(api_client)
+
+    @classmethod
+    async def connect(cls, *, user_agent: str = "kserve-operator", request_timeout: float = 30.0) -> KubernetesApi:
+        from kserve_operator.clients.connection import new_api_client
+
+        async def build() -> k8s.ApiClient:
+            api_client = await new_api_client()
+            api_client.user_agent = user_agent
+            return api_client
+
+        return cls(await build(), reconnect=build, timeout=request_timeout)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def _typed_api(self, kind: Kind) -> Any:
+        key = (kind.group, kind.version)
+        if key not in self._typed:
+            self._typed[key] = _TYPED_APIS[key](self._client)
+        return self._typed[key]
+
+    def _is_typed(self, kind: Kind) -> bool:
+        return (kind.group, kind.version) in _TYPED_APIS
+
+    async def _call(self, method: str, kind: Kind, name: str | None, invoke: Callable[[], Any]) -> Any:
+        """One API call: count it, read the JSON, turn failures into ApiError; re-login once on 401."""
+        where = f"{kind.plural}/{name}" if name else kind.plural
+        for attempt in (0, 1):
+            started = time.perf_counter()
+            code = "error"
+            try:
+                response = await invoke()
+                try:
+                    code = str(response.status)
+                    text = await response.text()
+                    if response.status == 401 and attempt == 0 and self._reconnect is not None:
+                        await self._relogin()
+                        continue
+                    if response.status >= 400:
+                        raise _api_error(response.status, text, response.headers, method, where)
+                    return json.loads(text) if text else {}
+                finally:
+                    response.release()
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise ApiError(0, type(exc).__name__, str(exc) or "no response", method=method, path=where) from exc
+            finally:
+                observability.API_REQUESTS.labels(method=method, code=code).inc()
+                observability.API_LATENCY.labels(method=method).observe(time.perf_counter() - started)
+        raise ApiError(401, "Unauthorized", "credentials refused twice", method=method, path=where)
+
+    async def _relogin(self) -> None:
+        """A rotated token or an expired exec-plugin credential: resolve the cluster again."""
+        assert self._reconnect is not None
+        old = self._client
+        self._client = await self._reconnect()
+        self._typed.clear()
+        self._custom = k8s.CustomObjectsApi(self._client)
+        await old.close()
+
+    def _opts(self) -> dict[str, Any]:
+        return {"_preload_content": False, "_request_timeout": self._timeout}
+
+    async def get(self, kind: Kind, name: str, namespace: str | None = None) -> Object | None:
+        def invoke() -> Any:
+            if self._is_typed(kind):
+                api, snake = self._typed_api(kind), _snake(kind.kind)
+                if kind.namespaced:
+                    return getattr(api, f"read_namespaced_{snake}")(name, namespace, **self._opts())
+                return getattr(api, f"read_{snake}")(name, **self._opts())
+            if kind.namespaced:
+                return self._custom.get_namespaced_custom_object(
+                    kind.group, kind.version, namespace, kind.plural, name, **self._opts())
+            return self._custom.get_cluster_custom_object(kind.group, kind.version, kind.plural, name, **self._opts())
+
         try:
-            await self.request("DELETE", res.path(namespace, name))
+            result: Object = await self._call("GET", kind, name, invoke)
         except ApiError as exc:
-            if exc.status != 404:
-                raise
+            if exc.not_found:
+                return None
+            raise
+        return result
+
+    async def list(
+        self, kind: Kind, namespace: str | None = None, *,
+        label_selector: str | None = None, field_selector: str | None = None,
+    ) -> list[Object]:
+        selectors: dict[str, Any] = {}
+        if label_selector:
+            selectors["label_selector"] = label_selector
+        if field_selector:
+            selectors["field_selector"] = field_selector
+
+        def invoke() -> Any:
+            if self._is_typed(kind):
+                api, snake = self._typed_api(kind), _snake(kind.kind)
+                if not kind.namespaced:
+                    return getattr(api, f"list_{snake}")(**selectors, **self._opts())
+                if namespace:
+                    return getattr(api, f"list_namespaced_{snake}")(namespace, **selectors, **self._opts())
+                return getattr(api, f"list_{snake}_for_all_namespaces")(**selectors, **self._opts())
+            if kind.namespaced and namespace:
+                return self._custom.list_namespaced_custom_object(
+                    kind.group, kind.version, namespace, kind.plural, **selectors, **self._opts())
+            return self._custom.list_cluster_custom_object(
+                kind.group, kind.version, kind.plural, **selectors, **self._opts())
+
+        result = await self._call("LIST", kind, None, invoke)
+        return list(result.get("items") or [])
+
+    async def create(self, kind: Kind, body: Mapping[str, Any]) -> Object:
+        namespace = (body.get("metadata") or {}).get("namespace")
+        payload = dict(body)
+
+        def invoke() -> Any:
+            if self._is_typed(kind):
+                api, snake = self._typed_api(kind), _snake(kind.kind)
+                if kind.namespaced:
+                    return getattr(api, f"create_namespaced_{snake}")(namespace, payload, **self._opts())
+                return getattr(api, f"create_{snake}")(payload, **self._opts())
+            if kind.namespaced:
+                return self._custom.create_namespaced_custom_object(
+                    kind.group, kind.version, namespace, kind.plural, payload, **self._opts())
+            return self._custom.create_cluster_custom_object(
+                kind.group, kind.version, kind.plural, payload, **self._opts())
+
+        created: Object = await self._call("POST", kind, (body.get("metadata") or {}).get("name"), invoke)
+        return created
+
+    async def patch(
+        self, kind: Kind, name: str, patch: Mapping[str, Any] | Sequence[Mapping[str, Any]], *,
+        namespace: str | None = None, patch_type: PatchType = PatchType.MERGE, status: bool = False,
+    ) -> Object:
+        if patch_type is PatchType.STRATEGIC and not self._is_typed(kind):
+            raise ValueError("custom resources take merge or JSON patches, not strategic merge")
+        body: Any = [dict(op) for op in patch] if patch_type is PatchType.JSON else dict(patch)  # type: ignore[arg-type]
+        opts = {**self._opts(), "_content_type": patch_type.value}
+
+        def invoke() -> Any:
+            suffix = "_status" if status else ""
+            if self._is_typed(kind):
+                api, snake = self._typed_api(kind), _snake(kind.kind)
+                if kind.namespaced:
+                    return getattr(api, f"patch_namespaced_{snake}{suffix}")(name, namespace, body, **opts)
+                return getattr(api, f"patch_{snake}{suffix}")(name, body, **opts)
+            if kind.namespaced:
+                return getattr(self._custom, f"patch_namespaced_custom_object{suffix}")(
+                    kind.group, kind.version, namespace, kind.plural, name, body, **opts)
+            return getattr(self._custom, f"patch_cluster_custom_object{suffix}")(
+                kind.group, kind.version, kind.plural, name, body, **opts)
+
+        patched: Object = await self._call("PATCH", kind, name, invoke)
+        return patched
+
+    async def delete(
+        self, kind: Kind, name: str, *, namespace: str | None = None,
+        propagation: str = "Background", uid: str | None = None,
+    ) -> bool:
+        """True when the object was there to delete; `uid` makes it conditional (a replaced object stays)."""
+        options: dict[str, Any] = {"propagationPolicy": propagation}
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
+
+        def invoke() -> Any:
+            if self._is_typed(kind):
+                api, snake = self._typed_api(kind), _snake(kind.kind)
+                if kind.namespaced:
+                    return getattr(api, f"delete_namespaced_{snake}")(
+                        name, namespace, body=options, **self._opts())
+                return getattr(api, f"delete_{snake}")(name, body=options, **self._opts())
+            if kind.namespaced:
+                return self._custom.delete_namespaced_custom_object(
+                    kind.group, kind.version, namespace, kind.plural, name, body=options, **self._opts())
+            return self._custom.delete_cluster_custom_object(
+                kind.group, kind.version, kind.plural, name, body=options, **self._opts())
+
+        try:
+            await self._call("DELETE", kind, name, invoke)
+        except ApiError as exc:
+            if exc.not_found:
+                return False
+            raise
+        return True
 
 
-def _api_error(status: int, text: str, method: str, path: str) -> ApiError:
+def _api_error(status: int, text: str, headers: Mapping[str, str], method: str, where: str) -> ApiError:
     try:
         payload = json.loads(text)
         reason = str(payload.get("reason") or "")
         message = str(payload.get("message") or "")
     except (ValueError, AttributeError):
         reason, message = "", text[:500]
-    return ApiError(status, reason, message, method=method, path=path)
+    return ApiError(status, reason, message, method=method, path=where, retry_after=_retry_after(headers))

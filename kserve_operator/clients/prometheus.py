@@ -63,5 +63,9 @@ def parse_query_result(payload: Any) -> float:
             raise MetricsUnavailable(f"query returned a value that is not a number: {sample!r}") from exc
         if math.isnan(value) or math.isinf(value):
             raise MetricsUnavailable(f"query returned {value}")
+        if value < 0:
+            raise MetricsUnavailable(f"query returned a negative count: {value:g}")
         total += value
+    if math.isinf(total):
+        raise MetricsUnavailable("query returned samples whose sum overflows")
     return total

@@ -1,157 +1,105 @@
-"""The Memcached controller: thin kopf handlers around one level-based reconcile.
+"""The Memcached controller: thin kopf handlers around one level-based reconcile on the core.
 
-Every trigger (create/resume/spec change, the 30 s resync timer, a change of the owned
-Deployment) runs the same `reconcile`: read the Memcached, its Deployment and the metric,
-ask `planning.memcached` what should be, then write only what differs.
+Every trigger (create/resume/spec change, the resync timer, a change of an owned Deployment)
+runs the same `reconcile`: read the Memcached, its Deployment and the metric, ask
+`planning.memcached` what should be, then write only what differs (controllers.core).
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import dataclasses
 import datetime
 import logging
-import time
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
 from kserve_operator import observability
-from kserve_operator.clients.kube import DEPLOYMENTS, SERVICES, KubeClient, Resource
+from kserve_operator.clients.kube import KubeApi
 from kserve_operator.clients.prometheus import PrometheusClient
+from kserve_operator.controllers.core import Outcome, ReconcileCore, apply_child, now, patch_status, post_events
 from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable, NoSamples
 from kserve_operator.planning import memcached as plan
-from kserve_operator.planning.backoff import backoff_delay
-from kserve_operator.planning.diff import needs_update
-from kserve_operator.resources.memcached import GROUP, KIND, PLURAL, VERSION, parse_spec
+from kserve_operator.planning.ownership import ownership_problem
+from kserve_operator.resources.conditions import rfc3339
+from kserve_operator.resources.kinds import DEPLOYMENT, MEMCACHED, SERVICE
+from kserve_operator.resources.memcached import MemcachedSpec, name_problem, parse_spec
 from kserve_operator.settings import OperatorSettings
 
-MEMCACHEDS = Resource(GROUP, VERSION, PLURAL)
 CONTROLLER = "memcached"
+DEPLOYMENT_EXACT = ("spec.replicas", "spec.selector", "spec.template")
+SERVICE_EXACT = ("spec.selector", "spec.ports")
+MERGED = ("metadata.labels", "metadata.annotations")
 
 
 @dataclasses.dataclass
 class MemcachedContext:
-    """What the handlers share: settings, clients and per-object state (kopf's memo)."""
+    """What the handlers share (kopf's memo): settings, the reconcile core and Prometheus."""
 
     settings: OperatorSettings
-    kube: KubeClient
+    core: ReconcileCore
     prometheus: PrometheusClient | None
-    locks: collections.defaultdict[tuple[str, str], asyncio.Lock] = dataclasses.field(
-        default_factory=lambda: collections.defaultdict(asyncio.Lock)
-    )
-    # Consecutive failed reconciles per object: the timer's retries back off on it too.
-    failures: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def api(self) -> KubeApi:
+        return self.core.api
 
 
-class Outcome:
-    OK = "ok"
-    INVALID = "invalid"  # waits for a person: invalid spec, a name taken by someone else
-    GONE = "gone"
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-async def _observe_connections(ctx: MemcachedContext, body: dict[str, Any], query: str | None) -> float:
+async def _observe_connections(ctx: MemcachedContext, namespace: str, name: str, spec: MemcachedSpec) -> float:
     if ctx.prometheus is None:
         raise MetricsUnavailable("PROMETHEUS_URL is not set")
-    meta = body["metadata"]
-    promql = query or plan.default_metrics_query(meta["namespace"], meta["name"])
+    promql = spec.metrics_query or plan.default_metrics_query(namespace, name)
     return await ctx.prometheus.query_scalar(promql)
 
 
-def _emit(body: dict[str, Any], events: list[plan.EventPlan]) -> None:
-    # kopf only reads apiVersion/kind/metadata from the body; a plain dict from our GET works.
-    target = cast(kopf.Body, body)
-    for event in events:
-        kopf.event(target, type=event.type, reason=event.reason, message=event.message)
-
-
-async def _report_problem(kube: KubeClient, body: dict[str, Any], reason: str, problem: str,
-                          now: datetime.datetime) -> None:
+async def _report_problem(api: KubeApi, body: dict[str, Any], reason: str, problem: str,
+                          moment: datetime.datetime) -> None:
     """Status Error + Degraded with the reason, and one Warning event when the problem is new."""
-    meta = body["metadata"]
-    status = plan.plan_error_status(body, problem, now, reason)
-    changes = plan.status_changes(body.get("status"), status)
-    if changes:
-        await kube.patch(MEMCACHEDS, meta["namespace"], meta["name"], {"status": changes}, subresource="status")
-        _emit(body, plan.plan_events(body, status))
+    status = plan.plan_error_status(body, problem, moment, reason)
+    if await patch_status(api, MEMCACHED, body, status):
+        await post_events(api, body, plan.plan_events(body, status))
 
 
-async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: logging.Logger | Any) -> str:
-    """One level-based pass. Raises ApiError for the caller to retry; returns an Outcome."""
-    key = (namespace, name)
-    async with ctx.locks[key]:
-        started = time.perf_counter()
-        try:
-            outcome = await _reconcile(ctx, namespace, name, logger)
-        finally:
-            observability.RECONCILE_SECONDS.labels(controller=CONTROLLER).observe(time.perf_counter() - started)
-    if outcome == Outcome.GONE:  # forget per-object state of deleted caches
-        ctx.locks.pop(key, None)
-        ctx.failures.pop(key, None)
-    return outcome
-
-
-async def _apply_children(
-    kube: KubeClient, body: dict[str, Any], deployment: dict[str, Any] | None, service: dict[str, Any] | None,
-    replicas: int, ctx: MemcachedContext, logger: logging.Logger | Any,
-) -> dict[str, Any]:
-    """Create what is missing, patch only what differs; returns the Deployment as it now stands."""
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    managed = ("metadata.labels", "metadata.ownerReferences", "spec")
-    desired_deployment = plan.build_deployment(body, replicas, ctx.settings.memcached)
-    if deployment is None:
-        deployment = await kube.create(DEPLOYMENTS, desired_deployment)
-        logger.info("Created Deployment %s/%s with %d replica(s)", namespace, name, replicas)
-    elif needs_update(deployment, desired_deployment, sections=managed):
-        deployment = await kube.patch(DEPLOYMENTS, namespace, name, _managed_patch(desired_deployment))
-    desired_service = plan.build_service(body)
-    if service is None:
-        await kube.create(SERVICES, desired_service)
-    elif needs_update(service, desired_service, sections=managed):
-        await kube.patch(SERVICES, namespace, name, _managed_patch(desired_service))
-    return deployment
-
-
-def _managed_patch(desired: dict[str, Any]) -> dict[str, Any]:
-    meta = desired["metadata"]
-    return {"metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]},
-            "spec": desired["spec"]}
-
-
-async def _reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: logging.Logger | Any) -> str:
-    kube = ctx.kube
-    body = await kube.get(MEMCACHEDS, namespace, name)
+async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: logging.Logger | Any) -> Outcome:
+    """One level-based pass: observe -> plan -> apply. Raises ApiError for the core to classify."""
+    api = ctx.api
+    body = await api.get(MEMCACHED, name, namespace)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return Outcome.GONE
-    now = _now()
+    moment = now()
 
     try:
+        invalid_name = name_problem(name)
+        if invalid_name is not None:
+            await _report_problem(api, body, plan.REASON_INVALID_NAME, invalid_name, moment)
+            logger.warning("Memcached %s/%s: %s", namespace, name, invalid_name)
+            return Outcome.INVALID
         spec = parse_spec(body.get("spec"))
     except InvalidSpec as exc:
         # Permanent until the user edits the spec: report it, touch nothing else.
-        await _report_problem(kube, body, plan.REASON_INVALID_SPEC, str(exc), now)
+        await _report_problem(api, body, plan.REASON_INVALID_SPEC, str(exc), moment)
         logger.warning("Memcached %s/%s has an invalid spec: %s", namespace, name, exc)
         return Outcome.INVALID
 
-    deployment = await kube.get(DEPLOYMENTS, namespace, name)
-    service = await kube.get(SERVICES, namespace, name)
-    conflict = plan.ownership_problem(deployment, body) or plan.ownership_problem(service, body)
+    deployment = await api.get(DEPLOYMENT, name, namespace)
+    service = await api.get(SERVICE, name, namespace)
+    conflict = ownership_problem(deployment, body, MEMCACHED) or ownership_problem(service, body, MEMCACHED)
     if conflict is not None:
-        await _report_problem(kube, body, plan.REASON_NAME_CONFLICT, conflict, now)
+        await _report_problem(api, body, plan.REASON_NAME_CONFLICT, conflict, moment)
         logger.warning("Memcached %s/%s: %s", namespace, name, conflict)
         return Outcome.INVALID
     current = deployment["spec"].get("replicas") if deployment else None
 
     connections: float | None = None
     metrics_problem: str | None = None
-    if spec.autoscaling:
+    metrics_reason = plan.REASON_METRICS_UNAVAILABLE
+    if spec.autoscaling and spec.metrics_query and not ctx.settings.allow_custom_metrics_queries:
+        metrics_problem = ("spec.metricsQuery is not allowed on this cluster (the operator's administrator "
+                           "enables custom queries with ALLOW_CUSTOM_METRICS_QUERIES=true)")
+        metrics_reason = plan.REASON_QUERY_NOT_ALLOWED
+    elif spec.autoscaling:
         try:
-            connections = await _observe_connections(ctx, body, spec.metrics_query)
+            connections = await _observe_connections(ctx, namespace, name, spec)
         except NoSamples:
             if current != 0:  # at zero there are no pods and so no series: holding zero is right
                 metrics_problem = "query returned no samples"
@@ -163,51 +111,48 @@ async def _reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: l
 
     old_status = body.get("status") or {}
     decision = plan.decide_replicas(
-        spec,
-        connections=connections,
-        current=current,
-        window=plan.ScaleDownWindow.from_status(old_status.get("scaleDown")),
-        now=now,
+        spec, connections=connections, current=current,
+        window=plan.ScaleDownWindow.from_status(old_status.get("scaleDown")), now=moment,
     )
+    scaled = current != decision.replicas
+    recorded = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(plan.LAST_SCALE_ANNOTATION)
+    last_scale = rfc3339(moment) if scaled else recorded
 
     try:
-        deployment = await _apply_children(kube, body, deployment, service, decision.replicas, ctx, logger)
+        desired = plan.build_deployment(body, decision.replicas, ctx.settings.memcached, last_scale)
+        deployment, _ = await apply_child(api, DEPLOYMENT, deployment, desired, exact=DEPLOYMENT_EXACT, merged=MERGED)
+        await apply_child(api, SERVICE, service, plan.build_service(body), exact=SERVICE_EXACT, merged=MERGED)
     except ApiError as exc:
         if not exc.temporary:  # forbidden, rejected by admission: a person must act
-            await _report_problem(kube, body, plan.REASON_APPLY_FAILED, str(exc), now)
+            await _report_problem(api, body, plan.REASON_APPLY_FAILED, str(exc), moment)
         raise
 
-    scaled = current != decision.replicas
     if scaled and current is not None:
         observability.SCALES.labels(direction="up" if decision.replicas > current else "down").inc()
+        # Posted before the status write: a status write lost after the scale must not lose its Event.
+        await post_events(api, body, plan.plan_events(body, old_status, previous_replicas=current, decision=decision))
     status = plan.plan_status(
-        body, decision, deployment=deployment, connections=connections,
-        metrics_problem=metrics_problem, scaled=scaled, now=now,
+        body, decision, deployment=deployment, connections=connections, metrics_problem=metrics_problem,
+        scaled=scaled, now=moment, metrics_reason=metrics_reason,
     )
-    changes = plan.status_changes(old_status, status)
-    if changes:
-        await kube.patch(MEMCACHEDS, namespace, name, {"status": changes}, subresource="status")
-    _emit(body, plan.plan_events(body, status, previous_replicas=current, decision=decision))
+    await patch_status(api, MEMCACHED, body, status)
+    await post_events(api, body, plan.plan_events(body, status))
     return Outcome.OK
 
 
-async def _run(memo: Any, namespace: str, name: str, logger: Any, retry: int, *, raise_permanent: bool) -> None:
+async def _run(memo: Any, namespace: str, name: str, logger: Any, retry: int, *,
+               raise_permanent: bool = False, from_child: bool = False) -> Outcome:
     ctx: MemcachedContext = memo.memcached
-    key = (namespace, name)
-    try:
-        outcome = await reconcile(ctx, namespace, name, logger)
-    except ApiError as exc:
-        observability.RECONCILES.labels(controller=CONTROLLER, result="error").inc()
-        failures = ctx.failures[key] = ctx.failures.get(key, 0) + 1
-        if exc.temporary or exc.status == 404:
-            # kopf's `retry` restarts at 0 for every timer tick; the failure count does not.
-            delay = backoff_delay(max(retry, failures - 1))
-            raise kopf.TemporaryError(str(exc), delay=delay) from exc
-        raise kopf.PermanentError(str(exc)) from exc
-    ctx.failures.pop(key, None)
-    observability.RECONCILES.labels(controller=CONTROLLER, result=outcome).inc()
-    if outcome == Outcome.INVALID and raise_permanent:
-        raise kopf.PermanentError("cannot proceed; see status.conditions")
+
+    async def report_unexpected(problem: str) -> None:
+        body = await ctx.api.get(MEMCACHED, name, namespace)
+        if body is not None:
+            await _report_problem(ctx.api, body, plan.REASON_RECONCILE_ERROR, problem, now())
+
+    return await ctx.core.run(
+        namespace, name, lambda: reconcile(ctx, namespace, name, logger),
+        retry=retry, raise_permanent=raise_permanent, from_child=from_child, on_error=report_unexpected,
+    )
 
 
 async def memcached_changed(
@@ -221,23 +166,21 @@ async def memcached_changed(
 async def memcached_resync(namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """The periodic re-evaluation (the seed's RequeueAfter: 30s): metrics move without events."""
     assert namespace is not None
-    await _run(memo, namespace, name, logger, 0, raise_permanent=False)
+    await _run(memo, namespace, name, logger, 0)
 
 
-async def deployment_changed(
+async def child_changed(
     body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger, **_: Any
 ) -> None:
-    """A change of an owned Deployment (readiness, someone editing replicas): reconcile its owner."""
+    """A change of an owned Deployment or Service (readiness, someone editing it): reconcile its owner, unless
+    that owner is backing off after failures (the core skips it then)."""
     if type is None:  # the initial listing: the Memcached's own resume handler covers it
         return
+    namespace = body.get("metadata", {}).get("namespace")
     for owner in body.get("metadata", {}).get("ownerReferences") or []:
-        if owner.get("kind") == KIND and str(owner.get("apiVersion", "")).startswith(f"{GROUP}/"):
-            namespace = body["metadata"]["namespace"]
-            try:
-                await reconcile(memo.memcached, namespace, owner["name"], logger)
-            except ApiError as exc:
-                logger.warning("Reconcile of Memcached %s/%s after a Deployment change failed: %s",
-                               namespace, owner["name"], exc)
+        if owner.get("controller") and owner.get("kind") == MEMCACHED.kind \
+                and owner.get("apiVersion") == MEMCACHED.api_version and namespace:
+            await _run(memo, namespace, owner["name"], logger, 0, from_child=True)
 
 
 async def memcached_deleted(
@@ -249,11 +192,11 @@ async def memcached_deleted(
     ctx: MemcachedContext = memo.memcached
     out_of_time = runtime.total_seconds() >= ctx.settings.finalizer_timeout_seconds
     try:
-        deployment = await ctx.kube.get(DEPLOYMENTS, namespace, name)
-        if deployment is None or plan.ownership_problem(deployment, dict(body)) is not None:
+        deployment = await ctx.api.get(DEPLOYMENT, name, namespace)
+        if deployment is None or ownership_problem(deployment, dict(body), MEMCACHED) is not None:
             return  # nothing of ours to stop (a same-named Deployment of someone else stays as it is)
         if deployment["spec"].get("replicas") != 0:
-            deployment = await ctx.kube.patch(DEPLOYMENTS, namespace, name, {"spec": {"replicas": 0}})
+            deployment = await ctx.api.patch(DEPLOYMENT, name, {"spec": {"replicas": 0}}, namespace=namespace)
             logger.info("Scaling Deployment %s/%s to zero before deletion", namespace, name)
     except ApiError as exc:
         if out_of_time:
@@ -263,6 +206,7 @@ async def memcached_deleted(
         raise kopf.TemporaryError(f"could not scale down before deletion: {exc}", delay=2) from exc
     remaining = int((deployment.get("status") or {}).get("replicas") or 0)
     if remaining == 0:
+        ctx.core.forget((namespace, name))
         return
     if out_of_time:
         logger.warning("Deployment %s/%s still has %d pod(s) after %.0fs; releasing anyway",
@@ -273,15 +217,13 @@ async def memcached_deleted(
 
 def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
     """Attach the handlers; done at start-up so the resync interval comes from settings."""
-    resource = (GROUP, VERSION, PLURAL)
+    resource = (MEMCACHED.group, MEMCACHED.version, MEMCACHED.plural)
     kopf.on.resume(*resource, registry=registry)(memcached_changed)
     kopf.on.create(*resource, registry=registry)(memcached_changed)
     kopf.on.update(*resource, field="spec", registry=registry)(memcached_changed)
     kopf.on.delete(*resource, registry=registry)(memcached_deleted)
     kopf.timer(*resource, interval=settings.resync_seconds, initial_delay=settings.resync_seconds,
                registry=registry)(memcached_resync)
-    kopf.on.event(
-        "apps", "v1", "deployments",
-        labels={"app.kubernetes.io/managed-by": plan.MANAGED_BY, "app.kubernetes.io/name": "memcached"},
-        registry=registry,
-    )(deployment_changed)
+    ours = {"app.kubernetes.io/managed-by": plan.MANAGED_BY, "app.kubernetes.io/name": "memcached"}
+    for child in (DEPLOYMENT, SERVICE):
+        kopf.on.event(child.group, child.version, child.plural, labels=ours, registry=registry)(child_changed)

@@ -1,12 +1,29 @@
-"""Decide whether a live object already carries what we want, so unchanged objects cost no write.
+"""Decide whether a live object already carries what we want, and the smallest patch when not.
 
-The API server adds defaults (imagePullPolicy, strategy, protocol, ...) that a desired
-manifest never mentions; comparing only what we manage keeps those from looking like drift.
+Two kinds of managed fields:
+- *merged* maps (labels, annotations): only our keys are compared and written; others' keys stay.
+- *exact* sections (selectors, a pod template, replicas): we own them wholly. Every field we
+  want must be there with our value, and every field we do not want must be absent, except
+  fields the API server fills in itself (`SERVER_DEFAULTED`), which are not drift. A
+  `hostNetwork`, `serviceAccountName`, `command` or `privileged: true` added by hand is drift
+  and the section is put back whole.
+Owner references: ours ensured, others' kept (ownership.merged_owner_references).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from kserve_operator.planning.ownership import merged_owner_references
+
+# Field names kube-apiserver defaults inside pod templates, selectors and Service ports. Their
+# presence in a live object we own wholly is the server's doing, not drift.
+SERVER_DEFAULTED: frozenset[str] = frozenset({
+    "creationTimestamp", "restartPolicy", "terminationGracePeriodSeconds", "dnsPolicy", "schedulerName",
+    "terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy", "timeoutSeconds",
+    "periodSeconds", "successThreshold", "failureThreshold", "scheme", "protocol", "defaultMode",
+})
 
 
 def contains(live: Any, desired: Any) -> bool:
@@ -30,16 +47,82 @@ def contains(live: Any, desired: Any) -> bool:
     return bool(live == desired)
 
 
-def needs_update(live: dict[str, Any] | None, desired: dict[str, Any], *, sections: tuple[str, ...]) -> bool:
-    """Compare only the managed `sections` (e.g. spec, metadata.labels) of two objects."""
+def matches_exactly(live: Any, desired: Any, *, defaulted: frozenset[str] = SERVER_DEFAULTED) -> bool:
+    """`contains`, and nothing more in `live` than server-defaulted fields."""
+    if isinstance(desired, dict):
+        if not isinstance(live, dict):
+            return False
+        if any(key not in desired and key not in defaulted for key in live):
+            return False
+        return all(key in live and matches_exactly(live[key], value, defaulted=defaulted)
+                   for key, value in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(live, list) or len(live) != len(desired):
+            return False
+        return all(matches_exactly(lv, dv, defaulted=defaulted) for lv, dv in zip(live, desired, strict=True))
+    return contains(live, desired)
+
+
+def _section(obj: Mapping[str, Any] | None, path: str) -> Any:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def _pointer(path: str, *extra: str) -> str:
+    parts = [*path.split("."), *extra]
+    return "/" + "/".join(part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def needs_update(live: Mapping[str, Any] | None, desired: Mapping[str, Any], *, sections: tuple[str, ...]) -> bool:
+    """Compare only the managed `sections` (e.g. spec, metadata.labels) of two objects (containment)."""
     if live is None:
         return True
-    for section in sections:
-        want: Any = desired
-        have: Any = live
-        for part in section.split("."):
-            want = want.get(part) if isinstance(want, dict) else None
-            have = have.get(part) if isinstance(have, dict) else None
-        if want is not None and not contains(have, want):
-            return True
-    return False
+    return any(
+        _section(desired, section) is not None and not contains(_section(live, section), _section(desired, section))
+        for section in sections
+    )
+
+
+def child_patch(
+    live: Mapping[str, Any], desired: Mapping[str, Any], *,
+    exact: Sequence[str] = (), merged: Sequence[str] = ("metadata.labels",),
+) -> list[dict[str, Any]]:
+    """A JSON patch (RFC 6902) bringing `live` to `desired` on the managed fields; [] when nothing differs.
+
+    The first operation pins `metadata.resourceVersion` to the one read, so the API server
+    answers 409 if the object changed since: we never overwrite a change we have not seen.
+    """
+    ops: list[dict[str, Any]] = []
+    for path in merged:
+        want = _section(desired, path)
+        have = _section(live, path)
+        if not want:
+            continue
+        if not isinstance(have, Mapping):
+            ops.append({"op": "add", "path": _pointer(path), "value": want})
+            continue
+        ops.extend(
+            {"op": "add", "path": _pointer(path, key), "value": value}
+            for key, value in want.items() if have.get(key) != value
+        )
+    for path in exact:
+        want = _section(desired, path)
+        if want is not None and not matches_exactly(_section(live, path), want):
+            ops.append({"op": "add", "path": _pointer(path), "value": want})
+    ours = next(iter(_section(desired, "metadata.ownerReferences") or []), None)
+    if ours is not None:
+        refs = merged_owner_references(_section(live, "metadata.ownerReferences"), ours)
+        if refs is not None:
+            ops.append({"op": "add", "path": "/metadata/ownerReferences", "value": refs})
+    if not ops:
+        return []
+    version = _section(live, "metadata.resourceVersion")
+    return [{"op": "replace", "path": "/metadata/resourceVersion", "value": version}, *ops]
+
+
+def status_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch turning `old` into `new` at the top level; empty when nothing changed."""
+    old = old or {}
+    return {key: value for key, value in new.items() if old.get(key) != value}

@@ -12,8 +12,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
+from kserve_operator.planning.ownership import controller_reference
 from kserve_operator.resources import conditions as cond
-from kserve_operator.resources.memcached import KIND, MemcachedSpec
+from kserve_operator.resources.kinds import MEMCACHED
+from kserve_operator.resources.memcached import MemcachedSpec
 
 MEMCACHED_PORT = 11211
 EXPORTER_PORT = 9150
@@ -24,6 +27,28 @@ PHASE_RUNNING = "Running"
 PHASE_SCALING = "Scaling"
 PHASE_SCALED_TO_ZERO = "ScaledToZero"
 PHASE_ERROR = "Error"
+
+# Condition reasons: the vocabulary of status.conditions and of Warning events.
+REASON_REPLICAS_READY = "ReplicasReady"
+REASON_NO_REPLICAS_READY = "NoReplicasReady"
+REASON_SCALED_TO_ZERO = "ScaledToZero"
+REASON_SCALING = "Scaling"
+REASON_SCALE_DOWN_PENDING = "ScaleDownPending"
+REASON_SETTLED = "Settled"
+REASON_AS_EXPECTED = "AsExpected"
+REASON_METRICS_UNAVAILABLE = "MetricsUnavailable"
+REASON_QUERY_NOT_ALLOWED = "MetricsQueryNotAllowed"
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_INVALID_NAME = "InvalidName"
+REASON_NAME_CONFLICT = "NameConflict"
+REASON_APPLY_FAILED = "ApplyFailed"
+REASON_RECONCILE_ERROR = "ReconcileError"
+REASON_SCALED_UP = "ScaledUp"
+REASON_SCALED_DOWN = "ScaledDown"
+
+# Kept on the Deployment in the same write that changes its replicas, so the time of a scale
+# survives a status write that is lost after it.
+LAST_SCALE_ANNOTATION = "cache.serverless.xyz/last-scale-time"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +162,8 @@ def decide_replicas(
 
     # wanted < current: open or extend the window; the highest value seen in it wins.
     if window is None:
+        if spec.scaling_window_seconds <= 0:
+            return ReplicaDecision(wanted, wanted, None, f"{why}; no scale-down window")
         return ReplicaDecision(current, wanted, ScaleDownWindow(now, wanted), f"{why}; scale-down window opened")
     pending = ScaleDownWindow(window.since, max(window.replicas, wanted))
     if pending.replicas >= current:
@@ -149,18 +176,6 @@ def decide_replicas(
     return ReplicaDecision(current, wanted, pending, f"{why}; scale-down in {remaining:.0f}s")
 
 
-def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
-    meta = body.get("metadata", {})
-    return {
-        "apiVersion": str(body.get("apiVersion", "")),
-        "kind": str(body.get("kind", KIND)),
-        "name": meta.get("name"),
-        "uid": meta.get("uid"),
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 def child_metadata(body: Mapping[str, Any]) -> dict[str, Any]:
     """Same name and namespace as the cache, our labels, and the cache as controlling owner."""
     meta = body["metadata"]
@@ -168,7 +183,7 @@ def child_metadata(body: Mapping[str, Any]) -> dict[str, Any]:
         "name": meta["name"],
         "namespace": meta["namespace"],
         "labels": labels_for(meta["name"]),
-        "ownerReferences": [owner_reference(body)],
+        "ownerReferences": [controller_reference(MEMCACHED, body)],
     }
 
 
@@ -181,9 +196,14 @@ _RESTRICTED_CONTAINER: dict[str, Any] = {
 }
 
 
-def build_deployment(body: Mapping[str, Any], replicas: int, images: MemcachedImages) -> dict[str, Any]:
+def build_deployment(
+    body: Mapping[str, Any], replicas: int, images: MemcachedImages, last_scale_time: str | None = None,
+) -> dict[str, Any]:
     """memcached plus the upstream exporter as a sidecar, restricted pod security, probes."""
     name = body["metadata"]["name"]
+    metadata = child_metadata(body)
+    if last_scale_time is not None:
+        metadata["annotations"] = {LAST_SCALE_ANNOTATION: last_scale_time}
     memory_limit = f"{images.memory_mb + images.memory_mb // 2}Mi"
     memcached = {
         "name": "memcached",
@@ -211,7 +231,7 @@ def build_deployment(body: Mapping[str, Any], replicas: int, images: MemcachedIm
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": child_metadata(body),
+        "metadata": metadata,
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector_for(name)},
@@ -250,13 +270,6 @@ def build_service(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class EventPlan:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
 def _phase(replicas: int, ready: int, deployment_replicas: int | None) -> str:
     if replicas == 0 and ready == 0:
         return PHASE_SCALED_TO_ZERO
@@ -276,6 +289,7 @@ def plan_status(
     metrics_problem: str | None,
     scaled: bool,
     now: datetime.datetime,
+    metrics_reason: str = REASON_METRICS_UNAVAILABLE,
 ) -> dict[str, Any]:
     """The status a healthy reconcile writes; identical input gives an identical status.
 
@@ -292,25 +306,25 @@ def plan_status(
 
     conditions: list[cond.Condition] = list(old.get("conditions") or [])
     if phase == PHASE_SCALED_TO_ZERO:
-        available = (cond.FALSE, "ScaledToZero", "scaled to zero after a whole window without connections")
+        available = (cond.FALSE, REASON_SCALED_TO_ZERO, "scaled to zero after a whole window without connections")
     elif ready > 0:
-        available = (cond.TRUE, "ReplicasReady", f"{ready}/{replicas} replicas ready")
+        available = (cond.TRUE, REASON_REPLICAS_READY, f"{ready}/{replicas} replicas ready")
     else:
-        available = (cond.FALSE, "NoReplicasReady", f"0/{replicas} replicas ready")
+        available = (cond.FALSE, REASON_NO_REPLICAS_READY, f"0/{replicas} replicas ready")
     if phase in (PHASE_SCALING, PHASE_PENDING):
-        progressing = (cond.TRUE, "Scaling", f"{ready}/{replicas} replicas ready")
+        progressing = (cond.TRUE, REASON_SCALING, f"{ready}/{replicas} replicas ready")
     elif decision.window is not None:
         progressing = (
             cond.FALSE,
-            "ScaleDownPending",
+            REASON_SCALE_DOWN_PENDING,
             f"demand is {decision.wanted}; scaling down to {decision.window.replicas} after the window",
         )
     else:
-        progressing = (cond.FALSE, "Settled", f"running {replicas} replica(s) as wanted")
+        progressing = (cond.FALSE, REASON_SETTLED, f"running {replicas} replica(s) as wanted")
     if metrics_problem is not None:
-        degraded = (cond.TRUE, "MetricsUnavailable", f"holding {replicas} replica(s): {metrics_problem}")
+        degraded = (cond.TRUE, metrics_reason, f"holding {replicas} replica(s): {metrics_problem}")
     else:
-        degraded = (cond.FALSE, "AsExpected", "reconciled")
+        degraded = (cond.FALSE, REASON_AS_EXPECTED, "reconciled")
     for ctype, (value, reason, message) in (
         (cond.AVAILABLE, available),
         (cond.PROGRESSING, progressing),
@@ -334,21 +348,22 @@ def plan_status(
         status["activeConnections"] = connections
     elif "activeConnections" in old:
         status["activeConnections"] = old["activeConnections"]
-    if scaled:
+    recorded = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(LAST_SCALE_ANNOTATION)
+    if recorded:
+        status["lastScaleTime"] = recorded
+    elif scaled:
         status["lastScaleTime"] = cond.rfc3339(now)
     elif "lastScaleTime" in old:
         status["lastScaleTime"] = old["lastScaleTime"]
     return status
 
 
-REASON_INVALID_SPEC = "InvalidSpec"
-REASON_NAME_CONFLICT = "NameConflict"
-REASON_APPLY_FAILED = "ApplyFailed"
-
 _WAITING_FOR = {
     REASON_INVALID_SPEC: "waiting for a valid spec",
     REASON_NAME_CONFLICT: "waiting for the name to be free",
     REASON_APPLY_FAILED: "waiting for the API server to accept the change",
+    REASON_INVALID_NAME: "waiting for a cache with a usable name",
+    REASON_RECONCILE_ERROR: "retrying with backoff",
 }
 
 
@@ -372,34 +387,6 @@ def plan_error_status(body: Mapping[str, Any], problem: str, now: datetime.datet
     return status
 
 
-def ownership_problem(live: Mapping[str, Any] | None, body: Mapping[str, Any]) -> str | None:
-    """None when this cache may manage `live`: absent, or controlled by this very cache.
-
-    An object of the same name that someone else controls, or nobody does, is not taken
-    over: adopting it would let the garbage collector delete it with the cache.
-    """
-    if live is None:
-        return None
-    meta = live.get("metadata", {})
-    where = f"{live.get('kind', 'object')} {meta.get('namespace')}/{meta.get('name')}"
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("controller"):
-            if ref.get("uid") == body.get("metadata", {}).get("uid"):
-                return None
-            return f"{where} already exists, controlled by {ref.get('kind')} {ref.get('name')}"
-    return f"{where} already exists and is not managed by this Memcached; delete or rename it"
-
-
-def status_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch turning `old` into `new` at the top level; empty when nothing changed."""
-    old = old or {}
-    patch: dict[str, Any] = {}
-    for key, value in new.items():
-        if old.get(key) != value:
-            patch[key] = value
-    return patch
-
-
 def plan_events(
     body: Mapping[str, Any],
     new_status: Mapping[str, Any],
@@ -412,7 +399,7 @@ def plan_events(
     if decision is not None and previous_replicas is not None and previous_replicas != decision.replicas:
         verb = "up" if decision.replicas > previous_replicas else "down"
         events.append(EventPlan(
-            "Normal", f"Scaled{verb.capitalize()}",
+            NORMAL, REASON_SCALED_UP if verb == "up" else REASON_SCALED_DOWN,
             f"Scaled {verb} from {previous_replicas} to {decision.replicas} replica(s): {decision.reason}",
         ))
     old_conditions = list((body.get("status") or {}).get("conditions") or [])
@@ -423,5 +410,5 @@ def plan_events(
         or old_degraded.get("status") != cond.TRUE
         or old_degraded.get("reason") != new_degraded.get("reason")
     ):
-        events.append(EventPlan("Warning", str(new_degraded["reason"]), str(new_degraded["message"])))
+        events.append(EventPlan(WARNING, str(new_degraded["reason"]), str(new_degraded["message"])))
     return events

@@ -12,25 +12,31 @@ from collections.abc import Mapping
 from typing import Any
 
 from kserve_operator.errors import InvalidSpec
-
-GROUP = "cache.serverless.xyz"
-VERSION = "v1alpha1"
-PLURAL = "memcacheds"
-KIND = "Memcached"
+from kserve_operator.resources import durations
 
 MAX_REPLICAS = 100
+
+# A Deployment's pods are named "<name>-<replicaset hash, up to 10>-<5 random>"; the API server
+# cuts the generated prefix at 58 characters, so names longer than this lose the dashes the
+# default metrics query (and people reading `kubectl get pods`) rely on.
+MAX_NAME_LENGTH = 46
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DEFAULT_WINDOW = "5m"
-
-_DURATION = re.compile(r"^(?:[0-9]+[smh])+$")
-_PART = re.compile(r"([0-9]+)([smh])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
-
 
 def parse_duration(text: str) -> float:
     """Parse `30s`, `5m`, `1h30m` into seconds; anything else is an InvalidSpec."""
-    if not isinstance(text, str) or not _DURATION.match(text):
-        raise InvalidSpec(f"scalingWindow {text!r} is not a duration such as 30s, 5m or 1h")
-    return float(sum(int(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(text)))
+    return durations.parse_duration(text, field="scalingWindow")
+
+
+def name_problem(name: str) -> str | None:
+    """Why a cache cannot have this name (its Service needs a DNS-1035 label), or None."""
+    if not _DNS1035_LABEL.match(name):
+        return (f"name {name!r} cannot name the cache's Service: use lowercase letters, digits and '-', "
+                "starting with a letter (DNS-1035); recreate the cache under such a name")
+    if len(name) > MAX_NAME_LENGTH:
+        return (f"name {name!r} is {len(name)} characters; at most {MAX_NAME_LENGTH} keep its pods' names "
+                "whole (the API server cuts longer generated names); recreate the cache under a shorter name")
+    return None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""How the Memcached handlers turn API failures into kopf's retry decisions.
+"""How the reconcile core, under the Memcached handlers, turns failures into kopf's retry decisions.
 
-The API client is replaced by a stand-in that fails every call: these tests are about the
+A fake stands behind the `KubeApi` Protocol and fails as told: these tests are about the
 classification (temporary -> backoff with jitter, permanent -> no retry), not about I/O.
 Real API behaviour is covered against the emulated server in tests/integration/operator/.
 """
@@ -15,21 +15,29 @@ import kopf
 import pytest
 
 from kserve_operator.controllers import memcached
+from kserve_operator.controllers.core import Outcome, ReconcileCore
 from kserve_operator.errors import ApiError
 from kserve_operator.settings import OperatorSettings
 
 
 class FailingKube:
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, retry_after: float | None = None) -> None:
         self.status = status
+        self.retry_after = retry_after
+        self.calls = 0
 
     async def get(self, *args: Any, **kwargs: Any) -> Any:
-        raise ApiError(self.status, "Reason", "failed", method="GET", path="/x")
+        self.calls += 1
+        raise ApiError(self.status, "Reason", "failed", method="GET", path="/x", retry_after=self.retry_after)
 
 
-def memo(status: int) -> kopf.Memo:
-    ctx = memcached.MemcachedContext(settings=OperatorSettings(), kube=FailingKube(status), prometheus=None)  # type: ignore[arg-type]
-    return kopf.Memo(memcached=ctx)
+def context(api: Any) -> memcached.MemcachedContext:
+    return memcached.MemcachedContext(settings=OperatorSettings(), core=ReconcileCore("memcached", api),
+                                      prometheus=None)
+
+
+def memo(status: int, retry_after: float | None = None) -> kopf.Memo:
+    return kopf.Memo(memcached=context(FailingKube(status, retry_after)))
 
 
 @pytest.mark.parametrize("status", [0, 409, 429, 500, 503])
@@ -59,36 +67,86 @@ def test_the_resync_timer_backs_off_too() -> None:
     assert delays[-1] is not None and delays[-1] >= 32.0  # 2**6 * 0.5
 
 
-class RefusingKube:
-    """Reads succeed; creating the Deployment is forbidden (e.g. RBAC or admission)."""
+def test_retry_after_on_a_429_is_honoured() -> None:
+    with pytest.raises(kopf.TemporaryError) as info:
+        asyncio.run(memcached.memcached_changed("ns", "cache", memo(429, retry_after=45), logging.getLogger("t"), 0))
+    assert info.value.delay == 45
 
-    def __init__(self) -> None:
+
+def test_reconciles_started_by_child_events_back_off_too() -> None:
+    api = FailingKube(503)
+    m = kopf.Memo(memcached=context(api))
+    with pytest.raises(kopf.TemporaryError):
+        asyncio.run(memcached.memcached_resync("ns", "cache", m, logging.getLogger("t")))
+    assert api.calls == 1
+    child = {"metadata": {"namespace": "ns", "ownerReferences": [
+        {"apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached", "name": "cache", "uid": "u",
+         "controller": True}]}}
+    for _ in range(5):  # a flapping Deployment: every event is skipped while the cache backs off
+        asyncio.run(memcached.child_changed(child, "MODIFIED", m, logging.getLogger("t")))
+    assert api.calls == 1
+    m.memcached.core.not_before.clear()  # the backoff has run out
+    asyncio.run(memcached.child_changed(child, "MODIFIED", m, logging.getLogger("t")))
+    assert api.calls == 2
+
+
+class RecordingKube:
+    """Reads return the cache and nothing else; creating a Deployment fails as told; writes are recorded."""
+
+    def __init__(self, create_error: Exception) -> None:
+        self.create_error = create_error
         self.status_patches: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
         self.body = {"apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached",
                      "metadata": {"name": "cache", "namespace": "ns", "uid": "u", "generation": 1},
                      "spec": {"size": 1}}
 
-    async def get(self, res: Any, namespace: str, name: str) -> Any:
-        return self.body if res.plural == "memcacheds" else None
+    async def get(self, kind: Any, name: str, namespace: str | None = None) -> Any:
+        return self.body if kind.plural == "memcacheds" else None
 
-    async def create(self, res: Any, body: Any) -> Any:
-        raise ApiError(403, "Forbidden", "deployments.apps is forbidden", method="POST", path="/apis/apps/v1")
+    async def create(self, kind: Any, body: Any) -> Any:
+        if kind.plural == "events":
+            self.events.append(body)
+            return body
+        raise self.create_error
 
-    async def patch(self, res: Any, namespace: str, name: str, patch: Any, **kwargs: Any) -> Any:
+    async def patch(self, kind: Any, name: str, patch: Any, **kwargs: Any) -> Any:
+        assert kwargs.get("status") is True
         self.status_patches.append(patch)
         return self.body
 
 
-def test_a_refused_change_is_reported_in_status_and_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    kube = RefusingKube()
-    ctx = memcached.MemcachedContext(settings=OperatorSettings(), kube=kube, prometheus=None)  # type: ignore[arg-type]
-    emitted: list[tuple[str, str]] = []
-    # kopf.event needs a running operator's context; record what would be posted instead.
-    monkeypatch.setattr(memcached, "_emit", lambda body, events: emitted.extend((e.type, e.reason) for e in events))
+def test_a_refused_change_is_reported_in_status_and_not_retried() -> None:
+    api = RecordingKube(ApiError(403, "Forbidden", "deployments.apps is forbidden", method="POST", path="/x"))
     with pytest.raises(kopf.PermanentError, match="forbidden"):
-        asyncio.run(memcached.memcached_changed("ns", "cache", kopf.Memo(memcached=ctx), logging.getLogger("t"), 0))
-    status = kube.status_patches[-1]["status"]
+        asyncio.run(memcached.memcached_changed("ns", "cache", kopf.Memo(memcached=context(api)),
+                                                logging.getLogger("t"), 0))
+    status = api.status_patches[-1]["status"]
     assert status["phase"] == "Error"
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "ApplyFailed" and "forbidden" in degraded["message"]
-    assert emitted == [("Warning", "ApplyFailed")]
+    assert [(e["type"], e["reason"], e["involvedObject"]["name"]) for e in api.events] == [
+        ("Warning", "ApplyFailed", "cache")]
+
+
+def test_an_unexpected_error_sets_degraded_and_retries_with_backoff() -> None:
+    api = RecordingKube(RuntimeError("boom"))
+    with pytest.raises(kopf.TemporaryError, match="RuntimeError") as info:
+        asyncio.run(memcached.memcached_changed("ns", "cache", kopf.Memo(memcached=context(api)),
+                                                logging.getLogger("t"), 0))
+    assert info.value.delay is not None and info.value.delay <= 1.0
+    degraded = next(c for c in api.status_patches[-1]["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "ReconcileError" and "boom" in degraded["message"]
+    assert [e["reason"] for e in api.events] == ["ReconcileError"]
+
+
+def test_a_deleted_object_is_forgotten() -> None:
+    class Gone:
+        async def get(self, *args: Any, **kwargs: Any) -> Any:
+            return None
+
+    ctx = context(Gone())
+    ctx.core.failures[("ns", "cache")] = 3
+    outcome = asyncio.run(ctx.core.run("ns", "cache", lambda: memcached.reconcile(ctx, "ns", "cache",
+                                                                                   logging.getLogger("t"))))
+    assert outcome is Outcome.GONE and ("ns", "cache") not in ctx.core.failures

@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 
 from kserve_operator.planning import memcached as plan
-from kserve_operator.planning.diff import needs_update
+from kserve_operator.planning.diff import needs_update, status_changes
+from kserve_operator.planning.ownership import controller_reference, ownership_problem
 from kserve_operator.resources import conditions as cond
+from kserve_operator.resources.kinds import MEMCACHED
 from kserve_operator.resources.memcached import parse_spec
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -119,7 +121,7 @@ class TestStatus:
         later = T0 + datetime.timedelta(minutes=5)
         second = plan.plan_status(body(status=first), decision(2), deployment=deployment(2, 2), connections=5.0,
                                   metrics_problem=None, scaled=False, now=later)
-        assert plan.status_changes(first, second) == {}
+        assert status_changes(first, second) == {}
 
     def test_invalid_spec_status_keeps_the_rest(self) -> None:
         old = {"phase": "Running", "replicas": 2, "readyReplicas": 2}
@@ -179,17 +181,17 @@ class TestOwnership:
                                                    "ownerReferences": list(refs)}}
 
     def test_absent_or_ours_is_fine(self) -> None:
-        assert plan.ownership_problem(None, body()) is None
-        assert plan.ownership_problem(self.live(plan.owner_reference(body())), body()) is None
+        assert ownership_problem(None, body(), MEMCACHED) is None
+        assert ownership_problem(self.live(controller_reference(MEMCACHED, body())), body(), MEMCACHED) is None
 
     def test_someone_elses_is_not_taken_over(self) -> None:
         theirs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": "other", "controller": True}
-        problem = plan.ownership_problem(self.live(theirs), body())
+        problem = ownership_problem(self.live(theirs), body(), MEMCACHED)
         assert problem is not None and "controlled by ReplicaSet x" in problem
 
     def test_an_unowned_object_of_the_same_name_is_not_taken_over(self) -> None:
-        non_controller = {**plan.owner_reference(body()), "controller": False}
-        problem = plan.ownership_problem(self.live(non_controller), body())
+        non_controller = {**controller_reference(MEMCACHED, body()), "controller": False}
+        problem = ownership_problem(self.live(non_controller), body(), MEMCACHED)
         assert problem is not None and "not managed by this Memcached" in problem
 
     @pytest.mark.parametrize("reason", [plan.REASON_NAME_CONFLICT, plan.REASON_APPLY_FAILED])

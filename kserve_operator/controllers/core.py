@@ -1,0 +1,210 @@
+"""The reconcile core every controller runs on: one place for the plumbing, none of the decisions.
+
+- `ReconcileCore.run` serialises reconciles per object (an `asyncio.Lock` each), counts
+  consecutive failures per object, records `kserve_operator_reconciles_total{controller,result}`
+  and the duration, and turns failures into kopf's retry vocabulary: a temporary `ApiError`
+  (no answer, 409, 429, 5xx) becomes `kopf.TemporaryError` with exponential backoff and jitter
+  (at least the server's Retry-After), any other `ApiError` a `kopf.PermanentError`. An
+  unexpected exception is reported through the controller's `on_error` (so status says
+  `Degraded`) and retried with backoff: no crash loop, no silent failure.
+- Reconciles started by child events (`from_child=True`) respect the same backoff: while an
+  object is backing off they are skipped, so a flapping child cannot bypass the delay.
+- `post_events` writes core/v1 Events through our client; `patch_status` writes only the
+  top-level status keys that changed; `apply_child` creates a missing child or patches the
+  managed fields that drifted (planning.diff), never a child someone else controls.
+
+Controllers pass a coroutine factory that does observe -> plan -> apply and returns an `Outcome`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import enum
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import kopf
+
+from kserve_operator import observability
+from kserve_operator.clients.kube import KubeApi, PatchType
+from kserve_operator.errors import ApiError
+from kserve_operator.planning.backoff import backoff_delay
+from kserve_operator.planning.diff import child_patch, status_changes
+from kserve_operator.planning.events import EventPlan
+from kserve_operator.resources.conditions import rfc3339
+from kserve_operator.resources.kinds import EVENT, Kind
+
+COMPONENT = "kserve-operator"
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    OK = "ok"  # reconciled: the world is as planned (or on its way)
+    INVALID = "invalid"  # waits for a person: an invalid spec, a name taken by someone else
+    WAITING = "waiting"  # waits on something outside: a Job running, a model warming
+    SKIPPED = "skipped"  # a child event arrived while the object was backing off
+    GONE = "gone"  # the object is gone or being deleted
+
+
+ObjectKey = tuple[str, str]
+
+
+def retry_delay(exc: ApiError | None, failures: int) -> float:
+    """Backoff for the `failures`-th consecutive failure, never sooner than the server asked."""
+    delay = backoff_delay(max(failures - 1, 0))
+    if exc is not None and exc.retry_after is not None:
+        delay = max(delay, exc.retry_after)
+    return delay
+
+
+class ReconcileCore:
+    """Per-controller state shared by its handlers (kept in kopf's memo)."""
+
+    def __init__(self, controller: str, api: KubeApi) -> None:
+        self.controller = controller
+        self.api = api
+        self.locks: collections.defaultdict[ObjectKey, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self.failures: dict[ObjectKey, int] = {}
+        self.not_before: dict[ObjectKey, float] = {}
+
+    def forget(self, key: ObjectKey) -> None:
+        self.locks.pop(key, None)
+        self.failures.pop(key, None)
+        self.not_before.pop(key, None)
+
+    def backing_off(self, key: ObjectKey) -> bool:
+        return time.monotonic() < self.not_before.get(key, 0.0)
+
+    async def run(
+        self,
+        namespace: str,
+        name: str,
+        reconcile: Callable[[], Awaitable[Outcome]],
+        *,
+        retry: int = 0,
+        raise_permanent: bool = False,
+        from_child: bool = False,
+        on_error: Callable[[str], Awaitable[None]] | None = None,
+    ) -> Outcome:
+        """Run one reconcile under the object's lock; raise kopf's errors for kopf to retry.
+
+        `from_child=True` (a child's event, not kopf's own handler) never raises: kopf must
+        not retry another resource's handler for us; the failure still counts for backoff.
+        """
+        key = (namespace, name)
+        if from_child and self.backing_off(key):
+            observability.RECONCILES.labels(controller=self.controller, result=Outcome.SKIPPED).inc()
+            return Outcome.SKIPPED
+        started = time.perf_counter()
+        try:
+            async with self.locks[key]:
+                outcome = await reconcile()
+        except ApiError as exc:
+            failures = self._failed(key, exc)
+            if from_child:
+                log.warning("%s %s/%s: reconcile after a child event failed: %s", self.controller, namespace, name, exc)
+                return Outcome.WAITING
+            if exc.temporary or exc.not_found:
+                # kopf's `retry` restarts at 0 on every timer tick; the failure count does not.
+                raise kopf.TemporaryError(str(exc), delay=retry_delay(exc, max(retry + 1, failures))) from exc
+            raise kopf.PermanentError(str(exc)) from exc
+        except (kopf.TemporaryError, kopf.PermanentError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            failures = self._failed(key, None)
+            log.exception("%s %s/%s: unexpected error", self.controller, namespace, name)
+            if on_error is not None:
+                try:
+                    await on_error(f"{type(exc).__name__}: {exc}")
+                except Exception:  # reporting is best effort; the retry below still happens
+                    log.exception("%s %s/%s: could not report the error in status", self.controller, namespace, name)
+            if from_child:
+                return Outcome.WAITING
+            raise kopf.TemporaryError(f"unexpected {type(exc).__name__}: {exc}", delay=retry_delay(None, failures)) \
+                from exc
+        finally:
+            observability.RECONCILE_SECONDS.labels(controller=self.controller).observe(time.perf_counter() - started)
+        self.failures.pop(key, None)
+        self.not_before.pop(key, None)
+        observability.RECONCILES.labels(controller=self.controller, result=outcome).inc()
+        if outcome is Outcome.GONE:
+            self.forget(key)
+        if outcome is Outcome.INVALID and raise_permanent:
+            raise kopf.PermanentError("cannot proceed; see status.conditions")
+        return outcome
+
+    def _failed(self, key: ObjectKey, exc: ApiError | None) -> int:
+        observability.RECONCILES.labels(controller=self.controller, result="error").inc()
+        failures = self.failures[key] = self.failures.get(key, 0) + 1
+        self.not_before[key] = time.monotonic() + retry_delay(exc, failures)
+        return failures
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+async def post_events(api: KubeApi, target: Mapping[str, Any], events: Sequence[EventPlan]) -> None:
+    """core/v1 Events about `target`. Best effort: a lost Event never fails a reconcile."""
+    meta = target.get("metadata") or {}
+    namespace = meta.get("namespace") or "default"
+    for event in events:
+        stamp = rfc3339(now())
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": target.get("apiVersion"), "kind": target.get("kind"),
+                "name": meta.get("name"), "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": os.environ.get("HOSTNAME", COMPONENT),
+        }
+        try:
+            await api.create(EVENT, body)
+        except ApiError as exc:
+            log.warning("could not post %s event %s on %s/%s: %s", event.type, event.reason,
+                        namespace, meta.get("name"), exc)
+
+
+async def patch_status(api: KubeApi, kind: Kind, body: Mapping[str, Any], new_status: Mapping[str, Any]) -> bool:
+    """Write only the top-level status keys that changed; True when something was written."""
+    changes = status_changes(body.get("status"), new_status)
+    if not changes:
+        return False
+    meta = body["metadata"]
+    await api.patch(kind, meta["name"], {"status": changes}, namespace=meta.get("namespace"), status=True)
+    return True
+
+
+async def apply_child(
+    api: KubeApi, kind: Kind, live: Mapping[str, Any] | None, desired: Mapping[str, Any], *,
+    exact: Sequence[str], merged: Sequence[str] = ("metadata.labels",),
+) -> tuple[dict[str, Any], bool]:
+    """Create `desired` when missing, else patch the managed fields that drifted.
+
+    Returns the object as it now stands and whether a write happened. The caller has checked
+    that `live`, if present, is ours (planning.ownership).
+    """
+    meta = desired["metadata"]
+    if live is None:
+        return await api.create(kind, desired), True
+    ops = child_patch(live, desired, exact=exact, merged=merged)
+    if not ops:
+        return dict(live), False
+    patched = await api.patch(kind, meta["name"], ops, namespace=meta.get("namespace"), patch_type=PatchType.JSON)
+    return patched, True
