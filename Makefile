@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m devcluster.demo
+	$(PY) -m devstack.demo
 
 lint: install
 	$(VENV)/bin/ruff check .
