@@ -31,22 +31,101 @@ import jsonschema  # no types-jsonschema in the dev extras
 from devcluster import errors
 from devcluster.resources import ResourceDef
 
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_DNS_LABEL_KINDS = {"namespaces", "services"}
+# apimachinery's pkg/util/validation: the same patterns, limits and wording, so that a name the
+# real server refuses is refused here with the same message.
+_DNS1123_LABEL_FMT = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN_FMT = _DNS1123_LABEL_FMT + "(\\." + _DNS1123_LABEL_FMT + ")*"
+_DNS1035_LABEL_FMT = "[a-z]([-a-z0-9]*[a-z0-9])?"
+_QUALIFIED_NAME_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+_LABEL_VALUE_FMT = "(" + _QUALIFIED_NAME_FMT + ")?"
+_DNS_SUBDOMAIN = re.compile(f"^{_DNS1123_SUBDOMAIN_FMT}$")
+_DNS_LABEL = re.compile(f"^{_DNS1123_LABEL_FMT}$")
+_DNS1035_LABEL = re.compile(f"^{_DNS1035_LABEL_FMT}$")
+_LABEL_VALUE = re.compile(f"^{_LABEL_VALUE_FMT}$")
+_LABEL_NAME = re.compile(f"^{_QUALIFIED_NAME_FMT}$")
+#: Kinds whose names are DNS labels (NameIsDNSLabel / NameIsDNS1035Label); the rest are subdomains.
+_DNS1123_LABEL_KINDS = {"namespaces"}
+_DNS1035_LABEL_KINDS = {"services"}
 
-_SUBDOMAIN_MESSAGE = (
-    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
-    "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
-    "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-)
-_LABEL_MESSAGE = (
-    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must "
-    "start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for "
-    "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
-)
+
+def regex_error(message: str, fmt: str, *examples: str) -> str:
+    """apimachinery's ``RegexError`` (its double space before "or" included)."""
+    if not examples:
+        return f"{message} (regex used for validation is '{fmt}')"
+    shown = " or ".join(f"'{example}', " for example in examples)
+    return f"{message} (e.g. {shown}regex used for validation is '{fmt}')"
+
+
+def max_len_error(length: int) -> str:
+    return f"must be no more than {length} characters"
+
+
+def dns1123_subdomain_errors(value: str) -> list[str]:
+    """``IsDNS1123Subdomain``: each failed check is one message (length and pattern both)."""
+    found = [max_len_error(253)] if len(value) > 253 else []
+    if not _DNS_SUBDOMAIN.match(value):
+        found.append(regex_error(
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+            "and must start and end with an alphanumeric character", _DNS1123_SUBDOMAIN_FMT, "example.com"))
+    return found
+
+
+def dns1123_label_errors(value: str) -> list[str]:
+    """``IsDNS1123Label`` (namespaces)."""
+    found = [max_len_error(63)] if len(value) > 63 else []
+    if not _DNS_LABEL.match(value):
+        found.append(regex_error(
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must "
+            "start and end with an alphanumeric character", _DNS1123_LABEL_FMT, "my-name", "123-abc"))
+    return found
+
+
+def dns1035_label_errors(value: str) -> list[str]:
+    """``IsDNS1035Label`` (Services): like a DNS-1123 label, but it must start with a letter."""
+    found = [max_len_error(63)] if len(value) > 63 else []
+    if not _DNS1035_LABEL.match(value):
+        found.append(regex_error(
+            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
+            "alphabetic character, and end with an alphanumeric character", _DNS1035_LABEL_FMT,
+            "my-name", "abc-123"))
+    return found
+
+
+def qualified_name_errors(value: str) -> list[str]:
+    """``IsQualifiedName`` (label keys): an optional DNS-subdomain prefix and a name part."""
+    name_message = ("must consist of alphanumeric characters, '-', '_' or '.', and must start and end with "
+                    "an alphanumeric character")
+    parts = value.split("/")
+    if len(parts) > 2:
+        return ["a qualified name " + regex_error(name_message, _QUALIFIED_NAME_FMT, "MyName", "my.name",
+                                                  "123-abc")
+                + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"]
+    found: list[str] = []
+    name = parts[-1]
+    if len(parts) == 2:
+        if not parts[0]:
+            found.append("prefix part must be non-empty")
+        else:
+            found.extend("prefix part " + message for message in dns1123_subdomain_errors(parts[0]))
+    if not name:
+        found.append("name part must be non-empty")
+    elif len(name) > 63:
+        found.append("name part " + max_len_error(63))
+    if not _LABEL_NAME.match(name):
+        found.append("name part " + regex_error(name_message, _QUALIFIED_NAME_FMT, "MyName", "my.name",
+                                                "123-abc"))
+    return found
+
+
+def label_value_errors(value: str) -> list[str]:
+    """``IsValidLabelValue``: at most 63 characters, empty or alphanumeric at both ends."""
+    found = [max_len_error(63)] if len(value) > 63 else []
+    if not _LABEL_VALUE.match(value):
+        found.append(regex_error(
+            "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
+            "and must start and end with an alphanumeric character", _LABEL_VALUE_FMT,
+            "MyValue", "my_value", "12345"))
+    return found
 
 
 def go_value(value: Any) -> str:
@@ -88,42 +167,24 @@ def validate_metadata(resource: ResourceDef, obj: dict[str, Any]) -> list[dict[s
     meta = obj.get("metadata") or {}
     name = meta.get("name")
     if isinstance(name, str) and name:
-        if resource.plural in _DNS_LABEL_KINDS:
-            if len(name) > 63:
-                causes.append(_cause("FieldValueInvalid", "metadata.name",
-                                     f"Invalid value: {go_value(name)}: must be no more than 63 characters"))
-            elif not _DNS_LABEL.match(name):
-                causes.append(_cause("FieldValueInvalid", "metadata.name",
-                                     f"Invalid value: {go_value(name)}: {_LABEL_MESSAGE}"))
-        elif len(name) > 253:
-            causes.append(_cause("FieldValueInvalid", "metadata.name",
-                                 f"Invalid value: {go_value(name)}: must be no more than 253 characters"))
-        elif not _DNS_SUBDOMAIN.match(name):
-            causes.append(_cause("FieldValueInvalid", "metadata.name",
-                                 f"Invalid value: {go_value(name)}: {_SUBDOMAIN_MESSAGE}"))
+        check = dns1035_label_errors if resource.plural in _DNS1035_LABEL_KINDS and not resource.group else \
+            dns1123_label_errors if resource.plural in _DNS1123_LABEL_KINDS and not resource.group else \
+            dns1123_subdomain_errors
+        causes.extend(_cause("FieldValueInvalid", "metadata.name", f"Invalid value: {go_value(name)}: {message}")
+                      for message in check(name))
     labels = meta.get("labels") or {}
     if not isinstance(labels, dict):
         causes.append(_cause("FieldValueTypeInvalid", "metadata.labels", "Invalid value: must be a map"))
         labels = {}
     for key, value in labels.items():
-        prefix, _, label_name = key.rpartition("/")
-        if (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))) or \
-                len(label_name) > 63 or not _LABEL_NAME.match(label_name):
-            causes.append(_cause("FieldValueInvalid", "metadata.labels",
-                                 f"Invalid value: {go_value(key)}: name part must consist of alphanumeric "
-                                 "characters, '-', '_' or '.', and must start and end with an alphanumeric "
-                                 "character, and be no more than 63 characters"))
+        causes.extend(_cause("FieldValueInvalid", "metadata.labels", f"Invalid value: {go_value(key)}: {message}")
+                      for message in qualified_name_errors(key))
         if not isinstance(value, str):
             causes.append(_cause("FieldValueTypeInvalid", "metadata.labels",
                                  f"Invalid value: {go_value(value)}: label values must be strings"))
-        elif len(value) > 63:
-            causes.append(_cause("FieldValueInvalid", "metadata.labels",
-                                 f"Invalid value: {go_value(value)}: must be no more than 63 characters"))
-        elif not _LABEL_VALUE.match(value):
-            causes.append(_cause("FieldValueInvalid", "metadata.labels",
-                                 f"Invalid value: {go_value(value)}: a valid label must be an empty string or "
-                                 "consist of alphanumeric characters, '-', '_' or '.', and must start and end "
-                                 "with an alphanumeric character"))
+            continue
+        causes.extend(_cause("FieldValueInvalid", "metadata.labels", f"Invalid value: {go_value(value)}: {message}")
+                      for message in label_value_errors(value))
     for key in ("annotations",):
         value = meta.get(key)
         if value is not None and (not isinstance(value, dict) or
