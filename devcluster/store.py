@@ -278,13 +278,16 @@ class ObjectStore:
     def patch(self, resource: ResourceDef, namespace: str | None, name: str, patch: Any, content_type: str, *,
               version: str | None = None, subresource: str | None = None, field_validation: str = "Warn",
               dry_run: bool = False) -> tuple[Obj, list[str]]:
-        """PATCH: unconditional unless the patch itself carries metadata.resourceVersion (or a test op)."""
+        """PATCH: unconditional unless the patched object carries another metadata.resourceVersion.
+
+        As kube-apiserver does for every patch type: the patch is applied to the current object,
+        and a resourceVersion in the result that is not the current one (a merge patch carrying
+        it, a JSON patch replacing it) is a precondition that fails with 409.
+        """
         current = self.get(resource, namespace, name)
         served = self.render(resource, current, version)
         candidate = patches.apply_patch(content_type, served, patch, custom=resource.custom)
-        precondition = None
-        if isinstance(patch, dict):
-            precondition = (patch.get("metadata") or {}).get("resourceVersion")
+        precondition = (candidate.get("metadata") or {}).get("resourceVersion")
         return self._update(resource, namespace, name, current, candidate, precondition=precondition,
                             version=version, subresource=subresource, field_validation=field_validation,
                             dry_run=dry_run)
