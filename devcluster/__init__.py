@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from devcluster.client import ApiError, ClusterClient
+from devcluster.waiting import wait_for
 
 if TYPE_CHECKING:
     from devcluster.emulator import EmulatedCluster
 
-__all__ = ["ApiError", "ClusterClient", "EmulatedCluster"]
+__all__ = ["ApiError", "ClusterClient", "EmulatedCluster", "wait_for"]
 
 
 def __getattr__(name: str) -> Any:

@@ -20,10 +20,11 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp.web
 import yaml
@@ -34,6 +35,9 @@ from devcluster.resources import load_crd_documents, resource_from_crd
 from devcluster.server import ApiServerEmulator
 from devcluster.simulation import Simulation
 from devcluster.store import ObjectStore
+from devcluster.waiting import wait_for
+
+T = TypeVar("T")
 
 __all__ = ["ApiError", "ClusterClient", "EmulatedCluster", "RequestRecord", "main"]
 
@@ -60,6 +64,7 @@ class EmulatedCluster:
         self._emulator: ApiServerEmulator | None = None
         self._sim: Simulation | None = None
         self.port = 0
+        self._started_at = 0.0
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
@@ -124,6 +129,7 @@ class EmulatedCluster:
             await runner.setup()
             site = aiohttp.web.SockSite(runner, sock)
             await site.start()
+            self._started_at = time.time()
             self._started.set()
             try:
                 await self._stopping.wait()
@@ -162,6 +168,37 @@ class EmulatedCluster:
         """How many POST/PUT/PATCH/DELETE calls (``since`` is a ``time.time()`` value)."""
         return len(self.request_log.writes(user_agent=user_agent, since=since,
                                            exclude_resources=exclude_resources, resources=resources))
+
+    def wait_quiet(self, quiet_for: float = 0.5, *, timeout: float = 10.0, user_agent: str | None = None,
+                   exclude_resources: Iterable[str] = ("events",), interval: float = 0.05) -> None:
+        """Return once no write call (POST/PUT/PATCH/DELETE; by ``user_agent`` prefix if given) was
+        seen for ``quiet_for`` seconds: since the latest such write, or since the cluster started
+        when there was none. A write still in flight is not quiet.
+
+        Writes of the simulated controllers go straight to the store and do not count; wait for
+        their results with ``wait_for``. On timeout: ``AssertionError`` listing the last writes.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            last = self.request_log.last_writes(1, user_agent=user_agent, exclude_resources=exclude_resources)
+            busy_at = self._started_at if not last else time.time() if last[0].status is None else last[0].timestamp
+            if time.time() - busy_at >= quiet_for:
+                return
+            if time.monotonic() >= deadline:
+                recent = self.request_log.last_writes(10, user_agent=user_agent,
+                                                      exclude_resources=exclude_resources)
+                lines = "\n".join(f"  {time.time() - r.timestamp:6.2f}s ago {r.method} {r.path}"
+                                  f"{'?' + r.query if r.query else ''} -> {r.status} ({r.user_agent})"
+                                  for r in recent)
+                who = f" from {user_agent!r}" if user_agent else ""
+                raise AssertionError(f"the cluster saw writes{who} within every {quiet_for}s window for "
+                                     f"{timeout}s; the last writes:\n{lines}")
+            time.sleep(interval)
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float = 10.0, *, interval: float = 0.05,
+                 message: str | Callable[[], str] = "") -> T:
+        """``devcluster.waiting.wait_for``: poll ``predicate`` until it is truthy, and return its value."""
+        return wait_for(predicate, timeout, interval=interval, message=message)
 
     def client(self, user_agent: str = "devcluster-client") -> ClusterClient:
         return ClusterClient(self.url, user_agent=user_agent)

@@ -77,6 +77,20 @@ class RequestLog:
             and (included is None or record.resource in included)
         ]
 
+    def last_writes(self, count: int, *, user_agent: str | None = None,
+                    exclude_resources: Iterable[str] = ("events",)) -> list[RequestRecord]:
+        """The latest ``count`` matching write calls, oldest first (cheap: scans from the end)."""
+        excluded = set(exclude_resources)
+        found: list[RequestRecord] = []
+        with self._lock:
+            for record in reversed(self._records):
+                if record.is_write and record.resource not in excluded \
+                        and (user_agent is None or record.user_agent.startswith(user_agent)):
+                    found.append(replace(record))
+                    if len(found) >= count:
+                        break
+        return found[::-1]
+
 
 def now() -> float:
     return time.time()

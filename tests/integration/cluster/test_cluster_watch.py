@@ -93,7 +93,7 @@ def test_live_events_reach_namespaced_and_cluster_wide_watchers(
     threads = [threading.Thread(target=run, args=("ns", MC)), threading.Thread(target=run, args=("all", MC_ALL))]
     for thread in threads:
         thread.start()
-    time.sleep(0.2)
+    cluster.wait_for(lambda: sum(r.watch for r in cluster.requests) >= 2, timeout=5)  # both streams are open
     kube.create(MC, {"metadata": {"name": "here"}, "spec": {"size": 1}})
     kube.create("/apis/cache.serverless.xyz/v1alpha1/namespaces/other/memcacheds",
                 {"metadata": {"name": "there"}, "spec": {"size": 1}})
