@@ -1,0 +1,340 @@
+"""Everything the ModelCanary controller decides: the candidate's share now (warm gate, steps,
+analysis, rollback), the status with its conditions, the events, and route claims.
+
+Pure: callers pass what they read (spec, last status, the ModelPrewarm's phase, the analysis
+query's result) and `now`. The VirtualService editing itself is in planning/virtualservice.py.
+
+The step walk: with steps, the candidate's share climbs the ladder (each step weight capped at
+`percent`, ending at `percent`). The first step (from 0%) is taken at once: there is no candidate
+traffic to analyse before it. Every later step waits `interval` since the last step or check,
+then needs the analysis to pass. A check out of bounds `failureLimit` times in a row rolls the
+candidate back to 0%, and it stays there until the spec changes (tracked by metadata.generation).
+A query that errors is inconclusive: held, not stepped, not counted as a failure. Going down
+(a lower `percent`, `percent: 0`) is always immediate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kserve_operator.errors import InvalidSpec
+from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
+from kserve_operator.planning.virtualservice import RoutingProblem, WeightPlan, managed_routes, route_key
+from kserve_operator.resources import canary as res
+from kserve_operator.resources import conditions as cond
+from kserve_operator.resources.canary import CanarySpec, CanaryStatus
+
+# Condition reasons and event reasons: the controller's vocabulary.
+REASON_WEIGHTS_APPLIED = "WeightsApplied"
+REASON_WAITING_FOR_MODEL = "WaitingForModel"
+REASON_STEPPING = "Stepping"
+REASON_ANALYSIS_PENDING = "AnalysisPending"
+REASON_ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+REASON_ANALYSIS_FAILED = "AnalysisFailed"
+REASON_SETTLED = "Settled"
+REASON_PROMOTED = "Promoted"
+REASON_ROLLED_BACK = "RolledBack"
+REASON_AS_EXPECTED = "AsExpected"
+REASON_WEIGHTS_CHANGED = "WeightsChanged"
+REASON_MODEL_WARM = "ModelWarm"
+# Problems: each leaves the VirtualService untouched.
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_VIRTUAL_SERVICE_NOT_FOUND = "VirtualServiceNotFound"
+REASON_INFERENCE_SERVICE_NOT_FOUND = "InferenceServiceNotFound"
+REASON_ROUTE_CLAIMED = "RouteClaimed"
+REASON_APPLY_FAILED = "ApplyFailed"
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmState:
+    """The candidate's model as its ModelPrewarm reports it; `detail` says what is awaited."""
+
+    warm: bool
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisResult:
+    """One evaluation of the analysis query: a value, or why there is none (inconclusive)."""
+
+    value: float | None = None
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepDecision:
+    percent: int  # the candidate's share to put in force
+    phase: str
+    reason: str  # of the Progressing condition
+    message: str
+    step: int  # 1-based position on the ladder; 0 at 0%
+    last_step_time: datetime.datetime | None
+    last_check_time: datetime.datetime | None
+    failed_checks: int
+    rolled_back_generation: int | None
+    last_value: float | None = None
+    wants_analysis: bool = False  # a check is due: evaluate the query and decide again with its result
+    requeue_after: float | None = None  # seconds until the next check is due
+
+
+def _position(ladder: tuple[int, ...], share: int) -> int:
+    return sum(1 for w in ladder if w <= share)
+
+
+def _settled_phase(share: int) -> str:
+    return res.PHASE_PROMOTED if share == 100 else res.PHASE_ACTIVE
+
+
+def next_step(
+    spec: CanarySpec, status: CanaryStatus, generation: int | None, warm: WarmState | None,
+    analysis: AnalysisResult | None, now: datetime.datetime,
+) -> StepDecision:
+    """The candidate's share now; see the module docstring for the walk."""
+    ladder = spec.ladder()
+    current = status.percent
+    hold = StepDecision(
+        percent=current, phase=res.PHASE_PROGRESSING, reason=REASON_STEPPING, message="",
+        step=_position(ladder, current), last_step_time=status.last_step_time,
+        last_check_time=status.last_check_time, failed_checks=status.failed_checks, rolled_back_generation=None,
+    )
+    replace = dataclasses.replace
+
+    if status.rolled_back_generation is not None and status.rolled_back_generation == generation:
+        return replace(hold, percent=0, step=0, phase=res.PHASE_ROLLED_BACK, reason=REASON_ROLLED_BACK,
+                       message="rolled back after failed analysis; change the spec to try again",
+                       rolled_back_generation=generation)
+
+    if spec.require_warm and (warm is None or not warm.warm):
+        detail = warm.detail if warm else f"ModelPrewarm {spec.namespace}/{spec.model_prewarm} to be Warm"
+        return replace(hold, percent=0, step=0, phase=res.PHASE_WAITING_FOR_MODEL, reason=REASON_WAITING_FOR_MODEL,
+                       message=f"the candidate gets 0% until its model is warm: waiting for {detail}",
+                       last_step_time=None, last_check_time=None, failed_checks=0)
+
+    def step_to(share: int, message: str) -> StepDecision:
+        phase = _settled_phase(share) if share == spec.percent else res.PHASE_PROGRESSING
+        reason = {res.PHASE_PROMOTED: REASON_PROMOTED, res.PHASE_ACTIVE: REASON_SETTLED}.get(phase, REASON_STEPPING)
+        requeue = spec.steps.interval_seconds if spec.steps and phase == res.PHASE_PROGRESSING else None
+        return replace(hold, percent=share, phase=phase, reason=reason, message=message,
+                       step=_position(ladder, share), requeue_after=requeue,
+                       last_step_time=now if share != current else status.last_step_time)
+
+    if spec.steps is None or current >= spec.percent:
+        return step_to(spec.percent, f"the candidate gets {spec.percent}%")
+    upcoming = next(share for share in ladder if share > current)
+    if current == 0:
+        return replace(step_to(upcoming, f"first step: the candidate gets {upcoming}%"), failed_checks=0)
+
+    interval = spec.steps.interval_seconds
+    anchors = [t for t in (status.last_step_time, status.last_check_time) if t is not None]
+    if not anchors:  # the step's start time was lost: start the wait now
+        return replace(hold, message=f"at {current}%, next step {upcoming}%", last_step_time=now,
+                       requeue_after=interval)
+    due = max(anchors) + datetime.timedelta(seconds=interval)
+    if now < due:
+        reason, message = _progress_so_far(status, current, upcoming)
+        return replace(hold, reason=reason, message=message, requeue_after=(due - now).total_seconds())
+
+    check = spec.steps.analysis
+    if check is None:
+        return step_to(upcoming, f"stepped to {upcoming}% after {interval:g}s")
+    if analysis is None:
+        return replace(hold, reason=REASON_ANALYSIS_PENDING, wants_analysis=True,
+                       message=f"at {current}%, checking the analysis before {upcoming}%")
+    if analysis.error is not None or analysis.value is None:
+        return replace(hold, reason=REASON_ANALYSIS_INCONCLUSIVE, last_check_time=now, requeue_after=interval,
+                       message=(f"held at {current}%: the analysis query gave no answer ({analysis.error}); "
+                                "not counted as a pass"))
+    failure = check.out_of_bounds(analysis.value)
+    if failure is None:
+        return replace(step_to(upcoming, f"analysis passed ({analysis.value:g}); stepped to {upcoming}%"),
+                       failed_checks=0, last_check_time=now, last_value=analysis.value)
+    failed = status.failed_checks + 1
+    if failed >= check.failure_limit:
+        return replace(hold, percent=0, step=0, phase=res.PHASE_ROLLED_BACK, reason=REASON_ROLLED_BACK,
+                       message=f"rolled back to 0%: analysis failed {failed} time(s) in a row, {failure}",
+                       last_step_time=now, last_check_time=now, failed_checks=failed,
+                       rolled_back_generation=generation, last_value=analysis.value)
+    return replace(hold, reason=REASON_ANALYSIS_FAILED, last_check_time=now, failed_checks=failed,
+                   last_value=analysis.value, requeue_after=interval,
+                   message=f"held at {current}%: analysis failed ({failed} of {check.failure_limit}), {failure}")
+
+
+def _progress_so_far(status: CanaryStatus, current: int, upcoming: int) -> tuple[str, str]:
+    """While waiting between checks, keep what the last decision said: no status write per tick."""
+    previous = cond.find_condition(list(status.conditions), cond.PROGRESSING)
+    if status.phase == res.PHASE_PROGRESSING and previous and previous.get("reason") in (
+            REASON_STEPPING, REASON_ANALYSIS_FAILED, REASON_ANALYSIS_INCONCLUSIVE):
+        return str(previous.get("reason")), str(previous.get("message"))
+    return REASON_STEPPING, f"at {current}%, next step {upcoming}%"
+
+
+def _backend_names(spec: CanarySpec) -> dict[str, str]:
+    return {"stable": spec.stable.display, "candidate": spec.candidate.display}
+
+
+def plan_status(
+    old: Mapping[str, Any] | None, spec: CanarySpec, decision: StepDecision, weights: WeightPlan, *,
+    generation: int | None, now: datetime.datetime, vs_version: str,
+) -> dict[str, Any]:
+    """The whole status after the weights of `weights` are in force."""
+    old = old or {}
+    conditions: list[cond.Condition] = list(old.get("conditions") or [])
+    routes = ", ".join(weights.managed)
+    conditions = cond.set_condition(
+        conditions, type=cond.AVAILABLE, status=cond.TRUE, reason=REASON_WEIGHTS_APPLIED,
+        message=(f"VirtualService {spec.virtual_service_namespace}/{spec.virtual_service} carries stable "
+                 f"{weights.stable_weight}% / candidate {weights.candidate_weight}% on {routes}"),
+        now=now, generation=generation)
+    moving = decision.phase in (res.PHASE_WAITING_FOR_MODEL, res.PHASE_PROGRESSING)
+    conditions = cond.set_condition(
+        conditions, type=cond.PROGRESSING, status=cond.TRUE if moving else cond.FALSE,
+        reason=decision.reason, message=decision.message, now=now, generation=generation)
+    rolled_back = decision.phase == res.PHASE_ROLLED_BACK
+    conditions = cond.set_condition(
+        conditions, type=cond.DEGRADED, status=cond.TRUE if rolled_back else cond.FALSE,
+        reason=REASON_ANALYSIS_FAILED if rolled_back else REASON_AS_EXPECTED,
+        message=decision.message if rolled_back else "", now=now, generation=generation)
+    analysis: dict[str, Any] = {"failedChecks": decision.failed_checks}
+    if decision.last_check_time is not None:
+        analysis["lastCheckTime"] = cond.rfc3339(decision.last_check_time)
+    last_value = decision.last_value if decision.last_value is not None else (old.get("analysis") or {}).get(
+        "lastValue")
+    if last_value is not None:
+        analysis["lastValue"] = last_value
+    status: dict[str, Any] = {
+        "phase": decision.phase,
+        **_backend_names(spec),
+        "percent": decision.percent,
+        "stableWeight": weights.stable_weight,
+        "candidateWeight": weights.candidate_weight,
+        "step": decision.step,
+        "steps": len(spec.ladder()) if spec.steps else 0,
+        "lastStepTime": cond.rfc3339(decision.last_step_time) if decision.last_step_time else None,
+        "lastTransitionTime": _transition(old, decision.phase, now),
+        "analysis": analysis if spec.steps and spec.steps.analysis else None,
+        "rolledBackGeneration": decision.rolled_back_generation,
+        "managedRoutes": list(weights.managed),
+        "addedCandidateRoutes": sorted(set(old.get("addedCandidateRoutes") or []) | set(weights.appended)),
+        "virtualServiceVersion": vs_version,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+    return status
+
+
+def _transition(old: Mapping[str, Any], phase: str, now: datetime.datetime) -> str:
+    previous = old.get("lastTransitionTime")
+    return str(previous) if old.get("phase") == phase and previous else cond.rfc3339(now)
+
+
+def intent_status(old: Mapping[str, Any] | None, weights: WeightPlan) -> dict[str, Any] | None:
+    """Written before a VirtualService write that appends the candidate destination, so the
+    release knows to remove it even if the status write after the VirtualService write is lost."""
+    old = old or {}
+    known = set(old.get("addedCandidateRoutes") or [])
+    if set(weights.appended) <= known:
+        return None
+    changes: dict[str, Any] = {"addedCandidateRoutes": sorted(known | set(weights.appended))}
+    if not old.get("phase"):
+        changes["phase"] = res.PHASE_PENDING
+    return changes
+
+
+def problem_status(
+    old: Mapping[str, Any] | None, reason: str, message: str, *, generation: int | None,
+    now: datetime.datetime, spec: CanarySpec | None = None,
+) -> dict[str, Any]:
+    """Phase Error with the problem in Available/Degraded; weights and step bookkeeping unchanged."""
+    old = dict(old or {})
+    conditions: list[cond.Condition] = list(old.get("conditions") or [])
+    conditions = cond.set_condition(conditions, type=cond.AVAILABLE, status=cond.FALSE, reason=reason,
+                                    message=message, now=now, generation=generation)
+    conditions = cond.set_condition(conditions, type=cond.PROGRESSING, status=cond.FALSE, reason=reason,
+                                    message="the VirtualService is not touched until this is fixed",
+                                    now=now, generation=generation)
+    conditions = cond.set_condition(conditions, type=cond.DEGRADED, status=cond.TRUE, reason=reason,
+                                    message=message, now=now, generation=generation)
+    return {**old, **(_backend_names(spec) if spec else {}), "phase": res.PHASE_ERROR,
+            "lastTransitionTime": _transition(old, res.PHASE_ERROR, now),
+            "observedGeneration": generation, "conditions": conditions}
+
+
+def plan_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[EventPlan]:
+    """Events for what changed between two statuses; nothing when nothing did."""
+    old = old or {}
+    events: list[EventPlan] = []
+    old_degraded = cond.find_condition(list(old.get("conditions") or []), cond.DEGRADED) or {}
+    degraded = cond.find_condition(list(new.get("conditions") or []), cond.DEGRADED) or {}
+    phase, old_phase = new.get("phase"), old.get("phase")
+    if phase == res.PHASE_ERROR:
+        if (degraded.get("reason"), degraded.get("message")) != (old_degraded.get("reason"),
+                                                                 old_degraded.get("message")):
+            events.append(EventPlan(WARNING, str(degraded.get("reason")), str(degraded.get("message"))))
+        return events
+    progressing = cond.find_condition(list(new.get("conditions") or []), cond.PROGRESSING) or {}
+    if phase == res.PHASE_ROLLED_BACK and old_phase != phase:
+        events.append(EventPlan(WARNING, REASON_ROLLED_BACK, str(progressing.get("message"))))
+    if phase == res.PHASE_WAITING_FOR_MODEL and old_phase != phase:
+        events.append(EventPlan(NORMAL, REASON_WAITING_FOR_MODEL, str(progressing.get("message"))))
+    if old_phase == res.PHASE_WAITING_FOR_MODEL and phase != old_phase:
+        events.append(EventPlan(NORMAL, REASON_MODEL_WARM, "the candidate's model is warm: traffic released"))
+    if (new.get("stableWeight"), new.get("candidateWeight")) != (old.get("stableWeight"), old.get("candidateWeight")):
+        events.append(EventPlan(NORMAL, REASON_WEIGHTS_CHANGED,
+                                f"stable {new.get('stable')} {new.get('stableWeight')}%, candidate "
+                                f"{new.get('candidate')} {new.get('candidateWeight')}% on "
+                                f"{', '.join(new.get('managedRoutes') or [])}"))
+    old_progress = cond.find_condition(list(old.get("conditions") or []), cond.PROGRESSING) or {}
+    if (progressing.get("reason") in (REASON_ANALYSIS_FAILED, REASON_ANALYSIS_INCONCLUSIVE)
+            and progressing.get("message") != old_progress.get("message")):
+        events.append(EventPlan(WARNING, str(progressing.get("reason")), str(progressing.get("message"))))
+    return events
+
+
+@dataclasses.dataclass(frozen=True)
+class Claimant:
+    """Another ModelCanary as the controller's index knows it."""
+
+    namespace: str
+    name: str
+    created: str  # creationTimestamp (RFC 3339, sortable)
+    spec: Mapping[str, Any]
+
+    def order(self) -> tuple[str, str, str]:
+        """Earlier creation wins; same second: namespace/name decides, so both sides agree."""
+        return (self.created, self.namespace, self.name)
+
+
+def _claimed(vs: Mapping[str, Any], spec: CanarySpec) -> set[str]:
+    try:
+        routes = (vs.get("spec") or {}).get("http") or []
+        return {route_key(routes[i], i) for i in managed_routes(vs, spec)}
+    except RoutingProblem:
+        return set()
+
+
+def first_claim(me: Claimant, others: Iterable[Claimant], vs: Mapping[str, Any],
+                spec: CanarySpec) -> tuple[Claimant, str] | None:
+    """The earlier ModelCanary that already claims one of our routes, and the route; else None."""
+    mine = _claimed(vs, spec)
+    for other in sorted(others, key=Claimant.order):
+        if other.order() >= me.order() or (other.namespace, other.name) == (me.namespace, me.name):
+            continue
+        try:
+            theirs = res.parse_spec(other.spec, other.namespace)
+        except InvalidSpec:  # an invalid canary claims nothing
+            continue
+        if (theirs.virtual_service_namespace, theirs.virtual_service) != (
+                spec.virtual_service_namespace, spec.virtual_service):
+            continue
+        shared = sorted(mine & _claimed(vs, theirs))
+        if shared:
+            return other, shared[0]
+    return None
+
+
+def claim_message(other: Claimant, route: str, spec: CanarySpec) -> str:
+    return (f"HTTP route {route} of VirtualService {spec.virtual_service_namespace}/{spec.virtual_service} "
+            f"is already managed by ModelCanary {other.namespace}/{other.name}; one route, one canary")

@@ -1,0 +1,291 @@
+"""The ModelCanary custom resource (serving.serverless.xyz/v1alpha1): typed spec and status views.
+
+The CRD schema rejects what a schema can say (ranges, types, unknown fields); `parse_spec`
+re-checks what it cannot: exactly one of `inferenceService` and `host` per backend,
+increasing step weights, a warm gate that has a ModelPrewarm to read, analysis bounds.
+Backends are resolved here to the host Istio routes to (KServe's predictor Service).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+from kserve_operator.errors import InvalidSpec
+from kserve_operator.resources.conditions import Condition, parse_rfc3339
+from kserve_operator.resources.durations import parse_duration
+
+CLUSTER_DOMAIN = "svc.cluster.local"
+
+PHASE_PENDING = "Pending"
+PHASE_WAITING_FOR_MODEL = "WaitingForModel"
+PHASE_PROGRESSING = "Progressing"
+PHASE_ACTIVE = "Active"
+PHASE_PROMOTED = "Promoted"
+PHASE_ROLLED_BACK = "RolledBack"
+PHASE_ERROR = "Error"
+PHASES = (PHASE_PENDING, PHASE_WAITING_FOR_MODEL, PHASE_PROGRESSING, PHASE_ACTIVE, PHASE_PROMOTED,
+          PHASE_ROLLED_BACK, PHASE_ERROR)
+
+WARM_PHASE = "Warm"  # ModelPrewarm status.phase that releases a requireWarm candidate
+
+
+def predictor_host(inference_service: str, namespace: str) -> str:
+    """The predictor Service KServe creates for an InferenceService (raw and Knative modes)."""
+    return f"{inference_service}-predictor.{namespace}.{CLUSTER_DOMAIN}"
+
+
+def canonical_host(host: str, namespace: str) -> str:
+    """Istio's reading of a destination host: short names are relative to the rule's namespace."""
+    parts = host.split(".")
+    if len(parts) == 1:
+        return f"{host}.{namespace}.{CLUSTER_DOMAIN}"
+    if len(parts) == 2:
+        return f"{host}.{CLUSTER_DOMAIN}"
+    if len(parts) == 3 and parts[2] == "svc":
+        return f"{host}.cluster.local"
+    return host
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """One side of the split, resolved: the host Istio routes to, and optionally subset and port."""
+
+    host: str  # canonical (fully qualified when it is a cluster Service)
+    subset: str | None = None
+    port: int | None = None
+    inference_service: str | None = None  # set when the backend was named by its InferenceService
+
+    @property
+    def display(self) -> str:
+        name = self.inference_service or self.host
+        return f"{name}/{self.subset}" if self.subset else name
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisSpec:
+    query: str
+    max: float | None
+    min: float | None
+    failure_limit: int
+
+    def out_of_bounds(self, value: float) -> str | None:
+        """Why `value` fails the check, or None when it passes."""
+        if self.max is not None and value > self.max:
+            return f"{value:g} is above the maximum {self.max:g}"
+        if self.min is not None and value < self.min:
+            return f"{value:g} is below the minimum {self.min:g}"
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepsSpec:
+    weights: tuple[int, ...]
+    interval_seconds: float
+    analysis: AnalysisSpec | None
+
+
+@dataclasses.dataclass(frozen=True)
+class CanarySpec:
+    namespace: str  # the ModelCanary's own namespace
+    virtual_service: str
+    virtual_service_namespace: str
+    routes: tuple[str, ...] | None  # None: every HTTP route that sends to the stable backend
+    stable: Backend
+    candidate: Backend
+    percent: int
+    require_warm: bool
+    model_prewarm: str | None  # the ModelPrewarm (in `namespace`) that gates the candidate
+    steps: StepsSpec | None
+
+    @property
+    def inference_services(self) -> tuple[str, ...]:
+        """InferenceServices the backends name: both must exist before any weight moves."""
+        return tuple(b.inference_service for b in (self.stable, self.candidate) if b.inference_service)
+
+    def ladder(self) -> tuple[int, ...]:
+        """The candidate's shares in order: each step weight capped at `percent`, ending at `percent`."""
+        shares = {min(w, self.percent) for w in (self.steps.weights if self.steps else ())}
+        shares.add(self.percent)
+        return tuple(sorted(share for share in shares if share > 0))
+
+
+def _int(raw: Mapping[str, Any], field: str, where: str, low: int, high: int) -> int | None:
+    value = raw.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSpec(f"{where}{field} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidSpec(f"{where}{field} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _text(raw: Mapping[str, Any], field: str, where: str) -> str | None:
+    value = raw.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidSpec(f"{where}{field} must be a non-empty string")
+    return value
+
+
+def _number(raw: Mapping[str, Any], field: str, where: str) -> float | None:
+    value = raw.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidSpec(f"{where}{field} must be a number, got {value!r}")
+    return float(value)
+
+
+def _backend(raw: Any, field: str, namespace: str) -> Backend:
+    if not isinstance(raw, Mapping):
+        raise InvalidSpec(f"{field} is required")
+    isvc = _text(raw, "inferenceService", f"{field}.")
+    host = _text(raw, "host", f"{field}.")
+    if (isvc is None) == (host is None):
+        raise InvalidSpec(f"{field} needs exactly one of inferenceService and host")
+    subset = _text(raw, "subset", f"{field}.")
+    port = _int(raw, "port", f"{field}.", 1, 65535)
+    if isvc is not None:
+        return Backend(predictor_host(isvc, namespace), subset, port, inference_service=isvc)
+    assert host is not None
+    return Backend(canonical_host(host, namespace), subset, port)
+
+
+def _analysis(raw: Any) -> AnalysisSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidSpec("steps.analysis must be an object")
+    query = _text(raw, "query", "steps.analysis.")
+    if query is None:
+        raise InvalidSpec("steps.analysis.query is required")
+    high, low = _number(raw, "max", "steps.analysis."), _number(raw, "min", "steps.analysis.")
+    if high is None and low is None:
+        raise InvalidSpec("steps.analysis needs a max or a min bound")
+    if high is not None and low is not None and low > high:
+        raise InvalidSpec(f"steps.analysis.min ({low:g}) is above max ({high:g})")
+    limit = _int(raw, "failureLimit", "steps.analysis.", 1, 1000)
+    return AnalysisSpec(query=query, max=high, min=low, failure_limit=limit or 1)
+
+
+def _steps(raw: Any) -> StepsSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidSpec("steps must be an object")
+    weights = raw.get("weights")
+    if not isinstance(weights, list) or not weights:
+        raise InvalidSpec("steps.weights must list at least one percent")
+    for weight in weights:
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+            raise InvalidSpec(f"steps.weights must be integers between 0 and 100, got {weight!r}")
+    if any(b <= a for a, b in itertools.pairwise(weights)):
+        raise InvalidSpec(f"steps.weights must increase, got {weights}")
+    if "interval" not in raw:
+        raise InvalidSpec("steps.interval is required")
+    interval = parse_duration(raw.get("interval"), field="steps.interval")
+    if interval <= 0:
+        raise InvalidSpec("steps.interval must be longer than 0s")
+    return StepsSpec(weights=tuple(weights), interval_seconds=interval, analysis=_analysis(raw.get("analysis")))
+
+
+def parse_spec(raw: Mapping[str, Any] | None, namespace: str) -> CanarySpec:
+    """The typed spec of a ModelCanary in `namespace`, or InvalidSpec naming the field."""
+    if not isinstance(raw, Mapping):
+        raise InvalidSpec("spec is missing")
+    vs = raw.get("virtualService")
+    if not isinstance(vs, Mapping):
+        raise InvalidSpec("virtualService is required")
+    vs_name = _text(vs, "name", "virtualService.")
+    if vs_name is None:
+        raise InvalidSpec("virtualService.name is required")
+    vs_namespace = _text(vs, "namespace", "virtualService.") or namespace
+    routes_raw = raw.get("routes")
+    routes: tuple[str, ...] | None = None
+    if routes_raw is not None:
+        if not isinstance(routes_raw, list) or not routes_raw or not all(
+                isinstance(r, str) and r for r in routes_raw):
+            raise InvalidSpec("routes must list HTTP route names")
+        if len(set(routes_raw)) != len(routes_raw):
+            raise InvalidSpec(f"routes names a route twice: {routes_raw}")
+        routes = tuple(routes_raw)
+    stable = _backend(raw.get("stable"), "stable", namespace)
+    candidate_raw = raw.get("candidate")
+    candidate = _backend(candidate_raw, "candidate", namespace)
+    if (stable.host, stable.subset) == (candidate.host, candidate.subset):
+        raise InvalidSpec(f"stable and candidate are the same backend ({stable.display})")
+    if "percent" not in raw:
+        raise InvalidSpec("percent is required")
+    percent = _int(raw, "percent", "", 0, 100)
+    assert percent is not None
+    require_warm = raw.get("requireWarm", False)
+    if not isinstance(require_warm, bool):
+        raise InvalidSpec(f"requireWarm must be true or false, got {require_warm!r}")
+    assert isinstance(candidate_raw, Mapping)
+    prewarm = _text(candidate_raw, "modelPrewarm", "candidate.") or candidate.inference_service
+    if require_warm and prewarm is None:
+        raise InvalidSpec("requireWarm needs candidate.modelPrewarm when the candidate is a host, "
+                          "not an inferenceService")
+    return CanarySpec(
+        namespace=namespace, virtual_service=vs_name, virtual_service_namespace=vs_namespace, routes=routes,
+        stable=stable, candidate=candidate, percent=percent, require_warm=require_warm,
+        model_prewarm=prewarm, steps=_steps(raw.get("steps")),
+    )
+
+
+def _time(raw: Any) -> datetime.datetime | None:
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        return parse_rfc3339(raw)
+    except ValueError:
+        return None
+
+
+def _count(raw: Any) -> int:
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CanaryStatus:
+    """What the controller wrote last time; everything is optional (a new object has no status)."""
+
+    phase: str | None = None
+    percent: int = 0  # the candidate's share the controller last set: its position on the ladder
+    step: int = 0
+    last_step_time: datetime.datetime | None = None
+    last_check_time: datetime.datetime | None = None
+    failed_checks: int = 0
+    rolled_back_generation: int | None = None
+    managed_routes: tuple[str, ...] = ()
+    added_candidate_routes: tuple[str, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None) -> CanaryStatus:
+        raw = raw or {}
+        analysis = raw.get("analysis") if isinstance(raw.get("analysis"), Mapping) else {}
+        assert isinstance(analysis, Mapping)
+        rolled_back = raw.get("rolledBackGeneration")
+
+        def names(value: Any) -> tuple[str, ...]:
+            return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+        return cls(
+            phase=raw.get("phase") if isinstance(raw.get("phase"), str) else None,
+            percent=min(_count(raw.get("percent")), 100),
+            step=_count(raw.get("step")),
+            last_step_time=_time(raw.get("lastStepTime")),
+            last_check_time=_time(analysis.get("lastCheckTime")),
+            failed_checks=_count(analysis.get("failedChecks")),
+            rolled_back_generation=rolled_back if isinstance(rolled_back, int) else None,
+            managed_routes=names(raw.get("managedRoutes")),
+            added_candidate_routes=names(raw.get("addedCandidateRoutes")),
+            conditions=tuple(dict(c) for c in raw.get("conditions") or [] if isinstance(c, Mapping)),
+        )
