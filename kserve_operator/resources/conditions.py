@@ -12,6 +12,7 @@ from typing import Any
 AVAILABLE = "Available"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
+READY = "Ready"
 
 TRUE = "True"
 FALSE = "False"

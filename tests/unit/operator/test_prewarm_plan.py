@@ -1,0 +1,258 @@
+"""plan_prewarm end to end on dicts: a small in-memory world that applies each plan like the
+controller does (create/delete Jobs, write status), so every scenario runs several reconciles."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from typing import Any
+
+from kserve_operator.planning.diff import status_changes
+from kserve_operator.planning.node_selection import NodeView
+from kserve_operator.planning.prewarm import Observed, PrewarmPlan, plan_prewarm
+from kserve_operator.resources.conditions import find_condition
+from tests.unit.operator.prewarm_shapes import finished_job, node, pod, result
+
+NOW = datetime.datetime(2026, 12, 2, 1, 0, tzinfo=datetime.UTC)
+GPU = {"limits": {"nvidia.com/gpu": "1"}}
+
+
+@dataclasses.dataclass
+class World:
+    prewarm: dict[str, Any]
+    nodes: list[dict[str, Any]]
+    jobs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    pods: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    account: dict[str, Any] | None = None
+    secrets: dict[str, dict[str, Any] | None] = dataclasses.field(default_factory=dict)
+
+    def plan(self) -> PrewarmPlan:
+        observed = Observed(prewarm=self.prewarm, nodes=[NodeView.parse(n) for n in self.nodes],
+                            jobs=list(self.jobs.values()), pods=self.pods, service_account=self.account,
+                            secrets=self.secrets)
+        return plan_prewarm(observed, image="preloader:gpu", now=NOW)
+
+    def reconcile(self) -> PrewarmPlan:
+        plan = self.plan()
+        for job in plan.create:
+            assert job["metadata"]["name"] not in self.jobs, "a Job created twice"
+            self.jobs[job["metadata"]["name"]] = json.loads(json.dumps(job))
+        for name in plan.delete:
+            self.jobs.pop(name)
+            self.pods.pop(name, None)
+        changes = status_changes(self.prewarm.get("status"), plan.status)
+        self.prewarm["status"] = {**self.prewarm.get("status", {}), **changes}
+        self.prewarm["status"] = {k: v for k, v in self.prewarm["status"].items() if v is not None}
+        return plan
+
+    def settled(self) -> bool:
+        """A reconcile that changes nothing: no Job, no status write, no event."""
+        plan = self.plan()
+        return not plan.create and not plan.delete and not plan.events and \
+            not status_changes(self.prewarm.get("status"), plan.status)
+
+    def job_for(self, node_name: str) -> str:
+        return next(n for n, j in self.jobs.items()
+                    if j["metadata"]["annotations"]["serving.serverless.xyz/prewarm-node"] == node_name)
+
+    def complete(self, node_name: str, *, version: str = "v1", finished: str = "2026-12-02T01:00:00Z") -> None:
+        name = self.job_for(node_name)
+        self.jobs[name] = finished_job(self.jobs[name], "Complete")
+        self.pods[name] = [pod(name, phase="Succeeded", exit_code=0, message=result(version=version),
+                               finished=finished)]
+
+    def fail(self, node_name: str, error: dict[str, Any]) -> None:
+        name = self.job_for(node_name)
+        self.jobs[name] = finished_job(self.jobs[name], "Failed", reason="BackoffLimitExceeded")
+        self.pods[name] = [pod(name, phase="Failed", exit_code=int(error["exit_code"]), message=error)]
+
+
+def world(nodes: int = 3, **spec: Any) -> World:
+    body = {"apiVersion": "serving.serverless.xyz/v1alpha1", "kind": "ModelPrewarm",
+            "metadata": {"name": "torch-mnist", "namespace": "ml", "uid": "uid-1", "generation": 1},
+            "spec": {"storageUri": "s3://models/mnist", "nodeCount": 2, "resources": GPU, **spec}}
+    return World(body, [node(f"gpu-{i}") for i in range(1, nodes + 1)])
+
+
+def condition(w: World, type: str) -> dict[str, Any]:
+    found = find_condition(w.prewarm["status"]["conditions"], type)
+    assert found is not None
+    return found
+
+
+def test_pending_to_warm_with_figures_then_settled() -> None:
+    w = world()
+    first = w.reconcile()
+    assert sorted(w.jobs) == sorted(j["metadata"]["name"] for j in first.create) and len(w.jobs) == 2
+    assert [e.reason for e in first.events] == ["PreloadJobsCreated"]
+    assert w.prewarm["status"]["phase"] == "Pending" and w.prewarm["status"]["desiredNodes"] == 2
+    assert w.settled()  # restart before the Jobs run: same names, nothing to do
+    w.pods[w.job_for("gpu-1")] = [pod(w.job_for("gpu-1"), phase="Running")]
+    w.reconcile()
+    assert w.prewarm["status"]["phase"] == "Warming"
+    assert condition(w, "Progressing")["status"] == "True"
+    w.complete("gpu-1")
+    w.complete("gpu-2")
+    last = w.reconcile()
+    status = w.prewarm["status"]
+    assert (status["phase"], status["warmNodes"], status["modelVersion"]) == ("Warm", 2, "v1")
+    assert status["nodes"][0] == {"name": "gpu-1", "phase": "Warm", "job": w.job_for("gpu-1"), "bytes": 1_000_000,
+                                  "files": 2, "seconds": 0.25, "gbps": 0.004, "device": "cpu", "cache": "miss",
+                                  "version": "v1", "finishedAt": "2026-12-02T01:00:00Z"}
+    assert condition(w, "Ready")["status"] == "True" and condition(w, "Degraded")["status"] == "False"
+    assert [e.reason for e in last.events] == ["ModelWarm"]
+    assert w.settled()
+
+
+def test_jobs_removed_by_their_ttl_are_not_recreated() -> None:
+    w = world()
+    w.reconcile()
+    w.complete("gpu-1")
+    w.complete("gpu-2")
+    w.reconcile()
+    w.jobs.clear()
+    w.pods.clear()
+    assert w.settled()
+
+
+def test_changed_uri_warms_again_and_removes_the_old_jobs() -> None:
+    w = world()
+    w.reconcile()
+    w.complete("gpu-1")
+    w.complete("gpu-2")
+    w.reconcile()
+    old = set(w.jobs)
+    w.prewarm["spec"]["storageUri"] = "s3://models/mnist-v2/"
+    plan = w.reconcile()
+    assert set(plan.delete) == old and len(plan.create) == 2 and not (set(w.jobs) & old)
+    assert w.prewarm["status"]["phase"] == "Pending" and "modelVersion" not in w.prewarm["status"]
+    assert all(a["metadata"]["annotations"]["serving.serverless.xyz/prewarm-node"] in ("gpu-1", "gpu-2")
+               for a in w.jobs.values())
+
+
+def test_a_lost_node_is_replaced() -> None:
+    w = world()
+    w.reconcile()
+    w.complete("gpu-1")
+    w.complete("gpu-2")
+    w.reconcile()
+    lost = w.job_for("gpu-2")
+    w.nodes = [n for n in w.nodes if n["metadata"]["name"] != "gpu-2"]
+    plan = w.reconcile()
+    assert plan.delete == (lost,) and [j["metadata"]["annotations"]["serving.serverless.xyz/prewarm-node"]
+                                       for j in plan.create] == ["gpu-3"]
+    assert [n["name"] for n in w.prewarm["status"]["nodes"]] == ["gpu-1", "gpu-3"]
+    w.nodes[0]["spec"]["taints"] = [{"key": "maintenance", "effect": "NoExecute"}]  # gpu-1 stops qualifying
+    w.nodes.append(node("gpu-4"))
+    plan = w.reconcile()
+    assert [j["metadata"]["annotations"]["serving.serverless.xyz/prewarm-node"] for j in plan.create] == ["gpu-4"]
+
+
+def test_a_newer_model_version_rewarms_the_nodes_holding_the_old_one() -> None:
+    w = world(nodes=3)
+    w.reconcile()
+    w.complete("gpu-1", version="v1")
+    w.complete("gpu-2", version="v1")
+    w.reconcile()
+    w.nodes = [n for n in w.nodes if n["metadata"]["name"] != "gpu-2"]
+    w.reconcile()
+    w.complete("gpu-3", version="v2", finished="2026-12-02T02:00:00Z")  # the object changed in between
+    plan = w.reconcile()
+    assert w.prewarm["status"]["modelVersion"] == "v2"
+    (rewarm,) = plan.create
+    assert rewarm["metadata"]["annotations"] == {"serving.serverless.xyz/prewarm-node": "gpu-1",
+                                                 "serving.serverless.xyz/prewarm-target-version": "v2"}
+    w.complete("gpu-1", version="v2", finished="2026-12-02T02:05:00Z")
+    w.reconcile()
+    assert w.prewarm["status"]["phase"] == "Warm" and w.settled()
+
+
+def test_fewer_qualifying_nodes_warm_those_and_say_both_counts() -> None:
+    w = world(nodes=1, nodeCount=3)
+    w.nodes.append(node("cpu-1", gpus=0))
+    w.reconcile()
+    assert len(w.jobs) == 1
+    degraded = condition(w, "Degraded")
+    assert degraded["reason"] == "FewerNodesThanRequested"
+    assert "1 qualifying node(s) for nodeCount 3" in degraded["message"] and "no nvidia.com/gpu" in degraded["message"]
+
+
+def test_no_qualifying_node_is_pending_with_the_reasons() -> None:
+    w = world(nodes=0)
+    w.nodes = [node("cpu-1", gpus=0), node("gpu-9", taints=[{"key": "nvidia.com/gpu", "effect": "NoSchedule"}])]
+    plan = w.reconcile()
+    assert not plan.create and w.prewarm["status"]["phase"] == "Pending"
+    ready = condition(w, "Ready")
+    assert ready["reason"] == "NoQualifyingNodes"
+    assert "1 no nvidia.com/gpu allocatable" in ready["message"]
+    assert "taint nvidia.com/gpu:NoSchedule is not tolerated" in ready["message"]
+    assert [e.reason for e in plan.events] == ["NoQualifyingNodes"] and w.settled()
+
+
+def test_a_failed_node_carries_the_preloaders_message() -> None:
+    w = world()
+    w.reconcile()
+    w.complete("gpu-1")
+    w.fail("gpu-2", {"model": "s3://models/mnist", "error": "DeviceOutOfMemory",
+                     "message": "model needs 12.0 GiB, device has 8.0 GiB free", "exit_code": 7})
+    plan = w.reconcile()
+    status = w.prewarm["status"]
+    failed = next(n for n in status["nodes"] if n["name"] == "gpu-2")
+    assert (failed["phase"], failed["reason"]) == ("Failed", "DeviceOutOfMemory")
+    assert failed["message"] == "model needs 12.0 GiB, device has 8.0 GiB free"
+    assert status["phase"] == "Failed" and condition(w, "Degraded")["reason"] == "NodesFailed"
+    assert [e.reason for e in plan.events] == ["PreloadFailed"] and w.settled()
+
+
+def test_unsupported_uris_create_no_job_and_remove_existing_ones() -> None:
+    for uri in ("gs://bucket/model", "pvc://claim/model", "hf://org/model", "https://example.com/m.pt"):
+        w = world()
+        w.reconcile()
+        w.prewarm["spec"]["storageUri"] = uri
+        plan = w.reconcile()
+        assert not plan.create and not w.jobs
+        ready = condition(w, "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "UnsupportedStorageUri")
+        assert "does not support" in ready["message"] and w.prewarm["status"]["phase"] == "Failed"
+        assert plan.outcome == "invalid" and [e.type for e in plan.events] == ["Warning"]
+        assert w.settled()
+
+
+def test_several_storage_uris_flagged_by_the_watcher() -> None:
+    w = world()
+    w.prewarm["metadata"]["annotations"] = {"serving.serverless.xyz/prewarm-unsupported": "several storageUris"}
+    plan = w.reconcile()
+    assert not plan.create and condition(w, "Ready")["reason"] == "MultipleStorageUris"
+
+
+def test_missing_service_account_or_secret_is_named_and_blocks_jobs() -> None:
+    w = world(serviceAccountName="models-s3")
+    plan = w.reconcile()
+    assert not plan.create and condition(w, "Ready")["reason"] == "ServiceAccountNotFound"
+    assert plan.events[0].type == "Warning" and "ServiceAccount models-s3" in plan.events[0].message
+    w.account = {"metadata": {"name": "models-s3"}, "secrets": [{"name": "s3"}]}
+    w.secrets = {"s3": None}
+    plan = w.reconcile()
+    assert not plan.create and condition(w, "Ready")["reason"] == "SecretNotFound"
+    assert "Secret s3 of service account models-s3" in plan.events[0].message and w.settled()
+    w.secrets = {"s3": {"metadata": {"name": "s3"}, "data": {"awsAccessKeyID": "eA==", "awsSecretAccessKey": "eA=="}}}
+    plan = w.reconcile()
+    assert len(plan.create) == 2
+    env = plan.create[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env[1] == {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3",
+                                                                                      "key": "awsSecretAccessKey"}}}
+
+
+def test_changing_node_count_keeps_warm_nodes() -> None:
+    w = world(nodes=4)
+    w.reconcile()
+    w.complete("gpu-1")
+    w.complete("gpu-2")
+    w.reconcile()
+    w.prewarm["spec"]["nodeCount"] = 3
+    plan = w.reconcile()
+    assert not plan.delete and len(plan.create) == 1
+    w.prewarm["spec"]["nodeCount"] = 1
+    plan = w.reconcile()
+    assert len(plan.delete) == 2 and [n["name"] for n in w.prewarm["status"]["nodes"]] == ["gpu-1"]
