@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit integration bench-operator bench-preload clean
+.PHONY: install demo test lint typecheck unit integration bench-operator bench-preload lock-operator clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ bench-operator: install
 bench-preload: install
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[preloader,dev,bench]'
 	$(PY) -m bench.bench_preload
+
+lock-operator: install
+	$(PY) -m devstack.lock_operator
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
