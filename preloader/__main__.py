@@ -1,8 +1,11 @@
-"""Command line entry: argv + environment -> Config -> preload() -> one JSON line, exit status.
+"""Command line entry: argv + environment -> Config -> a run -> one JSON line, exit status.
 
-The only place that prints results, configures logging, writes the termination message and
-maps domain errors to exit codes. Every outcome, an unexpected exception or Ctrl-C included, ends
-with one JSON line on stdout and the termination message: the operator's contract.
+Three forms: ``preloader URI [flags]`` (the pre-warm Job: onto a device), ``preloader SRC DEST
+[flags]`` (KServe's storage initializer: files under DEST, torch never imported) and ``preloader
+cache ls|gc`` (inspect or trim a node's cache). The only place that prints results, configures
+logging, writes the termination message and maps domain errors to exit codes. Every outcome of a
+run, an unexpected exception or Ctrl-C included, ends with one JSON line on stdout and the
+termination message: the operator's contract.
 """
 
 from __future__ import annotations
@@ -13,10 +16,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from preloader.config import load_config
+from preloader.config import Config, load_config
 from preloader.errors import InternalError, Interrupted, PreloadError
-from preloader.preload import preload
-from preloader.result import error_line, result_line, termination_text
+from preloader.result import Result, error_line, result_line, termination_text
 
 log = logging.getLogger("preloader")
 
@@ -29,18 +31,38 @@ def write_termination_log(path: Path, line: str) -> None:
         log.warning("not writing the termination message to %s: %s", path, exc.strerror or exc)
 
 
+def run(config: Config) -> Result:
+    """Dispatch on the mode; the Job mode's torch import happens only here, only for it."""
+    if config.dest is not None:
+        from preloader.initializer import initialize
+
+        return initialize(config)
+    from preloader.preload import preload
+
+    return preload(config).result
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if env is None else env
+    if args[:1] == ["cache"]:
+        from preloader.cache_cli import cache_main
+
+        try:
+            return cache_main(args[1:], environ, sys.stdout)
+        except PreloadError as exc:
+            log.error("%s: %s", exc.reason, exc)
+            return exc.exit_code
     model = next((a for a in args if a.startswith("s3://")), "")
     termination_log = Path("/dev/termination-log")
     try:
-        config = load_config(args, os.environ if env is None else env)
+        config = load_config(args, environ)
         termination_log = config.termination_log
         logging.getLogger().setLevel(config.log_level)
         # botocore logs request details at DEBUG; keep it quiet even then (no signatures in logs).
         logging.getLogger("botocore").setLevel(logging.WARNING)
-        outcome = preload(config)
+        result = run(config)
     except PreloadError as exc:
         log.error("%s: %s", exc.reason, exc)
         return _fail(model, exc, termination_log)
@@ -50,7 +72,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except Exception as exc:  # a bug, a torch RuntimeError, MemoryError: still honour the output contract
         log.exception("internal error")
         return _fail(model, InternalError(f"{type(exc).__name__}: {exc}"), termination_log)
-    line = result_line(outcome.result)
+    line = result_line(result)
     print(line, flush=True)
     write_termination_log(termination_log, line)
     return 0

@@ -1,30 +1,35 @@
-"""The node-local model cache: layout, keys, atomic verified writes, verified reads.
+"""The node-local model cache: layout, keys, verified writes and reads, leases, a size bound.
 
 Layout under ``--cache-dir``::
 
-    preloader-v1/<location>/current.json        -> {"version": <version>}, replaced atomically
-    preloader-v1/<location>/<version>/manifest.json
-    preloader-v1/<location>/<version>/files/<path relative to the model root>
+    preloader-v2/<location>/.lock                    writers of this location, one at a time (flock)
+    preloader-v2/<location>/current.json             {"version": <version>}, replaced atomically
+    preloader-v2/<location>/<version>/.lease         readers share it, a writer or eviction holds it alone;
+                                                     its mtime is the entry's last use (LRU order)
+    preloader-v2/<location>/<version>/manifest.json  written last: an entry without one is unfinished
+    preloader-v2/<location>/<version>/files/<path relative to the model root>
 
 ``location`` hashes (endpoint, bucket, key or prefix), so two models never share a directory;
 ``version`` hashes every file's (path, size, ETag), so two versions of one model never share one
-either. Files are written under a temporary name, fsynced and renamed; the manifest, which
-records each file's size, ETag and SHA-256 per chunk, is written last, so an entry without a
-manifest is incomplete and never used. Every use re-hashes the bytes it reads against the
-manifest, so a same-size corruption is caught; a failed check makes the entry a miss and the
-download rewrites it.
+either. Files are written as ``.tmp-<random>`` with positional writes while the download runs
+(each range as soon as it arrives), then renamed; the manifest records each file's size, ETag and a
+CRC-64/NVME per range, so every use re-checks the bytes it reads. Data is not fsynced: a torn
+write after a crash fails that check and the entry is downloaded again, so durability is checked
+rather than paid for on every fill. A run that fails removes its unfinished entry; one killed
+mid-write leaves an entry without manifest that the next writer of the location, or ``cache gc``,
+removes.
 
-Writers of one location are serialised by an exclusive ``flock`` on ``<location>/.lock``, held
-from before the writer cleans up a killed run's leftovers until ``current.json`` is replaced; a
-second run (two Jobs on a node, a retried pod) waits for it, bounded by a timeout, and then looks
-the entry up again, so it becomes a hit instead of a second download. Readers never take the lock:
-an entry is used only through its manifest and every chunk is verified. The kernel drops the lock
-when its holder dies, so a killed run never leaves the location locked. All filesystem calls go
-through ``FileSystem`` so tests can make a disk full without root.
+Writers of one location are serialised by an exclusive ``flock`` on ``<location>/.lock``; a second
+run waits for it (bounded by a timeout), then looks the entry up again and becomes a hit. Readers
+hold a shared ``flock`` on the entry's ``.lease`` while they verify and use it; eviction takes that
+lease exclusively without waiting, so an entry being read (or written) is never removed. The
+kernel drops locks when their holder dies, so a killed run never leaves anything locked. All
+write calls go through ``FileSystem`` so tests can make a disk full without root.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -34,18 +39,21 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from preloader.errors import CacheBusy, DiskFull, TransferFailed, UnsafeKey
-from preloader.plan import ByteRange, ModelFile, ObjectInfo, S3Location, is_md5_etag, safe_relative_path
+from preloader.checksums import cache_crc
+from preloader.errors import CacheBusy, CacheTooSmall, CacheUnwritable, DiskFull, PreloadError, UnsafeKey
+from preloader.plan import ByteRange, ModelFile, ObjectInfo, S3Location, safe_relative_path
 
 log = logging.getLogger(__name__)
 
-FORMAT_DIR = "preloader-v1"
+FORMAT_DIR = "preloader-v2"
 LOCK_FILE = ".lock"
+LEASE_FILE = ".lease"
+MANIFEST = "manifest.json"
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -60,9 +68,29 @@ def location_key(endpoint: str, location: S3Location) -> str:
 
 
 def version_key(files: Sequence[ModelFile]) -> str:
-    """Stable name for one version of a model: every file's path, size and ETag."""
+    """Stable directory name for one version of a model: every file's path, size and ETag."""
     listing = sorted((str(f.path), f.obj.size, f.obj.etag) for f in files)
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:32]
+
+
+def model_version(files: Sequence[ModelFile], prefix: bool) -> str:
+    """The version reported in the result, so the operator can tell "already warm for this version".
+
+    One object: ``versionid:<VersionId>`` on a versioned bucket, else ``etag:<ETag>``. A prefix:
+    ``sha256:`` and 32 hex digits over every object's (key, size, ETag).
+    """
+    if not prefix and len(files) == 1:
+        obj = files[0].obj
+        return f"versionid:{obj.version_id}" if obj.version_id else f"etag:{obj.etag.strip(chr(34))}"
+    listing = sorted((f.obj.key, f.obj.size, f.obj.etag) for f in files)
+    return "sha256:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:32]
+
+
+def disk_error(exc: OSError, path: Path) -> PreloadError:
+    """ENOSPC and friends are DiskFull; anything else means the cache volume itself is unusable."""
+    if exc.errno in _FULL:
+        return DiskFull(f"cache disk full while writing {path}: {exc.strerror}")
+    return CacheUnwritable(f"cannot write the cache at {path}: {exc.strerror or exc}")
 
 
 @dataclass(frozen=True)
@@ -71,11 +99,22 @@ class CachedFile:
     key: str
     size: int
     etag: str
-    sha256: tuple[str, ...]  # one digest per chunk_size bytes, so verification runs in parallel
+    # (length, CRC-64/NVME) of each range, in order; together they tile the file.
+    chunks: tuple[tuple[int, int], ...]
+    version_id: str = ""
+    verified: str = "size"  # what the download was checked against: "crc64nvme-full-object", "md5", ...
 
     @property
     def model_file(self) -> ModelFile:
-        return ModelFile(ObjectInfo(self.key, self.size, self.etag), self.path)
+        return ModelFile(ObjectInfo(self.key, self.size, self.etag, self.version_id), self.path)
+
+    def ranges(self) -> list[ByteRange]:
+        out: list[ByteRange] = []
+        start = 0
+        for length, _ in self.chunks:
+            out.append(ByteRange(start, start + length - 1))
+            start += length
+        return out
 
 
 @dataclass(frozen=True)
@@ -83,8 +122,12 @@ class Manifest:
     uri: str
     endpoint: str
     version: str
-    chunk_size: int
+    model_version: str
     files: tuple[CachedFile, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -92,9 +135,17 @@ class Manifest:
                 "uri": self.uri,
                 "endpoint": self.endpoint,
                 "version": self.version,
-                "chunk_size": self.chunk_size,
+                "model_version": self.model_version,
                 "files": [
-                    {"path": str(f.path), "key": f.key, "size": f.size, "etag": f.etag, "sha256": list(f.sha256)}
+                    {
+                        "path": str(f.path),
+                        "key": f.key,
+                        "size": f.size,
+                        "etag": f.etag,
+                        "version_id": f.version_id,
+                        "verified": f.verified,
+                        "chunks": [[length, f"{value:016x}"] for length, value in f.chunks],
+                    }
                     for f in self.files
                 ],
             },
@@ -106,34 +157,31 @@ class Manifest:
         """Parse and validate; any problem is CacheCorrupt (a bad manifest is a miss, not a crash)."""
         try:
             raw: Any = json.loads(text)
-            chunk = int(raw["chunk_size"])
             files = tuple(
                 CachedFile(
                     path=safe_relative_path(str(f["path"])),
                     key=str(f["key"]),
                     size=int(f["size"]),
                     etag=str(f["etag"]),
-                    sha256=tuple(str(d) for d in f["sha256"]),
+                    chunks=tuple((int(length), int(str(value), 16)) for length, value in f["chunks"]),
+                    version_id=str(f.get("version_id", "")),
+                    verified=str(f.get("verified", "size")),
                 )
                 for f in raw["files"]
             )
-            manifest = Manifest(str(raw["uri"]), str(raw["endpoint"]), str(raw["version"]), chunk, files)
+            manifest = Manifest(
+                str(raw["uri"]), str(raw["endpoint"]), str(raw["version"]), str(raw["model_version"]), files
+            )
         except (ValueError, KeyError, TypeError, UnsafeKey) as exc:
             raise CacheCorrupt(f"unreadable manifest: {exc}") from None
         for f in files:
-            if chunk <= 0 or len(f.sha256) != -(-f.size // chunk):
-                raise CacheCorrupt(f"manifest has {len(f.sha256)} digests for {f.path}")
+            if sum(length for length, _ in f.chunks) != f.size or any(length <= 0 for length, _ in f.chunks):
+                raise CacheCorrupt(f"manifest's chunks do not tile {f.path}")
         return manifest
 
 
-def chunk_digests(data: memoryview, chunk_size: int) -> tuple[str, ...]:
-    return tuple(
-        hashlib.sha256(data[start : start + chunk_size]).hexdigest() for start in range(0, len(data), chunk_size)
-    )
-
-
 class FileSystem:
-    """The OS calls the cache makes; a seam so tests can simulate a full disk without root."""
+    """The OS write calls the cache makes; a seam so tests can simulate a full disk without root."""
 
     def free_bytes(self, path: Path) -> int:
         return shutil.disk_usage(path).free
@@ -144,11 +192,19 @@ class FileSystem:
     def write(self, fd: int, data: memoryview) -> int:
         return os.write(fd, data)
 
+    def pwrite(self, fd: int, data: memoryview, offset: int) -> int:
+        return os.pwrite(fd, data, offset)
+
     def write_all(self, fd: int, data: memoryview) -> None:
         """os.write may write less than asked; loop on `write` so a test seam sees every call."""
         done = 0
         while done < len(data):
             done += self.write(fd, data[done:])
+
+    def pwrite_all(self, fd: int, data: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(data):
+            done += self.pwrite(fd, data[done:], offset + done)
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
@@ -170,19 +226,64 @@ def safe_join(base: Path, rel: PurePosixPath) -> Path:
     for part in safe_relative_path(str(rel)).parts:
         current = current / part
         if current.is_symlink():
-            raise UnsafeKey(f"{rel}: {current} is a symbolic link; refusing to follow it out of the cache")
+            raise UnsafeKey(f"{rel}: {current} is a symbolic link; refusing to follow it")
     root = os.path.realpath(base)
     if os.path.commonpath([root, os.path.realpath(current)]) != root:
-        raise UnsafeKey(f"{rel} resolves outside the cache directory")
+        raise UnsafeKey(f"{rel} resolves outside {base}")
     return current
 
 
-class CacheLock:
-    """An exclusive flock on one location's lock file; ``release`` (or leaving ``with``) drops it."""
+class FileSink:
+    """One file being written at random offsets under a temporary name, renamed into place by ``finish``.
 
-    def __init__(self, path: Path, fd: int, waited: float) -> None:
+    Used for cache entries and for the initializer's DEST alike. The temporary name never embeds the
+    final one, so a 255-byte file name still fits.
+    """
+
+    def __init__(self, fs: FileSystem, final: Path, size: int) -> None:
+        self.fs = fs
+        self.final = final
+        self.temp = final.parent / f".tmp-{secrets.token_hex(4)}"
+        self.size = size
+        self.fd: int | None = None
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = fs.open_new(self.temp)
+            os.ftruncate(self.fd, size)
+        except OSError as exc:
+            self.discard()
+            raise disk_error(exc, final) from None
+
+    def write(self, offset: int, data: memoryview) -> None:
+        assert self.fd is not None
+        try:
+            self.fs.pwrite_all(self.fd, data, offset)
+        except OSError as exc:
+            raise disk_error(exc, self.final) from None
+
+    def finish(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+        try:
+            self.fs.replace(self.temp, self.final)
+        except OSError as exc:
+            self.discard()
+            raise disk_error(exc, self.final) from None
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+        self.temp.unlink(missing_ok=True)
+
+
+class FileLock:
+    """A flock held on one file; ``release`` (or leaving ``with``) drops it."""
+
+    def __init__(self, path: Path, fd: int, waited: float = 0.0) -> None:
         self.path = path
-        self.waited = waited  # seconds spent waiting for another holder; 0.0 when it was free
+        self.waited = waited
         self._fd: int | None = fd
 
     @property
@@ -194,20 +295,95 @@ class CacheLock:
             fd, self._fd = self._fd, None
             os.close(fd)  # closing the only descriptor of this open file drops the flock
 
-    def __enter__(self) -> CacheLock:
+    def __enter__(self) -> FileLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
 
 
+CacheLock = FileLock
+
+
+def take_lock(
+    path: Path,
+    exclusive: bool,
+    timeout: float,
+    what: str,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> FileLock:
+    """flock ``path`` (created if missing), waiting up to ``timeout`` seconds; CacheBusy after that."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise disk_error(exc, path) from None
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    started = clock()
+    delay = 0.05
+    logged = False
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return FileLock(path, fd, clock() - started if logged else 0.0)
+            except BlockingIOError:
+                pass
+            waited = clock() - started
+            if waited >= timeout:
+                raise CacheBusy(
+                    f"another run has held {what} for over {timeout:g}s (lock {path}); raise --lock-timeout, "
+                    "or check for a stuck preloader on this node"
+                )
+            if not logged:
+                log.info("another run holds %s; waiting for it (lock %s)", what, path)
+                logged = True
+            sleep(min(delay, max(timeout - waited, 0.0)))
+            delay = min(delay * 2, 2.0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def try_exclusive(path: Path) -> FileLock | None:
+    """The lock if nobody holds it, else None; never waits (eviction must not block on readers)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return FileLock(path, fd)
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """One version directory, as ``cache ls`` shows it."""
+
+    path: Path
+    uri: str
+    model_version: str
+    bytes: int
+    last_used: float
+    complete: bool
+    current: bool
+
+
 class ModelCache:
-    def __init__(self, root: Path, fs: FileSystem | None = None) -> None:
+    def __init__(self, root: Path, fs: FileSystem | None = None, max_bytes: int | None = None) -> None:
         self.root = root
         self.fs = fs or FileSystem()
+        self.max_bytes = max_bytes
+
+    @property
+    def base(self) -> Path:
+        return self.root / FORMAT_DIR
 
     def location_dir(self, endpoint: str, location: S3Location) -> Path:
-        return self.root / FORMAT_DIR / location_key(endpoint, location)
+        return self.base / location_key(endpoint, location)
 
     def lock(
         self,
@@ -216,43 +392,14 @@ class ModelCache:
         timeout: float,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
-    ) -> CacheLock:
-        """Take the location's writer lock, waiting up to ``timeout`` seconds for another run.
-
-        Raises CacheBusy when it stays held, DiskFull/TransferFailed when the lock file cannot be
-        created. ``sleep`` and ``clock`` are seams for tests.
-        """
+    ) -> FileLock:
+        """Take the location's writer lock, waiting up to ``timeout`` seconds for another run."""
         where = self.location_dir(endpoint, location)
-        path = where / LOCK_FILE
         try:
             where.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise _disk_error(exc, path) from None
-        started = clock()
-        delay = 0.05
-        logged = False
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return CacheLock(path, fd, clock() - started if logged else 0.0)
-                except BlockingIOError:
-                    pass
-                waited = clock() - started
-                if waited >= timeout:
-                    raise CacheBusy(
-                        f"another run has been writing the cache entry for {location} for over {timeout:g}s "
-                        f"(lock {path}); raise --lock-timeout, or check for a stuck preloader on this node"
-                    )
-                if not logged:
-                    log.info("another run is writing the cache entry for %s; waiting for it (lock %s)", location, path)
-                    logged = True
-                sleep(min(delay, max(timeout - waited, 0.0)))
-                delay = min(delay * 2, 2.0)
-        except BaseException:
-            os.close(fd)
-            raise
+            raise disk_error(exc, where) from None
+        return take_lock(where / LOCK_FILE, True, timeout, f"the cache entry for {location}", sleep, clock)
 
     def lookup(self, endpoint: str, location: S3Location) -> tuple[Manifest, Path] | None:
         """The current complete entry for a location, or None; a broken one is logged and ignored."""
@@ -263,7 +410,7 @@ class ModelCache:
             if not version.isalnum():
                 raise CacheCorrupt(f"bad version name {version!r}")
             entry = where / version
-            manifest = Manifest.from_json((entry / "manifest.json").read_text())
+            manifest = Manifest.from_json((entry / MANIFEST).read_text())
         except FileNotFoundError:
             return None
         except (CacheCorrupt, ValueError, KeyError, TypeError, OSError) as exc:
@@ -271,11 +418,27 @@ class ModelCache:
             return None
         return manifest, entry
 
+    def lease(self, entry: Path, timeout: float) -> FileLock | None:
+        """A shared lease on an entry for as long as it is read; None if it was removed meanwhile.
+
+        Taking it also marks the entry used now (the LRU order). Eviction holds the lease alone while
+        it removes an entry, so a reader that got the lease re-checks that the manifest is still there.
+        """
+        try:
+            lease = take_lock(entry / LEASE_FILE, False, timeout, f"cache entry {entry.name}")
+        except (DiskFull, CacheUnwritable):
+            return None  # the directory is gone (evicted, rewritten) or read-only: not a usable hit
+        if not (entry / MANIFEST).is_file():
+            lease.release()
+            return None
+        _touch(entry / LEASE_FILE)
+        return lease
+
     def file_path(self, entry: Path, path: PurePosixPath) -> Path:
         return safe_join(entry / "files", path)
 
-    def read_verified(self, entry: Path, cached: CachedFile, chunk: int, rng: ByteRange, dest: memoryview) -> None:
-        """Read one chunk-aligned range into dest and check it against the recorded digest."""
+    def read_verified(self, entry: Path, cached: CachedFile, index: int, rng: ByteRange, dest: memoryview) -> None:
+        """Read one recorded chunk into dest and check it against its CRC-64/NVME."""
         path = self.file_path(entry, cached.path)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -292,27 +455,159 @@ class ModelCache:
                 got += n
         finally:
             os.close(fd)
-        if hashlib.sha256(dest).hexdigest() != cached.sha256[rng.start // chunk]:
-            raise CacheCorrupt(f"{cached.path}: bytes {rng.start}-{rng.end} do not match the recorded SHA-256")
+        if cache_crc(dest) != cached.chunks[index][1]:
+            raise CacheCorrupt(f"{cached.path}: bytes {rng.start}-{rng.end} do not match the recorded CRC-64/NVME")
 
     def writer(
-        self, endpoint: str, location: S3Location, files: Sequence[ModelFile], chunk: int, lock: CacheLock
+        self, endpoint: str, location: S3Location, files: Sequence[ModelFile], lock: FileLock, wait: float = 0.0
     ) -> EntryWriter:
-        """A writer for a new entry; ``lock`` must be this location's lock, held until ``commit``."""
-        return EntryWriter(self, endpoint, location, files, chunk, lock)
+        """A writer for a new entry; ``lock`` must be this location's lock, held until ``commit``.
+
+        ``wait``: seconds to wait for readers of an old copy of the same version (being repaired).
+        """
+        return EntryWriter(self, endpoint, location, files, lock, wait)
+
+    # ---- inventory, eviction, garbage collection ----
+
+    def entries(self) -> list[EntryInfo]:
+        """Every version directory under the cache, oldest use first."""
+        found: list[EntryInfo] = []
+        if not self.base.is_dir():
+            return found
+        for where in sorted(p for p in self.base.iterdir() if p.is_dir() and not p.is_symlink()):
+            current = ""
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                current = str(json.loads((where / "current.json").read_text())["version"])
+            for entry in sorted(p for p in where.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                uri, version = "?", "?"
+                try:
+                    manifest = Manifest.from_json((entry / MANIFEST).read_text())
+                    uri, version, complete = manifest.uri, manifest.model_version, True
+                except (OSError, CacheCorrupt):
+                    complete = False
+                try:
+                    used = (entry / LEASE_FILE).stat().st_mtime
+                except OSError:
+                    used = entry.stat().st_mtime
+                found.append(EntryInfo(entry, uri, version, _tree_bytes(entry), used, complete, entry.name == current))
+        found.sort(key=lambda e: e.last_used)
+        return found
+
+    def remove_entry(self, entry: Path, wait: float = 0.0) -> bool:
+        """Remove one version directory unless someone holds its lease (reading or writing it).
+
+        With ``wait`` > 0 it waits that long for the readers to finish (then CacheBusy); eviction never
+        waits, a rewrite of a corrupt entry does.
+        """
+        if wait > 0:
+            if not (entry / LEASE_FILE).parent.is_dir():
+                return False
+            lease: FileLock | None = take_lock(entry / LEASE_FILE, True, wait, f"cache entry {entry}")
+        else:
+            lease = try_exclusive(entry / LEASE_FILE)
+        if lease is None:
+            return False
+        try:
+            trash = entry.parent / f".trash-{entry.name}-{secrets.token_hex(4)}"
+            try:
+                os.rename(entry, trash)
+            except FileNotFoundError:
+                return False
+            shutil.rmtree(trash, ignore_errors=True)
+            return True
+        finally:
+            lease.release()
+
+    def reclaim_unfinished(self, where: Path, keep: Path | None = None) -> None:
+        """Remove version directories without a manifest (a killed or failed run's) nobody is writing."""
+        if not where.is_dir():
+            return
+        for entry in where.iterdir():
+            if entry == keep or not entry.is_dir():
+                continue
+            if entry.name.startswith(".trash-"):
+                shutil.rmtree(entry, ignore_errors=True)
+            elif not (entry / MANIFEST).exists() and self.remove_entry(entry):
+                log.info("removed an unfinished cache entry %s", entry)
+
+    def make_room(self, need: int, keep: Path) -> list[EntryInfo]:
+        """Evict least recently used entries until ``need`` more bytes fit under ``max_bytes``.
+
+        Never the entry at ``keep`` (being written) nor one whose lease is held. Raises CacheTooSmall,
+        having evicted nothing, when the model alone is larger than the bound, or when the entries in
+        use leave too little room.
+        """
+        if self.max_bytes is None:
+            return []
+        if need > self.max_bytes:
+            raise CacheTooSmall(f"the model needs {need} bytes but --cache-max-bytes is {self.max_bytes}")
+        entries = [e for e in self.entries() if e.path != keep]
+        used = sum(e.bytes for e in entries)
+        if used + need <= self.max_bytes:
+            return []
+        removable = [e for e in entries if _lease_free(e.path)]
+        if used - sum(e.bytes for e in removable) + need > self.max_bytes:
+            raise CacheTooSmall(
+                f"the model needs {need} bytes; --cache-max-bytes is {self.max_bytes} and entries in use "
+                f"hold {used - sum(e.bytes for e in removable)}"
+            )
+        evicted: list[EntryInfo] = []
+        for entry in removable:
+            if used + need <= self.max_bytes:
+                break
+            if self.remove_entry(entry.path):
+                used -= entry.bytes
+                evicted.append(entry)
+                log.info("evicted %s (%s, %d bytes) to stay under the cache bound", entry.uri, entry.path, entry.bytes)
+        if used + need > self.max_bytes:
+            raise CacheTooSmall(f"could not make {need} bytes of room under --cache-max-bytes {self.max_bytes}")
+        return evicted
+
+    def gc(self, max_bytes: int | None) -> list[EntryInfo]:
+        """``cache gc``: drop unfinished entries, then least recently used ones down to ``max_bytes``."""
+        removed: list[EntryInfo] = []
+        for entry in self.entries():
+            if not entry.complete and self.remove_entry(entry.path):
+                removed.append(entry)
+        if max_bytes is not None:
+            used = sum(e.bytes for e in self.entries())
+            for entry in self.entries():
+                if used <= max_bytes:
+                    break
+                if self.remove_entry(entry.path):
+                    used -= entry.bytes
+                    removed.append(entry)
+        return removed
 
 
-def _disk_error(exc: OSError, path: Path) -> Exception:
-    if exc.errno in _FULL:
-        return DiskFull(f"cache disk full while writing {path}: {exc.strerror}")
-    return TransferFailed(f"cannot write the cache at {path}: {exc.strerror or exc}")
+def _lease_free(entry: Path) -> bool:
+    lease = try_exclusive(entry / LEASE_FILE)
+    if lease is None:
+        return False
+    lease.release()
+    return True
+
+
+def _touch(path: Path) -> None:
+    # A read-only cache still serves hits; the LRU order just does not move.
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
 
 
 class EntryWriter:
-    """Writes one version of one model into the cache; ``commit`` makes it visible.
+    """Writes one version of one model into the cache; ``commit`` makes it visible, ``abort`` removes it.
 
-    Only one writer per location at a time: the caller holds the location's ``CacheLock``, so the
-    ``.tmp-*`` files removed here can only be a killed run's, never a live one's.
+    Only one writer per location at a time: the caller holds the location's lock. The writer also
+    holds its entry's lease alone until it commits or aborts, so eviction never takes it.
     """
 
     def __init__(
@@ -321,93 +616,114 @@ class EntryWriter:
         endpoint: str,
         location: S3Location,
         files: Sequence[ModelFile],
-        chunk: int,
-        lock: CacheLock,
+        lock: FileLock,
+        wait: float = 0.0,
     ) -> None:
         self.cache = cache
         self.fs = cache.fs
         self.endpoint = endpoint
         self.location = location
-        self.chunk = chunk
+        self.files = list(files)
         self.version = version_key(files)
         self.location_dir = cache.location_dir(endpoint, location)
         self.entry = self.location_dir / self.version
-        self.written: list[CachedFile] = []
+        self.written: dict[PurePosixPath, CachedFile] = {}
+        self._sinks: list[FileSink] = []
+        self._lease: FileLock | None = None
+        self._created = False  # abort removes the entry only once this writer made it
         if not lock.held or lock.path != self.location_dir / LOCK_FILE:
             raise RuntimeError(f"writing {self.entry} needs the held lock {self.location_dir / LOCK_FILE}")
+        need = sum(f.obj.size for f in files)
         try:
-            (self.entry / "files").mkdir(parents=True, exist_ok=True)
-            (self.entry / "manifest.json").unlink(missing_ok=True)  # being rewritten: not complete
-            for stale in self.entry.rglob(".tmp-*"):
-                stale.unlink(missing_ok=True)  # left by a killed run: partial, never used
+            # A rewrite (a new download of a version whose entry failed verification) replaces the old
+            # directory once its readers are done with it.
+            if self.entry.exists():
+                cache.remove_entry(self.entry, wait=max(wait, 0.001))
+            cache.reclaim_unfinished(self.location_dir)
+            (self.entry / "files").mkdir(parents=True)
+            self._created = True
+            lease = try_exclusive(self.entry / LEASE_FILE)
+            if lease is None:
+                raise CacheUnwritable(f"cannot lease the new cache entry {self.entry}")
+            self._lease = lease
+            cache.make_room(need, self.entry)
             free = self.fs.free_bytes(self.entry)
         except OSError as exc:
-            raise self._disk_error(exc, self.entry) from None
-        need = sum(f.obj.size for f in files)
+            self.abort()
+            raise disk_error(exc, self.entry) from None
+        except BaseException:
+            self.abort()
+            raise
         if need > free:
+            self.abort()
             raise DiskFull(f"cache disk full: {self.entry} has {free} bytes free, the model needs {need}")
 
-    def _disk_error(self, exc: OSError, path: Path) -> Exception:
-        return _disk_error(exc, path)
-
-    def write_file(self, file: ModelFile, data: memoryview) -> CachedFile:
-        """Atomically write one file, checking size and (single-part) MD5 ETag before the rename."""
+    def open(self, file: ModelFile) -> FileSink:
         final = self.cache.file_path(self.entry, file.path)
-        if len(data) != file.obj.size:
-            raise TransferFailed(f"{file.obj.key}: have {len(data)} bytes, S3 said {file.obj.size}")
-        temp = final.parent / f".tmp-{final.name}-{secrets.token_hex(4)}"
-        md5 = hashlib.md5(usedforsecurity=False) if is_md5_etag(file.obj.etag) else None
-        digests: list[str] = []
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self.cache.file_path(self.entry, file.path)  # re-check: mkdir must not have met a link
-            fd = self.fs.open_new(temp)
-            try:
-                for start in range(0, len(data), self.chunk):
-                    piece = data[start : start + self.chunk]
-                    digests.append(hashlib.sha256(piece).hexdigest())
-                    if md5 is not None:
-                        md5.update(piece)
-                    self.fs.write_all(fd, piece)
-                self.fs.fsync(fd)
-            finally:
-                os.close(fd)
-            if md5 is not None and md5.hexdigest() != file.obj.etag.strip('"').lower():
-                raise TransferFailed(f"{file.obj.key}: downloaded bytes do not match the object's MD5 ETag")
-            self.fs.replace(temp, final)
-        except OSError as exc:
-            temp.unlink(missing_ok=True)
-            raise self._disk_error(exc, final) from None
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        cached = CachedFile(file.path, file.obj.key, file.obj.size, file.obj.etag, tuple(digests))
-        self.written.append(cached)
-        return cached
+        sink = FileSink(self.fs, final, file.obj.size)
+        self.cache.file_path(self.entry, file.path)  # re-check: mkdir must not have met a link
+        self._sinks.append(sink)
+        return sink
 
-    def commit(self) -> Path:
+    def finish(self, sink: FileSink, file: ModelFile, chunks: Sequence[tuple[int, int]], verified: str) -> None:
+        """Rename one complete, verified file into the entry and remember its chunk checksums."""
+        sink.finish()
+        obj = file.obj
+        self.written[file.path] = CachedFile(
+            file.path, obj.key, obj.size, obj.etag, tuple(chunks), obj.version_id, verified
+        )
+
+    def commit(self, model_version: str) -> Path:
         """Write the manifest, then point current.json at this version; returns the files dir."""
+        missing = [str(f.path) for f in self.files if f.path not in self.written]
+        if missing:
+            raise RuntimeError(f"commit before every file was written: {missing[:3]}")
         manifest = Manifest(
             uri=str(self.location),
             endpoint=self.endpoint,
             version=self.version,
-            chunk_size=self.chunk,
-            files=tuple(sorted(self.written, key=lambda f: str(f.path))),
+            model_version=model_version,
+            files=tuple(sorted(self.written.values(), key=lambda f: str(f.path))),
         )
         try:
-            self._write_small(self.entry / "manifest.json", manifest.to_json())
+            self._write_small(self.entry / MANIFEST, manifest.to_json())
             self._write_small(self.location_dir / "current.json", json.dumps({"version": self.version}))
         except OSError as exc:
-            raise self._disk_error(exc, self.entry) from None
+            self.abort()
+            raise disk_error(exc, self.entry) from None
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
         return self.entry / "files"
 
+    def abort(self) -> None:
+        """Remove everything this writer wrote: a failed run leaves nothing behind."""
+        for sink in self._sinks:
+            sink.discard()
+        if self._created:
+            shutil.rmtree(self.entry, ignore_errors=True)
+            self._created = False
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+
     def _write_small(self, path: Path, text: str) -> None:
-        temp = path.parent / f".tmp-{path.name}-{secrets.token_hex(4)}"
+        temp = path.parent / f".tmp-{secrets.token_hex(4)}"
         fd = self.fs.open_new(temp)
         try:
             self.fs.write_all(fd, memoryview(text.encode()))
             self.fs.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            temp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
         self.fs.replace(temp, path)
         self.fs.fsync_dir(path.parent)
+
+
+def iter_entry_files(entry: Path) -> Iterator[Path]:
+    """Regular files of an entry's ``files`` tree (for tests and ``cache ls``)."""
+    for path in sorted((entry / "files").rglob("*")):
+        if path.is_file() and not path.name.startswith(".tmp-"):
+            yield path

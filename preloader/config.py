@@ -63,9 +63,13 @@ class TransferSettings:
 @dataclass(frozen=True)
 class Config:
     uri: str
+    # The storage initializer's directory to fill (KServe's second argument); None for the Job mode.
+    dest: Path | None = None
     device: str = "auto"
     cache_dir: Path | None = None
-    revalidate: bool = False
+    cache_max_bytes: int | None = None
+    # Serve a complete, verified cache entry without asking S3 first (trusts the node).
+    offline: bool = False
     termination_log: Path = Path("/dev/termination-log")
     max_device_bytes: int | None = None
     progress: ProgressMode = "auto"
@@ -172,12 +176,34 @@ def build_parser() -> argparse.ArgumentParser:
         "Prints one JSON result as the last line of stdout.",
     )
     parser.add_argument("uri", help="s3://bucket/key for one file, s3://bucket/prefix/ for a model directory")
+    parser.add_argument(
+        "dest",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="storage-initializer mode (KServe's convention): write the model's files under this directory "
+        "instead of loading them onto a device; torch is not imported",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="node-local cache directory")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="node-local cache directory (or PRELOADER_CACHE_DIR)"
+    )
+    parser.add_argument(
+        "--cache-max-bytes",
+        default=None,
+        help="keep the cache under this size, evicting least recently used versions not in use "
+        "(or PRELOADER_CACHE_MAX_BYTES; e.g. 200GiB)",
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="serve a verified cache hit without asking S3 first: trusts the node to hold only models "
+        "this pod may read, in their current version (or PRELOADER_OFFLINE=true)",
+    )
     parser.add_argument(
         "--revalidate",
         action="store_true",
-        help="on a cache hit, still LIST/HEAD S3 (no data) and fetch a new version if the ETags changed",
+        help="kept for compatibility: a hit is always revalidated with HEAD/LIST unless --offline",
     )
     parser.add_argument("--termination-log", type=Path, default=Path("/dev/termination-log"))
     parser.add_argument("--part-size", default="16MiB", help="bytes per ranged GET (default 16MiB)")
@@ -220,11 +246,19 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     transfer = TransferSettings(
         part_size=part_size, concurrency=args.concurrency, max_inflight_bytes=inflight, max_attempts=attempts
     )
+    cache_dir = args.cache_dir or (Path(env["PRELOADER_CACHE_DIR"]) if env.get("PRELOADER_CACHE_DIR") else None)
+    max_bytes_text = args.cache_max_bytes or env.get("PRELOADER_CACHE_MAX_BYTES") or None
+    cache_max_bytes = parse_size(max_bytes_text) if max_bytes_text else None
+    if cache_max_bytes is not None and cache_dir is None:
+        raise UsageError("--cache-max-bytes needs --cache-dir (or PRELOADER_CACHE_DIR)")
+    offline = args.offline or parse_bool("PRELOADER_OFFLINE", env.get("PRELOADER_OFFLINE", "false"))
     return Config(
         uri=args.uri,
+        dest=args.dest,
         device=args.device,
-        cache_dir=args.cache_dir,
-        revalidate=args.revalidate,
+        cache_dir=cache_dir,
+        cache_max_bytes=cache_max_bytes,
+        offline=offline,
         termination_log=args.termination_log,
         max_device_bytes=parse_size(args.max_device_bytes) if args.max_device_bytes else None,
         progress=args.progress,

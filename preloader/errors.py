@@ -56,6 +56,13 @@ class TransferFailed(PreloadError):
     exit_code = 5
 
 
+class ChecksumMismatch(PreloadError):
+    """The bytes received do not match the checksum S3 stored with the object (or its MD5 ETag)."""
+
+    reason = "ChecksumMismatch"
+    exit_code = 5
+
+
 class CorruptModel(PreloadError):
     """The bytes arrived intact but are not a valid model file (bad/truncated safetensors)."""
 
@@ -85,6 +92,32 @@ class DeviceOutOfMemory(PreloadError):
 class DiskFull(PreloadError):
     reason = "DiskFull"
     exit_code = 8
+
+
+class CacheUnwritable(PreloadError):
+    """The cache directory cannot be created or written (not a directory, read-only, permissions).
+
+    Its own reason, not TransferFailed: S3 is fine, the node's cache volume is not. The run fails
+    rather than going on uncached, because a pre-warm that leaves nothing warm has not done its job.
+    """
+
+    reason = "CacheUnwritable"
+    exit_code = 8
+
+
+class CacheTooSmall(PreloadError):
+    """The model is larger than ``--cache-max-bytes``, or the bound cannot be met because every
+    other entry is in use; nothing was evicted for it."""
+
+    reason = "CacheTooSmall"
+    exit_code = 8
+
+
+class DestinationNotUsable(PreloadError):
+    """The initializer's DEST cannot be written, or holds files that are not this model's."""
+
+    reason = "DestinationNotUsable"
+    exit_code = 10
 
 
 class CacheBusy(PreloadError):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from preloader.errors import CorruptModel, UnsafePickle
-from preloader.plan import TensorSpec, plan_safetensors, safetensors_header_size
+from preloader.plan import TensorSpec, is_torch_file, plan_safetensors, safetensors_header_size
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -50,15 +50,28 @@ def safetensors_layout(
     except CorruptModel as exc:
         raise CorruptModel(f"{name}: {exc}") from None
     wait_for(8 + header_len)
-    try:
-        header = json.loads(bytes(view[8 : 8 + header_len]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptModel(f"{name}: safetensors header is not valid JSON ({exc})") from None
+    header = parse_header(bytes(view[8 : 8 + header_len]), name)
     data_start = 8 + header_len
     try:
         return data_start, plan_safetensors(header, size - data_start)
     except CorruptModel as exc:
         raise CorruptModel(f"{name}: {exc}") from None
+
+
+def parse_header(raw: bytes, name: str) -> object:
+    """The JSON header; any way it can fail to parse is CorruptModel, never an internal error.
+
+    ``json.loads`` raises RecursionError on deep nesting and ValueError (not JSONDecodeError) on
+    integers of more than 4300 digits; both are a corrupt file, not a bug.
+    """
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptModel(f"{name}: safetensors header is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CorruptModel(f"{name}: safetensors header is nested too deeply") from None
+    except ValueError as exc:
+        raise CorruptModel(f"{name}: safetensors header has an unreadable number ({str(exc)[:80]})") from None
 
 
 def tensor_view(base: torch.Tensor, data_start: int, spec: TensorSpec) -> torch.Tensor:
@@ -73,16 +86,22 @@ def tensor_view(base: torch.Tensor, data_start: int, spec: TensorSpec) -> torch.
 
 def load_torch(view: memoryview, name: str) -> dict[str, torch.Tensor]:
     """torch.load with weights_only=True; refuses code-carrying pickles, never executes them."""
+    if not is_torch_file(view[:4]):
+        raise CorruptModel(f"{name}: not a PyTorch file (neither a zip archive nor a pickle)")
     try:
         obj = torch.load(io.BytesIO(view), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = str(exc).strip().splitlines() or [""]
-        detail = next((line for line in lines if "global" in line.lower()), lines[0])
+        # torch names the offending import "Unsupported global: GLOBAL module.name"; other refusals
+        # (a truncated or garbled stream) are a corrupt file, not an unsafe one.
+        detail = next((line for line in lines if "unsupported global" in line.lower()), "")
+        if not detail:  # refused for being malformed, not for what it would import
+            raise CorruptModel(f"{name}: not a readable PyTorch file ({lines[0].strip()[:200]})") from None
         raise UnsafePickle(
             f"{name}: refused to unpickle: the file needs code outside torch's weights-only allow-list "
             f"({detail.strip()}); convert it to safetensors"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except (RuntimeError, EOFError, ValueError, OSError, RecursionError) as exc:
         raise CorruptModel(f"{name}: not a readable PyTorch file ({type(exc).__name__}: {exc})") from None
     return dict(_flatten(obj, ""))
 

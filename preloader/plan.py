@@ -37,6 +37,12 @@ class ObjectInfo:
     key: str
     size: int
     etag: str
+    version_id: str = ""
+    # S3's own checksum from HEAD with checksum mode on, e.g. ("crc64nvme", "RXy0lWEYIi8=", "FULL_OBJECT");
+    # None when the object has none (or the server, like nginx, does not speak S3 checksums).
+    checksum: tuple[str, str, str] | None = None
+    # Sizes of the multipart upload's parts, needed to check a COMPOSITE checksum; () otherwise.
+    part_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,11 +143,17 @@ def is_md5_etag(etag: str) -> bool:
     return re.fullmatch(r'"?[0-9a-fA-F]{32}"?', etag) is not None
 
 
+# Longest file name segment we accept: Linux's NAME_MAX is 255 bytes, and the writers' temporary
+# names (".tmp-" + 8 hex digits) never embed the final name, so a 255-byte segment still works.
+MAX_NAME_BYTES = 255
+
+
 def safe_relative_path(text: str) -> PurePosixPath:
     """Validate a path derived from an object key; it must stay below the directory it is joined to.
 
     Refuses empty names, absolute paths, '.' and '..' segments, empty segments ('a//b'),
-    backslashes and NUL. Links are checked where the filesystem is (cache.py).
+    backslashes, NUL, and segments longer than a file name may be. Links are checked where the
+    filesystem is (cache.py).
     """
     if not text or "\x00" in text or "\\" in text:
         raise UnsafeKey(f"object key gives an unusable file name: {text!r}")
@@ -150,7 +162,21 @@ def safe_relative_path(text: str) -> PurePosixPath:
     parts = text.split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise UnsafeKey(f"object key would escape the cache directory: {text!r}")
+    for part in parts:
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise UnsafeKey(f"object key has a segment longer than {MAX_NAME_BYTES} bytes: {part[:40]!r}...")
     return PurePosixPath(*parts)
+
+
+def check_key(location: S3Location) -> None:
+    """Refuse a URI whose key (one object) or prefix has '..', '.' or empty segments.
+
+    The same rule as for keys found under a prefix: S3 keys are opaque, but a key like
+    ``a/../b`` means something else to every tool that maps keys to paths.
+    """
+    key = location.key.removesuffix("/") if location.is_prefix else location.key
+    if key:
+        safe_relative_path(key)
 
 
 def select_files(objects: Iterable[ObjectInfo], location: S3Location) -> list[ModelFile]:
@@ -165,17 +191,43 @@ def select_files(objects: Iterable[ObjectInfo], location: S3Location) -> list[Mo
             rel = obj.key.rsplit("/", 1)[-1]
         files.append(ModelFile(obj=obj, path=safe_relative_path(rel)))
     files.sort(key=lambda f: f.obj.key)
+    check_no_path_conflicts(files)
     return files
 
 
+def check_no_path_conflicts(files: Sequence[ModelFile]) -> None:
+    """Keys ``a`` and ``a/b`` cannot both be files in a directory: refuse the model clearly."""
+    names = {f.path for f in files}
+    for f in files:
+        for parent in f.path.parents:
+            if parent in names:
+                raise UnsafeKey(f"keys {parent} and {f.path} cannot both be files ({parent} would be a directory)")
+
+
 def file_format(name: str) -> FileFormat:
-    """safetensors first; .pt/.pth/.bin are PyTorch files; anything else is copied, not loaded."""
+    """safetensors first; .pt/.pth/.bin may be PyTorch files (``is_torch_file`` decides by content);
+    anything else is copied, not loaded."""
     lowered = name.lower()
     if lowered.endswith(".safetensors"):
         return "safetensors"
     if lowered.endswith((".pt", ".pth", ".bin")):
         return "torch"
     return "other"
+
+
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOL_OPCODE = 0x80
+
+
+def is_torch_file(head: bytes | memoryview) -> bool:
+    """Whether the first bytes are what ``torch.save`` writes: a zip archive (the format since torch
+    1.6) or a pickle stream (the legacy format starts with the PROTO opcode, protocol 2 or later).
+
+    A ``.bin`` that is neither (a sentencepiece tokenizer, OpenVINO weights, GGML) is not a PyTorch file
+    and is copied as it is, not refused as a pickle.
+    """
+    first = bytes(head[:4])
+    return first == ZIP_MAGIC or (len(first) >= 2 and first[0] == PICKLE_PROTOCOL_OPCODE and 2 <= first[1] <= 5)
 
 
 def effective_concurrency(concurrency: int, part_size: int, max_inflight: int, parts: int) -> int:
@@ -213,6 +265,17 @@ SAFETENSORS_ITEMSIZE = {
 }  # fmt: skip
 
 MAX_HEADER_BYTES = 100 * 1000 * 1000
+# The largest real checkpoints have a few thousand tensors per shard; a header that names hundreds of
+# thousands is refused before any per-tensor work (planning, views, device copies).
+MAX_TENSORS = 65536
+# safetensors stores shapes and offsets as u64; torch sizes are int64, so dimensions and byte counts
+# beyond 2**63 - 1 could never be a tensor here.
+MAX_INDEX = (1 << 63) - 1
+
+
+def _is_index(value: object) -> bool:
+    """A JSON integer in [0, 2**63); bool is an int subclass in Python but not an integer in safetensors."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INDEX
 
 
 def safetensors_header_size(prefix: bytes | memoryview, file_size: int) -> int:
@@ -234,6 +297,11 @@ def plan_safetensors(header: object, data_size: int) -> list[TensorSpec]:
     """
     if not isinstance(header, dict):
         raise CorruptModel("safetensors header is not a JSON object")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CorruptModel("safetensors __metadata__ must map strings to strings")
+    if len(header) - ("__metadata__" in header) > MAX_TENSORS:
+        raise CorruptModel(f"safetensors header names {len(header)} tensors; more than {MAX_TENSORS} is refused")
     specs: list[TensorSpec] = []
     for name, entry in header.items():
         if name == "__metadata__":
@@ -241,22 +309,24 @@ def plan_safetensors(header: object, data_size: int) -> list[TensorSpec]:
         if not isinstance(entry, dict):
             raise CorruptModel(f"tensor {name!r}: header entry is not an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in SAFETENSORS_ITEMSIZE:
-            raise CorruptModel(f"tensor {name!r}: unsupported dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise CorruptModel(f"tensor {name!r}: bad shape {shape!r}")
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_ITEMSIZE:
+            raise CorruptModel(f"tensor {name!r}: unsupported dtype {str(dtype)[:40]!r}")
+        if not isinstance(shape, list) or not all(_is_index(d) for d in shape):
+            raise CorruptModel(f"tensor {name!r}: bad shape {str(shape)[:80]}")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
-            or not all(isinstance(o, int) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1]
+            or not all(_is_index(o) for o in offsets)
+            or not offsets[0] <= offsets[1]
         ):
-            raise CorruptModel(f"tensor {name!r}: bad data_offsets {offsets!r}")
+            raise CorruptModel(f"tensor {name!r}: bad data_offsets {str(offsets)[:80]}")
         numel = 1
         for dim in shape:
             numel *= dim
+        if numel * SAFETENSORS_ITEMSIZE[dtype] > MAX_INDEX:
+            raise CorruptModel(f"tensor {name!r}: shape {str(shape)[:80]} overflows 64 bits")
         if offsets[1] - offsets[0] != numel * SAFETENSORS_ITEMSIZE[dtype]:
-            raise CorruptModel(f"tensor {name!r}: {offsets[1] - offsets[0]} bytes for shape {shape} {dtype}")
+            raise CorruptModel(f"tensor {name!r}: {offsets[1] - offsets[0]} bytes for shape {str(shape)[:80]} {dtype}")
         if offsets[1] > data_size:
             raise CorruptModel(
                 f"tensor {name!r} ends at byte {offsets[1]} of a {data_size}-byte data section (truncated file?)"

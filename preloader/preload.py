@@ -1,9 +1,10 @@
-"""One preload run: cache lookup, listing, the download/deserialise/to-device pipeline, result.
+"""The pre-warm Job's run: S3 (or the node cache) -> host memory -> tensors on the device.
 
-This is the only module that wires the others together. The pipeline overlaps its phases: the
-transfer threads fill file after file while this thread turns each file's bytes into tensors as
-soon as they arrive (for safetensors, tensor by tensor as the contiguous prefix grows), copies
-them to the device, and hands the file to a cache-writer thread.
+The pipeline overlaps its phases: the transfer threads fill file after file, checking and writing
+each range to the cache as it arrives, while this thread turns each file's bytes into tensors as
+soon as they arrive (for safetensors, tensor by tensor as the contiguous prefix grows) and copies
+them to the device. A hit reads the cache entry back, each range checked against its CRC before
+any tensor is made from it.
 """
 
 from __future__ import annotations
@@ -12,31 +13,25 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal, TextIO
 
+import numpy as np
 import torch
 
-from preloader.cache import (
-    CacheCorrupt,
-    CachedFile,
-    CacheLock,
-    EntryWriter,
-    FileSystem,
-    Manifest,
-    ModelCache,
-    version_key,
-)
+from preloader.cache import EntryWriter, FileSystem, Manifest, ModelCache, model_version
+from preloader.checksums import aligned_ranges
 from preloader.config import Config
 from preloader.device import available_bytes, memory_used, resolve_device, synchronize, to_device
 from preloader.formats import load_torch, safetensors_layout, tensor_view
-from preloader.plan import ByteRange, ModelFile, S3Location, check_fits, parse_s3_uri, select_files
+from preloader.plan import ByteRange, ModelFile, S3Location, check_fits, is_torch_file
 from preloader.progress import Progress
 from preloader.result import Phases, Result, peak_rss_bytes
-from preloader.s3 import RangeFetcher, S3Client
-from preloader.transfer import FileBuffer, PartSource, Transfer
+from preloader.s3 import RangeFetcher
+from preloader.session import CachedRun
+from preloader.store import Store
+from preloader.transfer import Allocator, FileBuffer, PartSource, Transfer, host_allocate
 
 log = logging.getLogger(__name__)
 
@@ -58,239 +53,161 @@ def _needs_device_memory(files: Sequence[ModelFile]) -> int:
     return sum(f.obj.size for f in files if f.format != "other")
 
 
+def pinned_allocate(size: int) -> tuple[memoryview, object]:
+    """Page-locked host memory, so host-to-device copies run asynchronously at full PCIe speed."""
+    tensor = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+    return (tensor.numpy().data.cast("B") if size else memoryview(b"")), tensor
+
+
 def preload(config: Config, fs: FileSystem | None = None, stderr: TextIO | None = None) -> Preloaded:
     """Run once; raises PreloadError subclasses for every failure a user must act on."""
-    return _Run(config, fs, stderr or sys.stderr).run()
+    cache = ModelCache(config.cache_dir, fs, config.cache_max_bytes) if config.cache_dir else None
+    return _Run(config, cache, stderr or sys.stderr).run()
 
 
-class _Run:
-    """One preload: a cache hit if there is a usable entry, else a download under the cache lock."""
-
-    def __init__(self, config: Config, fs: FileSystem | None, stream: TextIO) -> None:
-        self.started = time.perf_counter()
-        self.config = config
+class _Run(CachedRun[Preloaded]):
+    def __init__(self, config: Config, cache: ModelCache | None, stream: TextIO) -> None:
+        super().__init__(config, cache)
         self.stream = stream
         self.device = resolve_device(config.device)
-        self.location = parse_s3_uri(config.uri)
-        self.client = S3Client(config.s3, pool_size=max(10, config.transfer.concurrency))
-        self.endpoint = self.client.endpoint
-        self.cache = ModelCache(config.cache_dir, fs) if config.cache_dir else None
-        self.list_seconds = 0.0
-        self.listed: tuple[S3Location, list[ModelFile]] | None = None
-        # The entry this run already rejected (older version, failed verification), by the identity
-        # of its manifest file, so a re-check under the lock does not verify it a second time.
-        self.rejected: tuple[Path, int, int] | None = None
 
-    def run(self) -> Preloaded:
-        cache = self.cache
-        if cache is None:
-            return self._download(None, None)
-        found = self._usable(cache)
-        if found is not None:
-            hit = self._serve(cache, *found)
-            if hit is not None:
-                return hit
-        lock = cache.lock(self.endpoint, self.location, self.config.lock_timeout)
-        try:
-            # Look again: a run that held the lock (or finished just before we asked) may have
-            # written the entry, which makes this run a hit instead of a second download.
-            found = self._usable(cache)
-            if found is not None:
-                lock.release()  # a hit needs no lock: readers verify every chunk they use
-                hit = self._serve(cache, *found)
-                if hit is not None:
-                    return hit
-                lock = cache.lock(self.endpoint, self.location, self.config.lock_timeout)
-            return self._download(cache, lock)
-        finally:
-            lock.release()
+    def serve(self, cache: ModelCache, manifest: Manifest, entry: Path) -> Preloaded:
+        by_path = {c.path: c for c in manifest.files}
+        files = [c.model_file for c in manifest.files]
+        ranges = {c.path: c.ranges() for c in manifest.files}
+        index = {c.path: {r.start: i for i, r in enumerate(ranges[c.path])} for c in manifest.files}
 
-    def _list(self) -> tuple[S3Location, list[ModelFile]]:
-        if self.listed is None:
-            t = time.perf_counter()
-            resolved, objects = self.client.resolve(self.location)
-            self.listed = (resolved, select_files(objects, resolved))
-            self.list_seconds += time.perf_counter() - t
-        return self.listed
+        def from_disk(file: ModelFile, rng: ByteRange, dest: memoryview, progress: Callable[[int], None]) -> None:
+            cache.read_verified(entry, by_path[file.path], index[file.path][rng.start], rng, dest)
+            progress(rng.length)
 
-    def _usable(self, cache: ModelCache) -> tuple[Manifest, Path] | None:
-        """The current entry, unless this run already rejected it or (--revalidate) it is outdated."""
-        found = cache.lookup(self.endpoint, self.location)
-        if found is None:
-            return None
-        manifest, entry = found
-        try:
-            st = (entry / "manifest.json").stat()
-        except OSError:
-            return None  # replaced or removed since the lookup: a writer is at work
-        stamp = (entry, st.st_ino, st.st_mtime_ns)
-        if stamp == self.rejected:
-            return None
-        if self.config.revalidate and version_key(self._list()[1]) != manifest.version:
-            log.info("cache entry for %s is an older version; fetching the new one", self.location)
-            self.rejected = stamp
-            return None
-        return manifest, entry
+        log.info("cache hit: %s", entry)
+        # Verify every byte before any tensor is used: a corrupt entry must never reach the device.
+        return self._pipeline(
+            files,
+            lambda f: ranges[f.path],
+            from_disk,
+            None,
+            "hit",
+            verify_first=True,
+            cache_path=str(entry / "files"),
+            version=manifest.model_version,
+        )
 
-    def _serve(self, cache: ModelCache, manifest: Manifest, entry: Path) -> Preloaded | None:
-        try:
-            return _from_cache(
-                self.config,
-                cache,
-                manifest.files,
-                manifest.chunk_size,
-                entry,
-                self.device,
-                self.stream,
-                self.started,
-                self.list_seconds,
-            )
-        except CacheCorrupt as exc:
-            log.warning("cache entry for %s failed verification (%s); downloading and repairing it", self.location, exc)
-            try:
-                st = (entry / "manifest.json").stat()
-                self.rejected = (entry, st.st_ino, st.st_mtime_ns)
-            except OSError:
-                pass  # already being rewritten; the re-check under the lock decides
-            return None
-
-    def _download(self, cache: ModelCache | None, lock: CacheLock | None) -> Preloaded:
-        config, device = self.config, self.device
-        resolved, files = self._list()
-        check_fits(_needs_device_memory(files), config.max_device_bytes or available_bytes(device), str(device))
-        writer = None
-        if cache is not None and lock is not None:
-            writer = cache.writer(self.endpoint, self.location, files, config.transfer.part_size, lock)
-        fetcher = RangeFetcher(self.client, config.transfer)
+    def download(self, resolved: S3Location, files: list[ModelFile], writer: EntryWriter | None) -> Preloaded:
+        fetcher = RangeFetcher(self.client, self.config.transfer)
 
         def from_s3(file: ModelFile, rng: ByteRange, dest: memoryview, progress: Callable[[int], None]) -> None:
             fetcher.fetch(resolved.bucket, file.obj, rng, dest, progress)
 
         log.info(
-            "downloading %s: %d file(s), %d bytes, to %s", resolved, len(files), sum(f.obj.size for f in files), device
+            "downloading %s: %d file(s), %d bytes, to %s",
+            resolved,
+            len(files),
+            sum(f.obj.size for f in files),
+            self.device,
         )
-        return _pipeline(
-            config,
+        part = self.config.transfer.part_size
+        return self._pipeline(
             files,
+            lambda f: aligned_ranges(f.obj, part),
             from_s3,
-            config.transfer.part_size,
-            device,
             writer,
-            self.stream,
-            self.started,
-            self.list_seconds,
-            "miss" if cache else "off",
-            str(resolved),
+            "miss" if writer else "off",
+            model=str(resolved),
+            version=model_version(files, resolved.is_prefix),
         )
 
+    def _pipeline(
+        self,
+        files: Sequence[ModelFile],
+        ranges: Callable[[ModelFile], list[ByteRange]],
+        source: PartSource,
+        writer: EntryWriter | None,
+        cache_state: Literal["hit", "miss", "off"],
+        version: str,
+        model: str | None = None,
+        verify_first: bool = False,
+        cache_path: str | None = None,
+    ) -> Preloaded:
+        config, device = self.config, self.device
+        check_fits(_needs_device_memory(files), config.max_device_bytes or available_bytes(device), str(device))
+        total = sum(f.obj.size for f in files)
+        bar = config.progress == "always" or (config.progress == "auto" and self.stream.isatty())
+        progress = Progress(total, self.stream, bar, "cache" if cache_state == "hit" else "download")
+        store = None
+        if cache_state != "hit":
+            store = Store(lambda f: [writer.open(f)] if writer else [], cache=writer)
+        transfer = Transfer(
+            source,
+            config.transfer.part_size,
+            config.transfer.concurrency,
+            config.transfer.max_inflight_bytes,
+            progress.add,
+            hook=store,
+            check_values=cache_state != "hit",
+        )
+        allocator: Allocator = pinned_allocate if device.type == "cuda" else host_allocate
+        timings = _Timings()
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        try:
+            buffers = transfer.start(files, ranges, allocator)
+            if verify_first:
+                transfer.finish()
+            for buf in buffers:
+                out[str(buf.file.path)] = _load_file(buf, device, timings)
+                if device.type == "cuda":
+                    synchronize(device)  # the async copies out of this pinned buffer are done
+                    buf.wait()  # ... and its cache write
+                    buf.release()
+            download_seconds = transfer.finish()
+            commit_start = time.perf_counter()
+            if writer is not None:
+                cache_path = str(writer.commit(version))
+            commit_seconds = time.perf_counter() - commit_start
+            synchronize(device)
+        except BaseException:
+            if store is not None:
+                store.discard()
+            raise
+        finally:
+            transfer.close()
+            progress.close()
+        tensors = [t for per_file in out.values() for t in per_file.values()]
+        fetched = 0 if cache_state == "hit" else total
+        result = Result(
+            model=model or str(self.location),
+            files=len(files),
+            bytes=total,
+            seconds=Phases(
+                list=self.list_seconds,
+                download=download_seconds,
+                deserialise=timings.deserialise,
+                to_device=timings.to_device,
+                total=time.perf_counter() - self.started,
+                hash=transfer.timings.hash,
+                cache_write=transfer.timings.write,
+                commit=commit_seconds,
+            ),
+            device=str(device),
+            cache=cache_state,
+            peak_rss_bytes=peak_rss_bytes(),
+            device_memory_bytes=memory_used(device, tensors),
+            tensors=len(tensors),
+            cache_path=cache_path,
+            version=version,
+            fetched_bytes=fetched,
+            verified=store.summary() if store else "cache",
+        )
+        return Preloaded(result=result, tensors=out)
 
-def _from_cache(
-    config: Config,
-    cache: ModelCache,
-    cached: Sequence[CachedFile],
-    chunk: int,
-    entry: Path,
-    device: torch.device,
-    stream: TextIO,
-    started: float,
-    list_seconds: float,
-) -> Preloaded:
-    by_path: dict[PurePosixPath, CachedFile] = {c.path: c for c in cached}
-    files = [c.model_file for c in cached]
-    check_fits(_needs_device_memory(files), config.max_device_bytes or available_bytes(device), str(device))
 
-    def from_disk(file: ModelFile, rng: ByteRange, dest: memoryview, progress: Callable[[int], None]) -> None:
-        cache.read_verified(entry, by_path[file.path], chunk, rng, dest)
-        progress(rng.length)
-
-    log.info("cache hit: %s", entry)
-    # Verify every byte before any tensor is used: a corrupt entry must never reach the device.
-    return _pipeline(
-        config,
-        files,
-        from_disk,
-        chunk,
-        device,
-        None,
-        stream,
-        started,
-        list_seconds,
-        "hit",
-        str(parse_s3_uri(config.uri)),
-        verify_first=True,
-        cache_path=str(entry / "files"),
-    )
-
-
-def _pipeline(
-    config: Config,
-    files: Sequence[ModelFile],
-    source: PartSource,
-    part_size: int,
-    device: torch.device,
-    writer: EntryWriter | None,
-    stream: TextIO,
-    started: float,
-    list_seconds: float,
-    cache_state: Literal["hit", "miss", "off"],
-    model: str,
-    verify_first: bool = False,
-    cache_path: str | None = None,
-) -> Preloaded:
-    total = sum(f.obj.size for f in files)
-    bar = config.progress == "always" or (config.progress == "auto" and stream.isatty())
-    progress = Progress(total, stream, bar, "cache" if cache_state == "hit" else "download")
-    transfer = Transfer(
-        source, part_size, config.transfer.concurrency, config.transfer.max_inflight_bytes, progress.add
-    )
-    timings = _Timings()
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    writes: list[Future[CachedFile]] = []
-    write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-write") if writer else None
-    try:
-        buffers = transfer.start(files, pinned=device.type == "cuda")
-        if verify_first:
-            transfer.finish()
-        for buf in buffers:
-            out[str(buf.file.path)] = _load_file(buf, device, timings)
-            if writer is not None and write_pool is not None:
-                writes.append(write_pool.submit(writer.write_file, buf.file, buf.buffer()))
-            if device.type == "cuda":
-                synchronize(device)  # the async copies out of this pinned buffer are done
-                if writes:
-                    writes[-1].result()
-                buf.release()
-        download_seconds = transfer.finish()
-        for write in writes:
-            write.result()
-        if writer is not None:
-            cache_path = str(writer.commit())
-        synchronize(device)
-    finally:
-        transfer.close()
-        progress.close()
-        if write_pool is not None:
-            write_pool.shutdown(wait=True, cancel_futures=True)
-    tensors = [t for per_file in out.values() for t in per_file.values()]
-    result = Result(
-        model=model,
-        files=len(files),
-        bytes=total,
-        seconds=Phases(
-            list=list_seconds,
-            download=download_seconds,
-            deserialise=timings.deserialise,
-            to_device=timings.to_device,
-            total=time.perf_counter() - started,
-        ),
-        device=str(device),
-        cache=cache_state,
-        peak_rss_bytes=peak_rss_bytes(),
-        device_memory_bytes=memory_used(device, tensors),
-        tensors=len(tensors),
-        cache_path=cache_path,
-    )
-    return Preloaded(result=result, tensors=out)
+def _host_tensor(buf: FileBuffer) -> torch.Tensor:
+    owner = buf.owner
+    if isinstance(owner, torch.Tensor):
+        return owner
+    assert isinstance(owner, np.ndarray)
+    return torch.from_numpy(owner)
 
 
 def _load_file(buf: FileBuffer, device: torch.device, timings: _Timings) -> dict[str, torch.Tensor]:
@@ -301,8 +218,7 @@ def _load_file(buf: FileBuffer, device: torch.device, timings: _Timings) -> dict
         view = buf.buffer()
         t = time.perf_counter()
         data_start, specs = safetensors_layout(view, buf.file.obj.size, buf.wait_for, name)
-        base = buf.tensor
-        assert base is not None
+        base = _host_tensor(buf)
         timings.deserialise += time.perf_counter() - t
         for spec in specs:
             buf.wait_for(data_start + spec.end)
@@ -313,7 +229,7 @@ def _load_file(buf: FileBuffer, device: torch.device, timings: _Timings) -> dict
             t3 = time.perf_counter()
             timings.deserialise += t2 - t
             timings.to_device += t3 - t2
-    elif buf.file.format == "torch":
+    elif buf.file.format == "torch" and _starts_like_torch(buf):
         buf.wait()
         t = time.perf_counter()
         host_tensors = load_torch(buf.buffer(), name)
@@ -322,5 +238,13 @@ def _load_file(buf: FileBuffer, device: torch.device, timings: _Timings) -> dict
         timings.deserialise += t2 - t
         timings.to_device += time.perf_counter() - t2
     else:
+        if buf.file.format == "torch":
+            log.info("%s is not a PyTorch file (no zip or pickle header); kept as a plain file", name)
         buf.wait()
     return loaded
+
+
+def _starts_like_torch(buf: FileBuffer) -> bool:
+    """Decide by content, not by name: tokenizers, OpenVINO and GGML weights also end in ``.bin``."""
+    buf.wait_for(min(4, buf.file.obj.size))
+    return is_torch_file(buf.buffer()[:4])

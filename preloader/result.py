@@ -18,14 +18,24 @@ TERMINATION_LOG_LIMIT = 4096  # bytes the kubelet keeps of a termination message
 
 @dataclass(frozen=True)
 class Phases:
-    """Seconds per phase. Phases overlap (download runs under deserialise and to-device), so
-    list + download + deserialise + to-device may exceed total."""
+    """Seconds per phase. Phases overlap (download runs under deserialise and to-device, hashing and
+    cache writes run inside the download threads), so their sum may exceed total.
+
+    ``hash`` and ``cache-write`` are thread-seconds summed over the transfer threads (checksums and
+    positional writes of each range as it arrives); ``commit`` is the wall time after the download
+    (manifest, rename of ``current.json``); ``fill`` is the initializer's filling of DEST from the
+    cache (hard links or copies) after the transfer.
+    """
 
     list: float = 0.0
     download: float = 0.0
     deserialise: float = 0.0
     to_device: float = 0.0
     total: float = 0.0
+    hash: float = 0.0
+    cache_write: float = 0.0
+    commit: float = 0.0
+    fill: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return {
@@ -34,6 +44,10 @@ class Phases:
             "deserialise": round(self.deserialise, 4),
             "to-device": round(self.to_device, 4),
             "total": round(self.total, 4),
+            "hash": round(self.hash, 4),
+            "cache-write": round(self.cache_write, 4),
+            "commit": round(self.commit, 4),
+            "fill": round(self.fill, 4),
         }
 
 
@@ -49,6 +63,11 @@ class Result:
     device_memory_bytes: int = 0
     tensors: int = 0
     cache_path: str | None = None
+    # The model version loaded: "etag:<ETag>" / "versionid:<VersionId>" for one object, "sha256:<32 hex>"
+    # over every object's (key, size, ETag) for a prefix (cache.model_version).
+    version: str = ""
+    fetched_bytes: int = 0  # bytes fetched from S3 (0 on a cache hit)
+    verified: str = "none"  # what the bytes were checked against: "crc64nvme-full-object", "md5", "cache", ...
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -69,6 +88,9 @@ class Result:
             "device_memory_bytes": self.device_memory_bytes,
             "tensors": self.tensors,
             "cache_path": self.cache_path,
+            "version": self.version,
+            "fetched_bytes": self.fetched_bytes,
+            "verified": self.verified,
             **self.extra,
         }
 

@@ -28,6 +28,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ import botocore.exceptions
 from botocore import UNSIGNED
 from botocore.config import Config as BotoConfig
 
+from preloader.checksums import checksum_from_head
 from preloader.config import S3Settings, TransferSettings
 from preloader.errors import (
     AccessDenied,
@@ -92,6 +94,12 @@ def translate_error(exc: Exception, where: str) -> PreloadError:
     return TransferFailed(f"{where}: {type(exc).__name__}: {exc}")
 
 
+def _parts_in_etag(etag: str) -> int:
+    """A multipart upload's ETag ends in ``-<parts>``."""
+    count = etag.strip('"').rpartition("-")[2]
+    return int(count) if "-" in etag and count.isdigit() else 0
+
+
 class S3Client:
     """LIST, HEAD and presign for one endpoint; thread-safe (botocore clients are)."""
 
@@ -119,11 +127,43 @@ class S3Client:
         return str(self._client.meta.endpoint_url)
 
     def head(self, location: S3Location) -> ObjectInfo:
+        """Size, ETag, version id and S3's stored checksum (checksum mode on; no body is sent).
+
+        For a COMPOSITE checksum the part sizes are read too (``HEAD ?partNumber=N`` per part), since
+        checking it needs the part boundaries.
+        """
         try:
-            response = self._client.head_object(Bucket=location.bucket, Key=location.key)
+            response = self._client.head_object(Bucket=location.bucket, Key=location.key, ChecksumMode="ENABLED")
+            checksum = checksum_from_head(response)
+            parts: tuple[int, ...] = ()
+            count = int(response.get("PartsCount") or 0)
+            if checksum is not None and checksum[2] == "COMPOSITE":
+                parts = self._part_sizes(location, count or _parts_in_etag(str(response.get("ETag", ""))))
         except Exception as exc:
             raise translate_error(exc, str(location)) from exc
-        return ObjectInfo(key=location.key, size=int(response["ContentLength"]), etag=response.get("ETag", ""))
+        return ObjectInfo(
+            key=location.key,
+            size=int(response["ContentLength"]),
+            etag=response.get("ETag", ""),
+            version_id=str(response.get("VersionId") or ""),
+            checksum=checksum,
+            part_sizes=parts,
+        )
+
+    def _part_sizes(self, location: S3Location, count: int) -> tuple[int, ...]:
+        sizes = []
+        for number in range(1, count + 1):
+            part = self._client.head_object(Bucket=location.bucket, Key=location.key, PartNumber=number)
+            sizes.append(int(part["ContentLength"]))
+        return tuple(sizes)
+
+    def head_all(self, bucket: str, objects: list[ObjectInfo], workers: int = 16) -> list[ObjectInfo]:
+        """HEAD every listed object in parallel: checksums, version ids, and a read permission check."""
+        keys = [o.key for o in objects if not o.key.endswith("/")]
+        if not keys:
+            return []
+        with ThreadPoolExecutor(max_workers=min(workers, len(keys)), thread_name_prefix="head") as pool:
+            return list(pool.map(lambda key: self.head(S3Location(bucket, key)), keys))
 
     def list_objects(self, location: S3Location) -> list[ObjectInfo]:
         objects: list[ObjectInfo] = []
@@ -153,11 +193,11 @@ class S3Client:
                 objects = self.list_objects(as_dir)  # raises BucketNotFound when it is the bucket that is missing
                 if not objects:
                     raise
-                return as_dir, objects
+                return as_dir, self.head_all(as_dir.bucket, objects)
         objects = self.list_objects(location)
         if not [o for o in objects if not o.key.endswith("/")]:
             raise EmptyPrefix(f"{location}: no objects under this prefix")
-        return location, objects
+        return location, self.head_all(location.bucket, objects)
 
     def presign_get(self, bucket: str, key: str) -> str:
         """A GET URL botocore built and (unless anonymous) signed; Range/If-Match go as headers."""

@@ -1,11 +1,17 @@
-"""Bounded, parallel filling of preallocated buffers, one buffer per model file.
+"""Bounded, parallel transfer of model files, range by range, into memory or through to files.
 
 Owns scheduling, not protocols: a ``PartSource`` (ranged GETs from S3, or reads from the cache)
-fills one part at a time; this module decides the order (file by file, part by part, so the
+fills one range at a time; this module decides the order (file by file, range by range, so the
 first file completes first and can be deserialised while later ones still download), keeps the
-number of bytes requested at once under the in-flight budget, allocates each file's buffer on
-first use (pinned host memory when the target is CUDA), and tells waiters how far each file's
-contiguous prefix has arrived. The first error cancels the rest and is re-raised to waiters.
+number of bytes requested at once under the in-flight budget, and tells waiters how far each
+file's contiguous prefix has arrived. The first error cancels the rest and is re-raised to waiters.
+
+Two modes. In memory (the pre-warm Job) each file gets one buffer from an ``Allocator`` (pinned
+host memory when the target is CUDA; the allocator is passed in, so this module needs no torch).
+Streaming (the storage initializer) each thread reuses one scratch buffer and nothing stays in
+memory: a ``PartHook`` writes every range out as it arrives. Either way, right after a range
+arrives the thread computes its check values and hands it to the hook, so hashing and writing run
+beside the download, on every connection at once, instead of after it.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import torch
 
-from preloader.plan import ByteRange, ModelFile, byte_ranges, effective_concurrency
+from preloader.checksums import RangeSum, range_sum
+from preloader.plan import ByteRange, ModelFile, effective_concurrency
 
 
 class PartSource(Protocol):
@@ -28,46 +34,69 @@ class PartSource(Protocol):
         """Fill dest with bytes [rng.start, rng.end] of file, or raise."""
 
 
-def allocate(size: int, pinned: bool) -> torch.Tensor:
-    """A uint8 host buffer; numpy's allocator asks for huge pages, which fault in far faster.
+class PartHook(Protocol):
+    """Called from the transfer threads: ``part`` once per range as it arrives, ``file_done`` once per
+    file by the thread that completed it. An exception fails the transfer like a source error."""
 
-    Pinned (page-locked) memory lets host-to-device copies run asynchronously at full PCIe speed.
-    """
-    if pinned:
-        return torch.empty(size, dtype=torch.uint8, pin_memory=True)
-    return torch.from_numpy(np.empty(size, dtype=np.uint8))
+    def part(self, buf: FileBuffer, index: int, rng: ByteRange, data: memoryview) -> None: ...
+
+    def file_done(self, buf: FileBuffer) -> None: ...
+
+
+Allocator = Callable[[int], tuple[memoryview, object]]
+
+
+def host_allocate(size: int) -> tuple[memoryview, object]:
+    """A plain host buffer; numpy's allocator asks for huge pages, which fault in far faster."""
+    array = np.empty(size, dtype=np.uint8)
+    return (array.data.cast("B") if size else memoryview(b"")), array
 
 
 @dataclass
 class FileBuffer:
-    """One file being filled: its buffer, and the length of its contiguous completed prefix."""
+    """One file being transferred: its ranges, their check values, its buffer (in memory mode), and
+    the length of its contiguous completed prefix."""
 
     file: ModelFile
     parts: list[ByteRange]
-    pinned: bool
-    tensor: torch.Tensor | None = None
+    allocator: Allocator | None  # None: streaming, the bytes are not kept
+    owner: object | None = None  # what holds the memory (a numpy array, a pinned torch tensor)
     view: memoryview | None = None
+    sums: list[RangeSum | None] = field(default_factory=list)
     _done: set[int] = field(default_factory=set)
     _watermark: int = 0  # parts [0, _watermark) are complete
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _error: BaseException | None = None
     finished_at: float | None = None
 
+    def __post_init__(self) -> None:
+        self.sums = [None] * len(self.parts)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.allocator is not None
+
     def buffer(self) -> memoryview:
         with self._cond:
             if self.view is None:
-                self.tensor = allocate(self.file.obj.size, self.pinned)
-                self.view = self.tensor.numpy().data.cast("B") if self.file.obj.size else memoryview(b"")
+                if self.allocator is None:
+                    raise RuntimeError(f"{self.file.path} is streamed; its bytes are not kept in memory")
+                self.view, self.owner = self.allocator(self.file.obj.size)
             return self.view
 
-    def part_done(self, index: int) -> None:
+    def part_done(self, index: int) -> bool:
+        """Record one finished range; True when this completed the file."""
         with self._cond:
             self._done.add(index)
             while self._watermark in self._done:
                 self._done.discard(self._watermark)
                 self._watermark += 1
-            if self._watermark == len(self.parts):
-                self.finished_at = time.perf_counter()
+            self._cond.notify_all()
+            return self._watermark == len(self.parts) and not self._done
+
+    def complete(self) -> None:
+        with self._cond:
+            self.finished_at = time.perf_counter()
             self._cond.notify_all()
 
     def fail(self, error: BaseException) -> None:
@@ -76,13 +105,9 @@ class FileBuffer:
                 self._error = error
             self._cond.notify_all()
 
-    @property
-    def received(self) -> int:
-        """Bytes of the contiguous prefix that has arrived."""
-        with self._cond:
-            if self._watermark == len(self.parts):
-                return self.file.obj.size
-            return self.parts[self._watermark].start if self.parts else 0
+    def chunks(self) -> list[tuple[int, int]]:
+        """(length, CRC-64/NVME) per range, for the cache manifest."""
+        return [(s.length, s.cache) for s in self.sums if s is not None]
 
     def wait_for(self, offset: int) -> None:
         """Block until bytes [0, offset) are in the buffer; re-raise the transfer's error."""
@@ -97,17 +122,36 @@ class FileBuffer:
                 self._cond.wait()
 
     def wait(self) -> None:
-        self.wait_for(self.file.obj.size)
+        """Block until the file is complete, checked and handed on (``file_done`` has returned)."""
+        with self._cond:
+            while self.finished_at is None:
+                if self._error is not None:
+                    raise self._error
+                self._cond.wait()
 
     def release(self) -> None:
         """Drop the host buffer (after its tensors were copied to the device)."""
         with self._cond:
-            self.tensor = None
+            self.owner = None
             self.view = None
 
 
+@dataclass
+class Timings:
+    """Thread-seconds spent per step across all transfer threads (they overlap with each other)."""
+
+    hash: float = 0.0
+    write: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, hash_seconds: float, write_seconds: float) -> None:
+        with self._lock:
+            self.hash += hash_seconds
+            self.write += write_seconds
+
+
 class Transfer:
-    """Runs a PartSource over all parts of all files on a bounded pool of threads."""
+    """Runs a PartSource over all ranges of all files on a bounded pool of threads."""
 
     def __init__(
         self,
@@ -116,47 +160,87 @@ class Transfer:
         concurrency: int,
         max_inflight: int,
         progress: Callable[[int], None],
+        hook: PartHook | None = None,
+        check_values: bool = True,
     ) -> None:
         self._source = source
         self._part_size = part_size
         self._concurrency = concurrency
         self._max_inflight = max_inflight
         self._progress = progress
+        self._hook = hook
+        self._check_values = check_values
         self._cancelled = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._futures: list[Future[None]] = []
+        self._scratch = threading.local()
         self.buffers: list[FileBuffer] = []
         self.started_at = 0.0
+        self.timings = Timings()
 
-    def start(self, files: Sequence[ModelFile], pinned: bool) -> list[FileBuffer]:
-        self.buffers = [FileBuffer(f, byte_ranges(f.obj.size, self._part_size), pinned) for f in files]
+    def start(
+        self,
+        files: Sequence[ModelFile],
+        ranges: Callable[[ModelFile], list[ByteRange]],
+        allocator: Allocator | None,
+    ) -> list[FileBuffer]:
+        """Queue every range; ``allocator`` None streams (a hook must then take the bytes)."""
+        self.buffers = [FileBuffer(f, ranges(f), allocator) for f in files]
         total_parts = sum(len(b.parts) for b in self.buffers)
         workers = effective_concurrency(self._concurrency, self._part_size, self._max_inflight, total_parts)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preload")
         self.started_at = time.perf_counter()
         for buf in self.buffers:
             if not buf.parts:
-                buf.buffer()  # an empty file is complete as soon as it exists
-                buf.finished_at = time.perf_counter()
+                # An empty file is complete as soon as it exists; its hook runs on a pool thread.
+                if buf.in_memory:
+                    buf.buffer()
+                self._futures.append(self._pool.submit(self._finish_file, buf))
             for index, rng in enumerate(buf.parts):
-                # FIFO submission: files complete in order; at most `workers` parts are in flight.
+                # FIFO submission: files complete in order; at most `workers` ranges are in flight.
                 self._futures.append(self._pool.submit(self._run_part, buf, index, rng))
         return self.buffers
+
+    def _scratch_for(self, length: int) -> memoryview:
+        scratch: bytearray | None = getattr(self._scratch, "buffer", None)
+        if scratch is None or len(scratch) < length:
+            scratch = bytearray(max(length, self._part_size))
+            self._scratch.buffer = scratch
+        return memoryview(scratch)[:length]
 
     def _run_part(self, buf: FileBuffer, index: int, rng: ByteRange) -> None:
         if self._cancelled.is_set():
             return
         try:
-            dest = buf.buffer()[rng.start : rng.end + 1]
+            dest = buf.buffer()[rng.start : rng.end + 1] if buf.in_memory else self._scratch_for(rng.length)
             self._source(buf.file, rng, dest, self._progress)
-            buf.part_done(index)
+            t0 = time.perf_counter()
+            if self._check_values:
+                buf.sums[index] = range_sum(buf.file.obj, dest)
+            t1 = time.perf_counter()
+            if self._hook is not None:
+                self._hook.part(buf, index, rng, dest)
+            self.timings.add(t1 - t0, time.perf_counter() - t1)
+            if buf.part_done(index):
+                self._finish_file(buf)
         except BaseException as exc:
-            self._cancelled.set()
-            for other in self.buffers:
-                other.fail(exc)
+            self._fail(exc)
+
+    def _finish_file(self, buf: FileBuffer) -> None:
+        try:
+            if self._hook is not None:
+                self._hook.file_done(buf)
+            buf.complete()
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._cancelled.set()
+        for other in self.buffers:
+            other.fail(exc)
 
     def finish(self) -> float:
-        """Wait for every part; returns the wall time of the transfer."""
+        """Wait for every range and file; returns the wall time of the transfer."""
         for future in self._futures:
             future.result()
         for buf in self.buffers:

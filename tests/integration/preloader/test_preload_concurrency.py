@@ -29,7 +29,7 @@ class _SignalWhenWaiting(logging.Handler):
         self.event = event
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "another run is writing" in record.getMessage():
+        if "another run holds the cache entry" in record.getMessage():
             self.event.set()
 
 
@@ -110,7 +110,7 @@ def test_lock_held_too_long_is_a_clear_error(s3: Any, bucket: str, make_config: 
     s3.put_object(Bucket=bucket, Key="m/model.safetensors", Body=safetensors_bytes(sample_tensors(13)))
     config = make_config(f"s3://{bucket}/m/", "--cache-dir", str(tmp_path / "cache"), "--lock-timeout", "0.3")
     cache = ModelCache(tmp_path / "cache")
-    busy = pytest.raises(CacheBusy, match=r"writing the cache entry .* for over 0.3s .*--lock-timeout")
+    busy = pytest.raises(CacheBusy, match=r"another run has held the cache entry .* for over 0.3s .*--lock-timeout")
     with cache.lock(S3Client(config.s3).endpoint, parse_s3_uri(config.uri), timeout=0), busy:
         preload(config)
     assert preload(config).result.cache == "miss"  # once released, the next run proceeds

@@ -96,7 +96,10 @@ def test_cli_prints_one_json_result_last_and_writes_termination_log(
     assert proc.returncode == 0, proc.stderr
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"model", "files", "bytes", "seconds", "gbps", "device", "cache", "peak_rss_bytes"} <= last.keys()
-    assert set(last["seconds"]) == {"list", "download", "deserialise", "to-device", "total"}
+    assert {"list", "download", "deserialise", "to-device", "total", "hash", "cache-write", "commit"} <= set(
+        last["seconds"]
+    )
+    assert last["version"].startswith("sha256:") and last["fetched_bytes"] == last["bytes"]
     assert last["cache"] == "miss" and last["files"] == 1 and last["peak_rss_bytes"] > 0
     assert json.loads(termination.read_text()) == last
     assert "download" in proc.stderr  # plain progress lines, not a bar, when stderr is not a terminal

@@ -39,8 +39,9 @@ class TestKeys:
 
 class TestManifest:
     def test_round_trip(self) -> None:
+        chunks = ((4, 0xDEADBEEF), (1, 2**64 - 1))
         manifest = Manifest(
-            "s3://b/m/", "http://e", "v1", 4, (CachedFile(PurePosixPath("a/b"), "m/a/b", 5, '"e"', ("d1", "d2")),)
+            "s3://b/m/", "http://e", "v1", "etag:e", (CachedFile(PurePosixPath("a/b"), "m/a/b", 5, '"e"', chunks),)
         )
         assert Manifest.from_json(manifest.to_json()) == manifest
 
@@ -49,8 +50,10 @@ class TestManifest:
         [
             lambda d: d.pop("files"),
             lambda d: d["files"][0].update(path="../x"),
-            lambda d: d["files"][0].update(sha256=["only-one"]),
-            lambda d: d.update(chunk_size="x"),
+            lambda d: d["files"][0].update(chunks=[[4, "00"]]),  # does not cover the 5 bytes
+            lambda d: d["files"][0].update(chunks=[[5, "not-hex"]]),
+            lambda d: d["files"][0].update(chunks=[[0, "00"], [5, "00"]]),  # an empty chunk
+            lambda d: d.pop("model_version"),
         ],
     )
     def test_damaged_manifest_is_corrupt_not_a_crash(self, mutate: object) -> None:
@@ -58,8 +61,8 @@ class TestManifest:
             "uri": "u",
             "endpoint": "e",
             "version": "v",
-            "chunk_size": 4,
-            "files": [{"path": "a", "key": "k", "size": 5, "etag": "e", "sha256": ["1", "2"]}],
+            "model_version": "etag:e",
+            "files": [{"path": "a", "key": "k", "size": 5, "etag": "e", "chunks": [[4, "1"], [1, "2"]]}],
         }
         mutate(raw)  # type: ignore[operator]
         with pytest.raises(CacheCorrupt):
@@ -103,7 +106,18 @@ class TestResult:
     def test_json_has_the_promised_keys(self) -> None:
         data = json.loads(result_line(self.result))
         assert {"model", "files", "bytes", "seconds", "gbps", "device", "cache", "peak_rss_bytes"} <= data.keys()
-        assert data["seconds"] == {"list": 0.1, "download": 1.5, "deserialise": 0.2, "to-device": 0.3, "total": 2.0}
+        assert data["seconds"] == {
+            "list": 0.1,
+            "download": 1.5,
+            "deserialise": 0.2,
+            "to-device": 0.3,
+            "total": 2.0,
+            "hash": 0.0,
+            "cache-write": 0.0,
+            "commit": 0.0,
+            "fill": 0.0,
+        }
+        assert {"version", "fetched_bytes", "verified"} <= data.keys()
         assert data["gbps"] == 1.0
         assert "\n" not in result_line(self.result)
 

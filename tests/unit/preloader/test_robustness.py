@@ -32,7 +32,7 @@ class TestOutputContract:
         def broken(config: Any) -> Any:
             raise failure
 
-        monkeypatch.setattr(cli, "preload", broken)
+        monkeypatch.setattr(cli, "run", broken)
         log = tmp_path / "termination-log"
         code = cli.main(["s3://b/m/", "--device", "cpu", "--termination-log", str(log)], {})
         assert code == InternalError.exit_code == 70
@@ -54,7 +54,7 @@ class TestOutputContract:
         def interrupted(config: Any) -> Any:
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(cli, "preload", interrupted)
+        monkeypatch.setattr(cli, "run", interrupted)
         code = cli.main(["s3://b/m/", "--termination-log", str(tmp_path / "t")], {})
         assert code == Interrupted.exit_code == 130
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"] == "Interrupted"

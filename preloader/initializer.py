@@ -1,0 +1,269 @@
+"""The serving pod's storage initializer: ``preloader SRC DEST`` fills DEST with the model's files.
+
+KServe's calling convention (a ``ClusterStorageContainer`` runs the image with the storage URI and
+``/mnt/models``); the files land under DEST with the names KServe's own initializer gives them
+(the key relative to the prefix; the base name for one object). Nothing here imports torch.
+
+With a node cache (``--cache-dir`` / ``PRELOADER_CACHE_DIR``), a current, verified entry fills
+DEST without a download: every range is checked against its CRC, then each file is hard-linked
+into DEST when both are on one filesystem, else copied. A miss streams from S3 through one reused
+buffer per connection into the cache entry's files (and into DEST's, when DEST is on another
+filesystem), so memory stays at connections x part size whatever the model's size.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Literal, TextIO
+
+from preloader.cache import EntryWriter, FileSink, FileSystem, Manifest, ModelCache, model_version, safe_join
+from preloader.checksums import aligned_ranges
+from preloader.config import Config
+from preloader.errors import DestinationNotUsable
+from preloader.plan import ByteRange, ModelFile, S3Location
+from preloader.progress import Progress
+from preloader.result import Phases, Result, peak_rss_bytes
+from preloader.s3 import RangeFetcher
+from preloader.session import CachedRun
+from preloader.store import Store
+from preloader.transfer import PartSource, Transfer
+
+log = logging.getLogger(__name__)
+
+
+def initialize(config: Config, fs: FileSystem | None = None, stderr: TextIO | None = None) -> Result:
+    """Fill config.dest; raises PreloadError subclasses for every failure a user must act on."""
+    assert config.dest is not None, "initializer mode needs DEST"
+    cache = ModelCache(config.cache_dir, fs, config.cache_max_bytes) if config.cache_dir else None
+    return _Fill(config, config.dest, cache, fs or FileSystem(), stderr or sys.stderr).run()
+
+
+def prepare_dest(dest: Path) -> None:
+    """DEST must be (or become) a writable directory; fail before any download if it cannot."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        probe = dest / f".tmp-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DestinationNotUsable(f"cannot write to {dest}: {exc.strerror or exc}") from None
+
+
+def check_dest_contents(dest: Path, paths: Sequence[PurePosixPath]) -> None:
+    """DEST may hold only this model's files (a restarted init container finds its earlier work);
+    anything else means DEST is not ours to fill. Unfinished ``.tmp-*`` files are removed."""
+    wanted = set(paths)
+    parents = {parent for p in paths for parent in p.parents}
+    for dirpath, dirnames, filenames in os.walk(dest):
+        rel = PurePosixPath(Path(dirpath).relative_to(dest).as_posix())
+        for name in filenames:
+            path = Path(dirpath, name)
+            if name.startswith(".tmp-"):
+                path.unlink(missing_ok=True)
+                continue
+            if (rel / name) not in wanted:
+                raise DestinationNotUsable(
+                    f"{dest} already holds {rel / name}, which is not part of this model; "
+                    "the storage initializer fills an empty directory"
+                )
+        for name in dirnames:
+            if (rel / name) not in parents:
+                raise DestinationNotUsable(f"{dest} already holds the directory {rel / name}, not part of this model")
+
+
+def same_filesystem(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
+
+
+class _Fill(CachedRun[Result]):
+    def __init__(self, config: Config, dest: Path, cache: ModelCache | None, fs: FileSystem, stream: TextIO) -> None:
+        super().__init__(config, cache)
+        self.dest = dest
+        self.fs = fs
+        self.stream = stream
+        prepare_dest(dest)
+        self.linkable = cache is not None and _cache_dir_ready(cache) and same_filesystem(cache.root, dest)
+
+    def _dest_sink(self, file: ModelFile) -> FileSink:
+        return FileSink(self.fs, safe_join(self.dest, file.path), file.obj.size)
+
+    def serve(self, cache: ModelCache, manifest: Manifest, entry: Path) -> Result:
+        files = [c.model_file for c in manifest.files]
+        check_dest_contents(self.dest, [f.path for f in files])
+        by_path = {c.path: c for c in manifest.files}
+        ranges = {c.path: c.ranges() for c in manifest.files}
+        index = {c.path: {r.start: i for i, r in enumerate(ranges[c.path])} for c in manifest.files}
+
+        def from_disk(file: ModelFile, rng: ByteRange, dest: memoryview, progress: Callable[[int], None]) -> None:
+            cache.read_verified(entry, by_path[file.path], index[file.path][rng.start], rng, dest)
+            progress(rng.length)
+
+        log.info("cache hit: %s", entry)
+        # Linking: verify every range first (reading is all the transfer does). Copying: each verified
+        # range is written to DEST as it is read.
+        store = None if self.linkable else Store(lambda f: [self._dest_sink(f)], verify=False)
+        seconds, transfer = self._transfer(files, lambda f: ranges[f.path], from_disk, store, "cache")
+        fill = time.perf_counter()
+        if self.linkable:
+            for f in files:
+                _link_or_copy(cache.file_path(entry, f.path), safe_join(self.dest, f.path))
+        return self._result(
+            files,
+            "hit",
+            seconds,
+            transfer,
+            time.perf_counter() - fill,
+            0.0,
+            str(entry / "files"),
+            manifest.model_version,
+            "cache",
+        )
+
+    def download(self, resolved: S3Location, files: list[ModelFile], writer: EntryWriter | None) -> Result:
+        check_dest_contents(self.dest, [f.path for f in files])
+        fetcher = RangeFetcher(self.client, self.config.transfer)
+
+        def from_s3(file: ModelFile, rng: ByteRange, dest: memoryview, progress: Callable[[int], None]) -> None:
+            fetcher.fetch(resolved.bucket, file.obj, rng, dest, progress)
+
+        def sinks(file: ModelFile) -> list[FileSink]:
+            if writer is None:
+                return [self._dest_sink(file)]
+            if self.linkable:
+                return [writer.open(file)]
+            return [writer.open(file), self._dest_sink(file)]  # one download, written twice
+
+        log.info("downloading %s: %d file(s), %d bytes, to %s", resolved, len(files), _total(files), self.dest)
+        store = Store(sinks, cache=writer)
+        part = self.config.transfer.part_size
+        seconds, transfer = self._transfer(files, lambda f: aligned_ranges(f.obj, part), from_s3, store, "download")
+        version = model_version(files, resolved.is_prefix)
+        commit = time.perf_counter()
+        cache_path = str(writer.commit(version)) if writer is not None else None
+        commit_seconds = time.perf_counter() - commit
+        fill = time.perf_counter()
+        if writer is not None and self.linkable:
+            for f in files:
+                _link_or_copy(safe_join(writer.entry / "files", f.path), safe_join(self.dest, f.path))
+        return self._result(
+            files,
+            "miss" if writer else "off",
+            seconds,
+            transfer,
+            time.perf_counter() - fill,
+            commit_seconds,
+            cache_path,
+            version,
+            store.summary(),
+            model=str(resolved),
+        )
+
+    def _transfer(
+        self,
+        files: Sequence[ModelFile],
+        ranges: Callable[[ModelFile], list[ByteRange]],
+        source: PartSource,
+        store: Store | None,
+        label: str,
+    ) -> tuple[float, Transfer]:
+        config = self.config
+        bar = config.progress == "always" or (config.progress == "auto" and self.stream.isatty())
+        progress = Progress(_total(files), self.stream, bar, label)
+        transfer = Transfer(
+            source,
+            config.transfer.part_size,
+            config.transfer.concurrency,
+            config.transfer.max_inflight_bytes,
+            progress.add,
+            hook=store,
+            check_values=label == "download",
+        )
+        try:
+            transfer.start(files, ranges, None)
+            return transfer.finish(), transfer
+        except BaseException:
+            if store is not None:
+                store.discard()
+            raise
+        finally:
+            transfer.close()
+            progress.close()
+
+    def _result(
+        self,
+        files: Sequence[ModelFile],
+        cache_state: Literal["hit", "miss", "off"],
+        download_seconds: float,
+        transfer: Transfer,
+        fill_seconds: float,
+        commit_seconds: float,
+        cache_path: str | None,
+        version: str,
+        verified: str,
+        model: str | None = None,
+    ) -> Result:
+        total = _total(files)
+        return Result(
+            model=model or str(self.location),
+            files=len(files),
+            bytes=total,
+            seconds=Phases(
+                list=self.list_seconds,
+                download=download_seconds,
+                total=time.perf_counter() - self.started,
+                hash=transfer.timings.hash,
+                cache_write=transfer.timings.write,
+                commit=commit_seconds,
+                fill=fill_seconds,
+            ),
+            device="none",
+            cache=cache_state,
+            peak_rss_bytes=peak_rss_bytes(),
+            cache_path=cache_path,
+            version=version,
+            fetched_bytes=0 if cache_state == "hit" else total,
+            verified=verified,
+            extra={"dest": str(self.dest), "linked": bool(self.linkable and cache_state != "off")},
+        )
+
+
+def _total(files: Sequence[ModelFile]) -> int:
+    return sum(f.obj.size for f in files)
+
+
+def _cache_dir_ready(cache: ModelCache) -> bool:
+    """Create the cache root if needed, so its filesystem can be compared with DEST's."""
+    try:
+        cache.root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False  # the lock step reports CacheUnwritable with the reason
+    return True
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link a verified cache file into DEST (replacing a same-named file atomically); copy when
+    the kernel refuses the link (another filesystem, a filesystem without links)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.parent / f".tmp-{os.getpid()}-{target.name[:32]}"
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise DestinationNotUsable(f"cannot link {target}: {exc.strerror}") from None
+        try:
+            shutil.copyfile(source, temp)
+        except OSError as copy_exc:
+            temp.unlink(missing_ok=True)
+            raise DestinationNotUsable(f"cannot copy into {target}: {copy_exc.strerror}") from None
+    os.replace(temp, target)

@@ -1,0 +1,106 @@
+"""The shape every run shares, the pre-warm Job and the storage initializer alike: list the model
+with the caller's credentials, serve a current cache entry under a lease, else download under the
+location's writer lock and fill the cache.
+
+A hit is served only after S3 confirmed, with the caller's own credentials, that it may read the
+model and that the cached version is the current one (HEAD each object, LIST for a prefix; no
+body), so the cache never bypasses S3's authorization nor serves a stale model. ``--offline``
+skips that check and trusts the node: any complete, verified entry is served.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from preloader.cache import CacheCorrupt, EntryWriter, Manifest, ModelCache, version_key
+from preloader.config import Config
+from preloader.plan import ModelFile, S3Location, check_key, parse_s3_uri, select_files
+from preloader.s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class CachedRun(ABC, Generic[T]):
+    """One run; subclasses say how a hit is served and how a download is done."""
+
+    def __init__(self, config: Config, cache: ModelCache | None) -> None:
+        self.started = time.perf_counter()
+        self.config = config
+        self.location = parse_s3_uri(config.uri)
+        check_key(self.location)
+        self.client = S3Client(config.s3, pool_size=max(16, config.transfer.concurrency))
+        self.endpoint = self.client.endpoint
+        self.cache = cache
+        self.list_seconds = 0.0
+        self.listed: tuple[S3Location, list[ModelFile]] | None = None
+        self.rejected: Path | None = None  # an entry that failed verification in this run
+
+    @abstractmethod
+    def serve(self, cache: ModelCache, manifest: Manifest, entry: Path) -> T:
+        """Use a leased entry; raise CacheCorrupt to turn the hit into a repairing miss."""
+
+    @abstractmethod
+    def download(self, resolved: S3Location, files: list[ModelFile], writer: EntryWriter | None) -> T:
+        """Fetch from S3 (filling ``writer``'s entry when given; the caller commits or aborts it)."""
+
+    def list(self) -> tuple[S3Location, list[ModelFile]]:
+        """HEAD/LIST with the caller's credentials: the authorization and freshness check of a hit."""
+        if self.listed is None:
+            t = time.perf_counter()
+            resolved, objects = self.client.resolve(self.location)
+            self.listed = (resolved, select_files(objects, resolved))
+            self.list_seconds += time.perf_counter() - t
+        return self.listed
+
+    def run(self) -> T:
+        cache = self.cache
+        if cache is None:
+            resolved, files = self.list()
+            return self.download(resolved, files, None)
+        hit = self._try_hit(cache)
+        if hit is not None:
+            return hit
+        lock = cache.lock(self.endpoint, self.location, self.config.lock_timeout)
+        try:
+            # Look again: a run that held the lock (or finished just before we asked) may have
+            # written the entry, which makes this run a hit instead of a second download.
+            hit = self._try_hit(cache)
+            if hit is not None:
+                return hit
+            resolved, files = self.list()
+            writer = cache.writer(self.endpoint, self.location, files, lock, wait=self.config.lock_timeout)
+            try:
+                return self.download(resolved, files, writer)
+            except BaseException:
+                writer.abort()
+                raise
+        finally:
+            lock.release()
+
+    def _try_hit(self, cache: ModelCache) -> T | None:
+        found = cache.lookup(self.endpoint, self.location)
+        if found is None:
+            return None
+        manifest, entry = found
+        if entry == self.rejected:
+            return None
+        if not self.config.offline and version_key(self.list()[1]) != manifest.version:
+            log.info("cache entry for %s is not the current version in S3; fetching the current one", self.location)
+            return None
+        lease = cache.lease(entry, self.config.lock_timeout)
+        if lease is None:
+            return None
+        try:
+            return self.serve(cache, manifest, entry)
+        except CacheCorrupt as exc:
+            log.warning("cache entry for %s failed verification (%s); downloading and repairing it", self.location, exc)
+            self.rejected = entry
+            return None
+        finally:
+            lease.release()

@@ -1,0 +1,96 @@
+"""Where downloaded ranges go besides memory: S3 checksum checks, cache files, DEST files.
+
+``Store`` is the transfer's ``PartHook``: each range, as soon as it arrives, is written at its
+offset into every file it belongs in (the cache entry's, the initializer's DEST, or both when they
+are on different filesystems); when a file is complete its S3 checksum is checked and only then is
+it renamed into place. A file that fails the check is never renamed, so nothing unverified is
+cached or served.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from preloader.cache import EntryWriter, FileSink
+from preloader.checksums import RangeSum, verify_object
+from preloader.plan import ByteRange, ModelFile
+from preloader.transfer import FileBuffer
+
+OpenSinks = Callable[[ModelFile], list[FileSink]]
+
+
+class Store:
+    """PartHook writing ranges to per-file sinks and verifying each file against S3 before it is kept.
+
+    ``open_sinks`` opens a file's sinks on its first range. ``cache`` (optional) is the entry writer
+    whose sinks (the first one ``open_sinks`` returns) must be committed with their chunk checksums.
+    ``verify`` is off when the bytes come from the cache, which checks its own per-range values.
+    """
+
+    def __init__(self, open_sinks: OpenSinks, cache: EntryWriter | None = None, verify: bool = True) -> None:
+        self._open_sinks = open_sinks
+        self._cache = cache
+        self._verify = verify
+        self._sinks: dict[int, list[FileSink]] = {}
+        self._lock = threading.Lock()
+        self.verified: dict[str, str] = {}  # file path -> what it was checked against
+
+    def sinks(self, buf: FileBuffer) -> list[FileSink]:
+        key = id(buf)
+        with self._lock:
+            if key not in self._sinks:
+                self._sinks[key] = self._open_sinks(buf.file)
+            return self._sinks[key]
+
+    def part(self, buf: FileBuffer, index: int, rng: ByteRange, data: memoryview) -> None:
+        for sink in self.sinks(buf):
+            sink.write(rng.start, data)
+
+    def file_done(self, buf: FileBuffer) -> None:
+        sinks = self.sinks(buf)
+        verified = "cache"
+        if self._verify:
+            sums: Sequence[RangeSum] = [s for s in buf.sums if s is not None]
+            verified = verify_object(buf.file.obj, buf.parts, sums, _reader(buf, sinks))
+        self.verified[str(buf.file.path)] = verified
+        if self._cache is not None:
+            self._cache.finish(sinks[0], buf.file, buf.chunks(), verified)
+            rest = sinks[1:]
+        else:
+            rest = sinks
+        for sink in rest:
+            sink.finish()
+
+    def summary(self) -> str:
+        """One word for the result: what the files were checked against ("crc64nvme-full-object", "mixed")."""
+        kinds = set(self.verified.values())
+        return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "none")
+
+    def discard(self) -> None:
+        """Remove every unfinished file (a failed run leaves no partial files behind)."""
+        with self._lock:
+            for sinks in self._sinks.values():
+                for sink in sinks:
+                    sink.discard()
+
+
+def _reader(buf: FileBuffer, sinks: list[FileSink]) -> Callable[[int, int], memoryview | bytes]:
+    """Read back a complete file, for the checks (SHA, MD5) that need its bytes in order."""
+    if buf.in_memory:
+        view = buf.buffer()
+        return lambda start, length: view[start : start + length]
+    if not sinks:
+        raise RuntimeError(f"{buf.file.path}: streamed without a file to read it back from")
+    path: Path = sinks[0].temp
+
+    def read(start: int, length: int) -> bytes:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, length, start)
+        finally:
+            os.close(fd)
+
+    return read
