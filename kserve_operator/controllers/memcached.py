@@ -20,6 +20,7 @@ from kserve_operator.clients.prometheus import PrometheusClient
 from kserve_operator.controllers.core import Outcome, ReconcileCore, apply_child, now, patch_status, post_events
 from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable, NoSamples
 from kserve_operator.planning import memcached as plan
+from kserve_operator.planning import memcached_status
 from kserve_operator.planning.ownership import ownership_problem
 from kserve_operator.resources.conditions import rfc3339
 from kserve_operator.resources.kinds import DEPLOYMENT, MEMCACHED, SERVICE
@@ -55,9 +56,9 @@ async def _observe_connections(ctx: MemcachedContext, namespace: str, name: str,
 async def _report_problem(api: KubeApi, body: dict[str, Any], reason: str, problem: str,
                           moment: datetime.datetime) -> None:
     """Status Error + Degraded with the reason, and one Warning event when the problem is new."""
-    status = plan.plan_error_status(body, problem, moment, reason)
+    status = memcached_status.plan_error_status(body, problem, moment, reason)
     if await patch_status(api, MEMCACHED, body, status):
-        await post_events(api, body, plan.plan_events(body, status))
+        await post_events(api, body, memcached_status.plan_events(body, status))
 
 
 async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: logging.Logger | Any) -> Outcome:
@@ -130,13 +131,14 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: lo
     if scaled and current is not None:
         observability.SCALES.labels(direction="up" if decision.replicas > current else "down").inc()
         # Posted before the status write: a status write lost after the scale must not lose its Event.
-        await post_events(api, body, plan.plan_events(body, old_status, previous_replicas=current, decision=decision))
-    status = plan.plan_status(
+        scale_events = memcached_status.plan_events(body, old_status, previous_replicas=current, decision=decision)
+        await post_events(api, body, scale_events)
+    status = memcached_status.plan_status(
         body, decision, deployment=deployment, connections=connections, metrics_problem=metrics_problem,
         scaled=scaled, now=moment, metrics_reason=metrics_reason,
     )
     await patch_status(api, MEMCACHED, body, status)
-    await post_events(api, body, plan.plan_events(body, status))
+    await post_events(api, body, memcached_status.plan_events(body, status))
     return Outcome.OK
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from kserve_operator.planning import memcached as plan
+from kserve_operator.planning import memcached_status
 from kserve_operator.planning.diff import needs_update, status_changes
 from kserve_operator.planning.ownership import controller_reference, ownership_problem
 from kserve_operator.resources import conditions as cond
@@ -87,7 +88,7 @@ def decision(replicas: int, wanted: int | None = None) -> plan.ReplicaDecision:
 
 class TestStatus:
     def test_running_when_all_ready(self) -> None:
-        s = plan.plan_status(body(), decision(2), deployment=deployment(2, 2), connections=12.0,
+        s = memcached_status.plan_status(body(), decision(2), deployment=deployment(2, 2), connections=12.0,
                              metrics_problem=None, scaled=False, now=T0)
         assert s["phase"] == "Running"
         assert s["readyReplicas"] == 2 and s["activeConnections"] == 12.0 and s["observedGeneration"] == 3
@@ -95,37 +96,37 @@ class TestStatus:
         assert available is not None and available["status"] == "True"
 
     def test_scaling_while_pods_come_up(self) -> None:
-        s = plan.plan_status(body(), decision(3), deployment=deployment(3, 1), connections=None,
+        s = memcached_status.plan_status(body(), decision(3), deployment=deployment(3, 1), connections=None,
                              metrics_problem=None, scaled=True, now=T0)
         assert s["phase"] == "Scaling" and s["lastScaleTime"] == "2026-01-01T00:00:00Z"
         progressing = cond.find_condition(s["conditions"], "Progressing")
         assert progressing is not None and progressing["status"] == "True"
 
     def test_scaled_to_zero(self) -> None:
-        s = plan.plan_status(body(), decision(0), deployment=deployment(0, 0), connections=0.0,
+        s = memcached_status.plan_status(body(), decision(0), deployment=deployment(0, 0), connections=0.0,
                              metrics_problem=None, scaled=True, now=T0)
         assert s["phase"] == "ScaledToZero"
         available = cond.find_condition(s["conditions"], "Available")
         assert available is not None and available["reason"] == "ScaledToZero"
 
     def test_metrics_problem_is_a_degraded_condition(self) -> None:
-        s = plan.plan_status(body(), decision(2), deployment=deployment(2, 2), connections=None,
+        s = memcached_status.plan_status(body(), decision(2), deployment=deployment(2, 2), connections=None,
                              metrics_problem="Prometheus answered HTTP 500", scaled=False, now=T0)
         degraded = cond.find_condition(s["conditions"], "Degraded")
         assert degraded is not None and degraded["status"] == "True" and degraded["reason"] == "MetricsUnavailable"
         assert "HTTP 500" in degraded["message"]
 
     def test_same_input_same_status_so_no_write(self) -> None:
-        first = plan.plan_status(body(), decision(2), deployment=deployment(2, 2), connections=5.0,
+        first = memcached_status.plan_status(body(), decision(2), deployment=deployment(2, 2), connections=5.0,
                                  metrics_problem=None, scaled=True, now=T0)
         later = T0 + datetime.timedelta(minutes=5)
-        second = plan.plan_status(body(status=first), decision(2), deployment=deployment(2, 2), connections=5.0,
-                                  metrics_problem=None, scaled=False, now=later)
+        second = memcached_status.plan_status(body(status=first), decision(2), deployment=deployment(2, 2),
+                                              connections=5.0, metrics_problem=None, scaled=False, now=later)
         assert status_changes(first, second) == {}
 
     def test_invalid_spec_status_keeps_the_rest(self) -> None:
         old = {"phase": "Running", "replicas": 2, "readyReplicas": 2}
-        s = plan.plan_error_status(body(status=old), "maxSize (1) must not be smaller than size (2)", T0)
+        s = memcached_status.plan_error_status(body(status=old), "maxSize (1) must not be smaller than size (2)", T0)
         assert s["phase"] == "Error" and s["replicas"] == 2
         degraded = cond.find_condition(s["conditions"], "Degraded")
         assert degraded is not None and degraded["reason"] == "InvalidSpec" and "maxSize" in degraded["message"]
@@ -133,18 +134,18 @@ class TestStatus:
 
 class TestEvents:
     def test_scale_event_names_both_counts(self) -> None:
-        new = plan.plan_status(body(), decision(3), deployment=deployment(3, 2), connections=250.0,
+        new = memcached_status.plan_status(body(), decision(3), deployment=deployment(3, 2), connections=250.0,
                                metrics_problem=None, scaled=True, now=T0)
-        events = plan.plan_events(body(), new, previous_replicas=2, decision=decision(3))
+        events = memcached_status.plan_events(body(), new, previous_replicas=2, decision=decision(3))
         assert [(e.type, e.reason) for e in events] == [("Normal", "ScaledUp")]
         assert "from 2 to 3" in events[0].message
 
     def test_warning_only_when_the_problem_is_new(self) -> None:
-        new = plan.plan_status(body(), decision(2), deployment=deployment(2, 2), connections=None,
+        new = memcached_status.plan_status(body(), decision(2), deployment=deployment(2, 2), connections=None,
                                metrics_problem="timeout", scaled=False, now=T0)
-        first = plan.plan_events(body(), new, previous_replicas=2, decision=decision(2))
+        first = memcached_status.plan_events(body(), new, previous_replicas=2, decision=decision(2))
         assert [(e.type, e.reason) for e in first] == [("Warning", "MetricsUnavailable")]
-        again = plan.plan_events(body(status=new), new, previous_replicas=2, decision=decision(2))
+        again = memcached_status.plan_events(body(status=new), new, previous_replicas=2, decision=decision(2))
         assert again == []
 
 
@@ -196,8 +197,8 @@ class TestOwnership:
 
     @pytest.mark.parametrize("reason", [plan.REASON_NAME_CONFLICT, plan.REASON_APPLY_FAILED])
     def test_problem_status_names_the_reason(self, reason: str) -> None:
-        s = plan.plan_error_status(body(), "why", T0, reason)
+        s = memcached_status.plan_error_status(body(), "why", T0, reason)
         degraded = cond.find_condition(s["conditions"], "Degraded")
         assert s["phase"] == "Error" and degraded is not None and degraded["reason"] == reason
-        events = plan.plan_events(body(), s)
+        events = memcached_status.plan_events(body(), s)
         assert [(e.type, e.reason) for e in events] == [("Warning", reason)]

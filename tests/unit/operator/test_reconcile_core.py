@@ -18,6 +18,7 @@ from kserve_operator.controllers import memcached
 from kserve_operator.controllers.core import ReconcileCore
 from kserve_operator.errors import ApiError, MetricsUnavailable
 from kserve_operator.planning import memcached as plan
+from kserve_operator.planning import memcached_status
 from kserve_operator.planning.diff import SERVER_DEFAULTED, child_patch, matches_exactly
 from kserve_operator.planning.ownership import controller_reference, merged_owner_references, owned_by
 from kserve_operator.resources.kinds import MEMCACHED
@@ -151,6 +152,6 @@ def test_a_status_write_lost_after_a_scale_keeps_the_event_and_the_time() -> Non
         asyncio.run(memcached.memcached_changed("ns", "c", kopf.Memo(memcached=ctx), logging.getLogger("t"), 0))
     assert [e["reason"] for e in api.events][:1] == ["ScaledUp"], "the scale's Event goes out before the status"
     stamp = api.deployment["metadata"]["annotations"][plan.LAST_SCALE_ANNOTATION]
-    status = plan.plan_status(api.body, plan.ReplicaDecision(3, 3, None, ""), deployment=api.deployment,
+    status = memcached_status.plan_status(api.body, plan.ReplicaDecision(3, 3, None, ""), deployment=api.deployment,
                               connections=None, metrics_problem=None, scaled=False, now=T0)
     assert status["lastScaleTime"] == stamp, "the next reconcile reads the scale time from the Deployment"

@@ -1,0 +1,182 @@
+"""What the Memcached controller reports: status, conditions and the events to post.
+
+Pure: callers pass the observed state and `now`. Split from planning.memcached (the replica
+math and the manifests) so each stays small.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
+from kserve_operator.planning.memcached import (
+    LAST_SCALE_ANNOTATION,
+    PHASE_ERROR,
+    PHASE_PENDING,
+    PHASE_RUNNING,
+    PHASE_SCALED_TO_ZERO,
+    PHASE_SCALING,
+    REASON_APPLY_FAILED,
+    REASON_AS_EXPECTED,
+    REASON_INVALID_NAME,
+    REASON_INVALID_SPEC,
+    REASON_METRICS_UNAVAILABLE,
+    REASON_NAME_CONFLICT,
+    REASON_NO_REPLICAS_READY,
+    REASON_RECONCILE_ERROR,
+    REASON_REPLICAS_READY,
+    REASON_SCALE_DOWN_PENDING,
+    REASON_SCALED_DOWN,
+    REASON_SCALED_TO_ZERO,
+    REASON_SCALED_UP,
+    REASON_SCALING,
+    REASON_SETTLED,
+    ReplicaDecision,
+)
+from kserve_operator.resources import conditions as cond
+
+
+def _phase(replicas: int, ready: int, deployment_replicas: int | None) -> str:
+    if replicas == 0 and ready == 0:
+        return PHASE_SCALED_TO_ZERO
+    if deployment_replicas is None:
+        return PHASE_PENDING
+    if deployment_replicas != replicas or ready != replicas:
+        return PHASE_SCALING
+    return PHASE_RUNNING
+
+
+def plan_status(
+    body: Mapping[str, Any],
+    decision: ReplicaDecision,
+    *,
+    deployment: Mapping[str, Any] | None,
+    connections: float | None,
+    metrics_problem: str | None,
+    scaled: bool,
+    now: datetime.datetime,
+    metrics_reason: str = REASON_METRICS_UNAVAILABLE,
+) -> dict[str, Any]:
+    """The status a healthy reconcile writes; identical input gives an identical status.
+
+    `deployment` is the Deployment as it stands after this reconcile applied its change;
+    `scaled` says whether this reconcile changed its replicas.
+    """
+    old: Mapping[str, Any] = body.get("status") or {}
+    generation = body.get("metadata", {}).get("generation")
+    dep_status = (deployment or {}).get("status") or {}
+    dep_replicas = (deployment or {}).get("spec", {}).get("replicas") if deployment else None
+    ready = int(dep_status.get("readyReplicas") or 0)
+    replicas = decision.replicas
+    phase = _phase(replicas, ready, dep_replicas)
+
+    conditions: list[cond.Condition] = list(old.get("conditions") or [])
+    if phase == PHASE_SCALED_TO_ZERO:
+        available = (cond.FALSE, REASON_SCALED_TO_ZERO, "scaled to zero after a whole window without connections")
+    elif ready > 0:
+        available = (cond.TRUE, REASON_REPLICAS_READY, f"{ready}/{replicas} replicas ready")
+    else:
+        available = (cond.FALSE, REASON_NO_REPLICAS_READY, f"0/{replicas} replicas ready")
+    if phase in (PHASE_SCALING, PHASE_PENDING):
+        progressing = (cond.TRUE, REASON_SCALING, f"{ready}/{replicas} replicas ready")
+    elif decision.window is not None:
+        progressing = (
+            cond.FALSE,
+            REASON_SCALE_DOWN_PENDING,
+            f"demand is {decision.wanted}; scaling down to {decision.window.replicas} after the window",
+        )
+    else:
+        progressing = (cond.FALSE, REASON_SETTLED, f"running {replicas} replica(s) as wanted")
+    if metrics_problem is not None:
+        degraded = (cond.TRUE, metrics_reason, f"holding {replicas} replica(s): {metrics_problem}")
+    else:
+        degraded = (cond.FALSE, REASON_AS_EXPECTED, "reconciled")
+    for ctype, (value, reason, message) in (
+        (cond.AVAILABLE, available),
+        (cond.PROGRESSING, progressing),
+        (cond.DEGRADED, degraded),
+    ):
+        conditions = cond.set_condition(
+            conditions, type=ctype, status=value, reason=reason, message=message, now=now, generation=generation
+        )
+
+    status: dict[str, Any] = {
+        "phase": phase,
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "desiredReplicas": decision.wanted,
+        "conditions": conditions,
+        "scaleDown": decision.window.to_status() if decision.window else None,
+    }
+    if generation is not None:
+        status["observedGeneration"] = generation
+    if connections is not None:
+        status["activeConnections"] = connections
+    elif "activeConnections" in old:
+        status["activeConnections"] = old["activeConnections"]
+    recorded = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(LAST_SCALE_ANNOTATION)
+    if recorded:
+        status["lastScaleTime"] = recorded
+    elif scaled:
+        status["lastScaleTime"] = cond.rfc3339(now)
+    elif "lastScaleTime" in old:
+        status["lastScaleTime"] = old["lastScaleTime"]
+    return status
+
+
+_WAITING_FOR = {
+    REASON_INVALID_SPEC: "waiting for a valid spec",
+    REASON_NAME_CONFLICT: "waiting for the name to be free",
+    REASON_APPLY_FAILED: "waiting for the API server to accept the change",
+    REASON_INVALID_NAME: "waiting for a cache with a usable name",
+    REASON_RECONCILE_ERROR: "retrying with backoff",
+}
+
+
+def plan_error_status(body: Mapping[str, Any], problem: str, now: datetime.datetime,
+                      reason: str = REASON_INVALID_SPEC) -> dict[str, Any]:
+    """A problem only a person can fix: say why, keep the rest of the status, change nothing else."""
+    old: Mapping[str, Any] = body.get("status") or {}
+    generation = body.get("metadata", {}).get("generation")
+    conditions: list[cond.Condition] = list(old.get("conditions") or [])
+    conditions = cond.set_condition(
+        conditions, type=cond.DEGRADED, status=cond.TRUE, reason=reason, message=problem,
+        now=now, generation=generation,
+    )
+    conditions = cond.set_condition(
+        conditions, type=cond.PROGRESSING, status=cond.FALSE, reason=reason,
+        message=_WAITING_FOR.get(reason, "waiting"), now=now, generation=generation,
+    )
+    status = {**old, "phase": PHASE_ERROR, "conditions": conditions}
+    if generation is not None:
+        status["observedGeneration"] = generation
+    return status
+
+
+def plan_events(
+    body: Mapping[str, Any],
+    new_status: Mapping[str, Any],
+    *,
+    previous_replicas: int | None = None,
+    decision: ReplicaDecision | None = None,
+) -> list[EventPlan]:
+    """Events on every scale and on every newly raised problem (not on every tick)."""
+    events: list[EventPlan] = []
+    if decision is not None and previous_replicas is not None and previous_replicas != decision.replicas:
+        verb = "up" if decision.replicas > previous_replicas else "down"
+        events.append(EventPlan(
+            NORMAL, REASON_SCALED_UP if verb == "up" else REASON_SCALED_DOWN,
+            f"Scaled {verb} from {previous_replicas} to {decision.replicas} replica(s): {decision.reason}",
+        ))
+    old_conditions = list((body.get("status") or {}).get("conditions") or [])
+    old_degraded = cond.find_condition(old_conditions, cond.DEGRADED)
+    new_degraded = cond.find_condition(list(new_status.get("conditions") or []), cond.DEGRADED)
+    if new_degraded and new_degraded["status"] == cond.TRUE and (
+        old_degraded is None
+        or old_degraded.get("status") != cond.TRUE
+        or old_degraded.get("reason") != new_degraded.get("reason")
+    ):
+        events.append(EventPlan(WARNING, str(new_degraded["reason"]), str(new_degraded["message"])))
+    return events
