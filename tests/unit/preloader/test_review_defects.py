@@ -130,4 +130,3 @@ def test_torch_floor_is_past_the_weights_only_advisories() -> None:
     assert floor <= _version(pin) < (3, 0, 0), pin
     [ci] = re.findall(r"^torch==(\S+)", (REPO / "constraints.txt").read_text(), re.MULTILINE)
     assert _version(ci) >= floor, ci
-
