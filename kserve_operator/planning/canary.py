@@ -210,7 +210,7 @@ def plan_status(
         "percent": decision.percent,
         "stableWeight": weights.stable_weight,
         "candidateWeight": weights.candidate_weight,
-        "step": decision.step,
+        "step": decision.step if spec.steps else 0,
         "steps": len(spec.ladder()) if spec.steps else 0,
         "lastStepTime": cond.rfc3339(decision.last_step_time) if decision.last_step_time else None,
         "lastTransitionTime": _transition(old, decision.phase, now),

@@ -1,0 +1,376 @@
+"""The ModelCanary controller: thin kopf handlers around one level-based reconcile on the core.
+
+One kopf daemon per ModelCanary runs every reconcile: at start, on a wake-up, when a step's
+interval ends and at the resync interval. Wake-ups come from watch events without API
+work in kopf's handlers: a spec change of the ModelCanary (generation ahead of
+observedGeneration), any event of a VirtualService a ModelCanary references (a hand edit
+is put back at once) and any event of the ModelPrewarm a `requireWarm` canary waits for
+(released the moment it turns Warm). Two kopf indices map those objects to canaries; the
+VirtualService one also answers route claims.
+
+A reconcile reads the ModelCanary, its InferenceServices, the VirtualService (v1, else
+v1beta1), the ModelPrewarm and, when a check is due, Prometheus; `planning.canary` decides
+the candidate's share and `planning.virtualservice` the new `spec.http`; the write is
+conditional (409: re-read, plan again, retry with backoff). A settled canary writes nothing.
+Deletion (the only reason for a finalizer) gives stable everything again and removes the
+candidate destination the controller appended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime
+import logging
+import random
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kopf
+
+from kserve_operator.clients.kube import KubeApi
+from kserve_operator.clients.prometheus import PrometheusClient
+from kserve_operator.clients.routers import IstioRouter, RouteTable, TrafficRouter
+from kserve_operator.controllers.core import Outcome, ReconcileCore, now, patch_status, post_events
+from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable
+from kserve_operator.planning import canary as plan
+from kserve_operator.planning.events import NORMAL, EventPlan
+from kserve_operator.planning.virtualservice import (
+    REASON_FOREIGN_OWNER,
+    RoutingProblem,
+    foreign_owner,
+    plan_release,
+    plan_weights,
+    weights_patch,
+)
+from kserve_operator.resources import canary as res
+from kserve_operator.resources.canary import CanarySpec, CanaryStatus, parse_spec
+from kserve_operator.resources.kinds import INFERENCE_SERVICE, MODEL_CANARY, MODEL_PREWARM, VIRTUAL_SERVICE
+from kserve_operator.settings import OperatorSettings
+
+CONTROLLER = "modelcanary"
+CONFLICT_ATTEMPTS = 5  # re-read and re-plan on 409 this many times before the core's backoff takes over
+REASON_RELEASED = "Released"
+
+ObjectKey = tuple[str, str]
+
+
+@dataclasses.dataclass
+class CanaryContext:
+    """What the handlers share (kopf's memo): settings, the core, the router, Prometheus, wake-ups."""
+
+    settings: OperatorSettings
+    core: ReconcileCore
+    router: TrafficRouter
+    prometheus: PrometheusClient | None
+    wakeups: collections.defaultdict[ObjectKey, asyncio.Event] = dataclasses.field(
+        default_factory=lambda: collections.defaultdict(asyncio.Event))
+
+    @property
+    def api(self) -> KubeApi:
+        return self.core.api
+
+    def wake(self, keys: Iterable[ObjectKey]) -> None:
+        for key in keys:
+            self.wakeups[key].set()
+
+
+def new_context(settings: OperatorSettings, api: KubeApi, prometheus: PrometheusClient | None) -> CanaryContext:
+    return CanaryContext(settings=settings, core=ReconcileCore(CONTROLLER, api), router=IstioRouter(api),
+                         prometheus=prometheus)
+
+
+# --- kopf indices: which canaries a VirtualService / ModelPrewarm event concerns -------------
+
+def canaries_by_virtual_service(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta,
+                                **_: Any) -> dict[ObjectKey, plan.Claimant]:
+    """(VirtualService namespace, name) -> the canaries that reference it, for wake-ups and claims."""
+    assert namespace is not None
+    vs = spec.get("virtualService") or {}
+    if not isinstance(vs, Mapping) or not vs.get("name"):
+        return {}
+    key = (str(vs.get("namespace") or namespace), str(vs["name"]))
+    return {key: plan.Claimant(namespace, name, str(meta.get("creationTimestamp") or ""), dict(spec))}
+
+
+def canaries_by_prewarm(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[ObjectKey, ObjectKey]:
+    """(namespace, ModelPrewarm name) -> the requireWarm canaries that wait for it."""
+    assert namespace is not None
+    if spec.get("requireWarm") is not True:
+        return {}
+    candidate = spec.get("candidate") or {}
+    prewarm = candidate.get("modelPrewarm") or candidate.get("inferenceService") if isinstance(
+        candidate, Mapping) else None
+    return {(namespace, str(prewarm)): (namespace, name)} if prewarm else {}
+
+
+# --- one reconcile --------------------------------------------------------------------------
+
+async def _report_problem(api: KubeApi, body: dict[str, Any], reason: str, problem: str,
+                          spec: CanarySpec | None) -> None:
+    """Phase Error with the reason in the conditions, and one Warning event when the problem is new."""
+    old = body.get("status") or {}
+    status = plan.problem_status(old, reason, problem, generation=body["metadata"].get("generation"),
+                                 now=now(), spec=spec)
+    if await patch_status(api, MODEL_CANARY, body, status):
+        await post_events(api, body, plan.plan_events(old, status))
+
+
+async def _warm_state(api: KubeApi, spec: CanarySpec) -> plan.WarmState:
+    where = f"ModelPrewarm {spec.namespace}/{spec.model_prewarm}"
+    assert spec.model_prewarm is not None  # parse_spec guarantees one when requireWarm is set
+    prewarm = await api.get(MODEL_PREWARM, spec.model_prewarm, spec.namespace)
+    if prewarm is None:
+        return plan.WarmState(False, f"{where}, which does not exist yet")
+    phase = (prewarm.get("status") or {}).get("phase")
+    if phase == res.WARM_PHASE:
+        return plan.WarmState(True, f"{where} is Warm")
+    return plan.WarmState(False, f"{where} (phase {phase or 'not reported yet'})")
+
+
+async def _analyse(ctx: CanaryContext, query: str) -> plan.AnalysisResult:
+    if ctx.prometheus is None:
+        return plan.AnalysisResult(error="PROMETHEUS_URL is not set")
+    try:
+        return plan.AnalysisResult(value=await ctx.prometheus.query_scalar(query))
+    except MetricsUnavailable as exc:
+        return plan.AnalysisResult(error=str(exc))
+
+
+def _conflict_pause(attempt: int) -> float:
+    """A short jittered pause before re-reading after a 409 (the other writer is mid-change)."""
+    return float(min(0.05 * 2 ** attempt, 0.5) * (0.5 + random.random()))
+
+
+def _others(index: Any, spec: CanarySpec) -> list[plan.Claimant]:
+    return list(index.get((spec.virtual_service_namespace, spec.virtual_service), []) if index else [])
+
+
+@dataclasses.dataclass
+class Pass:
+    """What one reconcile tells the daemon: when the next one is due."""
+
+    requeue_after: float | None = None
+
+
+async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, logger: logging.Logger | Any,
+                    result: Pass) -> Outcome:
+    """observe -> plan -> apply. Raises ApiError for the core to classify."""
+    api = ctx.api
+    body = await api.get(MODEL_CANARY, name, namespace)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return Outcome.GONE
+    meta = body["metadata"]
+    try:
+        spec = parse_spec(body.get("spec"), namespace)
+    except InvalidSpec as exc:
+        await _report_problem(api, body, plan.REASON_INVALID_SPEC, str(exc), None)
+        logger.warning("ModelCanary %s/%s has an invalid spec: %s", namespace, name, exc)
+        return Outcome.INVALID
+
+    for isvc in spec.inference_services:
+        if await api.get(INFERENCE_SERVICE, isvc, namespace) is None:
+            await _report_problem(api, body, plan.REASON_INFERENCE_SERVICE_NOT_FOUND,
+                                  f"InferenceService {namespace}/{isvc} does not exist", spec)
+            return Outcome.WAITING
+    table = await ctx.router.get_routes(spec.virtual_service_namespace, spec.virtual_service)
+    if table is None:
+        await _report_problem(api, body, plan.REASON_VIRTUAL_SERVICE_NOT_FOUND,
+                              f"VirtualService {spec.virtual_service_namespace}/{spec.virtual_service} "
+                              "does not exist", spec)
+        return Outcome.WAITING
+    owner = foreign_owner(table.obj)
+    if owner is not None:
+        await _report_problem(api, body, REASON_FOREIGN_OWNER, owner, spec)
+        return Outcome.INVALID
+    me = plan.Claimant(namespace, name, str(meta.get("creationTimestamp") or ""), dict(body.get("spec") or {}))
+    claimed = plan.first_claim(me, _others(claims, spec), table.obj, spec)
+    if claimed is not None:
+        await _report_problem(api, body, plan.REASON_ROUTE_CLAIMED, plan.claim_message(*claimed, spec), spec)
+        return Outcome.INVALID
+
+    generation = meta.get("generation")
+    moment = now()
+    warm = await _warm_state(api, spec) if spec.require_warm else None
+    decision = plan.next_step(spec, CanaryStatus.parse(body.get("status")), generation, warm, None, moment)
+    if decision.wants_analysis:
+        assert spec.steps is not None and spec.steps.analysis is not None
+        analysis = await _analyse(ctx, spec.steps.analysis.query)
+        decision = plan.next_step(spec, CanaryStatus.parse(body.get("status")), generation, warm, analysis, moment)
+
+    try:
+        weights, table = await _apply_weights(ctx, body, spec, table, decision.percent)
+    except RoutingProblem as problem:
+        await _report_problem(api, body, problem.reason, problem.message, spec)
+        return Outcome.INVALID
+    old = body.get("status") or {}
+    status = plan.plan_status(old, spec, decision, weights, generation=generation, now=moment,
+                              vs_version=table.version)
+    if await patch_status(api, MODEL_CANARY, body, status):
+        await post_events(api, body, plan.plan_events(old, status))
+    result.requeue_after = decision.requeue_after
+    return Outcome.WAITING if decision.phase == res.PHASE_WAITING_FOR_MODEL else Outcome.OK
+
+
+async def _apply_weights(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec, table: RouteTable,
+                         percent: int) -> tuple[Any, RouteTable]:
+    """Write the split if the VirtualService does not carry it; on 409 re-read and plan again."""
+    for attempt in range(CONFLICT_ATTEMPTS):
+        weights = plan_weights(table.obj, spec, percent)
+        if not weights.changed:
+            return weights, table
+        intent = plan.intent_status(body.get("status"), weights)
+        if intent is not None:  # recorded first: the release must know what we appended
+            meta = body["metadata"]
+            await ctx.api.patch(MODEL_CANARY, meta["name"], {"status": intent}, namespace=meta["namespace"],
+                                status=True)
+            body["status"] = {**(body.get("status") or {}), **intent}
+        try:
+            return weights, await ctx.router.set_routes(table, weights_patch(table.obj, weights.http))
+        except ApiError as exc:
+            if not exc.conflict or attempt == CONFLICT_ATTEMPTS - 1:
+                raise
+        await asyncio.sleep(_conflict_pause(attempt))
+        fresh = await ctx.router.get_routes(spec.virtual_service_namespace, spec.virtual_service)
+        if fresh is None:
+            raise ApiError(404, "NotFound", f"VirtualService {spec.virtual_service_namespace}/"
+                                            f"{spec.virtual_service} disappeared while being written")
+        table = fresh
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _run(ctx: CanaryContext, namespace: str, name: str, claims: Any, logger: Any) -> float | None:
+    """One reconcile on the core; returns when the next one is due (None: at the resync)."""
+    result = Pass()
+
+    async def report_unexpected(problem: str) -> None:
+        body = await ctx.api.get(MODEL_CANARY, name, namespace)
+        if body is not None:
+            await _report_problem(ctx.api, body, plan.REASON_APPLY_FAILED, problem, None)
+
+    await ctx.core.run(namespace, name, lambda: reconcile(ctx, namespace, name, claims, logger, result),
+                       on_error=report_unexpected)
+    return result.requeue_after
+
+
+# --- kopf handlers ----------------------------------------------------------------------------
+
+async def canary_daemon(stopped: kopf.DaemonStopped, namespace: str | None, name: str, memo: Any,
+                        logger: kopf.Logger, canaries_by_virtual_service: Any = None, **_: Any) -> None:
+    """Every reconcile of one ModelCanary: now, on a wake-up, when a step is due, at the resync."""
+    assert namespace is not None
+    ctx: CanaryContext = memo.canary
+    key = (namespace, name)
+    wake = ctx.wakeups[key]
+    while not stopped:
+        wake.clear()
+        delay = ctx.settings.resync_seconds
+        try:
+            due = await _run(ctx, namespace, name, canaries_by_virtual_service, logger)
+            if due is not None:
+                delay = min(delay, max(due, 0.05))
+        except kopf.TemporaryError as exc:
+            delay = min(delay, exc.delay or delay)
+            logger.warning("ModelCanary %s/%s: retrying in %.1fs: %s", namespace, name, delay, exc)
+        except kopf.PermanentError as exc:
+            logger.error("ModelCanary %s/%s: %s", namespace, name, exc)
+        waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(_until_stopped(stopped))]
+        try:
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+    ctx.wakeups.pop(key, None)
+
+
+async def _until_stopped(stopped: kopf.DaemonStopped) -> None:
+    await stopped.wait()
+
+
+async def canary_event(body: kopf.Body, namespace: str | None, name: str | None, type: str | None, memo: Any,
+                       **_: Any) -> None:
+    """A spec change (generation ahead of what status observed): wake the canary's daemon."""
+    if namespace is None or name is None or type is None:
+        return
+    generation = body.get("metadata", {}).get("generation")
+    if generation != (body.get("status") or {}).get("observedGeneration"):
+        memo.canary.wake([(namespace, name)])
+
+
+async def virtual_service_event(namespace: str | None, name: str | None, type: str | None, memo: Any,
+                                canaries_by_virtual_service: Any = None, **_: Any) -> None:
+    """A referenced VirtualService changed (a hand edit, created, deleted): its canaries look now."""
+    if namespace is None or name is None or type is None:
+        return
+    claimants = (canaries_by_virtual_service or {}).get((namespace, name), [])
+    memo.canary.wake([(c.namespace, c.name) for c in claimants])
+
+
+async def prewarm_event(namespace: str | None, name: str | None, type: str | None, memo: Any,
+                        canaries_by_prewarm: Any = None, **_: Any) -> None:
+    """The ModelPrewarm a canary waits for changed (e.g. turned Warm): release without waiting."""
+    if namespace is None or name is None or type is None:
+        return
+    memo.canary.wake((canaries_by_prewarm or {}).get((namespace, name), []))
+
+
+async def canary_deleted(body: kopf.Body, namespace: str | None, name: str, memo: Any, logger: kopf.Logger,
+                         runtime: datetime.timedelta, **_: Any) -> None:
+    """Stable gets 100% again and the candidate destination we appended goes; then kopf releases."""
+    assert namespace is not None
+    ctx: CanaryContext = memo.canary
+    status = CanaryStatus.parse(body.get("status"))
+    ctx.core.forget((namespace, name))
+    if not status.managed_routes:
+        return  # never wrote a weight (refused, invalid, waiting): nothing to give back
+    try:
+        spec = parse_spec(body.get("spec"), namespace)
+    except InvalidSpec as exc:
+        logger.warning("ModelCanary %s/%s: cannot restore stable with an invalid spec (%s); releasing",
+                       namespace, name, exc)
+        return
+    out_of_time = runtime.total_seconds() >= ctx.settings.finalizer_timeout_seconds
+    try:
+        await _release(ctx, dict(body), spec, status)
+    except ApiError as exc:
+        if out_of_time:
+            logger.warning("ModelCanary %s/%s: could not restore stable before deletion (%s); releasing anyway",
+                           namespace, name, exc)
+            return
+        raise kopf.TemporaryError(f"could not restore stable before deletion: {exc}", delay=2) from exc
+
+
+async def _release(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec, status: CanaryStatus) -> None:
+    for attempt in range(CONFLICT_ATTEMPTS):
+        table = await ctx.router.get_routes(spec.virtual_service_namespace, spec.virtual_service)
+        if table is None or foreign_owner(table.obj) is not None:
+            return
+        release = plan_release(table.obj, spec, status.managed_routes, status.added_candidate_routes)
+        if not release.changed:
+            return
+        try:
+            await ctx.router.set_routes(table, weights_patch(table.obj, release.http))
+        except ApiError as exc:
+            if not exc.conflict or attempt == CONFLICT_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(_conflict_pause(attempt))
+            continue
+        await post_events(ctx.api, body, [EventPlan(
+            NORMAL, REASON_RELEASED,
+            f"stable {spec.stable.display} gets 100% again on {', '.join(release.managed)}")])
+        return
+
+
+def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
+    """Attach the handlers; done at start-up (the resync interval comes from settings)."""
+    canary = (MODEL_CANARY.group, MODEL_CANARY.version, MODEL_CANARY.plural)
+    kopf.index(*canary, registry=registry)(canaries_by_virtual_service)
+    kopf.index(*canary, registry=registry)(canaries_by_prewarm)
+    kopf.daemon(*canary, cancellation_timeout=10, registry=registry)(canary_daemon)
+    kopf.on.event(*canary, registry=registry)(canary_event)
+    kopf.on.delete(*canary, registry=registry)(canary_deleted)
+    # No version: kopf watches the served (preferred) one, v1 or v1beta1.
+    kopf.on.event(VIRTUAL_SERVICE.group, VIRTUAL_SERVICE.plural, registry=registry)(virtual_service_event)
+    kopf.on.event(MODEL_PREWARM.group, MODEL_PREWARM.version, MODEL_PREWARM.plural,
+                  registry=registry)(prewarm_event)
