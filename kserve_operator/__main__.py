@@ -13,7 +13,7 @@ from kserve_operator import observability
 from kserve_operator.clients.connection import kopf_connection_info
 from kserve_operator.clients.kube import KubernetesApi
 from kserve_operator.clients.prometheus import PrometheusClient
-from kserve_operator.controllers import memcached
+from kserve_operator.controllers import canary, inferenceservice, memcached, prewarm
 from kserve_operator.controllers.core import ReconcileCore
 from kserve_operator.settings import OperatorSettings, kopf_settings, parse_settings
 
@@ -26,6 +26,9 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         return await kopf_connection_info()
 
     memcached.register(settings, registry)
+    prewarm.register(settings, registry)
+    inferenceservice.register(settings, registry)
+    canary.register(settings, registry)
     return registry
 
 
@@ -37,6 +40,10 @@ async def run(settings: OperatorSettings) -> None:
     memo = kopf.Memo(
         memcached=memcached.MemcachedContext(
             settings=settings, core=ReconcileCore(memcached.CONTROLLER, api), prometheus=prometheus),
+        prewarm=prewarm.PrewarmContext(settings=settings, core=ReconcileCore(prewarm.CONTROLLER, api)),
+        inferenceservices=inferenceservice.ServiceWatchContext(
+            settings=settings, core=ReconcileCore(inferenceservice.CONTROLLER, api)),
+        canary=canary.new_context(settings, api, prometheus),
     )
     runner = None
     if settings.http_port:

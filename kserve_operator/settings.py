@@ -31,6 +31,7 @@ class OperatorSettings:
     # A Memcached's spec.metricsQuery runs with the operator's view of Prometheus (every
     # namespace) and its number lands in the tenant's status: an administrator's opt-in.
     allow_custom_metrics_queries: bool = False
+    preloader_image: str = "preloader:gpu"  # PRELOADER_IMAGE: the image built from Dockerfile.gpu
     verbose: bool = False
 
 
@@ -96,6 +97,7 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             memory_mb=int(_float(env, "MEMCACHED_MEMORY_MB", MemcachedImages.memory_mb)),
         ),
         allow_custom_metrics_queries=args.allow_custom_metrics_queries,
+        preloader_image=env.get("PRELOADER_IMAGE") or OperatorSettings.preloader_image,
         verbose=args.verbose,
     )
 

@@ -62,8 +62,8 @@ class JobTemplate:
         args = ["--device", spec.device, "--cache-dir", CACHE_MOUNT_PATH]
         if spec.cache_max_bytes is not None:
             args += ["--cache-max-bytes", str(spec.cache_max_bytes)]
-        # --revalidate: a cache hit still checks S3's ETags, so a re-warm brings the new version.
-        args += ["--revalidate", "--termination-log", TERMINATION_LOG, spec.storage_uri]
+        # A cache hit is checked against S3's ETags first, so a re-warm brings a new version.
+        args += ["--termination-log", TERMINATION_LOG, spec.storage_uri]
         container: dict[str, Any] = {
             "name": CONTAINER,
             "image": self.image,

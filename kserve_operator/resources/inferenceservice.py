@@ -15,6 +15,8 @@ from typing import Any
 from kserve_operator.resources.kinds import INFERENCE_SERVICE, MODEL_PREWARM
 from kserve_operator.resources.meta import ObjectMeta
 from kserve_operator.resources.prewarm import (
+    DEVICE_ANNOTATION,
+    DEVICES,
     NODES_ANNOTATION,
     OPT_IN_ANNOTATION,
     OPT_IN_ANNOTATION_VALUE,
@@ -113,7 +115,13 @@ def desired_prewarm(isvc: Mapping[str, Any]) -> DesiredPrewarm:
     if not predictor.storage_uris:
         return DesiredPrewarm(None, ("the predictor names no storageUri: nothing to pre-warm",))
     count, problem = node_count(isvc, predictor)
+    problems = [problem] if problem else []
     spec: dict[str, Any] = {"storageUri": predictor.storage_uris[0], "nodeCount": count}
+    device = meta.annotations.get(DEVICE_ANNOTATION)
+    if device is not None and device.strip() in DEVICES:
+        spec["device"] = device.strip()
+    elif device is not None:
+        problems.append(f"annotation {DEVICE_ANNOTATION}={device!r} is not cuda or cpu; ignored")
     if predictor.node_selector:
         spec["nodeSelector"] = dict(predictor.node_selector)
     if predictor.tolerations:
@@ -142,4 +150,4 @@ def desired_prewarm(isvc: Mapping[str, Any]) -> DesiredPrewarm:
         },
         "spec": spec,
     }
-    return DesiredPrewarm(body, (problem,) if problem else ())
+    return DesiredPrewarm(body, tuple(problems))

@@ -31,6 +31,9 @@ OPT_IN_ANNOTATION_VALUE = "true"
 OPT_IN_NAMESPACE_LABEL = "serverless.xyz/prewarm"
 OPT_IN_NAMESPACE_VALUE = "enabled"
 NODES_ANNOTATION = "serverless.xyz/prewarm-nodes"
+# `cpu`: warm the node cache and host memory only (the serving pods hold the GPUs, or the node
+# pool has no working CUDA, as the dev cluster's simulated GPU nodes); default: the spec's rule.
+DEVICE_ANNOTATION = "serverless.xyz/prewarm-device"
 
 # Phases of the whole ModelPrewarm and of each node.
 PENDING = "Pending"

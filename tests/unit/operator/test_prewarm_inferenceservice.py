@@ -90,3 +90,13 @@ def test_opt_in_by_annotation_or_namespace_label() -> None:
     assert opted_in(isvc({}, {"serverless.xyz/prewarm": "true"}), {})
     assert opted_in(plain, {"serverless.xyz/prewarm": "enabled"})
     assert not opted_in(isvc({}, {"serverless.xyz/prewarm": "false"}), {"serverless.xyz/prewarm": "enabled"})
+
+
+def test_device_annotation_picks_the_preloader_device() -> None:
+    gpu = {"model": {"storageUri": "s3://m/x", "resources": {"limits": {"nvidia.com/gpu": "1"}}}}
+    plain = desired_prewarm(isvc(gpu)).body
+    assert plain is not None and "device" not in plain["spec"] and parse_spec(plain["spec"]).device == "cuda"
+    cpu = desired_prewarm(isvc(gpu, {"serverless.xyz/prewarm-device": "cpu"})).body
+    assert cpu is not None and parse_spec(cpu["spec"]).device == "cpu"
+    bad = desired_prewarm(isvc(gpu, {"serverless.xyz/prewarm-device": "tpu"}))
+    assert bad.body is not None and "device" not in bad.body["spec"] and "is not cuda or cpu" in bad.problems[0]

@@ -43,7 +43,7 @@ def test_job_runs_the_preloader_pinned_owned_and_locked_down() -> None:
     (container,) = pod_spec["containers"]
     assert container["image"] == "registry.local/preloader:gpu"
     assert container["args"] == ["--device", "cuda", "--cache-dir", "/cache", "--cache-max-bytes", str(2**30),
-                                 "--revalidate", "--termination-log", "/dev/termination-log", "s3://models/mnist"]
+                                 "--termination-log", "/dev/termination-log", "s3://models/mnist"]
     assert container["resources"] == {"limits": {"nvidia.com/gpu": "1", "memory": "4Gi"}}
     assert container["env"] == list(ENV)
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"

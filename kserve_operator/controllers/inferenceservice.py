@@ -1,0 +1,187 @@
+"""The InferenceService watcher: an opted-in service gets a ModelPrewarm of its own name.
+
+KServe owns InferenceServices; this controller only reads them. It watches them with
+`kopf.on.event` (kopf keeps no state on the watched object that way, so nothing is ever written
+to an InferenceService), keeps the derived ModelPrewarm equal to what the predictor asks for
+(resources.inferenceservice), removes it when the service opts out or stops naming a model, and
+reports through Events on the service. The ModelPrewarm's status and Events say how warming goes.
+A ModelPrewarm of the same name that the service does not control is left alone and reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from kserve_operator.clients.kube import KubeApi, PatchType
+from kserve_operator.controllers.core import Outcome, ReconcileCore, apply_child, post_events
+from kserve_operator.errors import ApiError
+from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
+from kserve_operator.planning.ownership import owned_by
+from kserve_operator.resources.inferenceservice import ANNOTATION_UNSUPPORTED, desired_prewarm, opted_in
+from kserve_operator.resources.kinds import INFERENCE_SERVICE, MODEL_PREWARM, NAMESPACE
+from kserve_operator.resources.prewarm import (
+    DEFAULT_ACTIVE_DEADLINE_SECONDS,
+    DEFAULT_BACKOFF_LIMIT,
+    OPT_IN_NAMESPACE_LABEL,
+)
+from kserve_operator.settings import OperatorSettings
+
+CONTROLLER = "inferenceservice-prewarm"
+EXACT = ("spec",)
+MERGED = ("metadata.labels", "metadata.annotations")
+
+EVENT_CREATED = "PrewarmCreated"
+EVENT_UPDATED = "PrewarmUpdated"
+EVENT_REMOVED = "PrewarmRemoved"
+EVENT_NAME_TAKEN = "PrewarmNameTaken"
+EVENT_NOT_PREWARMED = "PrewarmNotPossible"
+
+
+@dataclasses.dataclass
+class ServiceWatchContext:
+    settings: OperatorSettings
+    core: ReconcileCore
+    # The last problems reported per service: an Event is posted when they change, not per watch event.
+    reported: dict[tuple[str, str], frozenset[str]] = dataclasses.field(default_factory=dict)
+    namespace_labels: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    retries: dict[tuple[str, str], asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
+
+    @property
+    def api(self) -> KubeApi:
+        return self.core.api
+
+
+def _with_defaults(body: dict[str, Any]) -> dict[str, Any]:
+    """The CRD defaults these two; stating them keeps the live spec equal to the desired one."""
+    body["spec"].setdefault("backoffLimit", DEFAULT_BACKOFF_LIMIT)
+    body["spec"].setdefault("activeDeadlineSeconds", DEFAULT_ACTIVE_DEADLINE_SECONDS)
+    return body
+
+
+async def _report(ctx: ServiceWatchContext, isvc: Mapping[str, Any], problems: tuple[EventPlan, ...]) -> None:
+    meta = isvc["metadata"]
+    key = (meta["namespace"], meta["name"])
+    seen = frozenset(f"{e.reason}: {e.message}" for e in problems)
+    if ctx.reported.get(key) != seen:
+        ctx.reported[key] = seen
+        await post_events(ctx.api, isvc, problems)
+
+
+async def _remove(api: KubeApi, isvc: Mapping[str, Any], prewarm: Mapping[str, Any] | None, why: str) -> None:
+    if prewarm is None or not owned_by(prewarm, isvc["metadata"]["uid"]):
+        return
+    meta = prewarm["metadata"]
+    if await api.delete(MODEL_PREWARM, meta["name"], namespace=meta["namespace"], uid=meta.get("uid")):
+        await post_events(api, isvc, [EventPlan(NORMAL, EVENT_REMOVED, f"ModelPrewarm {meta['name']} removed: {why}")])
+
+
+async def reconcile(ctx: ServiceWatchContext, namespace: str, name: str, logger: logging.Logger | Any) -> Outcome:
+    api = ctx.api
+    isvc = await api.get(INFERENCE_SERVICE, name, namespace)
+    if isvc is None or isvc["metadata"].get("deletionTimestamp"):
+        ctx.reported.pop((namespace, name), None)
+        return Outcome.GONE  # the garbage collector removes the ModelPrewarm it owned
+    prewarm = await api.get(MODEL_PREWARM, name, namespace)
+    ns = await api.get(NAMESPACE, namespace)
+    labels = ((ns or {}).get("metadata") or {}).get("labels") or {}
+    if not opted_in(isvc, labels):
+        await _remove(api, isvc, prewarm, "the InferenceService is not opted in to pre-warming")
+        ctx.reported.pop((namespace, name), None)
+        return Outcome.OK
+    if prewarm is not None and not owned_by(prewarm, isvc["metadata"]["uid"]):
+        message = f"a ModelPrewarm named {name} exists and is not this InferenceService's; it is left alone"
+        await _report(ctx, isvc, (EventPlan(WARNING, EVENT_NAME_TAKEN, message),))
+        return Outcome.INVALID
+    desired = desired_prewarm(isvc)
+    problems = tuple(EventPlan(WARNING, EVENT_NOT_PREWARMED, p) for p in desired.problems)
+    await _report(ctx, isvc, problems)
+    if desired.body is None:
+        await _remove(api, isvc, prewarm, "the predictor names no model to warm")
+        return Outcome.INVALID
+    body = _with_defaults(desired.body)
+    applied, wrote = await apply_child(api, MODEL_PREWARM, prewarm, body, exact=EXACT, merged=MERGED)
+    live_annotations = (applied.get("metadata") or {}).get("annotations") or {}
+    if ANNOTATION_UNSUPPORTED in live_annotations and ANNOTATION_UNSUPPORTED not in body["metadata"]["annotations"]:
+        pointer = "/metadata/annotations/" + ANNOTATION_UNSUPPORTED.replace("~", "~0").replace("/", "~1")
+        await api.patch(MODEL_PREWARM, name, [{"op": "remove", "path": pointer}], namespace=namespace,
+                        patch_type=PatchType.JSON)
+        wrote = True
+    if wrote:
+        reason, verb = (EVENT_CREATED, "created") if prewarm is None else (EVENT_UPDATED, "updated")
+        spec = body["spec"]
+        await post_events(api, isvc, [EventPlan(NORMAL, reason, f"ModelPrewarm {name} {verb}: {spec['storageUri']} "
+                                                                  f"on {spec['nodeCount']} node(s)")])
+        logger.info("InferenceService %s/%s: ModelPrewarm %s", namespace, name, verb)
+    return Outcome.OK
+
+
+async def _run(memo: Any, namespace: str, name: str, logger: Any) -> Outcome:
+    """Reconcile on a watch event. kopf retries no event handler, and a timer would put a
+    finalizer on the InferenceService; so a failed reconcile schedules its own retry, after the
+    core's backoff for this object."""
+    ctx: ServiceWatchContext = memo.inferenceservices
+    key = (namespace, name)
+    pending = ctx.retries.pop(key, None)
+    if pending is not None:
+        pending.cancel()
+    outcome = await ctx.core.run(namespace, name, lambda: reconcile(ctx, namespace, name, logger), from_child=True)
+    if ctx.core.failures.get(key) or outcome is Outcome.SKIPPED:
+        delay = max(ctx.core.not_before.get(key, 0.0) - time.monotonic(), 0.1)
+        loop = asyncio.get_running_loop()
+        ctx.retries[key] = loop.call_later(delay, lambda: loop.create_task(_run(memo, namespace, name, logger)))
+    return outcome
+
+
+async def service_event(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """Any event of an InferenceService, the initial listing included: reconcile it."""
+    meta = body.get("metadata") or {}
+    if meta.get("namespace") and meta.get("name"):
+        await _run(memo, str(meta["namespace"]), str(meta["name"]), logger)
+
+
+async def prewarm_event(body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """A derived ModelPrewarm changed or went away (someone edited or deleted it): restore it."""
+    if type is None:
+        return
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == INFERENCE_SERVICE.kind and meta.get("namespace"):
+            await _run(memo, str(meta["namespace"]), str(ref.get("name")), logger)
+
+
+async def namespace_event(body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """A namespace's opt-in label changed: look at its InferenceServices again."""
+    ctx: ServiceWatchContext = memo.inferenceservices
+    namespace = str((body.get("metadata") or {}).get("name"))
+    labelled = (((body.get("metadata") or {}).get("labels") or {}).get(OPT_IN_NAMESPACE_LABEL))
+    if type == "DELETED":
+        ctx.namespace_labels.pop(namespace, None)
+        return
+    changed = namespace not in ctx.namespace_labels or ctx.namespace_labels[namespace] != labelled
+    ctx.namespace_labels[namespace] = labelled
+    if type is None or not changed:  # the initial listing: the services' own listing covers it
+        return
+    try:
+        services = await ctx.api.list(INFERENCE_SERVICE, namespace)
+    except ApiError as exc:
+        logger.warning("namespace %s (prewarm label %r): could not list InferenceServices: %s", namespace,
+                       labelled, exc)
+        return
+    for isvc in services:
+        await _run(memo, namespace, str(isvc["metadata"]["name"]), logger)
+
+
+def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
+    """Watch only: kopf.on.event keeps no annotations or finalizers on the watched objects."""
+    kopf.on.event(INFERENCE_SERVICE.group, INFERENCE_SERVICE.version, INFERENCE_SERVICE.plural,
+                  registry=registry)(service_event)
+    kopf.on.event(MODEL_PREWARM.group, MODEL_PREWARM.version, MODEL_PREWARM.plural,
+                  registry=registry)(prewarm_event)
+    kopf.on.event(NAMESPACE.group, NAMESPACE.version, NAMESPACE.plural, registry=registry)(namespace_event)
