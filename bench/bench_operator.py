@@ -4,6 +4,7 @@ Reports, in one run:
 - the time from the first create to all 200 `status.phase == Running`;
 - p50/p99 of create -> Deployment present latency;
 - API write calls per settled object per minute (target: 0), over a quiet period;
+- API reads (GET and LIST, watches excluded) per settled object per minute over the same period;
 - the operator process's peak RSS;
 - the baseline measured in the same run: the bench client creating 200 Deployments itself
   (the emulated API's floor for the same number of objects), and the ratio to it.
@@ -55,7 +56,13 @@ def baseline_direct_creates(kube: ClusterClient, count: int) -> float:
     return time.perf_counter() - started
 
 
-def run(count: int, quiet_seconds: float, resync: float) -> dict[str, Any]:
+def operator_reads(cluster: EmulatedCluster, since: float) -> int:
+    return sum(1 for r in cluster.request_log.snapshot()
+               if r.timestamp >= since and r.method == "GET" and not r.watch
+               and (r.user_agent.startswith("kopf/") or r.user_agent.startswith("kserve-operator")))
+
+
+def run(count: int, quiet_seconds: float, resync: float, tree: pathlib.Path | None = None) -> dict[str, Any]:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="bench-operator-"))
     with EmulatedCluster(sorted((ROOT / "manifests/crds").glob("*.yaml")), ready_delay=0.05) as cluster:
         kube = ClusterClient(cluster.url, user_agent="bench-client")
@@ -64,7 +71,8 @@ def run(count: int, quiet_seconds: float, resync: float) -> dict[str, Any]:
         baseline = baseline_direct_creates(kube, count)
 
         kubeconfig = cluster.write_kubeconfig(workdir / "kubeconfig")
-        with running_operator(kubeconfig, workdir / "operator.log", env={"RESYNC_SECONDS": str(resync)}) as op:
+        with running_operator(kubeconfig, workdir / "operator.log", env={"RESYNC_SECONDS": str(resync)},
+                              tree=tree) as op:
             created_at: dict[str, float] = {}
             deployment_at: dict[str, float] = {}
             stop = threading.Event()
@@ -102,6 +110,7 @@ def run(count: int, quiet_seconds: float, resync: float) -> dict[str, Any]:
             time.sleep(quiet_seconds)
             writes = sum(cluster.count_writes(since=since, exclude_resources=(), user_agent=agent)
                          for agent in ("kopf/", "kserve-operator"))
+            reads = operator_reads(cluster, since)
             peak = peak_rss_bytes(op.proc.pid)
     per_object_minute = writes / count / (quiet_seconds / 60)
     return {
@@ -109,6 +118,7 @@ def run(count: int, quiet_seconds: float, resync: float) -> dict[str, Any]:
         "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * percentile(latencies, 99),
         "writes": writes, "quiet_s": quiet_seconds, "writes_per_object_minute": per_object_minute,
         "resync_s": resync, "peak_rss_mib": peak / 2**20,
+        "reads_per_object_minute": reads / count / (quiet_seconds / 60),
     }
 
 
@@ -117,15 +127,20 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--quiet-seconds", type=float, default=60.0)
     parser.add_argument("--resync", type=float, default=30.0)
+    parser.add_argument("--operator-tree", type=pathlib.Path, default=None,
+                        help="run the operator package of another checkout (e.g. a worktree of an older commit)")
     args = parser.parse_args()
-    r = run(args.count, args.quiet_seconds, args.resync)
-    print(f"\nbench-operator: {r['count']} Memcached CRs, emulated API server, 2-core machine")
+    r = run(args.count, args.quiet_seconds, args.resync, args.operator_tree)
+    which = f" (operator from {args.operator_tree})" if args.operator_tree else ""
+    print(f"\nbench-operator: {r['count']} Memcached CRs, emulated API server, 2-core machine{which}")
     print(f"  baseline: client creates {r['count']} Deployments directly   {r['baseline_s']:8.2f} s")
     print(f"  operator: create -> all Running                    {r['converge_s']:8.2f} s"
           f"   ({r['converge_s'] / r['baseline_s']:.1f}x the baseline)")
     print(f"  create -> Deployment present                 p50 {r['p50_ms']:8.1f} ms   p99 {r['p99_ms']:.1f} ms")
     print(f"  API writes while settled ({r['quiet_s']:.0f}s, resync {r['resync_s']:.0f}s)   {r['writes']} total,"
           f" {r['writes_per_object_minute']:.3f} per object per minute (target 0)")
+    print(f"  API reads while settled                          {r['reads_per_object_minute']:8.2f}"
+          " per object per minute")
     print(f"  operator peak RSS                                 {r['peak_rss_mib']:8.1f} MiB")
     return 0
 

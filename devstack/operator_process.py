@@ -68,15 +68,19 @@ def start_operator(
     *,
     args: Sequence[str] = ("--all-namespaces",),
     env: Mapping[str, str] | None = None,
+    tree: pathlib.Path | None = None,
 ) -> OperatorProcess:
-    """Start it with `env` on top of ours (never an inherited PROMETHEUS_URL) and wait until ready."""
+    """Start it with `env` on top of ours (never an inherited PROMETHEUS_URL) and wait until ready.
+
+    `tree` runs the operator package of another checkout (the benchmark's "before" run).
+    """
     port = free_port()
     full_env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
     full_env.pop("PROMETHEUS_URL", None)
     full_env.update(env or {})
     cmd = [sys.executable, "-m", "kserve_operator", "--http-host", "127.0.0.1", "--http-port", str(port), *args]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=tree or ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     operator = OperatorProcess(proc, log_path, port)
     try:
         operator.wait_ready()
@@ -88,9 +92,10 @@ def start_operator(
 
 @contextlib.contextmanager
 def running_operator(
-    kubeconfig: pathlib.Path, log_path: pathlib.Path, *, env: Mapping[str, str] | None = None
+    kubeconfig: pathlib.Path, log_path: pathlib.Path, *, env: Mapping[str, str] | None = None,
+    tree: pathlib.Path | None = None,
 ) -> Iterator[OperatorProcess]:
-    operator = start_operator(kubeconfig, log_path, env=env)
+    operator = start_operator(kubeconfig, log_path, env=env, tree=tree)
     try:
         yield operator
     finally:
