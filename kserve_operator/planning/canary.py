@@ -80,6 +80,11 @@ class StepDecision:
     requeue_after: float | None = None  # seconds until the next check is due
 
 
+def _whole_second_up(moment: datetime.datetime) -> datetime.datetime:
+    whole = moment.replace(microsecond=0)
+    return whole if whole == moment else whole + datetime.timedelta(seconds=1)
+
+
 def _position(ladder: tuple[int, ...], share: int) -> int:
     return sum(1 for w in ladder if w <= share)
 
@@ -101,6 +106,12 @@ def next_step(
         last_check_time=status.last_check_time, failed_checks=status.failed_checks, rolled_back_generation=None,
     )
     replace = dataclasses.replace
+    # Status keeps whole seconds: times stored rounded up, so no interval is ever cut short.
+    stamp = _whole_second_up(now)
+
+    def wait_from(anchor: datetime.datetime) -> float:
+        assert spec.steps is not None
+        return spec.steps.interval_seconds + (anchor - now).total_seconds()
 
     if status.rolled_back_generation is not None and status.rolled_back_generation == generation:
         return replace(hold, percent=0, step=0, phase=res.PHASE_ROLLED_BACK, reason=REASON_ROLLED_BACK,
@@ -116,10 +127,10 @@ def next_step(
     def step_to(share: int, message: str) -> StepDecision:
         phase = _settled_phase(share) if share == spec.percent else res.PHASE_PROGRESSING
         reason = {res.PHASE_PROMOTED: REASON_PROMOTED, res.PHASE_ACTIVE: REASON_SETTLED}.get(phase, REASON_STEPPING)
-        requeue = spec.steps.interval_seconds if spec.steps and phase == res.PHASE_PROGRESSING else None
+        requeue = wait_from(stamp) if spec.steps and phase == res.PHASE_PROGRESSING else None
         return replace(hold, percent=share, phase=phase, reason=reason, message=message,
                        step=_position(ladder, share), requeue_after=requeue,
-                       last_step_time=now if share != current else status.last_step_time)
+                       last_step_time=stamp if share != current else status.last_step_time)
 
     if spec.steps is None or current >= spec.percent:
         return step_to(spec.percent, f"the candidate gets {spec.percent}%")
@@ -130,8 +141,8 @@ def next_step(
     interval = spec.steps.interval_seconds
     anchors = [t for t in (status.last_step_time, status.last_check_time) if t is not None]
     if not anchors:  # the step's start time was lost: start the wait now
-        return replace(hold, message=f"at {current}%, next step {upcoming}%", last_step_time=now,
-                       requeue_after=interval)
+        return replace(hold, message=f"at {current}%, next step {upcoming}%", last_step_time=stamp,
+                       requeue_after=wait_from(stamp))
     due = max(anchors) + datetime.timedelta(seconds=interval)
     if now < due:
         reason, message = _progress_so_far(status, current, upcoming)
@@ -144,21 +155,22 @@ def next_step(
         return replace(hold, reason=REASON_ANALYSIS_PENDING, wants_analysis=True,
                        message=f"at {current}%, checking the analysis before {upcoming}%")
     if analysis.error is not None or analysis.value is None:
-        return replace(hold, reason=REASON_ANALYSIS_INCONCLUSIVE, last_check_time=now, requeue_after=interval,
+        return replace(hold, reason=REASON_ANALYSIS_INCONCLUSIVE, last_check_time=stamp,
+                       requeue_after=wait_from(stamp),
                        message=(f"held at {current}%: the analysis query gave no answer ({analysis.error}); "
                                 "not counted as a pass"))
     failure = check.out_of_bounds(analysis.value)
     if failure is None:
         return replace(step_to(upcoming, f"analysis passed ({analysis.value:g}); stepped to {upcoming}%"),
-                       failed_checks=0, last_check_time=now, last_value=analysis.value)
+                       failed_checks=0, last_check_time=stamp, last_value=analysis.value)
     failed = status.failed_checks + 1
     if failed >= check.failure_limit:
         return replace(hold, percent=0, step=0, phase=res.PHASE_ROLLED_BACK, reason=REASON_ROLLED_BACK,
                        message=f"rolled back to 0%: analysis failed {failed} time(s) in a row, {failure}",
-                       last_step_time=now, last_check_time=now, failed_checks=failed,
+                       last_step_time=stamp, last_check_time=stamp, failed_checks=failed,
                        rolled_back_generation=generation, last_value=analysis.value)
-    return replace(hold, reason=REASON_ANALYSIS_FAILED, last_check_time=now, failed_checks=failed,
-                   last_value=analysis.value, requeue_after=interval,
+    return replace(hold, reason=REASON_ANALYSIS_FAILED, last_check_time=stamp, failed_checks=failed,
+                   last_value=analysis.value, requeue_after=wait_from(stamp),
                    message=f"held at {current}%: analysis failed ({failed} of {check.failure_limit}), {failure}")
 
 

@@ -66,7 +66,13 @@ def model_prewarm(name: str) -> dict[str, Any]:
 
 
 def set_prewarm_phase(kube: Any, name: str, phase: str) -> None:
-    """The status the pre-warm controller would write, through the /status subresource."""
+    """Stand in for a finished pre-warm: the phase written through the /status subresource.
+
+    The operator's own ModelPrewarm controller runs too (it finds no nodes here and reports
+    Pending); wait for its first status so it cannot land after ours.
+    """
+    kube.wait_for(f"{PREWARM}/{name}", lambda o: (o.get("status") or {}).get("observedGeneration")
+                  == o["metadata"].get("generation"))
     kube.patch(f"{PREWARM}/{name}/status", {"status": {"phase": phase}})
 
 

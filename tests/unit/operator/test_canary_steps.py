@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -163,3 +164,15 @@ def test_the_share_is_always_on_the_ladder_and_rollback_sticks(
             assert decision.phase == res.PHASE_ROLLED_BACK and decision.percent == 0
         rolled_back = decision.phase == res.PHASE_ROLLED_BACK
         status = after(decision, status)
+
+
+def test_stored_times_are_rounded_up_so_no_interval_is_cut_short() -> None:
+    spec = stepped()
+    start = T0 + datetime.timedelta(seconds=0.4)
+    first = next_step(spec, CanaryStatus(), 1, None, None, start)
+    assert first.last_step_time == T0 + datetime.timedelta(seconds=1)  # status keeps whole seconds
+    assert first.requeue_after == pytest.approx(60.6)
+    status = after(first)
+    early = next_step(spec, status, 1, None, None, start + datetime.timedelta(seconds=60))
+    assert not early.wants_analysis and early.requeue_after == pytest.approx(0.6)
+    assert next_step(spec, status, 1, None, None, start + datetime.timedelta(seconds=60.6)).wants_analysis

@@ -1,0 +1,112 @@
+"""Every bad input of issue 8: the schema rejects what it can; for the rest the ModelCanary gets a
+condition and a Warning event naming the problem, and the VirtualService is not touched."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from devcluster.client import ApiError
+from tests.integration.operator.canary_world import (
+    ISVC,
+    MCANARY,
+    condition,
+    events_for,
+    install_world,
+    model_canary,
+    virtual_service,
+    vs_path,
+    wait_phase,
+    weights,
+)
+from tests.integration.operator.conftest import StartOperator
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    ({"percent": -5}, "greater than or equal to 0"),
+    ({"percent": 150}, "less than or equal to 100"),
+    ({"percent": "20"}, "must be of type integer"),
+    ({"steps": {"weights": [10, 120], "interval": "1m"}}, "less than or equal to 100"),
+    ({"steps": {"weights": [-10], "interval": "1m"}}, "greater than or equal to 0"),
+    ({"weight": 20}, 'unknown field "spec.weight"'),
+    ({"virtualService": {"name": "mnist", "gateway": "x"}}, 'unknown field "spec.virtualService.gateway"'),
+])
+def test_the_schema_rejects(kube: Any, spec: dict[str, Any], words: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        kube.create(MCANARY, model_canary(**spec))
+    assert words in caught.value.message
+
+
+def refused(cluster: Any, kube: Any, name: str, reason: str) -> dict[str, Any]:
+    mc: dict[str, Any] = kube.wait_for(f"{MCANARY}/{name}",
+                                       lambda o: condition(o, "Degraded").get("reason") == reason)
+    assert mc["status"]["phase"] == "Error"
+    assert condition(mc, "Available")["status"] == "False"
+
+    def warnings() -> list[dict[str, Any]]:
+        return [e for e in events_for(kube, name) if e["type"] == "Warning" and e["reason"] == reason]
+
+    cluster.wait_for(warnings, message=lambda: f"a Warning event for {reason}: {events_for(kube, name)}")
+    return mc
+
+
+def test_problems_are_reported_and_the_virtual_service_is_not_touched(
+    cluster: Any, kube: Any, start_operator: StartOperator,
+) -> None:
+    install_world(kube)
+    stable_isvc = kube.get(f"{ISVC}/torch-mnist")
+    untouched = {}
+    for name in ("mnist-b", "overflow", "ghost-backend"):
+        untouched[name] = kube.create(vs_path(name=name).rsplit("/", 1)[0], virtual_service(name=name))
+    overflow = untouched["overflow"]
+    overflow["spec"]["http"][2]["route"][0]["weight"] = 120
+    untouched["overflow"] = kube.patch(vs_path(name="overflow"), {"spec": {"http": overflow["spec"]["http"]}})
+    kserve_vs = virtual_service(name="torch-mnist")
+    kserve_vs["metadata"]["ownerReferences"] = [{
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "name": "torch-mnist",
+        "uid": stable_isvc["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
+    untouched["torch-mnist"] = kube.create(vs_path(name="torch-mnist").rsplit("/", 1)[0], kserve_vs)
+    start_operator(resync=1)  # reconciles keep coming: the problems must still be reported only once
+
+    kube.create(MCANARY, model_canary("first", routes=["predict"]))
+    kube.wait_for(vs_path(), lambda o: weights(o) == [80, 20])
+    wait_phase(kube, "first", "Active")
+    cases: dict[str, tuple[dict[str, Any], str, str]] = {
+        "no-vs": ({"virtualService": {"name": "absent"}}, "VirtualServiceNotFound", "default/absent does not exist"),
+        "wrong-route": ({"virtualService": {"name": "mnist-b"}, "routes": ["explain"]}, "StableNotRouted",
+                        "HTTP route explain of VirtualService default/mnist-b sends nothing to"),
+        "over-100": ({"virtualService": {"name": "overflow"}, "routes": ["audited"]}, "WeightsOverflow",
+                     "other destinations already take 120%"),
+        "ghost": ({"virtualService": {"name": "ghost-backend"}, "candidate": {"inferenceService": "ghost"}},
+                  "InferenceServiceNotFound", "InferenceService default/ghost does not exist"),
+        "kserve-owned": ({"virtualService": {"name": "torch-mnist"}}, "OwnedByKServe",
+                         "owned by KServe's InferenceService torch-mnist"),
+        "second": ({}, "RouteClaimed", "already managed by ModelCanary default/first"),
+        "both-backends": ({"candidate": {"inferenceService": "torch-mnist-v2", "host": "x"},
+                           "virtualService": {"name": "mnist-b"}}, "InvalidSpec",
+                          "candidate needs exactly one of inferenceService and host"),
+    }
+    for name, (spec, _, _) in cases.items():
+        kube.create(MCANARY, model_canary(name, **spec))
+    for name, (_, reason, words) in cases.items():
+        mc = refused(cluster, kube, name, reason)
+        assert words in condition(mc, "Degraded")["message"], name
+    for name, before in untouched.items():
+        assert kube.get(vs_path(name=name))["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert weights(kube.get(vs_path())) == [80, 20]  # the first canary's split stands
+    time.sleep(2.5)
+    for name, (_, reason, _) in cases.items():  # reported once, not at every reconcile
+        assert len([e for e in events_for(kube, name) if e["reason"] == reason]) == 1, name
+
+    # Deleting a refused canary gives nothing back: it never managed anything.
+    kube.delete(f"{MCANARY}/second")
+    kube.wait_gone(f"{MCANARY}/second", timeout=10)
+    assert weights(kube.get(vs_path())) == [80, 20]
+    # A missing VirtualService that appears is picked up.
+    kube.create(vs_path(name="absent").rsplit("/", 1)[0], virtual_service(name="absent"))
+    kube.wait_for(vs_path(name="absent"), lambda o: weights(o) == [80, 20], timeout=5)
+    wait_phase(kube, "no-vs", "Active")
