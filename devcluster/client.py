@@ -71,6 +71,27 @@ class ClusterClient:
             raise ApiError(response.status, response.reason, str(data), data)
         return data
 
+    def text(self, path: str, params: dict[str, str] | None = None) -> str:
+        """GET a plain-text resource (e.g. ``/api/v1/namespaces/NS/pods/NAME/log``)."""
+        if params:
+            path = f"{path}?{urllib.parse.urlencode(params)}"
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            connection.request("GET", path, headers={"User-Agent": self.user_agent, "Accept": "*/*"})
+            response = connection.getresponse()
+            raw = response.read()
+        finally:
+            connection.close()
+        if response.status >= 400:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = raw.decode(errors="replace")
+            if isinstance(data, dict):
+                raise ApiError(response.status, data.get("reason", ""), data.get("message", ""), data)
+            raise ApiError(response.status, response.reason, str(data), data)
+        return raw.decode(errors="replace")
+
     def request_with_status(self, method: str, path: str, body: Any = None, *,
                             content_type: str = "application/json") -> tuple[int, Any]:
         """Like ``request``, but also returns the HTTP status (e.g. to tell 201 from 200)."""

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import logging
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -30,6 +33,7 @@ import aiohttp.web
 import yaml
 
 from devcluster.client import ApiError, ClusterClient
+from devcluster.nodes import node_body, ready_condition
 from devcluster.requestlog import RequestLog, RequestRecord
 from devcluster.resources import load_crd_documents, resource_from_crd
 from devcluster.server import ApiServerEmulator
@@ -48,7 +52,14 @@ class EmulatedCluster:
     """The extended kmock emulator on 127.0.0.1, served from a background thread with its own event loop."""
 
     def __init__(self, crd_paths: Iterable[Path] = (), *, simulate: bool = True, port: int = 0,
-                 ready_delay: float = 0.2, watch_history: int = 2000, bookmark_interval: float = 5.0) -> None:
+                 ready_delay: float = 0.2, watch_history: int = 2000, bookmark_interval: float = 5.0,
+                 work_dir: Path | None = None, local_images: Mapping[str, Sequence[str]] | None = None,
+                 local_commands: Mapping[str, Sequence[str]] | None = None, max_processes: int = 4,
+                 job_retry_delay: float = 0.0) -> None:
+        """``local_images`` / ``local_commands``: see ``Simulation.register_local_image`` / ``_command``;
+        ``max_processes``: how many local pod processes run at once; ``work_dir``: where node roots,
+        pod directories and logs go (a temporary directory, removed on stop, when not given);
+        ``job_retry_delay``: the first delay before a failed Job pod is replaced (then doubling)."""
         by_name = {doc["metadata"]["name"]: doc for doc in load_crd_documents(crd_paths)}  # the last file wins
         self._crd_documents = list(by_name.values())
         self._simulate = simulate
@@ -65,6 +76,13 @@ class EmulatedCluster:
         self._sim: Simulation | None = None
         self.port = 0
         self._started_at = 0.0
+        self._work_dir = work_dir
+        self._own_work_dir: Path | None = None
+        self._local_images = dict(local_images or {})
+        self._local_commands = dict(local_commands or {})
+        self._max_processes = max_processes
+        self._job_retry_delay = job_retry_delay
+        self._node_count = 0
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
@@ -88,6 +106,9 @@ class EmulatedCluster:
         self._loop.call_soon_threadsafe(stopping.set)
         self._thread.join(timeout=30)
         self._thread = None
+        if self._own_work_dir is not None:
+            shutil.rmtree(self._own_work_dir, ignore_errors=True)
+            self._own_work_dir = None
 
     def __enter__(self) -> EmulatedCluster:
         return self.start()
@@ -117,12 +138,18 @@ class EmulatedCluster:
             store.create(crds, None, document, field_validation="Ignore")
         emulator = ApiServerEmulator(store=store, bookmark_interval=self._bookmark_interval)
         self._emulator = emulator
+        if self._work_dir is None:
+            self._own_work_dir = Path(tempfile.mkdtemp(prefix="devcluster-"))
         self._sim = Simulation(store, asyncio.get_running_loop(), ready_delay=self._ready_delay,
-                               enabled=self._simulate)
+                               enabled=self._simulate, work_dir=self._work_dir or self._own_work_dir,
+                               local_images=self._local_images, local_commands=self._local_commands,
+                               max_processes=self._max_processes, job_retry_delay=self._job_retry_delay)
+        emulator.pod_logs = self._sim.pod_log
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self._port))
         self.port = sock.getsockname()[1]
+        self._sim.kubelet.api_port = self.port
         async with emulator:
             server = aiohttp.web.Server(emulator, access_log=None)  # request_log records everything
             runner = aiohttp.web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
@@ -134,6 +161,7 @@ class EmulatedCluster:
             try:
                 await self._stopping.wait()
             finally:
+                await self._sim.shutdown()
                 emulator.close()
                 await asyncio.sleep(0.05)  # let the watch streams end cleanly
                 await runner.cleanup()
@@ -168,6 +196,61 @@ class EmulatedCluster:
         """How many POST/PUT/PATCH/DELETE calls (``since`` is a ``time.time()`` value)."""
         return len(self.request_log.writes(user_agent=user_agent, since=since,
                                            exclude_resources=exclude_resources, resources=resources))
+
+    # ---- simulated nodes -------------------------------------------------------------------------
+
+    def add_node(self, name: str, *, labels: Mapping[str, str] | None = None,
+                 taints: Iterable[Mapping[str, str]] = (), gpus: int = 0,
+                 capacity: Mapping[str, str | int] | None = None,
+                 allocatable: Mapping[str, str | int] | None = None, ready: bool = True) -> dict[str, Any]:
+        """Register a simulated Node (see nodes.py) and return it as stored; pending pods may now bind."""
+        self._node_count += 1
+        body = node_body(name, labels=labels, taints=taints, gpus=gpus, capacity=capacity,
+                         allocatable=allocatable, ready=ready,
+                         address=f"10.0.{self._node_count // 250}.{self._node_count % 250 + 1}")
+        status = body.pop("status")
+
+        def create() -> dict[str, Any]:
+            store = self._store()
+            nodes = store.resources[("", "nodes")]
+            store.create(nodes, None, body, field_validation="Ignore")
+            return store.write_status(nodes, None, name, status) or store.get(nodes, None, name)
+        result: dict[str, Any] = self.call(create)
+        return result
+
+    def remove_node(self, name: str) -> None:
+        """Delete a Node; the pod GC then fails and deletes the pods bound to it (their processes die)."""
+        def delete() -> None:
+            store = self._store()
+            store.delete(store.resources[("", "nodes")], None, name)
+        self.call(delete)
+
+    def set_node_ready(self, name: str, ready: bool) -> dict[str, Any]:
+        """Flip a Node's Ready condition (nothing is evicted from a NotReady node)."""
+        def update() -> dict[str, Any]:
+            store = self._store()
+            nodes = store.resources[("", "nodes")]
+            status = copy.deepcopy(store.get(nodes, None, name).get("status") or {})
+            status["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") != "Ready"] + \
+                [ready_condition(ready)]
+            return store.write_status(nodes, None, name, status) or store.get(nodes, None, name)
+        result: dict[str, Any] = self.call(update)
+        return result
+
+    def node_root(self, name: str) -> Path:
+        """The local directory standing for a node's root filesystem (``hostPath`` volumes live under it)."""
+        return self.sim.kubelet.node_root(name)
+
+    def pod_log(self, namespace: str, name: str) -> str | None:
+        """A pod's log (stdout and stderr of its local process), ``None`` when none ran."""
+        return self.sim.pod_log(namespace, name)
+
+    def _store(self) -> ObjectStore:
+        if self._emulator is None:
+            raise RuntimeError("The cluster is not started.")
+        return self._emulator.store
+
+    # ---- waiting ----------------------------------------------------------------------------------
 
     def wait_quiet(self, quiet_for: float = 0.5, *, timeout: float = 10.0, user_agent: str | None = None,
                    exclude_resources: Iterable[str] = ("events",), interval: float = 0.05) -> None:

@@ -19,7 +19,7 @@ import base64
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,8 @@ class ApiServerEmulator(KubernetesEmulator):
     store: ObjectStore = attrs.field(factory=ObjectStore)
     request_log: RequestLog = attrs.field(factory=RequestLog)
     bookmark_interval: float = 5.0
+    #: Where ``GET .../pods/NAME/log`` reads a pod's log: (namespace, name) -> text, None if none ran.
+    pod_logs: Callable[[str, str], str | None] | None = None
     _closing: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -201,6 +203,9 @@ class ApiServerEmulator(KubernetesEmulator):
             raise errors.resource_not_found()
         if route.name is not None and definition.namespaced and route.namespace is None:
             raise errors.resource_not_found()
+        if route.subresource == "log" and definition.key == ("", "pods") and route.name is not None \
+                and route.namespace is not None and raw_request.method.upper() == "GET":
+            return self._pod_log(route.namespace, route.name, raw_request.query)
         if route.subresource is not None and (route.subresource != "status" or not definition.status_subresource):
             raise errors.resource_not_found()
         params = raw_request.query
@@ -267,6 +272,24 @@ class ApiServerEmulator(KubernetesEmulator):
             return self._json(self.store.render(definition, obj, version))
 
         raise errors.method_not_allowed()
+
+    def _pod_log(self, namespace: str, name: str, params: Mapping[str, str]) -> aiohttp.web.Response:
+        """The log of a pod's local process (kubelet.py); ``tailLines`` and ``limitBytes`` are honoured."""
+        pods = self.store.resources[("", "pods")]
+        pod = self.store.get(pods, namespace, name)
+        text = self.pod_logs(namespace, name) if self.pod_logs is not None else None
+        if text is None:
+            container = (((pod.get("spec") or {}).get("containers") or [{}])[0]).get("name", "")
+            raise errors.bad_request(f'container "{container}" in pod "{name}" is waiting to start: '
+                                     "no local process ran for it in the simulation")
+        try:
+            if params.get("tailLines"):
+                text = "".join(text.splitlines(keepends=True)[-int(params["tailLines"]):])
+            if params.get("limitBytes"):
+                text = text.encode()[:int(params["limitBytes"])].decode(errors="ignore")
+        except ValueError as exc:
+            raise errors.bad_request(f"invalid log parameter: {exc}") from exc
+        return aiohttp.web.Response(text=text, content_type="text/plain")
 
     # ---- list ---------------------------------------------------------------------------------------------
 

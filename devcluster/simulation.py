@@ -1,17 +1,22 @@
-"""SIMULATED controllers: stand-ins for kube-controller-manager and the kubelet.
-
-Nothing here runs containers. It only writes the status a real cluster would eventually
-write, so that the operator's status logic can be exercised:
+"""SIMULATED controllers: stand-ins for kube-controller-manager, kube-scheduler and the kubelet.
 
 * Deployments: after ``ready_delay`` seconds, ``status.replicas``, ``updatedReplicas``,
   ``readyReplicas``, ``availableReplicas`` follow ``spec.replicas`` (zero counts omitted, as
   the real controller does), ``observedGeneration`` follows ``metadata.generation``, and the
   ``Available`` / ``Progressing`` conditions are set, all through the ``/status`` path so that
-  watchers see a MODIFIED event. ``hold_ready(ns, name, ready=n)`` caps the ready count.
-* Jobs: after ``ready_delay`` a Pod is created for the Job (owned by it, with the job-name
-  labels) and the Job becomes ``active``; it then stays active until a test calls
+  watchers see a MODIFIED event. ``hold_ready(ns, name, ready=n)`` caps the ready count. No
+  ReplicaSets or Pods are created and nothing runs.
+* Jobs of LOCAL IMAGES (``register_local_image``, or ``local_images`` on the cluster) run for
+  real: jobs.py creates, schedules and retries their Pods, kubelet.py runs each Pod's
+  container as a local process. See those modules for what is and is not simulated.
+* Other Jobs, STATUS ONLY: after ``ready_delay`` a Pod is created for the Job (owned by it,
+  with the job-name labels, on the node it is pinned to or ``devcluster-node``, even if no
+  such Node exists) and the Job becomes ``active``; it then stays active until a test calls
   ``complete_job(...)`` (or ``auto_complete_jobs(...)`` was set), which marks the Pod
-  Succeeded/Failed with a termination message and the Job Complete/Failed.
+  Succeeded/Failed with a termination message and the Job Complete/Failed. Nothing runs.
+* Nodes (the pod garbage collector): when a Node is deleted, its unfinished Pods get
+  ``phase: Failed`` with ``DisruptionTarget=True/DeletionByPodGC`` and are deleted (a local
+  process is killed), as kube-controller-manager's pod GC does with orphaned pods.
 
 Controls are thread-safe: tests call them from their own thread.
 """
@@ -23,10 +28,16 @@ import copy
 import logging
 import math
 import secrets
+import tempfile
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from devcluster import errors
+from devcluster.jobs import ProcessJobController
+from devcluster.kubelet import LocalKubelet
 from devcluster.resources import ResourceDef
 from devcluster.store import ObjectStore, WatchEvent, now_rfc3339
 
@@ -35,6 +46,8 @@ logger = logging.getLogger("devcluster.simulation")
 _DEPLOYMENTS = ("apps", "deployments")
 _JOBS = ("batch", "jobs")
 _PODS = ("", "pods")
+_NODES = ("", "nodes")
+_CONFIGURATION = (("", "secrets"), ("", "configmaps"))
 
 
 @dataclass(frozen=True)
@@ -48,7 +61,10 @@ class Simulation:
     """SIMULATION of the Deployment and Job controllers (and the kubelet), with test controls."""
 
     def __init__(self, store: ObjectStore, loop: asyncio.AbstractEventLoop, *, ready_delay: float = 0.2,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, work_dir: Path | None = None,
+                 local_images: Mapping[str, Sequence[str]] | None = None,
+                 local_commands: Mapping[str, Sequence[str]] | None = None, max_processes: int = 4,
+                 job_retry_delay: float = 0.0) -> None:
         self._store = store
         self._loop = loop
         self.ready_delay = ready_delay
@@ -58,9 +74,13 @@ class Simulation:
         self._job_outcomes: dict[tuple[str, str], JobOutcome] = {}
         self._auto_job_outcome: JobOutcome | None = None
         self._pending: dict[tuple[tuple[str, str], str, str], asyncio.TimerHandle] = {}
+        self.kubelet = LocalKubelet(store, loop, work_dir or Path(tempfile.mkdtemp(prefix="devcluster-")),
+                                    max_processes=max_processes, images=local_images, commands=local_commands)
+        self.jobs = ProcessJobController(store, loop, self.kubelet, retry_delay=job_retry_delay)
         store.listeners.append(self._on_event)
         if enabled:
-            logger.info("SIMULATION: Deployment and Job controllers are simulated (no containers run).")
+            logger.info("SIMULATION: Deployment and Job controllers are simulated; only Jobs of registered local "
+                        "images run, as local processes.")
 
     # ---- controls (any thread) ----------------------------------------------------------------------
 
@@ -75,6 +95,23 @@ class Simulation:
         with self._lock:
             self._ready_holds.pop((namespace, name), None)
         self._kick_threadsafe(_DEPLOYMENTS, namespace, name)
+
+    def register_local_image(self, image: str, entrypoint: Sequence[str], *,
+                             env: Mapping[str, str] | None = None) -> None:
+        """Run Jobs whose first container uses ``image`` as local processes: ``entrypoint`` stands for
+        the image's ENTRYPOINT (the container's ``args`` follow it), ``env`` for its ENV."""
+        self.kubelet.register_image(image, entrypoint, env)
+
+    def register_local_command(self, name: str, argv: Sequence[str]) -> None:
+        """What a container's ``command[0] == name`` runs locally (the rest of ``command`` and ``args`` follow)."""
+        self.kubelet.register_command(name, argv)
+
+    def pod_log(self, namespace: str, name: str) -> str | None:
+        """stdout and stderr of a pod's local process (``None`` if none ran)."""
+        return self.kubelet.log(namespace, name)
+
+    async def shutdown(self) -> None:
+        await self.kubelet.shutdown()
 
     def complete_job(self, namespace: str, name: str, *, succeeded: bool = True, message: str = "",
                      exit_code: int | None = None) -> None:
@@ -99,10 +136,51 @@ class Simulation:
         self._loop.call_soon_threadsafe(self._schedule, resource_key, namespace, name, 0.0)
 
     def _on_event(self, resource: ResourceDef, event: WatchEvent) -> None:
-        if not self.enabled or event.type == "DELETED" or resource.key not in (_DEPLOYMENTS, _JOBS):
+        """Store listener: runs inside a write, so every action is deferred to the loop."""
+        if not self.enabled:
             return
         meta = event.obj["metadata"]
-        self._schedule(resource.key, meta.get("namespace", ""), meta["name"], self.ready_delay)
+        namespace, name = meta.get("namespace", ""), meta["name"]
+        if resource.key == _PODS and event.type == "DELETED":
+            self._loop.call_soon(self._pod_deleted, event.obj)
+        elif resource.key == _PODS:
+            self._loop.call_soon(self.jobs.pod_changed, event.obj)
+        elif resource.key == _NODES:
+            self._loop.call_soon(self._node_changed, event)
+        elif resource.key in _CONFIGURATION and event.type != "DELETED":
+            self._loop.call_soon(self.kubelet.retry_blocked, namespace)
+        elif resource.key in (_DEPLOYMENTS, _JOBS) and event.type != "DELETED":
+            runs = resource.key == _JOBS and self.jobs.handles(event.obj)
+            self._schedule(resource.key, namespace, name, 0.0 if runs else self.ready_delay)
+
+    def _pod_deleted(self, pod: dict[str, Any]) -> None:
+        self.kubelet.kill(pod["metadata"].get("namespace", ""), pod["metadata"]["name"])
+        self.jobs.pod_deleted(pod)
+
+    def _node_changed(self, event: WatchEvent) -> None:
+        if event.type != "DELETED":
+            self.jobs.nodes_changed()
+            return
+        node = event.obj["metadata"]["name"]
+        pods = self._store.resources[_PODS]
+        for pod in list(self._store.objects[_PODS].values()):
+            meta = pod["metadata"]
+            if (pod.get("spec") or {}).get("nodeName") != node or meta.get("deletionTimestamp"):
+                continue
+            status = copy.deepcopy(pod.get("status") or {})
+            if status.get("phase") not in ("Succeeded", "Failed"):
+                stamp = now_rfc3339()
+                status["phase"] = "Failed"
+                status["conditions"] = [c for c in status.get("conditions") or []
+                                        if c.get("type") != "DisruptionTarget"] + [
+                    {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByPodGC",
+                     "message": "PodGC: node no longer exists", "lastProbeTime": None, "lastTransitionTime": stamp}]
+                self._store.write_status(pods, meta["namespace"], meta["name"], status)
+            logger.info("SIMULATION: pod GC deletes %s/%s (node %s is gone)", meta["namespace"], meta["name"], node)
+            try:
+                self._store.delete(pods, meta["namespace"], meta["name"])
+            except errors.ApiStatusError:
+                continue
 
     def _schedule(self, resource_key: tuple[str, str], namespace: str, name: str, delay: float) -> None:
         key = (resource_key, namespace, name)
@@ -122,6 +200,8 @@ class Simulation:
         try:
             if resource_key == _DEPLOYMENTS:
                 self._reconcile_deployment(obj)
+            elif self.jobs.handles(obj):
+                self.jobs.reconcile(obj)
             else:
                 self._reconcile_job(obj)
         except Exception:
