@@ -19,10 +19,12 @@ What the container sees, as a real kubelet would give it:
   directory, ``secret`` / ``configMap`` -> a per-pod directory holding the keys as files.
 
 THE ONE LIBERTY: a local process cannot see a mount at its ``mountPath``. So every argv
-element and env value from the pod spec that is a ``mountPath`` or starts with one (also
-after ``--flag=``), and the container's ``terminationMessagePath`` (default
-``/dev/termination-log``), is REWRITTEN to the local path it maps to. A program that finds a
-path any other way (a hard-coded constant, a config file's content) sees the host's path.
+element and env value from the pod spec or the registered image (its ENTRYPOINT's arguments,
+its ENV) that is a ``mountPath`` or starts with one (also after ``--flag=``), or that is the
+container's ``terminationMessagePath`` (default ``/dev/termination-log``), is REWRITTEN to the
+local path it maps to. A program that finds a path any other way (a default in its code, a
+config file's content) sees the host's path: pass such paths in argv or env (e.g. register
+the image as ``[python, "-m", "tool", "--termination-log", "/dev/termination-log"]``).
 
 When the process exits, the pod's status gets phase ``Succeeded`` / ``Failed`` and
 ``state.terminated`` (exitCode, reason ``Completed`` / ``Error``, 128+signal when killed;
@@ -133,6 +135,11 @@ def translate(value: str, mounts: Sequence[tuple[str, Path]]) -> str:
         if translated != rest:
             return f"{flag}={translated}"
     return value
+
+
+def _in_image(argv: Sequence[str], mounts: Sequence[tuple[str, Path]]) -> list[str]:
+    """A registered ENTRYPOINT: its arguments (not the local executable) are container paths too."""
+    return [*argv[:1], *(translate(part, mounts) for part in argv[1:])]
 
 
 def _exit_code(returncode: int) -> int:
@@ -358,7 +365,7 @@ class LocalKubelet:
         env = {name: os.environ[name] for name in _HOST_ENV if name in os.environ}
         env.update({"HOME": str(pod_dir), "HOSTNAME": meta["name"], "KUBERNETES_SERVICE_HOST": "127.0.0.1",
                     "KUBERNETES_SERVICE_PORT": str(self.api_port)})
-        env.update(image.env)
+        env.update({name: translate(value, mounts) for name, value in image.env.items()})
         env.update({name: translate(value, mounts) for name, value in declared.items()})
 
         command = [translate(expand(str(part), declared), mounts) for part in container.get("command") or []]
@@ -370,9 +377,9 @@ class LocalKubelet:
                     "failed to create containerd task: failed to create shim task: OCI runtime create failed: "
                     f'runc create failed: unable to start container process: exec: "{command[0]}": '
                     "executable file not found in $PATH: unknown")
-            argv = [*prefix, *command[1:], *args]
+            argv = [*_in_image(prefix, mounts), *command[1:], *args]
         else:
-            argv = [*image.entrypoint, *args]
+            argv = [*_in_image(image.entrypoint, mounts), *args]
         working_dir = container.get("workingDir")
         cwd = Path(translate(working_dir, mounts)) if working_dir else pod_dir
         if not cwd.is_dir():

@@ -74,6 +74,7 @@ class Simulation:
         self._job_outcomes: dict[tuple[str, str], JobOutcome] = {}
         self._auto_job_outcome: JobOutcome | None = None
         self._pending: dict[tuple[tuple[str, str], str, str], asyncio.TimerHandle] = {}
+        self._status_only_jobs: set[str] = set()
         self.kubelet = LocalKubelet(store, loop, work_dir or Path(tempfile.mkdtemp(prefix="devcluster-")),
                                     max_processes=max_processes, images=local_images, commands=local_commands)
         self.jobs = ProcessJobController(store, loop, self.kubelet, retry_delay=job_retry_delay)
@@ -150,8 +151,18 @@ class Simulation:
         elif resource.key in _CONFIGURATION and event.type != "DELETED":
             self._loop.call_soon(self.kubelet.retry_blocked, namespace)
         elif resource.key in (_DEPLOYMENTS, _JOBS) and event.type != "DELETED":
-            runs = resource.key == _JOBS and self.jobs.handles(event.obj)
+            runs = resource.key == _JOBS and self._runs_locally(event.obj)
             self._schedule(resource.key, namespace, name, 0.0 if runs else self.ready_delay)
+
+    def _runs_locally(self, job: dict[str, Any]) -> bool:
+        """Whether a Job runs as local processes; decided once, so a later registration changes no Job."""
+        uid = job["metadata"]["uid"]
+        if uid in self._status_only_jobs:
+            return False
+        if self.jobs.handles(job):
+            return True
+        self._status_only_jobs.add(uid)
+        return False
 
     def _pod_deleted(self, pod: dict[str, Any]) -> None:
         self.kubelet.kill(pod["metadata"].get("namespace", ""), pod["metadata"]["name"])
@@ -200,7 +211,7 @@ class Simulation:
         try:
             if resource_key == _DEPLOYMENTS:
                 self._reconcile_deployment(obj)
-            elif self.jobs.handles(obj):
+            elif self._runs_locally(obj):
                 self.jobs.reconcile(obj)
             else:
                 self._reconcile_job(obj)

@@ -316,3 +316,27 @@ def test_processes_are_bounded() -> None:
             assert finished(kube, f"j{index}", timeout=30)["status"]["succeeded"] == 1
         assert small.sim.kubelet.peak_running == 2
 
+
+def test_paths_in_the_registered_entrypoint_are_container_paths(nodes: EmulatedCluster,
+                                                                kube: ClusterClient) -> None:
+    program = "import os, sys; open(sys.argv[1], 'w').write(os.environ['MODEL_DIR'])"
+    nodes.sim.register_local_image("example.com/writer:1", [sys.executable, "-c", program, "/dev/termination-log"],
+                                   env={"MODEL_DIR": "/models/current"})
+    kube.create(JOBS, job("entrypoint", "", container={
+        "image": "example.com/writer:1", "args": [], "volumeMounts": [{"name": "m", "mountPath": "/models"}]},
+        pod={"volumes": [{"name": "m", "emptyDir": {}}]}))
+    finished(kube, "entrypoint")
+    message = terminated(pods_of(kube, "entrypoint")[0])["message"]
+    assert message.endswith("/volumes/m/current") and not message.startswith("/models")
+
+
+def test_a_job_created_before_its_image_is_registered_stays_status_only(cluster: EmulatedCluster,
+                                                                        kube: ClusterClient) -> None:
+    cluster.add_node("gpu-1")
+    kube.create(JOBS, job("early", "pass"))
+    kube.wait_for(f"{JOBS}/early", lambda j: j.get("status", {}).get("active") == 1, timeout=10)
+    cluster.sim.register_local_image(LOCAL_PYTHON, [sys.executable, "-c"])
+    cluster.sim.complete_job("default", "early", succeeded=True, message="from the hook")
+    assert finished(kube, "early")["status"]["succeeded"] == 1
+    assert terminated(pods_of(kube, "early")[0])["message"] == "from the hook"
+    assert cluster.pod_log("default", pods_of(kube, "early")[0]["metadata"]["name"]) is None
