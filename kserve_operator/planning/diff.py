@@ -91,8 +91,11 @@ def child_patch(
 ) -> list[dict[str, Any]]:
     """A JSON patch (RFC 6902) bringing `live` to `desired` on the managed fields; [] when nothing differs.
 
-    The first operation pins `metadata.resourceVersion` to the one read, so the API server
-    answers 409 if the object changed since: we never overwrite a change we have not seen.
+    Exact sections are replaced whole and labels key by key, so those operations mean the same
+    whatever happened since the read: they go unconditionally (a Deployment's status moves all
+    the time; pinning them would turn every rollout into a chain of 409s). Replacing the owner
+    reference list is different: it was computed from the list read, so that patch pins
+    `metadata.resourceVersion` and the API server answers 409 if the object changed since.
     """
     ops: list[dict[str, Any]] = []
     for path in merged:
@@ -112,14 +115,12 @@ def child_patch(
         if want is not None and not matches_exactly(_section(live, path), want):
             ops.append({"op": "add", "path": _pointer(path), "value": want})
     ours = next(iter(_section(desired, "metadata.ownerReferences") or []), None)
-    if ours is not None:
-        refs = merged_owner_references(_section(live, "metadata.ownerReferences"), ours)
-        if refs is not None:
-            ops.append({"op": "add", "path": "/metadata/ownerReferences", "value": refs})
-    if not ops:
-        return []
+    refs = merged_owner_references(_section(live, "metadata.ownerReferences"), ours) if ours else None
+    if refs is None:
+        return ops
     version = _section(live, "metadata.resourceVersion")
-    return [{"op": "replace", "path": "/metadata/resourceVersion", "value": version}, *ops]
+    return [{"op": "replace", "path": "/metadata/resourceVersion", "value": version}, *ops,
+            {"op": "add", "path": "/metadata/ownerReferences", "value": refs}]
 
 
 def status_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:

@@ -46,13 +46,22 @@ class TestExactSections:
     def test_the_defaults_list_holds_nothing_that_grants_power(self) -> None:
         assert not {"hostNetwork", "privileged", "serviceAccountName", "command", "args", "hostPath"} & SERVER_DEFAULTED
 
-    def test_patch_is_conditional_and_touches_only_what_differs(self) -> None:
+    def test_patch_touches_only_what_differs(self) -> None:
         live = {"metadata": {"resourceVersion": "7", "labels": {"a": "1", "theirs": "x"}},
                 "spec": {"replicas": 2, "selector": {"k": "v"}}}
         desired = {"metadata": {"labels": {"a": "2"}}, "spec": {"replicas": 2, "selector": {"k": "v"}}}
         ops = child_patch(live, desired, exact=("spec.replicas", "spec.selector"))
+        assert ops == [{"op": "add", "path": "/metadata/labels/a", "value": "2"}]
+
+    def test_replacing_the_owner_references_is_conditional_on_the_list_read(self) -> None:
+        ours = controller_reference(MEMCACHED, OWNER)
+        live = {"metadata": {"resourceVersion": "7", "ownerReferences": [{"uid": "t", "kind": "X"}]},
+                "spec": {"replicas": 1}}
+        desired = {"metadata": {"ownerReferences": [ours]}, "spec": {"replicas": 2}}
+        ops = child_patch(live, desired, exact=("spec.replicas",))
         assert ops == [{"op": "replace", "path": "/metadata/resourceVersion", "value": "7"},
-                       {"op": "add", "path": "/metadata/labels/a", "value": "2"}]
+                       {"op": "add", "path": "/spec/replicas", "value": 2},
+                       {"op": "add", "path": "/metadata/ownerReferences", "value": [{"uid": "t", "kind": "X"}, ours]}]
 
     def test_nothing_differs_nothing_to_write(self) -> None:
         live = {"metadata": {"resourceVersion": "7", "labels": {"a": "1"}}, "spec": {"replicas": 2}}
@@ -61,7 +70,7 @@ class TestExactSections:
 
     def test_label_keys_with_slashes_are_escaped(self) -> None:
         ops = child_patch({"metadata": {"labels": {}}}, {"metadata": {"labels": {"app.kubernetes.io/name": "m"}}})
-        assert ops[1]["path"] == "/metadata/labels/app.kubernetes.io~1name"
+        assert ops[0]["path"] == "/metadata/labels/app.kubernetes.io~1name"
 
 
 class TestOwnerReferences:
