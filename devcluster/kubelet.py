@@ -28,7 +28,7 @@ the image as ``[python, "-m", "tool", "--termination-log", "/dev/termination-log
 
 When the process exits, the pod's status gets phase ``Succeeded`` / ``Failed`` and
 ``state.terminated`` (exitCode, reason ``Completed`` / ``Error``, 128+signal when killed;
-message: the termination-message file, at most 4096 bytes, or with
+message: the termination-message file, its last 4096 bytes, or with
 ``terminationMessagePolicy: FallbackToLogsOnError`` and an empty file after a failure the
 log's last 80 lines, at most 2048 bytes: the kubelet's limits). stdout and stderr are the
 pod log. At most ``max_processes`` run at once; the others wait as ``ContainerCreating``.
@@ -147,9 +147,11 @@ def _exit_code(returncode: int) -> int:
 
 
 def _read_message(path: Path) -> str:
+    """The kubelet's ``tail.ReadAtMost``: the LAST 4096 bytes of the termination-message file."""
     try:
         with path.open("rb") as file:
-            return file.read(MAX_MESSAGE_BYTES).decode(errors="replace")
+            file.seek(max(file.seek(0, os.SEEK_END) - MAX_MESSAGE_BYTES, 0))
+            return file.read().decode(errors="replace")
     except OSError:
         return ""
 
@@ -228,7 +230,12 @@ class LocalKubelet:
         pod = self._write_status(pod, "Pending", self._waiting_status(pod, "ContainerCreating", "")) or pod
         task = self._loop.create_task(self._run(key, meta["uid"]))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("SIMULATION: the kubelet failed on a pod", exc_info=task.exception())
 
     def kill(self, namespace: str, name: str) -> None:
         """The pod is gone: SIGTERM its process group, SIGKILL after the grace period."""
@@ -288,7 +295,7 @@ class LocalKubelet:
             if waiting.retry:
                 self._blocked[key] = uid
             return
-        except ContainerStartError as exc:
+        except (ContainerStartError, OSError) as exc:
             self._finish(pod, 128, "StartError", str(exc), None)
             return
         async with self._slots:

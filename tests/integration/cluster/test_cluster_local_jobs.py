@@ -117,7 +117,7 @@ def test_a_missing_secret_waits_with_create_container_config_error(nodes: Emulat
 
 
 def test_termination_messages_follow_the_kubelet(nodes: EmulatedCluster, kube: ClusterClient) -> None:
-    kube.create(JOBS, job("long", "import sys; open(sys.argv[1], 'w').write('x' * 5000)", "/tmp/msg",
+    kube.create(JOBS, job("long", "import sys; open(sys.argv[1], 'w').write('a' * 2000 + 'b' * 4096)", "/tmp/msg",
                           container={"terminationMessagePath": "/tmp/msg"}))
     kube.create(JOBS, job("logs", "import sys; [print(f'line {i}') for i in range(100)]; sys.exit(3)",
                           container={"terminationMessagePolicy": "FallbackToLogsOnError"}))
@@ -125,7 +125,7 @@ def test_termination_messages_follow_the_kubelet(nodes: EmulatedCluster, kube: C
     kube.create(JOBS, job("plain-fail", "import sys; print('boom'); sys.exit(2)"))
     for name in ("long", "logs", "quiet-ok", "plain-fail"):
         finished(kube, name)
-    assert terminated(pods_of(kube, "long")[0])["message"] == "x" * 4096
+    assert terminated(pods_of(kube, "long")[0])["message"] == "b" * 4096  # the file's last 4096 bytes
     logs = terminated(pods_of(kube, "logs")[0])
     assert (logs["exitCode"], logs["reason"]) == (3, "Error")
     assert logs["message"].splitlines() == [f"line {i}" for i in range(20, 100)]  # the last 80 lines
