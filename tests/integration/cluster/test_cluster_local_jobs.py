@@ -339,4 +339,16 @@ def test_a_job_created_before_its_image_is_registered_stays_status_only(cluster:
     cluster.sim.complete_job("default", "early", succeeded=True, message="from the hook")
     assert finished(kube, "early")["status"]["succeeded"] == 1
     assert terminated(pods_of(kube, "early")[0])["message"] == "from the hook"
-    assert cluster.pod_log("default", pods_of(kube, "early")[0]["metadata"]["name"]) is None
+    pod_name = pods_of(kube, "early")[0]["metadata"]["name"]
+    assert cluster.pod_log("default", pod_name) is None
+    with pytest.raises(ApiError) as info:
+        kube.text(f"{PODS}/{pod_name}/log")
+    assert info.value.status == 400 and "waiting to start" in info.value.message
+
+
+def test_completions_and_parallelism(nodes: EmulatedCluster, kube: ClusterClient) -> None:
+    kube.create(JOBS, job("batch", "import time; time.sleep(0.2)", completions=3, parallelism=2))
+    kube.wait_for(f"{JOBS}/batch", lambda j: j.get("status", {}).get("active") == 2, timeout=10)
+    done = finished(kube, "batch")
+    assert done["status"]["succeeded"] == 3 and "failed" not in done["status"]
+    assert len(pods_of(kube, "batch")) == 3
