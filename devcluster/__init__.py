@@ -1,4 +1,8 @@
-"""The emulated Kubernetes cluster (API server + simulated controllers) for tests, demo and benchmark."""
+"""A generic emulated Kubernetes cluster (API server + simulated controllers) for tests, demo and benchmark.
+
+It knows nothing of this project (an import-linter contract keeps it so); the project's own
+harness around it lives in ``devstack``.
+"""
 
 from __future__ import annotations
 

@@ -2,10 +2,14 @@
 
 ``EmulatedCluster`` serves ``ApiServerEmulator`` (kmock's ``KubernetesEmulator`` extended with
 the semantics the operator relies on, see server.py and store.py) on 127.0.0.1 from a
-background thread with its own event loop, with the SIMULATED Deployment/Job controllers of
-simulation.py. The HTTP listener is a plain aiohttp low-level server: kmock's own ``Server``
-patches aiohttp's resolver process-wide, which would leak into an operator running in the
-same process and into other clusters started side by side.
+background thread with its own event loop, with the SIMULATED controllers of simulation.py:
+Deployments (status only), Nodes (``add_node`` / ``remove_node``; nodes.py), and Jobs, which
+run as real local processes for images registered as local (jobs.py, kubelet.py) and are
+status only otherwise. ``wait_quiet`` and ``wait_for`` replace sleeps in tests.
+
+The HTTP listener is a plain aiohttp low-level server: kmock's own ``Server`` patches
+aiohttp's resolver process-wide, which would leak into an operator running in the same
+process and into other clusters started side by side.
 
 Run it standalone (for the demo or manual poking)::
 
