@@ -91,7 +91,8 @@ def canaries_by_virtual_service(namespace: str | None, name: str, spec: kopf.Spe
     if not isinstance(vs, Mapping) or not vs.get("name"):
         return {}
     key = (str(vs.get("namespace") or namespace), str(vs["name"]))
-    return {key: plan.Claimant(namespace, name, str(meta.get("creationTimestamp") or ""), dict(spec))}
+    return {key: plan.Claimant(namespace, name, str(meta.get("creationTimestamp") or ""), dict(spec),
+                               deleting=bool(meta.get("deletionTimestamp")))}
 
 
 def canaries_by_prewarm(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[ObjectKey, ObjectKey]:
@@ -204,6 +205,12 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, 
     except RoutingProblem as problem:
         await _report_problem(api, body, problem.reason, problem.message, spec)
         return Outcome.INVALID
+    except ApiError as exc:
+        if not exc.temporary and not exc.not_found:  # forbidden, refused by a webhook: a person must act
+            await _report_problem(api, body, plan.REASON_APPLY_FAILED,
+                                  f"writing VirtualService {spec.virtual_service_namespace}/"
+                                  f"{spec.virtual_service} failed: {exc}", spec)
+        raise
     old = body.get("status") or {}
     status = plan.plan_status(old, spec, decision, weights, generation=generation, now=moment,
                               vs_version=table.version)
@@ -247,7 +254,7 @@ async def _run(ctx: CanaryContext, namespace: str, name: str, claims: Any, logge
     async def report_unexpected(problem: str) -> None:
         body = await ctx.api.get(MODEL_CANARY, name, namespace)
         if body is not None:
-            await _report_problem(ctx.api, body, plan.REASON_APPLY_FAILED, problem, None)
+            await _report_problem(ctx.api, body, plan.REASON_RECONCILE_ERROR, problem, None)
 
     await ctx.core.run(namespace, name, lambda: reconcile(ctx, namespace, name, claims, logger, result),
                        on_error=report_unexpected)
@@ -367,7 +374,8 @@ def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> Non
     canary = (MODEL_CANARY.group, MODEL_CANARY.version, MODEL_CANARY.plural)
     kopf.index(*canary, registry=registry)(canaries_by_virtual_service)
     kopf.index(*canary, registry=registry)(canaries_by_prewarm)
-    kopf.daemon(*canary, cancellation_timeout=10, registry=registry)(canary_daemon)
+    # Told to stop (deletion, operator exit), the loop returns within a reconcile; cancelled only after that.
+    kopf.daemon(*canary, cancellation_backoff=5, cancellation_timeout=10, registry=registry)(canary_daemon)
     kopf.on.event(*canary, registry=registry)(canary_event)
     kopf.on.delete(*canary, registry=registry)(canary_deleted)
     # No version: kopf watches the served (preferred) one, v1 or v1beta1.

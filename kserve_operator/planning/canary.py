@@ -46,6 +46,7 @@ REASON_VIRTUAL_SERVICE_NOT_FOUND = "VirtualServiceNotFound"
 REASON_INFERENCE_SERVICE_NOT_FOUND = "InferenceServiceNotFound"
 REASON_ROUTE_CLAIMED = "RouteClaimed"
 REASON_APPLY_FAILED = "ApplyFailed"
+REASON_RECONCILE_ERROR = "ReconcileError"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,6 +314,7 @@ class Claimant:
     name: str
     created: str  # creationTimestamp (RFC 3339, sortable)
     spec: Mapping[str, Any]
+    deleting: bool = False  # on its way out: it gives its routes back, claims nothing
 
     def order(self) -> tuple[str, str, str]:
         """Earlier creation wins; same second: namespace/name decides, so both sides agree."""
@@ -332,7 +334,8 @@ def first_claim(me: Claimant, others: Iterable[Claimant], vs: Mapping[str, Any],
     """The earlier ModelCanary that already claims one of our routes, and the route; else None."""
     mine = _claimed(vs, spec)
     for other in sorted(others, key=Claimant.order):
-        if other.order() >= me.order() or (other.namespace, other.name) == (me.namespace, me.name):
+        if other.deleting or other.order() >= me.order() or (other.namespace, other.name) == (
+                me.namespace, me.name):
             continue
         try:
             theirs = res.parse_spec(other.spec, other.namespace)

@@ -103,9 +103,15 @@ def test_problems_are_reported_and_the_virtual_service_is_not_touched(
         assert len([e for e in events_for(kube, name) if e["reason"] == reason]) == 1, name
 
     # Deleting a refused canary gives nothing back: it never managed anything.
-    kube.delete(f"{MCANARY}/second")
-    kube.wait_gone(f"{MCANARY}/second", timeout=10)
-    assert weights(kube.get(vs_path())) == [80, 20]
+    kube.delete(f"{MCANARY}/kserve-owned")
+    kube.wait_gone(f"{MCANARY}/kserve-owned", timeout=10)
+    assert kube.get(vs_path(name="torch-mnist"))["metadata"]["resourceVersion"] == \
+        untouched["torch-mnist"]["metadata"]["resourceVersion"]
+    # When the first canary goes, the second one takes the route over.
+    kube.patch(f"{MCANARY}/second", {"spec": {"percent": 30}})
+    kube.delete(f"{MCANARY}/first")
+    kube.wait_for(vs_path(), lambda o: weights(o) == [70, 30], timeout=10)
+    wait_phase(kube, "second", "Active")
     # A missing VirtualService that appears is picked up.
     kube.create(vs_path(name="absent").rsplit("/", 1)[0], virtual_service(name="absent"))
     kube.wait_for(vs_path(name="absent"), lambda o: weights(o) == [80, 20], timeout=5)

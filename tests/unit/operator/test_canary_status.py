@@ -143,3 +143,10 @@ def test_same_second_is_decided_by_name_so_both_sides_agree() -> None:
     assert first_claim(a, [a, b], vs, canary_spec()) is None
     found = first_claim(b, [a, b], vs, canary_spec())
     assert found is not None and found[0] == a
+
+
+def test_a_canary_being_deleted_claims_nothing() -> None:
+    vs = mnist_vs()
+    leaving = Claimant(NAMESPACE, "a", "2026-01-01T00:00:00Z", raw_spec(), deleting=True)
+    b = claimant("b", "2026-01-01T00:05:00Z")
+    assert first_claim(b, [leaving, b], vs, canary_spec()) is None
