@@ -24,7 +24,7 @@ from kserve_operator.planning import memcached_status
 from kserve_operator.planning.ownership import ownership_problem
 from kserve_operator.resources.conditions import rfc3339
 from kserve_operator.resources.kinds import DEPLOYMENT, MEMCACHED, SERVICE
-from kserve_operator.resources.memcached import MemcachedSpec, name_problem, parse_spec
+from kserve_operator.resources.memcached import Memcached, MemcachedSpec, name_problem
 from kserve_operator.settings import OperatorSettings
 
 CONTROLLER = "memcached"
@@ -56,9 +56,10 @@ async def _observe_connections(ctx: MemcachedContext, namespace: str, name: str,
 async def _report_problem(api: KubeApi, body: dict[str, Any], reason: str, problem: str,
                           moment: datetime.datetime) -> None:
     """Status Error + Degraded with the reason, and one Warning event when the problem is new."""
-    status = memcached_status.plan_error_status(body, problem, moment, reason)
+    cache = Memcached.parse(body)
+    status = memcached_status.plan_error_status(cache, problem, moment, reason)
     if await patch_status(api, MEMCACHED, body, status):
-        await post_events(api, body, memcached_status.plan_events(body, status))
+        await post_events(api, body, memcached_status.plan_events(cache, status))
 
 
 async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: logging.Logger | Any) -> Outcome:
@@ -67,6 +68,7 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: lo
     body = await api.get(MEMCACHED, name, namespace)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return Outcome.GONE
+    cache = Memcached.parse(body)
     moment = now()
 
     try:
@@ -75,7 +77,7 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: lo
             await _report_problem(api, body, plan.REASON_INVALID_NAME, invalid_name, moment)
             logger.warning("Memcached %s/%s: %s", namespace, name, invalid_name)
             return Outcome.INVALID
-        spec = parse_spec(body.get("spec"))
+        spec = cache.spec()
     except InvalidSpec as exc:
         # Permanent until the user edits the spec: report it, touch nothing else.
         await _report_problem(api, body, plan.REASON_INVALID_SPEC, str(exc), moment)
@@ -110,7 +112,7 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: lo
             metrics_problem = str(exc)
             logger.warning("Memcached %s/%s: metrics unavailable, holding replicas: %s", namespace, name, exc)
 
-    old_status = body.get("status") or {}
+    old_status = cache.status
     decision = plan.decide_replicas(
         spec, connections=connections, current=current,
         window=plan.ScaleDownWindow.from_status(old_status.get("scaleDown")), now=moment,
@@ -120,9 +122,9 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: lo
     last_scale = rfc3339(moment) if scaled else recorded
 
     try:
-        desired = plan.build_deployment(body, decision.replicas, ctx.settings.memcached, last_scale)
+        desired = plan.build_deployment(cache, decision.replicas, ctx.settings.memcached, last_scale)
         deployment, _ = await apply_child(api, DEPLOYMENT, deployment, desired, exact=DEPLOYMENT_EXACT, merged=MERGED)
-        await apply_child(api, SERVICE, service, plan.build_service(body), exact=SERVICE_EXACT, merged=MERGED)
+        await apply_child(api, SERVICE, service, plan.build_service(cache), exact=SERVICE_EXACT, merged=MERGED)
     except ApiError as exc:
         if not exc.temporary:  # forbidden, rejected by admission: a person must act
             await _report_problem(api, body, plan.REASON_APPLY_FAILED, str(exc), moment)
@@ -131,14 +133,14 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: lo
     if scaled and current is not None:
         observability.SCALES.labels(direction="up" if decision.replicas > current else "down").inc()
         # Posted before the status write: a status write lost after the scale must not lose its Event.
-        scale_events = memcached_status.plan_events(body, old_status, previous_replicas=current, decision=decision)
+        scale_events = memcached_status.plan_events(cache, old_status, previous_replicas=current, decision=decision)
         await post_events(api, body, scale_events)
     status = memcached_status.plan_status(
-        body, decision, deployment=deployment, connections=connections, metrics_problem=metrics_problem,
+        cache, decision, deployment=deployment, connections=connections, metrics_problem=metrics_problem,
         scaled=scaled, now=moment, metrics_reason=metrics_reason,
     )
     await patch_status(api, MEMCACHED, body, status)
-    await post_events(api, body, memcached_status.plan_events(body, status))
+    await post_events(api, body, memcached_status.plan_events(cache, status))
     return Outcome.OK
 
 

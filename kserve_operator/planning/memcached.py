@@ -12,10 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from kserve_operator.planning.ownership import controller_reference
 from kserve_operator.resources import conditions as cond
-from kserve_operator.resources.kinds import MEMCACHED
-from kserve_operator.resources.memcached import MemcachedSpec
+from kserve_operator.resources.memcached import Memcached, MemcachedSpec
 
 MEMCACHED_PORT = 11211
 EXPORTER_PORT = 9150
@@ -175,14 +173,13 @@ def decide_replicas(
     return ReplicaDecision(current, wanted, pending, f"{why}; scale-down in {remaining:.0f}s")
 
 
-def child_metadata(body: Mapping[str, Any]) -> dict[str, Any]:
+def child_metadata(cache: Memcached) -> dict[str, Any]:
     """Same name and namespace as the cache, our labels, and the cache as controlling owner."""
-    meta = body["metadata"]
     return {
-        "name": meta["name"],
-        "namespace": meta["namespace"],
-        "labels": labels_for(meta["name"]),
-        "ownerReferences": [controller_reference(MEMCACHED, body)],
+        "name": cache.name,
+        "namespace": cache.meta.namespace,
+        "labels": labels_for(cache.name),
+        "ownerReferences": [cache.controller_reference()],
     }
 
 
@@ -196,11 +193,11 @@ _RESTRICTED_CONTAINER: dict[str, Any] = {
 
 
 def build_deployment(
-    body: Mapping[str, Any], replicas: int, images: MemcachedImages, last_scale_time: str | None = None,
+    cache: Memcached, replicas: int, images: MemcachedImages, last_scale_time: str | None = None,
 ) -> dict[str, Any]:
     """memcached plus the upstream exporter as a sidecar, restricted pod security, probes."""
-    name = body["metadata"]["name"]
-    metadata = child_metadata(body)
+    name = cache.name
+    metadata = child_metadata(cache)
     if last_scale_time is not None:
         metadata["annotations"] = {LAST_SCALE_ANNOTATION: last_scale_time}
     memory_limit = f"{images.memory_mb + images.memory_mb // 2}Mi"
@@ -253,12 +250,12 @@ def build_deployment(
     }
 
 
-def build_service(body: Mapping[str, Any]) -> dict[str, Any]:
-    name = body["metadata"]["name"]
+def build_service(cache: Memcached) -> dict[str, Any]:
+    name = cache.name
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": child_metadata(body),
+        "metadata": child_metadata(cache),
         "spec": {
             "selector": selector_for(name),
             "ports": [

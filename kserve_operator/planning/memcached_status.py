@@ -36,6 +36,7 @@ from kserve_operator.planning.memcached import (
     ReplicaDecision,
 )
 from kserve_operator.resources import conditions as cond
+from kserve_operator.resources.memcached import Memcached
 
 
 def _phase(replicas: int, ready: int, deployment_replicas: int | None) -> str:
@@ -49,7 +50,7 @@ def _phase(replicas: int, ready: int, deployment_replicas: int | None) -> str:
 
 
 def plan_status(
-    body: Mapping[str, Any],
+    cache: Memcached,
     decision: ReplicaDecision,
     *,
     deployment: Mapping[str, Any] | None,
@@ -64,8 +65,8 @@ def plan_status(
     `deployment` is the Deployment as it stands after this reconcile applied its change;
     `scaled` says whether this reconcile changed its replicas.
     """
-    old: Mapping[str, Any] = body.get("status") or {}
-    generation = body.get("metadata", {}).get("generation")
+    old = cache.status
+    generation = cache.generation
     dep_status = (deployment or {}).get("status") or {}
     dep_replicas = (deployment or {}).get("spec", {}).get("replicas") if deployment else None
     ready = int(dep_status.get("readyReplicas") or 0)
@@ -135,11 +136,11 @@ _WAITING_FOR = {
 }
 
 
-def plan_error_status(body: Mapping[str, Any], problem: str, now: datetime.datetime,
+def plan_error_status(cache: Memcached, problem: str, now: datetime.datetime,
                       reason: str = REASON_INVALID_SPEC) -> dict[str, Any]:
     """A problem only a person can fix: say why, keep the rest of the status, change nothing else."""
-    old: Mapping[str, Any] = body.get("status") or {}
-    generation = body.get("metadata", {}).get("generation")
+    old = cache.status
+    generation = cache.generation
     conditions: list[cond.Condition] = list(old.get("conditions") or [])
     conditions = cond.set_condition(
         conditions, type=cond.DEGRADED, status=cond.TRUE, reason=reason, message=problem,
@@ -156,7 +157,7 @@ def plan_error_status(body: Mapping[str, Any], problem: str, now: datetime.datet
 
 
 def plan_events(
-    body: Mapping[str, Any],
+    cache: Memcached,
     new_status: Mapping[str, Any],
     *,
     previous_replicas: int | None = None,
@@ -170,7 +171,7 @@ def plan_events(
             NORMAL, REASON_SCALED_UP if verb == "up" else REASON_SCALED_DOWN,
             f"Scaled {verb} from {previous_replicas} to {decision.replicas} replica(s): {decision.reason}",
         ))
-    old_conditions = list((body.get("status") or {}).get("conditions") or [])
+    old_conditions = list(cache.status.get("conditions") or [])
     old_degraded = cond.find_condition(old_conditions, cond.DEGRADED)
     new_degraded = cond.find_condition(list(new_status.get("conditions") or []), cond.DEGRADED)
     if new_degraded and new_degraded["status"] == cond.TRUE and (

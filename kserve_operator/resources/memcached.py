@@ -13,6 +13,8 @@ from typing import Any
 
 from kserve_operator.errors import InvalidSpec
 from kserve_operator.resources import durations
+from kserve_operator.resources.kinds import MEMCACHED
+from kserve_operator.resources.meta import ObjectMeta
 
 MAX_REPLICAS = 100
 
@@ -90,3 +92,33 @@ def parse_spec(spec: Mapping[str, Any] | None) -> MemcachedSpec:
         target_connections_per_replica=target,
         metrics_query=query,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Memcached:
+    """A Memcached as read: typed metadata, the raw spec (parsed by `spec()`, which may refuse it)
+    and the status it carries. Parsed once per reconcile; planning takes this, not the dict."""
+
+    meta: ObjectMeta
+    raw_spec: Mapping[str, Any] | None
+    status: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> Memcached:
+        return cls(meta=ObjectMeta.parse(body.get("metadata")), raw_spec=body.get("spec"),
+                   status=dict(body.get("status") or {}))
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def generation(self) -> int | None:
+        return self.meta.generation
+
+    def spec(self) -> MemcachedSpec:
+        return parse_spec(self.raw_spec)
+
+    def controller_reference(self) -> dict[str, Any]:
+        """The owner reference its Deployment and Service carry."""
+        return self.meta.controller_reference_for(MEMCACHED).to_dict()

@@ -13,12 +13,12 @@ from kserve_operator.planning.diff import needs_update, status_changes
 from kserve_operator.planning.ownership import controller_reference, ownership_problem
 from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.kinds import MEMCACHED
-from kserve_operator.resources.memcached import parse_spec
+from kserve_operator.resources.memcached import Memcached, parse_spec
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
 
-def body(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None) -> dict[str, Any]:
+def raw_body(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "cache.serverless.xyz/v1alpha1",
         "kind": "Memcached",
@@ -26,6 +26,10 @@ def body(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = Non
         "spec": spec or {"size": 2},
         "status": status or {},
     }
+
+
+def body(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None) -> Memcached:
+    return Memcached.parse(raw_body(spec, status))
 
 
 def deployment(replicas: int, ready: int) -> dict[str, Any]:
@@ -182,17 +186,17 @@ class TestOwnership:
                                                    "ownerReferences": list(refs)}}
 
     def test_absent_or_ours_is_fine(self) -> None:
-        assert ownership_problem(None, body(), MEMCACHED) is None
-        assert ownership_problem(self.live(controller_reference(MEMCACHED, body())), body(), MEMCACHED) is None
+        assert ownership_problem(None, raw_body(), MEMCACHED) is None
+        assert ownership_problem(self.live(controller_reference(MEMCACHED, raw_body())), raw_body(), MEMCACHED) is None
 
     def test_someone_elses_is_not_taken_over(self) -> None:
         theirs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": "other", "controller": True}
-        problem = ownership_problem(self.live(theirs), body(), MEMCACHED)
+        problem = ownership_problem(self.live(theirs), raw_body(), MEMCACHED)
         assert problem is not None and "controlled by ReplicaSet x" in problem
 
     def test_an_unowned_object_of_the_same_name_is_not_taken_over(self) -> None:
-        non_controller = {**controller_reference(MEMCACHED, body()), "controller": False}
-        problem = ownership_problem(self.live(non_controller), body(), MEMCACHED)
+        non_controller = {**controller_reference(MEMCACHED, raw_body()), "controller": False}
+        problem = ownership_problem(self.live(non_controller), raw_body(), MEMCACHED)
         assert problem is not None and "not managed by this Memcached" in problem
 
     @pytest.mark.parametrize("reason", [plan.REASON_NAME_CONFLICT, plan.REASON_APPLY_FAILED])

@@ -22,7 +22,7 @@ from kserve_operator.planning import memcached_status
 from kserve_operator.planning.diff import SERVER_DEFAULTED, child_patch, matches_exactly
 from kserve_operator.planning.ownership import controller_reference, merged_owner_references, owned_by
 from kserve_operator.resources.kinds import MEMCACHED
-from kserve_operator.resources.memcached import MemcachedSpec, name_problem
+from kserve_operator.resources.memcached import Memcached, MemcachedSpec, name_problem
 from kserve_operator.settings import OperatorSettings
 from tests.unit.operator.test_building_blocks import TestPrometheusAnswers
 
@@ -129,7 +129,7 @@ class StatusWriteFails:
         self.body = {"apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached",
                      "metadata": {"name": "c", "namespace": "ns", "uid": "u-1", "generation": 2},
                      "spec": {"size": 3}}
-        self.deployment = plan.build_deployment(self.body, 1, plan.MemcachedImages())
+        self.deployment = plan.build_deployment(Memcached.parse(self.body), 1, plan.MemcachedImages())
         self.deployment["metadata"]["resourceVersion"] = "5"
         self.events: list[dict[str, Any]] = []
         self.patches: list[Any] = []
@@ -161,6 +161,7 @@ def test_a_status_write_lost_after_a_scale_keeps_the_event_and_the_time() -> Non
         asyncio.run(memcached.memcached_changed("ns", "c", kopf.Memo(memcached=ctx), logging.getLogger("t"), 0))
     assert [e["reason"] for e in api.events][:1] == ["ScaledUp"], "the scale's Event goes out before the status"
     stamp = api.deployment["metadata"]["annotations"][plan.LAST_SCALE_ANNOTATION]
-    status = memcached_status.plan_status(api.body, plan.ReplicaDecision(3, 3, None, ""), deployment=api.deployment,
-                              connections=None, metrics_problem=None, scaled=False, now=T0)
+    status = memcached_status.plan_status(Memcached.parse(api.body), plan.ReplicaDecision(3, 3, None, ""),
+                                          deployment=api.deployment, connections=None, metrics_problem=None,
+                                          scaled=False, now=T0)
     assert status["lastScaleTime"] == stamp, "the next reconcile reads the scale time from the Deployment"
