@@ -66,6 +66,11 @@ def test_unsupported_uris_missing_credentials_and_unqualified_nodes(
     several["metadata"]["name"] = "several"
     several["spec"]["predictor"]["model"]["storageUris"] = [{"uri": "s3://models/tokenizer", "mountPath": "/mnt/tok"}]
     kube.create(ISVC, several)
+    kube.create(PREWARM, prewarm("taken", nodeCount=1))  # a platform team's, same name as a service
+    taken = torch_mnist()
+    taken["metadata"]["name"] = "taken"
+    taken["spec"]["predictor"]["model"]["storageUri"] = "s3://models/other"
+    kube.create(ISVC, taken)
     kube.create(PREWARM, prewarm("no-account", serviceAccountName="nobody"))
     kube.create(f"/api/v1/namespaces/{NS}/serviceaccounts", {"apiVersion": "v1", "kind": "ServiceAccount",
                                                              "metadata": {"name": "lost-keys"},
@@ -91,6 +96,11 @@ def test_unsupported_uris_missing_credentials_and_unqualified_nodes(
     assert any(e["type"] == "Warning" and "Secret gone" in e["message"]
                for e in events_for(kube, "ModelPrewarm", "no-secret"))
 
+    cluster.wait_for(lambda: any(e["reason"] == "PrewarmNameTaken" and e["type"] == "Warning"
+                                 for e in events_for(kube, "InferenceService", "taken")), timeout=15)
+    left_alone = kube.get(f"{PREWARM}/taken")
+    assert left_alone["spec"]["storageUri"] == "s3://models/mnist" and "ownerReferences" not in left_alone["metadata"]
+
     no_node = ready_reason(kube, "no-node", "NoQualifyingNodes")
     assert no_node["status"]["phase"] == "Pending"
     message = condition(no_node, "Ready")["message"]
@@ -102,7 +112,8 @@ def test_unsupported_uris_missing_credentials_and_unqualified_nodes(
     assert len(jobs_of(kube, "fewer")) == 1
 
     time.sleep(1.5)  # a few resyncs: still no Job for any of the others
-    assert {j["metadata"]["labels"]["serving.serverless.xyz/modelprewarm"] for j in kube.list(JOBS)} == {"fewer"}
+    assert {j["metadata"]["labels"]["serving.serverless.xyz/modelprewarm"] for j in kube.list(JOBS)} <= \
+        {"fewer", "taken"}
     # The missing Secret appears: the next resync creates the Job.
     kube.create(f"/api/v1/namespaces/{NS}/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {
         "name": "gone"}, "data": {"awsAccessKeyID": "eA==", "awsSecretAccessKey": "eA=="}})

@@ -102,6 +102,9 @@ def test_deleting_the_inference_service_cleans_up(
     kube.create(ISVC, torch_mnist())
     kube.wait_for(f"{PREWARM}/torch-mnist", phase_is("Warm"), timeout=20)
     assert len(jobs_of(kube, "torch-mnist")) == 1
+    # A hand edit of the derived ModelPrewarm is put back: the InferenceService is the source.
+    kube.patch(f"{PREWARM}/torch-mnist", {"spec": {"nodeCount": 5}})
+    kube.wait_for(f"{PREWARM}/torch-mnist", lambda o: o["spec"]["nodeCount"] == 1, timeout=15)
     kube.delete(f"{ISVC}/torch-mnist")
     kube.wait_gone(f"{PREWARM}/torch-mnist", timeout=15)
     cluster.wait_for(lambda: not kube.list(JOBS) and not kube.list(f"/api/v1/namespaces/{NS}/pods"), timeout=15)
