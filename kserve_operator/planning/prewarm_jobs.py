@@ -111,9 +111,11 @@ class JobTemplate:
         }
 
     def spec_hash(self) -> str:
-        """Ten hex digits over what the Job runs; the node and revision of the object are added by the name."""
+        """Ten hex digits over what the Job runs and whose it is; the node is added by the name."""
+        # The owner's uid too: a ModelPrewarm deleted and created again under the same name never
+        # meets its predecessor's Jobs (still being garbage-collected) under the same names.
         material = json.dumps(
-            {"pod": self.pod_spec(), "job": self.job_spec(), "revision": self.spec.revision},
+            {"pod": self.pod_spec(), "job": self.job_spec(), "revision": self.spec.revision, "owner": self.owner.uid},
             sort_keys=True, separators=(",", ":"),
         )
         return hashlib.sha256(material.encode()).hexdigest()[:10]

@@ -70,6 +70,9 @@ def test_names_are_deterministic_bounded_and_change_with_what_matters() -> None:
                               hostname="gpu-1")["metadata"]["name"]
     assert first != build_job(template(revision="2"), node="gpu-1", hostname="gpu-1")["metadata"]["name"]
     assert base.spec_hash() == template(nodeCount=5, nodeSelector={"a": "b"}).spec_hash()  # choice, not content
+    recreated = JobTemplate(namespace="ml", prewarm="torch-mnist", spec=base.spec, image=base.image, env=ENV,
+                            owner=OwnerRef(OWNER.api_version, OWNER.kind, OWNER.name, "uid-2", controller=True))
+    assert recreated.spec_hash() != base.spec_hash()  # a new incarnation never meets the old one's Jobs
     long = job_name("a-very-long-model-prewarm-name-" * 3, "ip-10-0-0-1.eu-west-1.compute.internal", "abc")
     assert len(long) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", long)
     assert job_name("m", "n", "abc") != job_name("m", "n", "abc", "v2")
