@@ -285,6 +285,10 @@ async def canary_daemon(stopped: kopf.DaemonStopped, namespace: str | None, name
         waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(_until_stopped(stopped))]
         try:
             await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if not stopped:
+                raise
+            break  # kopf cancels a daemon told to stop that is still waiting: that is its normal exit
         finally:
             for waiter in waiters:
                 waiter.cancel()
@@ -374,8 +378,8 @@ def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> Non
     canary = (MODEL_CANARY.group, MODEL_CANARY.version, MODEL_CANARY.plural)
     kopf.index(*canary, registry=registry)(canaries_by_virtual_service)
     kopf.index(*canary, registry=registry)(canaries_by_prewarm)
-    # Told to stop (deletion, operator exit), the loop returns within a reconcile; cancelled only after that.
-    kopf.daemon(*canary, cancellation_backoff=5, cancellation_timeout=10, registry=registry)(canary_daemon)
+    # Told to stop (deletion, operator exit), a waiting daemon is cancelled at once and returns.
+    kopf.daemon(*canary, cancellation_timeout=10, registry=registry)(canary_daemon)
     kopf.on.event(*canary, registry=registry)(canary_event)
     kopf.on.delete(*canary, registry=registry)(canary_deleted)
     # No version: kopf watches the served (preferred) one, v1 or v1beta1.
