@@ -1,8 +1,10 @@
 """Loopback servers for the preload benchmark: nginx as a fast anonymous S3 and a model file.
 
 nginx answers path-style unsigned GET/HEAD with Range and If-Match the way S3 does for a public
-object (no ListObjectsV2, so the benchmark uses single-object URIs). It runs in the foreground
-with its own pid, log and temp paths under the work directory, on a free port.
+object. ``GET``/``HEAD /<bucket>`` (HeadBucket, ListObjects v1/v2) is answered with a static listing
+written beside the config, so clients that list first (KServe's storage initializer, the preloader
+with a prefix) work too; the listing ignores ``prefix``, which is fine with one model per bucket.
+It runs in the foreground with its own pid, log and temp paths under the work directory, on a free port.
 """
 
 from __future__ import annotations
@@ -67,9 +69,34 @@ http {{
         listen 127.0.0.1:{port};
         root {root};
         location / {{ }}
+{listings}
     }}
 }}
 """
+
+
+def nginx_etag(path: Path) -> str:
+    """The ETag nginx sends for a static file: hex mtime and hex size."""
+    st = path.stat()
+    return f'"{int(st.st_mtime):x}-{st.st_size:x}"'
+
+
+def listing_xml(bucket: str, root: Path) -> str:
+    """A ListObjects (v1 and v2 alike) answer for every file under root/bucket."""
+    contents = []
+    for path in sorted(p for p in (root / bucket).rglob("*") if p.is_file()):
+        key = path.relative_to(root / bucket).as_posix()
+        etag = nginx_etag(path).replace('"', "&quot;")
+        contents.append(
+            f"<Contents><Key>{key}</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified>"
+            f"<ETag>{etag}</ETag><Size>{path.stat().st_size}</Size><StorageClass>STANDARD</StorageClass></Contents>"
+        )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"<Name>{bucket}</Name><Prefix></Prefix><KeyCount>{len(contents)}</KeyCount><MaxKeys>1000</MaxKeys>"
+        f"<IsTruncated>false</IsTruncated>{''.join(contents)}</ListBucketResult>"
+    )
 
 
 @contextmanager
@@ -77,8 +104,14 @@ def nginx(root: Path, work: Path) -> Iterator[str]:
     """Serve ``root`` (``root/<bucket>/<key>``) on loopback; yields the endpoint URL."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    listings = []
+    for bucket in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        (work / f"list-{bucket}.xml").write_text(listing_xml(bucket, root))
+        listings.append(
+            f"        location = /{bucket} {{ default_type application/xml; alias {work}/list-{bucket}.xml; }}"
+        )
     conf = work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(work=work, port=port, root=root))
+    conf.write_text(NGINX_CONF.format(work=work, port=port, root=root, listings="\n".join(listings)))
     user = [] if os.geteuid() != 0 else ["-g", "user root;"]
     proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(work), *user], stderr=subprocess.PIPE)
     endpoint = f"http://127.0.0.1:{port}"

@@ -159,6 +159,24 @@ def crt_file(endpoint: str, bucket: str, key: str) -> dict[str, float]:
         os.unlink(target)
 
 
+def kserve_storage(endpoint: str, bucket: str, key: str) -> dict[str, float]:
+    """KServe's own storage initializer (the ``kserve-storage`` package): what KServe users run today.
+
+    ``Storage.download`` into a directory, as the storage-initializer container does, with KServe's
+    environment for an anonymous S3-compatible endpoint. DEST comes from ``BENCH_DEST``.
+    """
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, awsAnonymousCredential="true", AWS_DEFAULT_REGION="us-east-1")
+    os.environ.setdefault("S3_USE_HTTPS", "0")
+    import importlib
+
+    storage: Any = importlib.import_module("kserve_storage").Storage  # no type information shipped
+    dest = os.environ["BENCH_DEST"]
+    start = time.perf_counter()
+    storage.download(f"s3://{bucket}/{key}", out_dir=dest)
+    assert os.path.getsize(os.path.join(dest, os.path.basename(key))) > 0
+    return {"seconds": time.perf_counter() - start}
+
+
 def _runai(endpoint: str, bucket: str, key: str, tuned: bool) -> dict[str, float]:
     os.environ.update(
         AWS_ENDPOINT_URL=endpoint,
@@ -249,6 +267,7 @@ VARIANTS: dict[str, Callable[[str, str, str], dict[str, float]]] = {
     "fileobj_16x16": fileobj_16x16,
     "crt": crt,
     "crt_file": crt_file,
+    "kserve_storage": kserve_storage,
     "runai_default": runai_default,
     "runai_tuned": runai_tuned,
     "ceiling_one": ceiling_one,

@@ -35,6 +35,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import mmap
 import os
 import secrets
 import shutil
@@ -183,11 +184,18 @@ class Manifest:
 class FileSystem:
     """The OS write calls the cache makes; a seam so tests can simulate a full disk without root."""
 
+    # Whether files may be filled through a shared mapping (see FileSink.map); a test seam that
+    # fails writes turns it off to exercise the positional-write path.
+    map_writes = True
+
     def free_bytes(self, path: Path) -> int:
         return shutil.disk_usage(path).free
 
     def open_new(self, path: Path) -> int:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+    def fallocate(self, fd: int, size: int) -> None:
+        os.posix_fallocate(fd, 0, size)
 
     def write(self, fd: int, data: memoryview) -> int:
         return os.write(fd, data)
@@ -237,7 +245,9 @@ class FileSink:
     """One file being written at random offsets under a temporary name, renamed into place by ``finish``.
 
     Used for cache entries and for the initializer's DEST alike. The temporary name never embeds the
-    final one, so a 255-byte file name still fits.
+    final one, so a 255-byte file name still fits. ``map`` offers the file itself as the download
+    buffer: the bytes are received straight into its page-cache pages, one copy fewer than receiving
+    into memory and writing that out.
     """
 
     def __init__(self, fs: FileSystem, final: Path, size: int) -> None:
@@ -246,6 +256,7 @@ class FileSink:
         self.temp = final.parent / f".tmp-{secrets.token_hex(4)}"
         self.size = size
         self.fd: int | None = None
+        self.mapped: mmap.mmap | None = None
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             self.fd = fs.open_new(self.temp)
@@ -253,6 +264,25 @@ class FileSink:
         except OSError as exc:
             self.discard()
             raise disk_error(exc, final) from None
+
+    def map(self) -> memoryview | None:
+        """The whole file as a writable buffer, its blocks reserved first; None where that cannot be
+        (a filesystem without fallocate, an empty file): then the caller writes with ``write``.
+
+        The space is reserved with fallocate before anything is mapped, so a full disk is a DiskFull
+        here rather than a SIGBUS on a later store into the mapping.
+        """
+        if self.fd is None or self.size == 0 or not self.fs.map_writes:
+            return None
+        try:
+            self.fs.fallocate(self.fd, self.size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                return None
+            self.discard()
+            raise disk_error(exc, self.final) from None
+        self.mapped = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        return memoryview(self.mapped)
 
     def write(self, offset: int, data: memoryview) -> None:
         assert self.fd is not None

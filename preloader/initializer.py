@@ -111,7 +111,9 @@ class _Fill(CachedRun[Result]):
         log.info("cache hit: %s", entry)
         # Linking: verify every range first (reading is all the transfer does). Copying: each verified
         # range is written to DEST as it is read.
-        store = None if self.linkable else Store(lambda f: [self._dest_sink(f)], verify=False)
+        store = None
+        if not self.linkable:
+            store = Store(lambda f: [self._dest_sink(f)], verify=False, fallback=None, unmap=True)
         seconds, transfer = self._transfer(files, lambda f: ranges[f.path], from_disk, store, "cache")
         fill = time.perf_counter()
         if self.linkable:
@@ -144,7 +146,9 @@ class _Fill(CachedRun[Result]):
             return [writer.open(file), self._dest_sink(file)]  # one download, written twice
 
         log.info("downloading %s: %d file(s), %d bytes, to %s", resolved, len(files), _total(files), self.dest)
-        store = Store(sinks, cache=writer)
+        # Received straight into the first file's mapped pages (the cache's, else DEST's); copied from
+        # there into DEST when DEST is on another filesystem; streamed where a file cannot be mapped.
+        store = Store(sinks, cache=writer, fallback=None, unmap=True)
         part = self.config.transfer.part_size
         seconds, transfer = self._transfer(files, lambda f: aligned_ranges(f.obj, part), from_s3, store, "download")
         version = model_version(files, resolved.is_prefix)
@@ -189,7 +193,7 @@ class _Fill(CachedRun[Result]):
             check_values=label == "download",
         )
         try:
-            transfer.start(files, ranges, None)
+            transfer.start(files, ranges, store.allocate if store is not None else None)
             return transfer.finish(), transfer
         except BaseException:
             if store is not None:

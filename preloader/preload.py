@@ -53,10 +53,10 @@ def _needs_device_memory(files: Sequence[ModelFile]) -> int:
     return sum(f.obj.size for f in files if f.format != "other")
 
 
-def pinned_allocate(size: int) -> tuple[memoryview, object]:
+def pinned_allocate(file: ModelFile) -> tuple[memoryview, object]:
     """Page-locked host memory, so host-to-device copies run asynchronously at full PCIe speed."""
-    tensor = torch.empty(size, dtype=torch.uint8, pin_memory=True)
-    return (tensor.numpy().data.cast("B") if size else memoryview(b"")), tensor
+    tensor = torch.empty(file.obj.size, dtype=torch.uint8, pin_memory=True)
+    return (tensor.numpy().data.cast("B") if file.obj.size else memoryview(b"")), tensor
 
 
 def preload(config: Config, fs: FileSystem | None = None, stderr: TextIO | None = None) -> Preloaded:
@@ -147,7 +147,13 @@ class _Run(CachedRun[Preloaded]):
             hook=store,
             check_values=cache_state != "hit",
         )
-        allocator: Allocator = pinned_allocate if device.type == "cuda" else host_allocate
+        # CUDA: pinned buffers (async copies), written out to the cache range by range. CPU with a cache:
+        # the cache files themselves, mapped, are the buffers the tensors view (received once, no write-out).
+        allocator: Allocator = host_allocate
+        if device.type == "cuda":
+            allocator = pinned_allocate
+        elif store is not None and writer is not None:
+            allocator = store.allocate
         timings = _Timings()
         out: dict[str, dict[str, torch.Tensor]] = {}
         try:
@@ -206,8 +212,9 @@ def _host_tensor(buf: FileBuffer) -> torch.Tensor:
     owner = buf.owner
     if isinstance(owner, torch.Tensor):
         return owner
-    assert isinstance(owner, np.ndarray)
-    return torch.from_numpy(owner)
+    if isinstance(owner, np.ndarray):
+        return torch.from_numpy(owner)
+    return torch.frombuffer(buf.buffer(), dtype=torch.uint8)  # a mapped cache file
 
 
 def _load_file(buf: FileBuffer, device: torch.device, timings: _Timings) -> dict[str, torch.Tensor]:

@@ -113,6 +113,18 @@ def termination_text(line: str) -> str:
     return line if len(line.encode()) <= TERMINATION_LOG_LIMIT else json.dumps({"truncated": True})
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set of this process (Linux reports ru_maxrss in KiB)."""
+def peak_rss_bytes(status: str = "/proc/self/status") -> int:
+    """Peak resident set of this process: VmHWM, which starts afresh at exec.
+
+    ``ru_maxrss`` does not: a process started by a large parent inherits the parent's peak (the
+    kernel carries it over from the forked copy), so a preloader launched from a big process
+    reported that process's memory. ru_maxrss (KiB on Linux) is the fallback without /proc.
+    """
+    try:
+        with open(status) as lines:
+            for line in lines:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

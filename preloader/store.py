@@ -17,7 +17,7 @@ from pathlib import Path
 from preloader.cache import EntryWriter, FileSink
 from preloader.checksums import RangeSum, verify_object
 from preloader.plan import ByteRange, ModelFile
-from preloader.transfer import FileBuffer
+from preloader.transfer import Allocator, FileBuffer, host_allocate
 
 OpenSinks = Callable[[ModelFile], list[FileSink]]
 
@@ -30,27 +30,46 @@ class Store:
     ``verify`` is off when the bytes come from the cache, which checks its own per-range values.
     """
 
-    def __init__(self, open_sinks: OpenSinks, cache: EntryWriter | None = None, verify: bool = True) -> None:
+    def __init__(
+        self,
+        open_sinks: OpenSinks,
+        cache: EntryWriter | None = None,
+        verify: bool = True,
+        fallback: Allocator | None = host_allocate,
+        unmap: bool = False,
+    ) -> None:
         self._open_sinks = open_sinks
         self._cache = cache
         self._verify = verify
-        self._sinks: dict[int, list[FileSink]] = {}
+        self._fallback = fallback  # where a file cannot be mapped: memory (the Job), or None: stream it
+        self._unmap = unmap  # the initializer keeps nothing mapped once a file is written
+        self._sinks: dict[str, list[FileSink]] = {}
         self._lock = threading.Lock()
         self.verified: dict[str, str] = {}  # file path -> what it was checked against
 
-    def sinks(self, buf: FileBuffer) -> list[FileSink]:
-        key = id(buf)
+    def sinks(self, file: ModelFile) -> list[FileSink]:
+        key = str(file.path)
         with self._lock:
             if key not in self._sinks:
-                self._sinks[key] = self._open_sinks(buf.file)
+                self._sinks[key] = self._open_sinks(file)
             return self._sinks[key]
 
+    def allocate(self, file: ModelFile) -> tuple[memoryview, object] | None:
+        """An Allocator: the first sink's file, mapped, is the download buffer itself (no write-out);
+        the fallback where it cannot be mapped."""
+        sinks = self.sinks(file)
+        view = sinks[0].map() if sinks else None
+        if view is None:
+            return self._fallback(file) if self._fallback else None
+        return view, sinks[0].mapped
+
     def part(self, buf: FileBuffer, index: int, rng: ByteRange, data: memoryview) -> None:
-        for sink in self.sinks(buf):
-            sink.write(rng.start, data)
+        for sink in self.sinks(buf.file):
+            if sink.mapped is None:
+                sink.write(rng.start, data)
 
     def file_done(self, buf: FileBuffer) -> None:
-        sinks = self.sinks(buf)
+        sinks = self.sinks(buf.file)
         verified = "cache"
         if self._verify:
             sums: Sequence[RangeSum] = [s for s in buf.sums if s is not None]
@@ -63,6 +82,8 @@ class Store:
             rest = sinks
         for sink in rest:
             sink.finish()
+        if self._unmap:
+            buf.release()
 
     def summary(self) -> str:
         """One word for the result: what the files were checked against ("crc64nvme-full-object", "mixed")."""

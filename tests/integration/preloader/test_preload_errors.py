@@ -124,6 +124,8 @@ def test_malicious_pickle_is_refused_and_never_executed(s3: Any, bucket: str, ma
 class _FullDisk(FileSystem):
     """The seam: free space looks fine, then the write fails the way a full disk does."""
 
+    map_writes = False  # write range by range, the CUDA path's way, so there are writes to fail
+
     def pwrite(self, fd: int, data: memoryview, offset: int) -> int:
         raise OSError(28, "No space left on device")
 

@@ -29,6 +29,8 @@ pytestmark = pytest.mark.integration
 class _FailsMidWrite(FileSystem):
     """The seam: the third positional write fails the way a full disk does (ENOSPC)."""
 
+    map_writes = False  # write range by range, the CUDA path's way, so there are writes to fail
+
     def __init__(self) -> None:
         self.writes = 0
 
@@ -57,6 +59,23 @@ def test_a_run_failing_mid_write_removes_what_it_wrote_and_the_next_run_fits(
     assert out.result.cache == "miss"
     assert_bit_exact(small, out.tensors["model.safetensors"])
     assert preload(make_config(f"s3://{bucket}/big/", "--cache-dir", str(cache))).result.cache == "miss"
+
+
+class _NoRoomToReserve(FileSystem):
+    """The seam: reserving a file's blocks (before it is mapped) finds the disk full."""
+
+    def fallocate(self, fd: int, size: int) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_full_disk_is_found_when_reserving_not_by_a_fault_in_a_mapping(
+    s3: Any, bucket: str, make_config: Any, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=bucket, Key="m/model.safetensors", Body=safetensors_bytes(sample_tensors(37)))
+    cache = tmp_path / "cache"
+    with pytest.raises(DiskFull, match="cache disk full"):
+        preload(make_config(f"s3://{bucket}/m/", "--cache-dir", str(cache)), fs=_NoRoomToReserve())
+    assert entry_dirs(cache) == [] and not list(cache.rglob(".tmp-*"))
 
 
 def test_an_unfinished_version_left_by_a_killed_run_is_reclaimed(

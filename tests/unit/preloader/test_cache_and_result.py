@@ -131,3 +131,13 @@ class TestResult:
 
     def test_progress_bar_text(self) -> None:
         assert bar_text(50, 100, 1.0, width=10) == "[#####.....]  50.0%  0.00/0.00 GB  0.00 GB/s"
+
+
+def test_peak_rss_is_this_processs_own_high_water_mark(tmp_path: Path) -> None:
+    """VmHWM, not ru_maxrss, which a child inherits from a large parent."""
+    from preloader.result import peak_rss_bytes
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t  999999 kB\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n")
+    assert peak_rss_bytes(str(status)) == 2048 * 1024
+    assert peak_rss_bytes() > 0
