@@ -272,7 +272,8 @@ async def canary_daemon(stopped: kopf.DaemonStopped, namespace: str | None, name
     wake = ctx.wakeups[key]
     while not stopped:
         wake.clear()
-        delay = ctx.settings.resync_seconds
+        # +-10% so that canaries created together do not resync together for ever.
+        delay = ctx.settings.resync_seconds * random.uniform(0.9, 1.1)
         try:
             due = await _run(ctx, namespace, name, canaries_by_virtual_service, logger)
             if due is not None:
