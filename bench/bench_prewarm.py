@@ -5,7 +5,8 @@ Reports, in one run:
 - the time from the first create to every ModelPrewarm `Warm` (the Jobs are completed by the
   emulator's status-only Job simulation, which posts a preloader result as the termination
   message: no process runs, so this measures the operator, not the preloader);
-- API writes per settled ModelPrewarm per minute (target 0), over a quiet period;
+- API writes per settled ModelPrewarm per minute (target 0), and reads (GET and LIST, watches
+  excluded), over a quiet period;
 - the operator process's peak RSS.
 """
 
@@ -45,6 +46,12 @@ def peak_rss_bytes(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def operator_reads(cluster: EmulatedCluster, since: float) -> int:
+    return sum(1 for r in cluster.request_log.snapshot()
+               if r.timestamp >= since and r.method == "GET" and not r.watch
+               and (r.user_agent.startswith("kopf/") or r.user_agent.startswith("kserve-operator")))
 
 
 def inference_service(i: int, nodes: int) -> dict[str, Any]:
@@ -116,6 +123,7 @@ def run(count: int, gpu_nodes: int, nodes_per_model: int, quiet_seconds: float, 
             time.sleep(quiet_seconds)
             writes = sum(cluster.count_writes(since=since, exclude_resources=(), user_agent=agent)
                          for agent in ("kopf/", "kserve-operator"))
+            reads = operator_reads(cluster, since)
             peak = peak_rss_bytes(op.proc.pid)
             jobs = len(kube.list(JOBS))
     return {
@@ -124,6 +132,7 @@ def run(count: int, gpu_nodes: int, nodes_per_model: int, quiet_seconds: float, 
         "jobs_p50_ms": 1000 * statistics.median(to_jobs), "jobs_p99_ms": 1000 * percentile(to_jobs, 99),
         "all_warm_s": all_warm, "writes": writes, "quiet_s": quiet_seconds, "resync_s": resync,
         "writes_per_prewarm_minute": writes / count / (quiet_seconds / 60), "peak_rss_mib": peak / 2**20,
+        "reads_per_prewarm_minute": reads / count / (quiet_seconds / 60),
     }
 
 
@@ -143,6 +152,8 @@ def main() -> int:
     print(f"  first create -> all Warm (status-only Job simulation)   {r['all_warm_s']:8.2f} s")
     print(f"  API writes while settled ({r['quiet_s']:.0f}s, resync {r['resync_s']:.0f}s)   {r['writes']} total,"
           f" {r['writes_per_prewarm_minute']:.3f} per ModelPrewarm per minute (target 0)")
+    print(f"  API reads while settled (the resync timer)              {r['reads_per_prewarm_minute']:8.2f}"
+          " per ModelPrewarm per minute")
     print(f"  operator peak RSS                                       {r['peak_rss_mib']:8.1f} MiB")
     return 0
 

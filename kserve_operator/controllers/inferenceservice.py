@@ -164,9 +164,12 @@ async def namespace_event(body: kopf.Body, type: str | None, memo: Any, logger: 
     if type == "DELETED":
         ctx.namespace_labels.pop(namespace, None)
         return
-    changed = namespace not in ctx.namespace_labels or ctx.namespace_labels[namespace] != labelled
+    seen_before = namespace in ctx.namespace_labels
+    previous = ctx.namespace_labels.get(namespace)
     ctx.namespace_labels[namespace] = labelled
-    if type is None or not changed:  # the initial listing: the services' own listing covers it
+    # The first listing sets the baseline (the services' own listing covers them); a re-listing
+    # after a watch expired still reports a label that changed in the gap.
+    if (type is None and not seen_before) or (seen_before and previous == labelled):
         return
     try:
         services = await ctx.api.list(INFERENCE_SERVICE, namespace)

@@ -42,6 +42,9 @@ class PrewarmContext:
     core: ReconcileCore
     known: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # ModelPrewarms reconciled
     node_fingerprints: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The resourceVersion each Job and Pod of ours was last seen at: a re-listing (after a watch
+    # expired) reports every object again as "initial"; those that changed in the gap still count.
+    child_versions: dict[tuple[str, str, str], str] = dataclasses.field(default_factory=dict)
 
     @property
     def api(self) -> KubeApi:
@@ -131,13 +134,24 @@ async def prewarm_resync(namespace: str | None, name: str, memo: Any, logger: ko
 
 
 async def job_or_pod_changed(body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    """A Job of ours or one of its Pods changed: reconcile the ModelPrewarm named on its label."""
-    if type is None:  # the initial listing: the ModelPrewarms' resume handlers cover it
-        return
+    """A Job of ours or one of its Pods changed: reconcile the ModelPrewarm named on its label.
+
+    A listing (`type is None`: at start-up, or after a watch expired) reconciles only for objects
+    that changed since last seen, and only for ModelPrewarms already reconciled once (the others'
+    own first reconcile reads everything fresh anyway)."""
+    ctx: PrewarmContext = memo.prewarm
     meta = body.get("metadata") or {}
     owner, namespace = (meta.get("labels") or {}).get(LABEL_PREWARM), meta.get("namespace")
-    if owner and namespace:
-        await _run(memo, namespace, str(owner), logger, 0, from_child=True)
+    if not owner or not namespace:
+        return
+    key = (str(body.get("kind")), str(namespace), str(meta.get("name")))
+    version = str(meta.get("resourceVersion") or "")
+    previous = ctx.child_versions.pop(key, None) if type == "DELETED" else ctx.child_versions.get(key)
+    if type != "DELETED":
+        ctx.child_versions[key] = version
+    if type is None and (previous == version or (str(namespace), str(owner)) not in ctx.known):
+        return
+    await _run(memo, namespace, str(owner), logger, 0, from_child=True)
 
 
 def node_fingerprint(body: Mapping[str, Any]) -> str:
@@ -156,9 +170,11 @@ async def node_changed(body: kopf.Body, type: str | None, memo: Any, logger: kop
         ctx.node_fingerprints.pop(name, None)
     else:
         fingerprint = node_fingerprint(body)
-        unchanged = ctx.node_fingerprints.get(name) == fingerprint
+        previous = ctx.node_fingerprints.get(name)
         ctx.node_fingerprints[name] = fingerprint
-        if type is None or unchanged:
+        # A listing (type None) at start-up sets the baseline; a re-listing after a watch expired
+        # still reports a node that changed in the gap.
+        if previous == fingerprint or (type is None and previous is None):
             return
     for namespace, prewarm in sorted(ctx.known):
         await _run(memo, namespace, prewarm, logger, 0, from_child=True)
