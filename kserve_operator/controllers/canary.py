@@ -191,6 +191,7 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, 
         await _report_problem(api, body, plan.REASON_ROUTE_CLAIMED, plan.claim_message(*claimed, spec), spec)
         return Outcome.INVALID
 
+    await _release_previous_service(ctx, body, spec, logger)
     generation = meta.get("generation")
     moment = now()
     warm = await _warm_state(api, spec) if spec.require_warm else None
@@ -220,14 +221,33 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, 
     return Outcome.WAITING if decision.phase == res.PHASE_WAITING_FOR_MODEL else Outcome.OK
 
 
+async def _release_previous_service(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec,
+                                    logger: logging.Logger | Any) -> None:
+    """The spec moved to another VirtualService: the one managed so far gets stable 100% back."""
+    status = CanaryStatus.parse(body.get("status"))
+    if not status.virtual_service or status.virtual_service == plan.virtual_service_ref(spec) \
+            or not status.managed_routes:
+        return
+    vs_namespace, vs_name = status.virtual_service.split("/", 1)
+    previous = dataclasses.replace(spec, virtual_service=vs_name, virtual_service_namespace=vs_namespace)
+    await _release(ctx, body, previous, status)
+    logger.info("ModelCanary %s/%s moved from VirtualService %s to %s; the first got stable 100%% back",
+                body["metadata"]["namespace"], body["metadata"]["name"], status.virtual_service,
+                plan.virtual_service_ref(spec))
+
+
 async def _apply_weights(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec, table: RouteTable,
                          percent: int) -> tuple[Any, RouteTable]:
     """Write the split if the VirtualService does not carry it; on 409 re-read and plan again."""
     for attempt in range(CONFLICT_ATTEMPTS):
-        weights = plan_weights(table.obj, spec, percent)
+        status = CanaryStatus.parse(body.get("status"))
+        same_service = status.virtual_service in (None, plan.virtual_service_ref(spec))
+        weights = plan_weights(table.obj, spec, percent,
+                               previously=status.managed_routes if same_service else (),
+                               added=status.added_candidate_routes if same_service else ())
         if not weights.changed:
             return weights, table
-        intent = plan.intent_status(body.get("status"), weights)
+        intent = plan.intent_status(body.get("status"), spec, weights)
         if intent is not None:  # recorded first: the release must know what we appended
             meta = body["metadata"]
             await ctx.api.patch(MODEL_CANARY, meta["name"], {"status": intent}, namespace=meta["namespace"],
@@ -344,6 +364,9 @@ async def canary_deleted(body: kopf.Body, namespace: str | None, name: str, memo
         return
     out_of_time = runtime.total_seconds() >= ctx.settings.finalizer_timeout_seconds
     try:
+        if status.virtual_service:  # the one the managed routes belong to, even if the spec moved on
+            vs_namespace, vs_name = status.virtual_service.split("/", 1)
+            spec = dataclasses.replace(spec, virtual_service=vs_name, virtual_service_namespace=vs_namespace)
         await _release(ctx, dict(body), spec, status)
     except ApiError as exc:
         if out_of_time:

@@ -229,8 +229,9 @@ def plan_status(
         "lastTransitionTime": _transition(old, decision.phase, now),
         "analysis": analysis if spec.steps and spec.steps.analysis else None,
         "rolledBackGeneration": decision.rolled_back_generation,
+        "virtualService": virtual_service_ref(spec),
         "managedRoutes": list(weights.managed),
-        "addedCandidateRoutes": sorted(set(old.get("addedCandidateRoutes") or []) | set(weights.appended)),
+        "addedCandidateRoutes": sorted((_added_before(old, spec) - set(weights.removed)) | set(weights.appended)),
         "virtualServiceVersion": vs_version,
         "observedGeneration": generation,
         "conditions": conditions,
@@ -238,19 +239,32 @@ def plan_status(
     return status
 
 
+def virtual_service_ref(spec: CanarySpec) -> str:
+    return f"{spec.virtual_service_namespace}/{spec.virtual_service}"
+
+
+def _added_before(old: Mapping[str, Any], spec: CanarySpec) -> set[str]:
+    """The routes where we appended the candidate, in the VirtualService the spec names now."""
+    recorded = old.get("virtualService")
+    if recorded and recorded != virtual_service_ref(spec):
+        return set()
+    return set(old.get("addedCandidateRoutes") or [])
+
+
 def _transition(old: Mapping[str, Any], phase: str, now: datetime.datetime) -> str:
     previous = old.get("lastTransitionTime")
     return str(previous) if old.get("phase") == phase and previous else cond.rfc3339(now)
 
 
-def intent_status(old: Mapping[str, Any] | None, weights: WeightPlan) -> dict[str, Any] | None:
+def intent_status(old: Mapping[str, Any] | None, spec: CanarySpec, weights: WeightPlan) -> dict[str, Any] | None:
     """Written before a VirtualService write that appends the candidate destination, so the
     release knows to remove it even if the status write after the VirtualService write is lost."""
     old = old or {}
-    known = set(old.get("addedCandidateRoutes") or [])
-    if set(weights.appended) <= known:
+    known = _added_before(old, spec)
+    if set(weights.appended) <= known and old.get("virtualService") == virtual_service_ref(spec):
         return None
-    changes: dict[str, Any] = {"addedCandidateRoutes": sorted(known | set(weights.appended))}
+    changes: dict[str, Any] = {"addedCandidateRoutes": sorted(known | set(weights.appended)),
+                               "virtualService": virtual_service_ref(spec)}
     if not old.get("phase"):
         changes["phase"] = res.PHASE_PENDING
     return changes

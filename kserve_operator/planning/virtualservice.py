@@ -202,10 +202,31 @@ class WeightPlan:
     appended: tuple[str, ...]  # route keys where this plan appends the candidate destination
     stable_weight: int  # in the first managed route
     candidate_weight: int
+    removed: tuple[str, ...] = ()  # route keys where this plan removes the candidate we appended
 
 
-def plan_weights(vs: Mapping[str, Any], spec: CanarySpec, percent: int) -> WeightPlan:
-    """Put the candidate at `percent` of every managed route; nothing else in `spec.http` changes."""
+def _release_route(live: list[Route], http: list[Route], spec: CanarySpec, key: str,
+                   remove: bool) -> tuple[int, int] | None:
+    """Stable 100% in the route keyed `key` (in `http`); None when it is gone or unrecognisable."""
+    for index, route in enumerate(live):
+        if route_key(route, index) != key or not isinstance(route.get("route"), list):
+            continue
+        try:
+            destinations, _, weights = split_weights(route["route"], spec, 0, key, remove_added_candidate=remove)
+        except RoutingProblem:
+            return None
+        http[index]["route"] = copy.deepcopy(destinations)
+        return weights
+    return None
+
+
+def plan_weights(vs: Mapping[str, Any], spec: CanarySpec, percent: int, *,
+                 previously: Sequence[str] = (), added: Sequence[str] = ()) -> WeightPlan:
+    """Put the candidate at `percent` of every managed route; nothing else in `spec.http` changes.
+
+    Routes managed before (`previously`) that the spec no longer selects are given back: stable
+    100%, the candidate destination removed where we appended it (`added`).
+    """
     live = http_routes(vs)
     http = copy.deepcopy(live)
     keys: list[str] = []
@@ -213,14 +234,19 @@ def plan_weights(vs: Mapping[str, Any], spec: CanarySpec, percent: int) -> Weigh
     first: tuple[int, int] | None = None
     for index in managed_routes(vs, spec):
         key = route_key(live[index], index)
-        destinations, added, weights = split_weights(live[index]["route"], spec, percent, key)
+        destinations, was_added, weights = split_weights(live[index]["route"], spec, percent, key)
         http[index]["route"] = copy.deepcopy(destinations)
         keys.append(key)
-        if added:
+        if was_added:
             appended.append(key)
         first = first or weights
     assert first is not None  # managed_routes never returns an empty tuple
-    return WeightPlan(http, http != live, tuple(keys), tuple(appended), *first)
+    removed = tuple(key for key in previously if key not in keys and key in added
+                    and _release_route(live, http, spec, key, remove=True) is not None)
+    for key in previously:
+        if key not in keys and key not in added:
+            _release_route(live, http, spec, key, remove=False)
+    return WeightPlan(http, http != live, tuple(keys), tuple(appended), *first, removed=removed)
 
 
 def plan_release(vs: Mapping[str, Any], spec: CanarySpec, managed: Sequence[str],
@@ -232,20 +258,15 @@ def plan_release(vs: Mapping[str, Any], spec: CanarySpec, managed: Sequence[str]
     http = copy.deepcopy(live)
     keys: list[str] = []
     first: tuple[int, int] = (100, 0)
-    for index, route in enumerate(live):
-        key = route_key(route, index)
-        if key not in managed or not isinstance(route.get("route"), list):
+    for key in managed:
+        weights = _release_route(live, http, spec, key, remove=key in added)
+        if weights is None:
             continue
-        try:
-            destinations, _, weights = split_weights(route["route"], spec, 0, key,
-                                                     remove_added_candidate=key in added)
-        except RoutingProblem:
-            continue
-        http[index]["route"] = copy.deepcopy(destinations)
         if not keys:
             first = weights
         keys.append(key)
-    return WeightPlan(http, http != live, tuple(keys), (), *first)
+    return WeightPlan(http, http != live, tuple(keys), (), *first,
+                      removed=tuple(key for key in keys if key in added))
 
 
 def weights_in_force(vs: Mapping[str, Any], spec: CanarySpec) -> tuple[int, int] | None:

@@ -263,6 +263,7 @@ class CanaryStatus:
     last_check_time: datetime.datetime | None = None
     failed_checks: int = 0
     rolled_back_generation: int | None = None
+    virtual_service: str | None = None  # "namespace/name" the routes below belong to
     managed_routes: tuple[str, ...] = ()
     added_candidate_routes: tuple[str, ...] = ()
     conditions: tuple[Condition, ...] = ()
@@ -285,6 +286,7 @@ class CanaryStatus:
             last_check_time=_time(analysis.get("lastCheckTime")),
             failed_checks=_count(analysis.get("failedChecks")),
             rolled_back_generation=rolled_back if isinstance(rolled_back, int) else None,
+            virtual_service=raw["virtualService"] if "/" in str(raw.get("virtualService") or "") else None,
             managed_routes=names(raw.get("managedRoutes")),
             added_candidate_routes=names(raw.get("addedCandidateRoutes")),
             conditions=tuple(dict(c) for c in raw.get("conditions") or [] if isinstance(c, Mapping)),

@@ -22,6 +22,7 @@ from tests.integration.operator.canary_world import (
     operator_writes,
     route,
     settle,
+    virtual_service,
     vs_path,
     wait_phase,
     weights,
@@ -127,3 +128,27 @@ def test_percent_zero_is_a_rollback_by_hand(kube: Any, start_operator: StartOper
     mc = kube.wait_for(f"{MCANARY}/mnist", lambda o: o["status"].get("percent") == 0)
     assert condition(mc, "Available")["status"] == "True"
     assert "stable 100% / candidate 0%" in condition(mc, "Available")["message"]
+
+
+def test_routes_and_virtual_services_left_behind_by_a_spec_change_are_given_back(
+    kube: Any, start_operator: StartOperator,
+) -> None:
+    original = install_world(kube)
+    other = kube.create(vs_path(name="mnist-next").rsplit("/", 1)[0], virtual_service(name="mnist-next"))
+    start_operator(resync=30)
+    kube.create(MCANARY, model_canary(percent=30, routes=["predict", "audited"]))
+    kube.wait_for(vs_path(), lambda o: weights(o) == [70, 30] and weights(o, "audited") == [20, 56, 24])
+    kube.patch(f"{MCANARY}/mnist", {"spec": {"routes": ["audited"]}})
+    vs = kube.wait_for(vs_path(), lambda o: weights(o) == [100])
+    assert route(vs, "predict") == route(original, "predict")  # exactly as before the canary
+    assert weights(vs, "audited") == [20, 56, 24]
+    kube.patch(f"{MCANARY}/mnist", {"spec": {"virtualService": {"name": "mnist-next"}, "routes": ["predict"]}})
+    kube.wait_for(vs_path(name="mnist-next"), lambda o: weights(o) == [70, 30])
+    vs = kube.wait_for(vs_path(), lambda o: weights(o, "audited") == [20, 80])
+    assert vs["spec"] == original["spec"]
+    mc = wait_phase(kube, "mnist", "Active")
+    assert mc["status"]["virtualService"] == "default/mnist-next"
+    assert mc["status"]["addedCandidateRoutes"] == ["predict"]
+    kube.delete(f"{MCANARY}/mnist")
+    kube.wait_gone(f"{MCANARY}/mnist", timeout=10)
+    assert kube.get(vs_path(name="mnist-next"))["spec"] == other["spec"]

@@ -38,6 +38,7 @@ def test_status_of_an_active_canary() -> None:
     assert (status["percent"], status["stableWeight"], status["candidateWeight"]) == (20, 80, 20)
     assert (status["stable"], status["candidate"]) == ("torch-mnist", "torch-mnist-v2")
     assert status["managedRoutes"] == ["predict", "audited", "http[5]"]
+    assert status["virtualService"] == "models/mnist"
     assert status["addedCandidateRoutes"] == ["audited", "http[5]", "predict"]
     assert status["observedGeneration"] == 4 and status["virtualServiceVersion"] == "v1"
     by_type = {c["type"]: c for c in status["conditions"]}
@@ -106,10 +107,15 @@ def test_a_problem_is_reported_once_and_keeps_the_bookkeeping() -> None:
 
 def test_the_intent_to_append_is_recorded_before_the_write() -> None:
     weights = plan_weights(mnist_vs(), canary_spec(), 20)
-    assert plan.intent_status(None, weights) == {"addedCandidateRoutes": ["audited", "http[5]", "predict"],
-                                                 "phase": res.PHASE_PENDING}
-    recorded = {"phase": res.PHASE_ACTIVE, "addedCandidateRoutes": ["audited", "http[5]", "predict"]}
-    assert plan.intent_status(recorded, weights) is None
+    assert plan.intent_status(None, canary_spec(), weights) == {
+        "addedCandidateRoutes": ["audited", "http[5]", "predict"], "virtualService": "models/mnist",
+        "phase": res.PHASE_PENDING}
+    recorded = {"phase": res.PHASE_ACTIVE, "addedCandidateRoutes": ["audited", "http[5]", "predict"],
+                "virtualService": "models/mnist"}
+    assert plan.intent_status(recorded, canary_spec(), weights) is None
+    moved = canary_spec(virtualService={"name": "other"})
+    assert plan.intent_status(recorded, moved, weights) == {
+        "addedCandidateRoutes": ["audited", "http[5]", "predict"], "virtualService": "models/other"}
 
 
 def claimant(name: str, created: str, **changes: Any) -> Claimant:

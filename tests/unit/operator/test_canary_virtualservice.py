@@ -234,3 +234,17 @@ def test_any_route_sums_to_100_and_keeps_every_other_field(
     rel = released.http[1]["route"]
     assert sum(vsplan._weight(d, len(rel)) for d in rel) == 100
     assert len(rel) == len(before)
+
+
+def test_a_route_dropped_from_the_spec_is_given_back() -> None:
+    vs = mnist_vs()
+    both = plan_weights(vs, canary_spec(routes=["predict", "audited"]), 30)
+    moved = applied(vs, both.http)
+    narrowed = plan_weights(moved, canary_spec(routes=["audited"]), 30, previously=both.managed,
+                            added=both.appended)
+    assert narrowed.managed == ("audited",) and narrowed.removed == ("predict",)
+    assert narrowed.http[1] == vs["spec"]["http"][1]  # predict exactly as before the canary
+    assert [d["weight"] for d in narrowed.http[2]["route"]] == [20, 56, 24]
+    again = plan_weights(applied(moved, narrowed.http), canary_spec(routes=["audited"]), 30,
+                         previously=narrowed.managed, added=("audited",))
+    assert not again.changed
