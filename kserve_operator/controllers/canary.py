@@ -39,6 +39,7 @@ from kserve_operator.planning.events import NORMAL, EventPlan
 from kserve_operator.planning.virtualservice import (
     REASON_FOREIGN_OWNER,
     RoutingProblem,
+    WeightPlan,
     foreign_owner,
     plan_release,
     plan_weights,
@@ -237,7 +238,7 @@ async def _release_previous_service(ctx: CanaryContext, body: dict[str, Any], sp
 
 
 async def _apply_weights(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec, table: RouteTable,
-                         percent: int) -> tuple[Any, RouteTable]:
+                         percent: int) -> tuple[WeightPlan, RouteTable]:
     """Write the split if the VirtualService does not carry it; on 409 re-read and plan again."""
     for attempt in range(CONFLICT_ATTEMPTS):
         status = CanaryStatus.parse(body.get("status"))
