@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit integration bench-operator bench-preload lock-operator clean
+.PHONY: install demo test lint typecheck unit integration bench-operator bench-prewarm bench-canary bench-preload lock-operator clean
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ test: lint
 
 bench-operator: install
 	$(PY) -m bench.bench_operator
+
+bench-prewarm: install
+	$(PY) -m bench.bench_prewarm
+
+bench-canary: install
+	$(PY) -m bench.bench_canary
 
 bench-preload: install
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[preloader,dev,bench]'
