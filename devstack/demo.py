@@ -1,38 +1,50 @@
 """`make demo`: the operator doing its work against an embedded local setup, told in plain words.
 
-1. Starts the emulated Kubernetes API server (with its simulated Deployment controller).
-2. Starts the real operator process against it.
-3. Applies the sample Memcached and reports what the operator created and the status.
-4. Drives a scale: with memcached and Prometheus installed, real client connections
-   through a real Prometheus; without them, a spec change.
-5. Runs the preloader against a local S3 (moto's server) holding a small real model.
+1. Starts the emulated Kubernetes API server (simulated Deployment and Job controllers, nodes),
+   with the project's CRDs and KServe's and Istio's (tests/fixtures/crds/), moto's S3, a real
+   memcached and Prometheus when installed, and the real operator process.
+2. Memcached: applies the sample and drives a scale: with memcached and Prometheus installed,
+   real client connections through a real Prometheus; without them, a spec change.
+3. Pre-warm (prewarm_demo.py): torch-mnist through the KServe SDK, warmed by the real preloader
+   on two simulated GPU nodes.
+4. Canary (canary_demo.py): a candidate held until its model is warm, stepped on a Prometheus
+   analysis, rolled back when its error ratio goes over the bound.
+5. Runs the preloader alone against a local S3 holding a small real model (a miss, then a hit).
+
+Exits 0 when everything shown happened, 1 with the reason otherwise.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import pathlib
 import subprocess
 import sys
 import tempfile
+import time
+import traceback
+from collections.abc import Iterator
 
 import yaml
 
+from devcluster import ApiError
 from devcluster.client import ClusterClient
 from devcluster.emulator import EmulatedCluster
-from devstack import metrics_stack
+from devstack import canary_demo, metrics_stack, prewarm_demo
+from devstack.demo_world import DemoFailed, DemoWorld, say
+from devstack.error_ratio_exporter import ErrorRatioExporter
+from devstack.local_s3 import moto_s3
 from devstack.operator_process import running_operator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+CRDS = [ROOT / "manifests/crds", ROOT / "tests/fixtures/crds"]  # ours, and KServe's and Istio's (trimmed)
 MC = "/apis/cache.serverless.xyz/v1alpha1/namespaces/default/memcacheds"
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
 SVC = "/api/v1/namespaces/default/services"
 EVENTS = "/api/v1/namespaces/default/events"
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
+MEMCACHED_SAMPLE = "memcached-sample"
 
 
 def describe(kube: ClusterClient, name: str) -> None:
@@ -53,86 +65,128 @@ def new_events(kube: ClusterClient, name: str, seen: set[str]) -> None:
             say(f"  event {event['type']}/{event['reason']}: {event['message']}")
 
 
-def memcached_demo(kube: ClusterClient, kubeconfig: pathlib.Path, workdir: pathlib.Path) -> None:
+def memcached_demo(world: DemoWorld) -> None:
+    kube = world.kube
     sample = yaml.safe_load((ROOT / "manifests/samples/memcached.yaml").read_text())
     name = sample["metadata"]["name"]
     seen: set[str] = set()
-    with contextlib.ExitStack() as stack:
-        real_metrics = metrics_stack.have_binaries()
-        prometheus_url = None
-        if real_metrics:
-            say("Starting a real memcached, its stats exporter and a real Prometheus (1 s scrapes)...")
-            mc_port = stack.enter_context(metrics_stack.memcached_server())
-            exporter = stack.enter_context(metrics_stack.stats_exporter(mc_port))
-            labels = {"namespace": "default", "pod": f"{name}-6d9f7b8c4d-x7k2p"}
-            prometheus_url = stack.enter_context(metrics_stack.prometheus_server({exporter: labels}))
-            metrics_stack.wait_for_first_sample(prometheus_url)
-            say(f"  memcached on 127.0.0.1:{mc_port}, Prometheus at {prometheus_url}")
-        else:
-            say("memcached/prometheus are not installed: the scale step will use a spec change instead.")
-            sample["spec"].pop("targetConnectionsPerReplica", None)
-        say("Starting the operator...")
-        env = {"RESYNC_SECONDS": "1", **({"PROMETHEUS_URL": prometheus_url} if prometheus_url else {})}
-        op = stack.enter_context(running_operator(kubeconfig, workdir / "operator.log", env=env))
-        say(f"  operator running (pid {op.proc.pid}), probes and /metrics on 127.0.0.1:{op.http_port}, "
-            f"log {op.log_path}")
+    mc_port = world.memcached_port
+    if mc_port is None:
+        say("memcached/prometheus are not installed: the scale step will use a spec change instead.")
+        sample["spec"].pop("targetConnectionsPerReplica", None)
 
-        say(f"\nApplying manifests/samples/memcached.yaml ({json.dumps(sample['spec'])})")
-        kube.create(MC, sample)
-        dep = kube.wait_for(f"{DEPLOY}/{name}", lambda d: True, timeout=30)
-        containers = [c["name"] for c in dep["spec"]["template"]["spec"]["containers"]]
-        say(f"  Deployment {name} created: {dep['spec']['replicas']} replica(s), containers {containers}, "
-            f"owned by Memcached {dep['metadata']['ownerReferences'][0]['name']}")
-        svc = kube.get(f"{SVC}/{name}")
-        say(f"  Service {name} created: ports {[p['port'] for p in svc['spec']['ports']]}")
-        kube.wait_for(f"{MC}/{name}", lambda o: o.get("status", {}).get("phase") == "Running", timeout=60)
-        describe(kube, name)
+    say(f"\nApplying manifests/samples/memcached.yaml ({json.dumps(sample['spec'])})")
+    kube.create(MC, sample)
+    dep = kube.wait_for(f"{DEPLOY}/{name}", lambda d: True, timeout=30)
+    containers = [c["name"] for c in dep["spec"]["template"]["spec"]["containers"]]
+    say(f"  Deployment {name} created: {dep['spec']['replicas']} replica(s), containers {containers}, "
+        f"owned by Memcached {dep['metadata']['ownerReferences'][0]['name']}")
+    svc = kube.get(f"{SVC}/{name}")
+    say(f"  Service {name} created: ports {[p['port'] for p in svc['spec']['ports']]}")
+    kube.wait_for(f"{MC}/{name}", lambda o: o.get("status", {}).get("phase") == "Running", timeout=60)
+    describe(kube, name)
 
-        if real_metrics:
-            say("\nOpening 250 real client connections to memcached "
-                "(100 per replica, 1 warm spare: the operator should want 4)...")
-            with metrics_stack.client_connections(mc_port, 250):
-                kube.wait_for(f"{MC}/{name}", lambda o: o["status"].get("readyReplicas") == 4, timeout=60)
-                describe(kube, name)
-                new_events(kube, name, seen)
-            say("\nClosing the connections: scale-down waits for the 30s scaling window...")
-            kube.wait_for(f"{MC}/{name}", lambda o: o["status"].get("readyReplicas") == 2
-                          and o["status"]["phase"] == "Running", timeout=90)
-        else:
-            say("\nRaising spec.size to 3...")
-            kube.patch(f"{MC}/{name}", {"spec": {"size": 3}})
-            kube.wait_for(f"{MC}/{name}", lambda o: o["status"].get("readyReplicas") == 3, timeout=60)
-        describe(kube, name)
-        new_events(kube, name, seen)
+    if mc_port is not None:
+        say("\nOpening 250 real client connections to memcached "
+            "(100 per replica, 1 warm spare: the operator should want 4)...")
+        with metrics_stack.client_connections(mc_port, 250):
+            kube.wait_for(f"{MC}/{name}", lambda o: o["status"].get("readyReplicas") == 4, timeout=60)
+            describe(kube, name)
+            new_events(kube, name, seen)
+        say("\nClosing the connections: scale-down waits for the 30s scaling window...")
+        kube.wait_for(f"{MC}/{name}", lambda o: o["status"].get("readyReplicas") == 2
+                      and o["status"]["phase"] == "Running", timeout=90)
+    else:
+        say("\nRaising spec.size to 3...")
+        kube.patch(f"{MC}/{name}", {"spec": {"size": 3}})
+        kube.wait_for(f"{MC}/{name}", lambda o: o["status"].get("readyReplicas") == 3, timeout=60)
+    describe(kube, name)
+    new_events(kube, name, seen)
 
-        say("\nApplying an invalid Memcached (size: 101): the API server's schema check rejects it:")
-        try:
-            kube.create(MC, {**sample, "metadata": {"name": "too-big", "namespace": "default"},
-                             "spec": {"size": 101}})
-        except Exception as exc:  # the client's ApiError: shown, as kubectl would
-            say(f"  rejected: {exc}")
+    say("\nApplying an invalid Memcached (size: 101): the API server's schema check rejects it:")
+    try:
+        kube.create(MC, {**sample, "metadata": {"name": "too-big", "namespace": "default"},
+                         "spec": {"size": 101}})
+    except ApiError as exc:
+        say(f"  rejected: {exc}")
+    else:
+        raise DemoFailed("the API server accepted a Memcached with size 101")
 
 
 def preloader_demo(workdir: pathlib.Path) -> None:
-    say("\nPreloader: a small real model in a local S3 (moto's server), pulled into memory on the CPU...")
-    script = ROOT / "devstack" / "preload_demo.py"
-    if not script.exists():
-        say("  (the preloader demo is not available in this checkout)")
-        return
+    say("\nPreloader alone: a small real model in a local S3 (moto's server), pulled into memory on the CPU...")
     subprocess.run([sys.executable, "-m", "devstack.preload_demo", str(workdir)], cwd=ROOT, check=True)
 
 
-def main() -> int:
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="kserve-operator-demo-"))
-    say("Starting the emulated Kubernetes API server (kmock, extended; Deployment controller simulated)...")
-    crds = sorted((ROOT / "manifests/crds").glob("*.yaml"))
-    with EmulatedCluster(crds) as cluster:
+@contextlib.contextmanager
+def demo_world(workdir: pathlib.Path) -> Iterator[DemoWorld]:
+    """Everything the parts share, started in order and stopped in reverse."""
+    with contextlib.ExitStack() as stack:
+        say("Starting the emulated Kubernetes API server (kmock, extended; Deployments, Jobs and Nodes simulated)...")
+        cluster = stack.enter_context(EmulatedCluster(CRDS))
         kubeconfig = cluster.write_kubeconfig(workdir / "kubeconfig")
         say(f"  API server at {cluster.url}; kubeconfig {kubeconfig}")
-        kube = ClusterClient(cluster.url)
-        memcached_demo(kube, kubeconfig, workdir)
-    preloader_demo(workdir)
-    say(f"\nDone. Logs and files are in {workdir}")
+        s3 = stack.enter_context(moto_s3())
+        say(f"  S3: moto's server at {s3.url}")
+        memcached_port = prometheus_url = error_ratios = None
+        if metrics_stack.have_binaries():
+            say("Starting a real memcached, its stats exporter, the canary's error-ratio exporter and a real "
+                "Prometheus (1 s scrapes)...")
+            memcached_port = stack.enter_context(metrics_stack.memcached_server())
+            stats = stack.enter_context(metrics_stack.stats_exporter(memcached_port))
+            error_ratios = ErrorRatioExporter()
+            stack.callback(error_ratios.close)
+            targets = {stats: {"namespace": "default", "pod": f"{MEMCACHED_SAMPLE}-6d9f7b8c4d-x7k2p"},
+                       error_ratios.port: {"namespace": "default"}}
+            prometheus_url = stack.enter_context(metrics_stack.prometheus_server(targets))
+            metrics_stack.wait_for_first_sample(prometheus_url)
+            say(f"  memcached on 127.0.0.1:{memcached_port}, Prometheus at {prometheus_url}")
+        say("Starting the operator...")
+        env = {"RESYNC_SECONDS": "1", **({"PROMETHEUS_URL": prometheus_url} if prometheus_url else {})}
+        operator = stack.enter_context(running_operator(kubeconfig, workdir / "operator.log", env=env))
+        say(f"  operator running (pid {operator.proc.pid}), probes and /metrics on 127.0.0.1:{operator.http_port}, "
+            f"log {operator.log_path}")
+        yield DemoWorld(cluster=cluster, kube=ClusterClient(cluster.url), kubeconfig=kubeconfig, workdir=workdir,
+                        s3=s3, operator=operator, memcached_port=memcached_port, prometheus_url=prometheus_url,
+                        error_ratios=error_ratios)
+
+
+PARTS = ("memcached", "prewarm", "canary", "preloader")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated, in this order: {', '.join(PARTS)} (default: all)")
+    args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        parser.error(f"unknown part(s): {', '.join(sorted(parts - set(PARTS)))}")
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="kserve-operator-demo-"))
+    started = time.monotonic()
+    prewarm_seconds: float | None = None
+    try:
+        if parts & {"memcached", "prewarm", "canary"}:
+            with demo_world(workdir) as world:
+                if "memcached" in parts:
+                    memcached_demo(world)
+                if "prewarm" in parts or "canary" in parts:  # the canary's stable model is torch-mnist
+                    prewarm_seconds = prewarm_demo.run(world)
+                if "canary" in parts:
+                    canary_demo.run(world)
+        if "preloader" in parts:
+            preloader_demo(workdir)
+    except DemoFailed as exc:
+        say(f"\nThe demo FAILED: {exc}")
+        say(f"Logs and files are in {workdir} (the operator's log: {workdir / 'operator.log'})")
+        return 1
+    except Exception as exc:  # whatever broke, the demo says so and exits non-zero
+        traceback.print_exc()
+        say(f"\nThe demo FAILED: {type(exc).__name__}: {exc}")
+        say(f"Logs and files are in {workdir} (the operator's log: {workdir / 'operator.log'})")
+        return 1
+    prewarm = f" (end-to-end pre-warm {prewarm_seconds:.1f} s)" if prewarm_seconds is not None else ""
+    say(f"\nDone in {time.monotonic() - started:.0f} s{prewarm}. Logs and files are in {workdir}")
     return 0
 
 

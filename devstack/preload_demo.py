@@ -1,37 +1,18 @@
-"""The preloader part of `make demo`: a small real model in a local S3 (moto's server),
-pulled twice by `python -m preloader` (a miss, then a node-local cache hit)."""
+"""The preloader-alone part of `make demo`: a small real model in a local S3 (moto's server,
+devstack/local_s3.py), pulled twice by `python -m preloader` (a miss, then a node-local cache hit)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pathlib
 import subprocess
 import sys
 import tempfile
 
-import boto3
-import torch
-from moto.server import ThreadedMotoServer
-from safetensors.torch import save_file
-
-from devstack.metrics_stack import free_port
+from devstack.local_s3 import ACCESS_KEY, BUCKET, REGION, SECRET_KEY, moto_s3, upload_model_directory
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def make_model(folder: pathlib.Path) -> list[pathlib.Path]:
-    """A small MLP (about 13 MB of float32 weights) and its config, as a model directory."""
-    generator = torch.Generator().manual_seed(0)
-    tensors = {
-        "fc1.weight": torch.randn(2048, 784, generator=generator), "fc1.bias": torch.zeros(2048),
-        "fc2.weight": torch.randn(1024, 2048, generator=generator), "fc2.bias": torch.zeros(1024),
-        "fc3.weight": torch.randn(10, 1024, generator=generator), "fc3.bias": torch.zeros(10),
-    }
-    save_file(tensors, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({"architecture": "mlp", "layers": [784, 2048, 1024, 10]}))
-    return [folder / "model.safetensors", folder / "config.json"]
 
 
 def run_preloader(uri: str, cache: pathlib.Path, workdir: pathlib.Path, env: dict[str, str]) -> dict[str, object]:
@@ -58,30 +39,17 @@ def describe(result: dict[str, object]) -> None:
 
 
 def main(workdir: pathlib.Path) -> int:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        creds = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo-secret",  # moto accepts any
-                 "AWS_DEFAULT_REGION": "us-east-1"}
-        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
-        s3.create_bucket(Bucket="models")
-        with tempfile.TemporaryDirectory() as tmp:
-            for path in make_model(pathlib.Path(tmp)):
-                s3.upload_file(str(path), "models", f"mlp/{path.name}")
-        print(f"  uploaded s3://models/mlp/ (model.safetensors, config.json) to moto's server at {endpoint}")
-        env = {**os.environ, **creds, "AWS_ENDPOINT_URL": endpoint, "S3_USE_HTTPS": "0"}
+    with moto_s3() as s3:
+        upload_model_directory(s3, "mlp")
+        print(f"  uploaded s3://{BUCKET}/mlp/ (model.safetensors, config.json) to moto's server at {s3.url}")
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+               "AWS_DEFAULT_REGION": REGION, "AWS_ENDPOINT_URL": s3.url, "S3_USE_HTTPS": "0"}
         cache = workdir / "model-cache"
         print("  first pull (empty node-local cache):")
-        describe(run_preloader("s3://models/mlp/", cache, workdir, env))
+        describe(run_preloader(f"s3://{BUCKET}/mlp/", cache, workdir, env))
         print("  second pull (the cache is verified by checksum and S3 is not contacted):")
-        describe(run_preloader("s3://models/mlp/", cache, workdir, env))
+        describe(run_preloader(f"s3://{BUCKET}/mlp/", cache, workdir, env))
         print(f"  the same JSON is in the termination message file {workdir / 'termination-log'}")
-    finally:
-        server.stop()
     return 0
 
 

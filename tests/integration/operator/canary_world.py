@@ -1,5 +1,5 @@
 """What the ModelCanary integration tests set up on the emulated cluster: InferenceServices, a
-VirtualService shaped like a real Istio one (tests/unit/operator/canary_shapes.py), ModelPrewarms
+VirtualService shaped like a real Istio one (devstack/mnist_virtualservice.py), ModelPrewarms
 with a status, ModelCanaries, and ways to read them back."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import copy
 import time
 from typing import Any
 
-from tests.unit.operator.canary_shapes import mnist_vs
+from devstack.mnist_virtualservice import virtual_service as virtual_service
 
 NS = "default"
 MCANARY = f"/apis/serving.serverless.xyz/v1alpha1/namespaces/{NS}/modelcanaries"
@@ -21,23 +21,6 @@ CANDIDATE_HOST = f"torch-mnist-v2-predictor.{NS}.svc.cluster.local"
 
 def vs_path(version: str = "v1", name: str = "mnist") -> str:
     return f"/apis/networking.istio.io/{version}/namespaces/{NS}/virtualservices/{name}"
-
-
-def virtual_service(name: str = "mnist", version: str = "v1") -> dict[str, Any]:
-    """The mnist VirtualService of the unit tests, moved to this namespace."""
-    vs = mnist_vs()
-    vs["apiVersion"] = f"networking.istio.io/{version}"
-    vs["metadata"] = {"name": name, "namespace": NS, "labels": dict(vs["metadata"]["labels"]),
-                      "annotations": dict(vs["metadata"]["annotations"])}
-    for section in ("http", "tcp", "tls"):
-        for route in vs["spec"].get(section) or []:
-            for destination in route.get("route") or []:
-                host = destination["destination"]["host"]
-                destination["destination"]["host"] = host.replace(".models.", f".{NS}.")
-            if "mirror" in route:
-                route["mirror"]["host"] = route["mirror"]["host"].replace(".models.", f".{NS}.")
-    vs["spec"]["hosts"] = ["mnist.example.com", f"mnist.{NS}.svc.cluster.local"]
-    return vs
 
 
 def inference_service(name: str) -> dict[str, Any]:

@@ -1,27 +1,16 @@
 """The pre-warm tests' world: a real S3 (moto's server), a small real model in it, KServe-style
 credentials (a service account listing a Secret), simulated GPU nodes, and the real preloader
 registered as the `preloader:gpu` image so that the emulated cluster's Jobs run it as a local
-process (devcluster/jobs.py, devcluster/kubelet.py)."""
+process. The S3 and GPU-pool pieces live in devstack/local_s3.py and
+devstack/simulated_gpu_pool.py (the demo uses them too); the rest is here."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import dataclasses
-import io
 import json
 import pathlib
-import sys
-from collections.abc import Iterator
 from typing import Any
 
-import boto3
-import torch
-from moto.server import ThreadedMotoServer
-from safetensors.torch import save
-
 from devcluster import ClusterClient, EmulatedCluster
-from devstack.metrics_stack import free_port
 
 NS = "default"
 ISVC = f"/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices"
@@ -29,75 +18,8 @@ PREWARM = f"/apis/serving.serverless.xyz/v1alpha1/namespaces/{NS}/modelprewarms"
 JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
 PODS = f"/api/v1/namespaces/{NS}/pods"
 EVENTS = f"/api/v1/namespaces/{NS}/events"
-PRELOADER_IMAGE = "preloader:gpu"
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 TORCH_MNIST = ROOT / "manifests" / "samples" / "torch-mnist.yaml"
-GPU_LABELS = {"nvidia.com/gpu.present": "true"}
-GPU_TAINTS = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
-
-
-@dataclasses.dataclass(frozen=True)
-class S3:
-    endpoint: str  # host:port, as KServe's s3-endpoint annotation carries it
-    client: Any
-
-
-@contextlib.contextmanager
-def moto_s3() -> Iterator[S3]:
-    """moto's S3 server on loopback with a `models` bucket (a test module's fixture wraps it)."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
-        client.create_bucket(Bucket="models")
-        yield S3(f"127.0.0.1:{port}", client)
-    finally:
-        server.stop()
-
-
-def mnist_bytes(seed: int) -> bytes:
-    """A small real model: an MNIST MLP's weights (784 -> 128 -> 10) as safetensors, ~400 KB."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {"fc1.weight": torch.randn(128, 784, generator=generator), "fc1.bias": torch.zeros(128),
-               "fc2.weight": torch.randn(10, 128, generator=generator), "fc2.bias": torch.zeros(10)}
-    return save(tensors)
-
-
-def upload_model(s3: S3, key: str, seed: int = 0) -> int:
-    body = mnist_bytes(seed)
-    s3.client.upload_fileobj(io.BytesIO(body), "models", key)
-    return len(body)
-
-
-def run_preloader_locally(cluster: EmulatedCluster) -> None:
-    """`preloader:gpu` stands for `python -m preloader` here (the image's ENTRYPOINT)."""
-    cluster.sim.register_local_image(PRELOADER_IMAGE, [sys.executable, "-m", "preloader"],
-                                     env={"AWS_EC2_METADATA_DISABLED": "true"})
-
-
-def add_gpu_nodes(cluster: EmulatedCluster, *names: str) -> None:
-    for name in names:
-        cluster.add_node(name, gpus=1, labels=GPU_LABELS, taints=GPU_TAINTS)
-
-
-def create_credentials(kube: ClusterClient, s3_endpoint: str, *, account: str = "models-s3",
-                       secret: str = "models-s3-keys") -> None:
-    """KServe's convention: a Secret with awsAccessKeyID/awsSecretAccessKey and s3-* annotations,
-    listed by the service account the predictor runs as."""
-    def b64(text: str) -> str:
-        return base64.b64encode(text.encode()).decode()
-
-    kube.create(f"/api/v1/namespaces/{NS}/secrets", {
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": secret, "annotations": {
-            "serving.kserve.io/s3-endpoint": s3_endpoint, "serving.kserve.io/s3-usehttps": "0",
-            "serving.kserve.io/s3-region": "us-east-1"}},
-        "data": {"awsAccessKeyID": b64("testing"), "awsSecretAccessKey": b64("testing")}})
-    kube.create(f"/api/v1/namespaces/{NS}/serviceaccounts", {
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account},
-        "secrets": [{"name": secret}]})
 
 
 def torch_mnist(**annotations: str) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Stepping with a Prometheus analysis: a real Prometheus (Debian package) scraping a small
-exporter this test controls, and the real operator process.
+exporter this test controls (devstack/error_ratio_exporter.py), and the real operator process.
 
 Three canaries on three VirtualServices: one whose error ratio stays under the bound (steps
 10 -> 50), one over it (rolled back after failureLimit checks in a row, and it stays rolled
@@ -9,19 +9,15 @@ back until the spec changes), one whose query finds no series (held at 10%, inco
 from __future__ import annotations
 
 import contextlib
-import http.server
-import json
 import os
-import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from devstack import metrics_stack
+from devstack.error_ratio_exporter import ErrorRatioExporter, wait_for_series
 from tests.integration.operator.canary_world import (
     MCANARY,
     condition,
@@ -43,36 +39,6 @@ if not metrics_stack.have_binaries():
     pytest.skip("prometheus not installed (apt-get install prometheus)", allow_module_level=True)
 
 
-class ErrorRatioExporter:
-    """Serves `model_error_ratio{canary=...}` for Prometheus to scrape; the test sets the values."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, float] = {}
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                lines = ["# TYPE model_error_ratio gauge"]
-                lines += [f'model_error_ratio{{canary="{name}"}} {value}' for name, value in outer.values.items()]
-                body = ("\n".join(lines) + "\n").encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @contextlib.contextmanager
 def metrics(values: dict[str, float]) -> Iterator[tuple[ErrorRatioExporter, str]]:
     exporter = ErrorRatioExporter()
@@ -83,17 +49,6 @@ def metrics(values: dict[str, float]) -> Iterator[tuple[ErrorRatioExporter, str]
             yield exporter, prometheus
     finally:
         exporter.close()
-
-
-def wait_for_series(prometheus: str, query: str, count: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    url = f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            if len(json.load(response)["data"]["result"]) >= count:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"Prometheus has no {count} series of {query} after {timeout}s")
 
 
 def stepped(name: str, canary: str, **analysis: Any) -> dict[str, Any]:

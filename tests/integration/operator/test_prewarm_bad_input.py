@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from devcluster import ApiError, ClusterClient, EmulatedCluster
+from devstack.local_s3 import S3, create_credentials, moto_s3
+from devstack.simulated_gpu_pool import add_gpu_nodes, run_preloader_locally
 from tests.integration.operator.conftest import StartOperator
 from tests.integration.operator.prewarm_world import (
     ISVC,
@@ -18,15 +20,10 @@ from tests.integration.operator.prewarm_world import (
     NS,
     PODS,
     PREWARM,
-    S3,
-    add_gpu_nodes,
     condition,
-    create_credentials,
     events_for,
     jobs_of,
-    moto_s3,
     phase_is,
-    run_preloader_locally,
     torch_mnist,
 )
 

@@ -9,11 +9,11 @@ import pathlib
 import pytest
 
 from devcluster import ClusterClient, EmulatedCluster
+from devstack.simulated_gpu_pool import add_gpu_nodes
 from tests.integration.operator.conftest import StartOperator
 from tests.integration.operator.prewarm_world import (
     NS,
     PREWARM,
-    add_gpu_nodes,
     events_for,
     jobs_of,
     node_of,

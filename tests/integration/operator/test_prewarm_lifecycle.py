@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 
 from devcluster import ClusterClient, EmulatedCluster
+from devstack.simulated_gpu_pool import add_gpu_nodes
 from tests.integration.operator.conftest import StartOperator
 from tests.integration.operator.prewarm_world import (
     ISVC,
     JOBS,
     NS,
     PREWARM,
-    add_gpu_nodes,
     jobs_of,
     node_of,
     operator_writes,

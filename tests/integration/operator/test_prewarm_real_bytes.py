@@ -14,22 +14,18 @@ from collections.abc import Iterator
 import pytest
 
 from devcluster import ClusterClient, EmulatedCluster
+from devstack.local_s3 import S3, create_credentials, moto_s3, upload_model
+from devstack.simulated_gpu_pool import add_gpu_nodes, run_preloader_locally
 from tests.integration.operator.conftest import StartOperator
 from tests.integration.operator.prewarm_world import (
     ISVC,
     PREWARM,
-    S3,
-    add_gpu_nodes,
     condition,
-    create_credentials,
     events_for,
     jobs_of,
-    moto_s3,
     node_of,
     phase_is,
-    run_preloader_locally,
     torch_mnist,
-    upload_model,
 )
 
 pytestmark = pytest.mark.integration

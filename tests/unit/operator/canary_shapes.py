@@ -1,88 +1,20 @@
 """VirtualServices shaped like real Istio ones, and ModelCanary specs, for the canary unit tests.
 
-The mnist VirtualService has what platform teams put in theirs: several HTTP routes with
-matches, retries, timeouts, header rules, a mirror and a fault, a route shared with another
-destination, a delegate, a redirect, an unnamed catch-all using a short host, a TCP and a TLS route.
+The mnist VirtualService (devstack/mnist_virtualservice.py, shared with the integration tests and
+the demo) has what platform teams put in theirs: several HTTP routes with matches, retries,
+timeouts, header rules, a mirror and a fault, a route shared with another destination, a
+delegate, a redirect, an unnamed catch-all using a short host, a TCP and a TLS route.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
+from devstack.mnist_virtualservice import CANDIDATE_HOST as CANDIDATE_HOST
+from devstack.mnist_virtualservice import NAMESPACE as NAMESPACE
+from devstack.mnist_virtualservice import STABLE_HOST as STABLE_HOST
+from devstack.mnist_virtualservice import mnist_vs as mnist_vs
 from kserve_operator.resources.canary import CanarySpec, parse_spec
-
-NAMESPACE = "models"
-STABLE_HOST = "torch-mnist-predictor.models.svc.cluster.local"
-CANDIDATE_HOST = "torch-mnist-v2-predictor.models.svc.cluster.local"
-
-_MNIST: dict[str, Any] = {
-    "apiVersion": "networking.istio.io/v1",
-    "kind": "VirtualService",
-    "metadata": {
-        "name": "mnist", "namespace": NAMESPACE, "resourceVersion": "4711", "generation": 3,
-        "uid": "0b8f7c9e-1111-4222-8333-444455556666",
-        "labels": {"app.kubernetes.io/name": "mnist", "team": "ml-platform"},
-        "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
-    },
-    "spec": {
-        "hosts": ["mnist.example.com", "mnist.models.svc.cluster.local"],
-        "gateways": ["istio-system/public-gateway", "mesh"],
-        "exportTo": ["."],
-        "http": [
-            {
-                "name": "explain",
-                "match": [{"uri": {"prefix": "/v1/models/mnist:explain"}}],
-                "route": [{"destination": {"host": "torch-mnist-explainer.models.svc.cluster.local",
-                                           "port": {"number": 80}}}],
-                "timeout": "60s",
-            },
-            {
-                "name": "predict",
-                "match": [
-                    {"name": "v1", "uri": {"prefix": "/v1/models/mnist:predict"},
-                     "headers": {"x-tenant": {"exact": "acme"}}, "ignoreUriCase": True},
-                    {"name": "v2", "uri": {"regex": "^/v2/models/mnist/(infer|ready)$"}, "method": {"exact": "POST"}},
-                ],
-                "route": [{
-                    "destination": {"host": STABLE_HOST, "port": {"number": 80}},
-                    "weight": 100,
-                    "headers": {"response": {"set": {"x-served-by": "stable"}}},
-                }],
-                "retries": {"attempts": 3, "perTryTimeout": "2s", "retryOn": "5xx,reset,connect-failure"},
-                "timeout": "10s",
-                "headers": {"request": {"set": {"x-model": "mnist"}, "add": {"x-trace": "on"}},
-                            "response": {"remove": ["x-envoy-upstream-service-time"]}},
-                "mirror": {"host": "mnist-shadow.models.svc.cluster.local", "port": {"number": 80}},
-                "mirrorPercentage": {"value": 5.0},
-                "fault": {"delay": {"percentage": {"value": 0.1}, "fixedDelay": "5s"}},
-                "corsPolicy": {"allowOrigins": [{"exact": "https://mnist.example.com"}], "allowMethods": ["POST"]},
-            },
-            {
-                "name": "audited",
-                "match": [{"headers": {"x-audit": {"exact": "1"}}}],
-                "route": [
-                    {"destination": {"host": "audit-sink.observability.svc.cluster.local", "port": {"number": 8080}},
-                     "weight": 20},
-                    {"destination": {"host": STABLE_HOST, "port": {"number": 80}}, "weight": 80},
-                ],
-            },
-            {"name": "legacy", "match": [{"uri": {"prefix": "/legacy"}}],
-             "delegate": {"name": "legacy-routes", "namespace": "legacy"}},
-            {"name": "docs", "match": [{"uri": {"exact": "/"}}], "redirect": {"uri": "/docs", "redirectCode": 301}},
-            {"route": [{"destination": {"host": "torch-mnist-predictor", "port": {"number": 80}}}],
-             "timeout": "30s"},
-        ],
-        "tcp": [{"match": [{"port": 9000}],
-                 "route": [{"destination": {"host": STABLE_HOST, "port": {"number": 9000}}}]}],
-        "tls": [{"match": [{"port": 443, "sniHosts": ["mnist.example.com"]}],
-                 "route": [{"destination": {"host": STABLE_HOST, "port": {"number": 8443}}}]}],
-    },
-}
-
-
-def mnist_vs() -> dict[str, Any]:
-    return copy.deepcopy(_MNIST)
 
 
 def raw_spec(**changes: Any) -> dict[str, Any]:
