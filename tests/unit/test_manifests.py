@@ -23,8 +23,10 @@ def documents(paths: list[pathlib.Path]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-BUILTIN = documents(sorted(p for p in MANIFESTS.rglob("*.yaml")
-                           if "crds" not in p.parts and "samples" not in p.parts and p.name != "kustomization.yaml"))
+OPTIONAL = ("samples", "kserve")  # applied by hand, not by `kubectl apply -k manifests/`
+BUILTIN = documents(sorted(p for p in MANIFESTS.rglob("*.yaml") if "crds" not in p.parts
+                           and not set(OPTIONAL) & set(p.parts) and p.name != "kustomization.yaml"))
+KSERVE = documents(sorted((MANIFESTS / "kserve").glob("*.yaml")))
 CRDS = documents(sorted((MANIFESTS / "crds").glob("*.yaml")))
 
 
@@ -48,7 +50,7 @@ def test_crds_validate_and_follow_conventions(where: str, doc: dict[str, Any]) -
 def test_kustomization_lists_every_installable_manifest() -> None:
     listed = set(yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["resources"])
     on_disk = {str(p.relative_to(MANIFESTS)) for p in MANIFESTS.rglob("*.yaml")
-               if "samples" not in p.parts and p.name != "kustomization.yaml"}
+               if not set(OPTIONAL) & set(p.parts) and p.name != "kustomization.yaml"}
     assert listed == on_disk
 
 
@@ -158,3 +160,20 @@ def test_the_operator_image_lock_satisfies_pyproject() -> None:
         assert name in pins, f"{name} is missing from requirements-operator.lock (make lock-operator)"
         assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {requirement.specifier}"
     assert "requirements-operator.lock" in (ROOT / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize(("where", "doc"), KSERVE, ids=[w for w, _ in KSERVE])
+def test_kserve_integration_manifests(where: str, doc: dict[str, Any]) -> None:
+    """Built-in kinds validate strictly; a ClusterStorageContainer is what KServe accepts as the
+    storage initializer for s3:// URIs (its container must be named storage-initializer) and runs
+    locked down."""
+    if doc["kind"] != "ClusterStorageContainer":
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+        return
+    assert doc["apiVersion"] == "serving.kserve.io/v1alpha1"
+    spec = doc["spec"]
+    assert spec["container"]["name"] == "storage-initializer"
+    assert {"prefix": "s3://"} in spec["supportedUriFormats"]
+    security = spec["container"]["securityContext"]
+    assert security["runAsNonRoot"] is True and security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
