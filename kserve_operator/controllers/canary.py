@@ -52,6 +52,9 @@ from kserve_operator.settings import OperatorSettings
 
 CONTROLLER = "modelcanary"
 CONFLICT_ATTEMPTS = 5  # re-read and re-plan on 409 this many times before the core's backoff takes over
+# Resync passes run at most this many at a time; woken and due passes never wait for a slot, so a
+# percent change is not queued behind a burst of routine re-reads of hundreds of canaries.
+RESYNC_CONCURRENCY = 8
 REASON_RELEASED = "Released"
 
 ObjectKey = tuple[str, str]
@@ -67,6 +70,8 @@ class CanaryContext:
     prometheus: PrometheusClient | None
     wakeups: collections.defaultdict[ObjectKey, asyncio.Event] = dataclasses.field(
         default_factory=lambda: collections.defaultdict(asyncio.Event))
+    resync_slots: asyncio.Semaphore = dataclasses.field(
+        default_factory=lambda: asyncio.Semaphore(RESYNC_CONCURRENCY))
 
     @property
     def api(self) -> KubeApi:
@@ -291,16 +296,22 @@ async def canary_daemon(stopped: kopf.DaemonStopped, namespace: str | None, name
     ctx: CanaryContext = memo.canary
     key = (namespace, name)
     wake = ctx.wakeups[key]
+    urgent = True  # created, resumed, woken by an event, or a step due: not a routine resync
     while not stopped:
         wake.clear()
         # +-10% so that canaries created together do not resync together for ever.
         delay = ctx.settings.resync_seconds * random.uniform(0.9, 1.1)
+        timed = False
         try:
-            due = await _run(ctx, namespace, name, canaries_by_virtual_service, logger)
-            if due is not None:
-                delay = min(delay, max(due, 0.05))
+            if urgent:
+                due = await _run(ctx, namespace, name, canaries_by_virtual_service, logger)
+            else:
+                async with ctx.resync_slots:
+                    due = await _run(ctx, namespace, name, canaries_by_virtual_service, logger)
+            if due is not None and due < delay:
+                delay, timed = max(due, 0.05), True
         except kopf.TemporaryError as exc:
-            delay = min(delay, exc.delay or delay)
+            delay, timed = min(delay, exc.delay or delay), True
             logger.warning("ModelCanary %s/%s: retrying in %.1fs: %s", namespace, name, delay, exc)
         except kopf.PermanentError as exc:
             logger.error("ModelCanary %s/%s: %s", namespace, name, exc)
@@ -314,6 +325,7 @@ async def canary_daemon(stopped: kopf.DaemonStopped, namespace: str | None, name
         finally:
             for waiter in waiters:
                 waiter.cancel()
+        urgent = wake.is_set() or timed
     ctx.wakeups.pop(key, None)
 
 
