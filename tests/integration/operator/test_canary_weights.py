@@ -61,6 +61,7 @@ def test_weights_for_many_percents_and_nothing_else_changes(kube: Any, start_ope
         assert appended_candidates_removed(without_weights(vs)) == without_weights(original)
         assert vs["metadata"]["labels"] == original["metadata"]["labels"]
         assert vs["metadata"]["annotations"] == original["metadata"]["annotations"]
+        assert "finalizers" not in vs["metadata"] and "ownerReferences" not in vs["metadata"]
         mc = kube.wait_for(f"{MCANARY}/mnist", lambda o, p=percent: (o.get("status") or {}).get("percent") == p
                            and o["status"].get("observedGeneration") == o["metadata"]["generation"])
         assert mc["status"]["phase"] == ("Promoted" if percent == 100 else "Active")
