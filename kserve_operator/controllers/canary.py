@@ -24,7 +24,7 @@ import dataclasses
 import datetime
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import kopf
@@ -32,7 +32,14 @@ import kopf
 from kserve_operator.clients.kube import KubeApi
 from kserve_operator.clients.prometheus import PrometheusClient
 from kserve_operator.clients.routers import IstioRouter, RouteTable, TrafficRouter
-from kserve_operator.controllers.core import Outcome, ReconcileCore, now, patch_status, post_events
+from kserve_operator.controllers.canary_wakeups import (
+    canaries_by_prewarm,
+    canaries_by_virtual_service,
+    canary_event,
+    prewarm_event,
+    virtual_service_event,
+)
+from kserve_operator.controllers.core import Outcome, ReconcileCore, cleanup_within, now, patch_status, post_events
 from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable
 from kserve_operator.planning import canary as plan
 from kserve_operator.planning.events import NORMAL, EventPlan
@@ -85,31 +92,6 @@ class CanaryContext:
 def new_context(settings: OperatorSettings, api: KubeApi, prometheus: PrometheusClient | None) -> CanaryContext:
     return CanaryContext(settings=settings, core=ReconcileCore(CONTROLLER, api), router=IstioRouter(api),
                          prometheus=prometheus)
-
-
-# --- kopf indices: which canaries a VirtualService / ModelPrewarm event concerns -------------
-
-def canaries_by_virtual_service(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta,
-                                **_: Any) -> dict[ObjectKey, plan.Claimant]:
-    """(VirtualService namespace, name) -> the canaries that reference it, for wake-ups and claims."""
-    assert namespace is not None
-    vs = spec.get("virtualService") or {}
-    if not isinstance(vs, Mapping) or not vs.get("name"):
-        return {}
-    key = (str(vs.get("namespace") or namespace), str(vs["name"]))
-    return {key: plan.Claimant(namespace, name, str(meta.get("creationTimestamp") or ""), dict(spec),
-                               deleting=bool(meta.get("deletionTimestamp")))}
-
-
-def canaries_by_prewarm(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[ObjectKey, ObjectKey]:
-    """(namespace, ModelPrewarm name) -> the requireWarm canaries that wait for it."""
-    assert namespace is not None
-    if spec.get("requireWarm") is not True:
-        return {}
-    candidate = spec.get("candidate") or {}
-    prewarm = candidate.get("modelPrewarm") or candidate.get("inferenceService") if isinstance(
-        candidate, Mapping) else None
-    return {(namespace, str(prewarm)): (namespace, name)} if prewarm else {}
 
 
 # --- one reconcile --------------------------------------------------------------------------
@@ -333,33 +315,6 @@ async def _until_stopped(stopped: kopf.DaemonStopped) -> None:
     await stopped.wait()
 
 
-async def canary_event(body: kopf.Body, namespace: str | None, name: str | None, type: str | None, memo: Any,
-                       **_: Any) -> None:
-    """A spec change (generation ahead of what status observed): wake the canary's daemon."""
-    if namespace is None or name is None or type is None:
-        return
-    generation = body.get("metadata", {}).get("generation")
-    if generation != (body.get("status") or {}).get("observedGeneration"):
-        memo.canary.wake([(namespace, name)])
-
-
-async def virtual_service_event(namespace: str | None, name: str | None, type: str | None, memo: Any,
-                                canaries_by_virtual_service: Any = None, **_: Any) -> None:
-    """A referenced VirtualService changed (a hand edit, created, deleted): its canaries look now."""
-    if namespace is None or name is None or type is None:
-        return
-    claimants = (canaries_by_virtual_service or {}).get((namespace, name), [])
-    memo.canary.wake([(c.namespace, c.name) for c in claimants])
-
-
-async def prewarm_event(namespace: str | None, name: str | None, type: str | None, memo: Any,
-                        canaries_by_prewarm: Any = None, **_: Any) -> None:
-    """The ModelPrewarm a canary waits for changed (e.g. turned Warm): release without waiting."""
-    if namespace is None or name is None or type is None:
-        return
-    memo.canary.wake((canaries_by_prewarm or {}).get((namespace, name), []))
-
-
 async def canary_deleted(body: kopf.Body, namespace: str | None, name: str, memo: Any, logger: kopf.Logger,
                          runtime: datetime.timedelta, **_: Any) -> None:
     """Stable gets 100% again and the candidate destination we appended goes; then kopf releases."""
@@ -375,18 +330,12 @@ async def canary_deleted(body: kopf.Body, namespace: str | None, name: str, memo
         logger.warning("ModelCanary %s/%s: cannot restore stable with an invalid spec (%s); releasing",
                        namespace, name, exc)
         return
-    out_of_time = runtime.total_seconds() >= ctx.settings.finalizer_timeout_seconds
-    try:
-        if status.virtual_service:  # the one the managed routes belong to, even if the spec moved on
-            vs_namespace, vs_name = status.virtual_service.split("/", 1)
-            spec = dataclasses.replace(spec, virtual_service=vs_name, virtual_service_namespace=vs_namespace)
-        await _release(ctx, dict(body), spec, status)
-    except ApiError as exc:
-        if out_of_time:
-            logger.warning("ModelCanary %s/%s: could not restore stable before deletion (%s); releasing anyway",
-                           namespace, name, exc)
-            return
-        raise kopf.TemporaryError(f"could not restore stable before deletion: {exc}", delay=2) from exc
+    if status.virtual_service:  # the one the managed routes belong to, even if the spec moved on
+        vs_namespace, vs_name = status.virtual_service.split("/", 1)
+        spec = dataclasses.replace(spec, virtual_service=vs_name, virtual_service_namespace=vs_namespace)
+    await cleanup_within(f"restoring stable for ModelCanary {namespace}/{name}",
+                         lambda: _release(ctx, dict(body), spec, status), runtime=runtime,
+                         give_up_after=ctx.settings.finalizer_timeout_seconds, logger=logger)
 
 
 async def _release(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec, status: CanaryStatus) -> None:

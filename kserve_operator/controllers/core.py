@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 
@@ -41,6 +41,7 @@ from kserve_operator.resources.kinds import EVENT, Kind
 
 COMPONENT = "kserve-operator"
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Outcome(enum.StrEnum):
@@ -208,3 +209,19 @@ async def apply_child(
         return dict(live), False
     patched = await api.patch(kind, meta["name"], ops, namespace=meta.get("namespace"), patch_type=PatchType.JSON)
     return patched, True
+
+
+async def cleanup_within(
+    what: str, cleanup: Callable[[], Awaitable[T]], *, runtime: datetime.timedelta, give_up_after: float,
+    logger: logging.Logger | Any,
+) -> T | None:
+    """A finalizer's cleanup. API failures retry through kopf until `give_up_after` seconds since the
+    deletion began; then the finalizer is released anyway, with a warning: a cleanup the API server
+    keeps refusing must not keep the object from being deleted forever. None when released so."""
+    try:
+        return await cleanup()
+    except ApiError as exc:
+        if runtime.total_seconds() >= give_up_after:
+            logger.warning("%s failed after %.0fs (%s); releasing anyway", what, runtime.total_seconds(), exc)
+            return None
+        raise kopf.TemporaryError(f"{what} failed: {exc}", delay=2) from exc

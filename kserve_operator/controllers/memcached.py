@@ -17,7 +17,15 @@ import kopf
 from kserve_operator import observability
 from kserve_operator.clients.kube import KubeApi
 from kserve_operator.clients.prometheus import PrometheusClient
-from kserve_operator.controllers.core import Outcome, ReconcileCore, apply_child, now, patch_status, post_events
+from kserve_operator.controllers.core import (
+    Outcome,
+    ReconcileCore,
+    apply_child,
+    cleanup_within,
+    now,
+    patch_status,
+    post_events,
+)
 from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable, NoSamples
 from kserve_operator.planning import memcached as plan
 from kserve_operator.planning import memcached_status
@@ -194,25 +202,24 @@ async def memcached_deleted(
     """Graceful termination: scale to zero, wait (bounded) for the pods to go, then release."""
     assert namespace is not None
     ctx: MemcachedContext = memo.memcached
-    out_of_time = runtime.total_seconds() >= ctx.settings.finalizer_timeout_seconds
-    try:
+
+    async def scale_to_zero() -> dict[str, Any] | None:
         deployment = await ctx.api.get(DEPLOYMENT, name, namespace)
         if deployment is None or ownership_problem(deployment, dict(body), MEMCACHED) is not None:
-            return  # nothing of ours to stop (a same-named Deployment of someone else stays as it is)
+            return None  # nothing of ours to stop (a same-named Deployment of someone else stays as it is)
         if deployment["spec"].get("replicas") != 0:
-            deployment = await ctx.api.patch(DEPLOYMENT, name, {"spec": {"replicas": 0}}, namespace=namespace)
             logger.info("Scaling Deployment %s/%s to zero before deletion", namespace, name)
-    except ApiError as exc:
-        if out_of_time:
-            logger.warning("Could not scale Deployment %s/%s down before deletion (%s); releasing anyway",
-                           namespace, name, exc)
-            return
-        raise kopf.TemporaryError(f"could not scale down before deletion: {exc}", delay=2) from exc
-    remaining = int((deployment.get("status") or {}).get("replicas") or 0)
+            return await ctx.api.patch(DEPLOYMENT, name, {"spec": {"replicas": 0}}, namespace=namespace)
+        return deployment
+
+    timeout = ctx.settings.finalizer_timeout_seconds
+    deployment = await cleanup_within(f"scaling Deployment {namespace}/{name} to zero", scale_to_zero,
+                                      runtime=runtime, give_up_after=timeout, logger=logger)
+    remaining = int(((deployment or {}).get("status") or {}).get("replicas") or 0)
     if remaining == 0:
         ctx.core.forget((namespace, name))
         return
-    if out_of_time:
+    if runtime.total_seconds() >= timeout:
         logger.warning("Deployment %s/%s still has %d pod(s) after %.0fs; releasing anyway",
                        namespace, name, remaining, runtime.total_seconds())
         return

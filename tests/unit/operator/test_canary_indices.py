@@ -6,7 +6,7 @@ from typing import Any, cast
 
 import kopf
 
-from kserve_operator.controllers.canary import canaries_by_prewarm, canaries_by_virtual_service
+from kserve_operator.controllers.canary_wakeups import canaries_by_prewarm, canaries_by_virtual_service
 from kserve_operator.planning.canary import Claimant
 
 CREATED = "2026-01-01T00:00:00Z"
