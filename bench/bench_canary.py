@@ -22,6 +22,7 @@ import tempfile
 import time
 from typing import Any
 
+from bench.measure import OPERATOR_AGENTS, operator_reads, operator_writes, peak_rss_bytes, percentile
 from devcluster.client import ClusterClient
 from devcluster.emulator import EmulatedCluster
 from devstack.operator_process import running_operator
@@ -37,28 +38,14 @@ from tests.integration.operator.canary_world import (
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CRDS = [ROOT / "manifests" / "crds", ROOT / "tests" / "fixtures" / "crds"]
-AGENTS = ("kopf/", "kserve-operator")
 
 
-def peak_rss_bytes(pid: int) -> int:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def operator_writes(cluster: EmulatedCluster, since: float) -> int:
-    return sum(cluster.count_writes(since=since, user_agent=agent) for agent in AGENTS)
 
 
-def operator_reads(cluster: EmulatedCluster, since: float) -> int:
-    return sum(1 for r in cluster.request_log.snapshot()
-               if r.timestamp >= since and r.method == "GET" and not r.watch and r.user_agent.startswith(AGENTS))
 
 
 def wait_weights(kube: ClusterClient, path: str, wanted: list[int], timeout: float = 30.0) -> float:
@@ -104,7 +91,7 @@ def run(count: int, changes: int, quiet_seconds: float, resync: float) -> dict[s
 
             # kopf's one-time bookkeeping (finalizer, diff base) lags behind on a busy machine:
             # measure the settled state once nothing has been written for 5 s.
-            for agent in AGENTS:
+            for agent in OPERATOR_AGENTS:
                 cluster.wait_quiet(5.0, timeout=300, user_agent=agent)
             since = time.time()
             time.sleep(quiet_seconds)

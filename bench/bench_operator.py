@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any
 
+from bench.measure import operator_reads, operator_writes, peak_rss_bytes, percentile
 from devcluster.client import ClusterClient
 from devcluster.emulator import EmulatedCluster
 from devstack.operator_process import running_operator
@@ -30,17 +31,8 @@ MC = "/apis/cache.serverless.xyz/v1alpha1/namespaces/default/memcacheds"
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
 
 
-def peak_rss_bytes(pid: int) -> int:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def baseline_direct_creates(kube: ClusterClient, count: int) -> float:
@@ -56,10 +48,6 @@ def baseline_direct_creates(kube: ClusterClient, count: int) -> float:
     return time.perf_counter() - started
 
 
-def operator_reads(cluster: EmulatedCluster, since: float) -> int:
-    return sum(1 for r in cluster.request_log.snapshot()
-               if r.timestamp >= since and r.method == "GET" and not r.watch
-               and (r.user_agent.startswith("kopf/") or r.user_agent.startswith("kserve-operator")))
 
 
 def run(count: int, quiet_seconds: float, resync: float, tree: pathlib.Path | None = None) -> dict[str, Any]:
@@ -108,8 +96,7 @@ def run(count: int, quiet_seconds: float, resync: float, tree: pathlib.Path | No
             time.sleep(max(2.0, resync * 2))  # kopf's one-time bookkeeping settles
             since = time.time()
             time.sleep(quiet_seconds)
-            writes = sum(cluster.count_writes(since=since, exclude_resources=(), user_agent=agent)
-                         for agent in ("kopf/", "kserve-operator"))
+            writes = operator_writes(cluster, since)
             reads = operator_reads(cluster, since)
             peak = peak_rss_bytes(op.proc.pid)
     per_object_minute = writes / count / (quiet_seconds / 60)

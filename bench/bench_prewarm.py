@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Any
 
+from bench.measure import operator_reads, operator_writes, peak_rss_bytes, percentile
 from devcluster.client import ClusterClient
 from devcluster.emulator import EmulatedCluster
 from devstack.operator_process import running_operator
@@ -36,22 +37,10 @@ RESULT = {"model": "s3://models/bench", "files": 1, "bytes": 1_000_000, "seconds
           "gbps": 0.002, "device": "cuda", "cache": "miss", "version": "0123456789abcdef"}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def peak_rss_bytes(pid: int) -> int:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
-def operator_reads(cluster: EmulatedCluster, since: float) -> int:
-    return sum(1 for r in cluster.request_log.snapshot()
-               if r.timestamp >= since and r.method == "GET" and not r.watch
-               and (r.user_agent.startswith("kopf/") or r.user_agent.startswith("kserve-operator")))
 
 
 def inference_service(i: int, nodes: int) -> dict[str, Any]:
@@ -121,8 +110,7 @@ def run(count: int, gpu_nodes: int, nodes_per_model: int, quiet_seconds: float, 
             time.sleep(max(2.0, resync * 2))  # the last status writes and kopf's bookkeeping settle
             since = time.time()
             time.sleep(quiet_seconds)
-            writes = sum(cluster.count_writes(since=since, exclude_resources=(), user_agent=agent)
-                         for agent in ("kopf/", "kserve-operator"))
+            writes = operator_writes(cluster, since)
             reads = operator_reads(cluster, since)
             peak = peak_rss_bytes(op.proc.pid)
             jobs = len(kube.list(JOBS))
