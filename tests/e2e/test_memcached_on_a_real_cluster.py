@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from devstack.operator_process import OperatorProcess, start_operator
-from kserve_operator.clients.kube import DEPLOYMENTS, KubeClient, Resource
+from kserve_operator.clients.kube import KubernetesApi
 from kserve_operator.errors import ApiError
+from kserve_operator.resources.kinds import DEPLOYMENT, MEMCACHED, NAMESPACE, Kind
 
 pytestmark = [
     pytest.mark.e2e,
@@ -31,9 +32,7 @@ pytestmark = [
 ]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
-NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)
-MEMCACHEDS = Resource("cache.serverless.xyz", "v1alpha1", "memcacheds")
+CRD = Kind("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False)
 
 
 def call(coro: Any) -> Any:
@@ -41,7 +40,7 @@ def call(coro: Any) -> Any:
 
 
 async def _with_client(fn: Any) -> Any:
-    client = KubeClient(user_agent="kserve-operator-e2e")
+    client = await KubernetesApi.connect(user_agent="kserve-operator-e2e")
     try:
         return await fn(client)
     finally:
@@ -53,14 +52,14 @@ def namespace() -> Iterator[str]:
     name = f"kserve-operator-e2e-{uuid.uuid4().hex[:6]}"
     crd = yaml.safe_load((ROOT / "manifests/crds/memcached.yaml").read_text())
 
-    async def setup(client: KubeClient) -> None:
-        if await client.get(CRDS, None, crd["metadata"]["name"]) is None:
-            await client.create(CRDS, crd)
-        await client.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    async def setup(client: KubernetesApi) -> None:
+        if await client.get(CRD, crd["metadata"]["name"]) is None:
+            await client.create(CRD, crd)
+        await client.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 
     call(_with_client(setup))
     yield name
-    call(_with_client(lambda client: client.delete(NAMESPACES, None, name)))
+    call(_with_client(lambda client: client.delete(NAMESPACE, name)))
 
 
 def wait_for(fn: Any, timeout: float) -> Any:
@@ -80,20 +79,20 @@ def test_sample_memcached_runs(namespace: str, tmp_path: pathlib.Path) -> None:
     try:
         body = {"apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached",
                 "metadata": {"name": "e2e", "namespace": namespace}, "spec": {"size": 1}}
-        call(_with_client(lambda client: client.create(MEMCACHEDS, body)))
+        call(_with_client(lambda client: client.create(MEMCACHED, body)))
 
-        async def running(client: KubeClient) -> dict[str, Any] | None:
-            obj = await client.get(MEMCACHEDS, namespace, "e2e")
+        async def running(client: KubernetesApi) -> dict[str, Any] | None:
+            obj = await client.get(MEMCACHED, "e2e", namespace)
             return obj if obj and obj.get("status", {}).get("phase") == "Running" else None
 
         mc = wait_for(running, timeout=300)  # image pulls on a fresh cluster take a while
         assert mc["status"]["readyReplicas"] == 1
-        deployment = call(_with_client(lambda client: client.get(DEPLOYMENTS, namespace, "e2e")))
+        deployment = call(_with_client(lambda client: client.get(DEPLOYMENT, "e2e", namespace)))
         assert deployment["metadata"]["ownerReferences"][0]["uid"] == mc["metadata"]["uid"]
 
         bad = {**body, "metadata": {"name": "bad", "namespace": namespace}, "spec": {"size": 101}}
         with pytest.raises(ApiError) as info:
-            call(_with_client(lambda client: client.create(MEMCACHEDS, bad)))
+            call(_with_client(lambda client: client.create(MEMCACHED, bad)))
         assert info.value.status == 422
     finally:
         operator.stop()
