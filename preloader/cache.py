@@ -23,19 +23,17 @@ Writers of one location are serialised by an exclusive ``flock`` on ``<location>
 run waits for it (bounded by a timeout), then looks the entry up again and becomes a hit. Readers
 hold a shared ``flock`` on the entry's ``.lease`` while they verify and use it; eviction takes that
 lease exclusively without waiting, so an entry being read (or written) is never removed. The
-kernel drops locks when their holder dies, so a killed run never leaves anything locked. All
-write calls go through ``FileSystem`` so tests can make a disk full without root.
+kernel drops locks when their holder dies, so a killed run never leaves anything locked
+(``preloader.locks``). Files are written through ``preloader.files`` (``FileSink``, and the
+``FileSystem`` seam with which tests make a disk full without root).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
-import mmap
 import os
 import secrets
 import shutil
@@ -46,7 +44,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from preloader.checksums import cache_crc
-from preloader.errors import CacheBusy, CacheTooSmall, CacheUnwritable, DiskFull, PreloadError, UnsafeKey
+from preloader.errors import CacheTooSmall, CacheUnwritable, DiskFull, UnsafeKey
+from preloader.files import FileSink, FileSystem, disk_error, safe_join
+from preloader.locks import FileLock, take_lock, try_exclusive
 from preloader.plan import ByteRange, ModelFile, ObjectInfo, S3Location, safe_relative_path
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,6 @@ FORMAT_DIR = "preloader-v2"
 LOCK_FILE = ".lock"
 LEASE_FILE = ".lease"
 MANIFEST = "manifest.json"
-_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class CacheCorrupt(Exception):
@@ -85,13 +84,6 @@ def model_version(files: Sequence[ModelFile], prefix: bool) -> str:
         return f"versionid:{obj.version_id}" if obj.version_id else f"etag:{obj.etag.strip(chr(34))}"
     listing = sorted((f.obj.key, f.obj.size, f.obj.etag) for f in files)
     return "sha256:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:32]
-
-
-def disk_error(exc: OSError, path: Path) -> PreloadError:
-    """ENOSPC and friends are DiskFull; anything else means the cache volume itself is unusable."""
-    if exc.errno in _FULL:
-        return DiskFull(f"cache disk full while writing {path}: {exc.strerror}")
-    return CacheUnwritable(f"cannot write the cache at {path}: {exc.strerror or exc}")
 
 
 @dataclass(frozen=True)
@@ -179,214 +171,6 @@ class Manifest:
             if sum(length for length, _ in f.chunks) != f.size or any(length <= 0 for length, _ in f.chunks):
                 raise CacheCorrupt(f"manifest's chunks do not tile {f.path}")
         return manifest
-
-
-class FileSystem:
-    """The OS write calls the cache makes; a seam so tests can simulate a full disk without root."""
-
-    # Whether files may be filled through a shared mapping (see FileSink.map); a test seam that
-    # fails writes turns it off to exercise the positional-write path.
-    map_writes = True
-
-    def free_bytes(self, path: Path) -> int:
-        return shutil.disk_usage(path).free
-
-    def open_new(self, path: Path) -> int:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-
-    def fallocate(self, fd: int, size: int) -> None:
-        os.posix_fallocate(fd, 0, size)
-
-    def write(self, fd: int, data: memoryview) -> int:
-        return os.write(fd, data)
-
-    def pwrite(self, fd: int, data: memoryview, offset: int) -> int:
-        return os.pwrite(fd, data, offset)
-
-    def write_all(self, fd: int, data: memoryview) -> None:
-        """os.write may write less than asked; loop on `write` so a test seam sees every call."""
-        done = 0
-        while done < len(data):
-            done += self.write(fd, data[done:])
-
-    def pwrite_all(self, fd: int, data: memoryview, offset: int) -> None:
-        done = 0
-        while done < len(data):
-            done += self.pwrite(fd, data[done:], offset + done)
-
-    def fsync(self, fd: int) -> None:
-        os.fsync(fd)
-
-    def replace(self, src: Path, dst: Path) -> None:
-        os.replace(src, dst)
-
-    def fsync_dir(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def safe_join(base: Path, rel: PurePosixPath) -> Path:
-    """base/rel, refusing any existing symlink on the way and anything resolving outside base."""
-    current = base
-    for part in safe_relative_path(str(rel)).parts:
-        current = current / part
-        if current.is_symlink():
-            raise UnsafeKey(f"{rel}: {current} is a symbolic link; refusing to follow it")
-    root = os.path.realpath(base)
-    if os.path.commonpath([root, os.path.realpath(current)]) != root:
-        raise UnsafeKey(f"{rel} resolves outside {base}")
-    return current
-
-
-class FileSink:
-    """One file being written at random offsets under a temporary name, renamed into place by ``finish``.
-
-    Used for cache entries and for the initializer's DEST alike. The temporary name never embeds the
-    final one, so a 255-byte file name still fits. ``map`` offers the file itself as the download
-    buffer: the bytes are received straight into its page-cache pages, one copy fewer than receiving
-    into memory and writing that out.
-    """
-
-    def __init__(self, fs: FileSystem, final: Path, size: int) -> None:
-        self.fs = fs
-        self.final = final
-        self.temp = final.parent / f".tmp-{secrets.token_hex(4)}"
-        self.size = size
-        self.fd: int | None = None
-        self.mapped: mmap.mmap | None = None
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = fs.open_new(self.temp)
-            os.ftruncate(self.fd, size)
-        except OSError as exc:
-            self.discard()
-            raise disk_error(exc, final) from None
-
-    def map(self) -> memoryview | None:
-        """The whole file as a writable buffer, its blocks reserved first; None where that cannot be
-        (a filesystem without fallocate, an empty file): then the caller writes with ``write``.
-
-        The space is reserved with fallocate before anything is mapped, so a full disk is a DiskFull
-        here rather than a SIGBUS on a later store into the mapping.
-        """
-        if self.fd is None or self.size == 0 or not self.fs.map_writes:
-            return None
-        try:
-            self.fs.fallocate(self.fd, self.size)
-        except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                return None
-            self.discard()
-            raise disk_error(exc, self.final) from None
-        self.mapped = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        return memoryview(self.mapped)
-
-    def write(self, offset: int, data: memoryview) -> None:
-        assert self.fd is not None
-        try:
-            self.fs.pwrite_all(self.fd, data, offset)
-        except OSError as exc:
-            raise disk_error(exc, self.final) from None
-
-    def finish(self) -> None:
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            os.close(fd)
-        try:
-            self.fs.replace(self.temp, self.final)
-        except OSError as exc:
-            self.discard()
-            raise disk_error(exc, self.final) from None
-
-    def discard(self) -> None:
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            os.close(fd)
-        self.temp.unlink(missing_ok=True)
-
-
-class FileLock:
-    """A flock held on one file; ``release`` (or leaving ``with``) drops it."""
-
-    def __init__(self, path: Path, fd: int, waited: float = 0.0) -> None:
-        self.path = path
-        self.waited = waited
-        self._fd: int | None = fd
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)  # closing the only descriptor of this open file drops the flock
-
-    def __enter__(self) -> FileLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-CacheLock = FileLock
-
-
-def take_lock(
-    path: Path,
-    exclusive: bool,
-    timeout: float,
-    what: str,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> FileLock:
-    """flock ``path`` (created if missing), waiting up to ``timeout`` seconds; CacheBusy after that."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise disk_error(exc, path) from None
-    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-    started = clock()
-    delay = 0.05
-    logged = False
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                return FileLock(path, fd, clock() - started if logged else 0.0)
-            except BlockingIOError:
-                pass
-            waited = clock() - started
-            if waited >= timeout:
-                raise CacheBusy(
-                    f"another run has held {what} for over {timeout:g}s (lock {path}); raise --lock-timeout, "
-                    "or check for a stuck preloader on this node"
-                )
-            if not logged:
-                log.info("another run holds %s; waiting for it (lock %s)", what, path)
-                logged = True
-            sleep(min(delay, max(timeout - waited, 0.0)))
-            delay = min(delay * 2, 2.0)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def try_exclusive(path: Path) -> FileLock | None:
-    """The lock if nobody holds it, else None; never waits (eviction must not block on readers)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return FileLock(path, fd)
 
 
 @dataclass(frozen=True)

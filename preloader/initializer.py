@@ -23,10 +23,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Literal, TextIO
 
-from preloader.cache import EntryWriter, FileSink, FileSystem, Manifest, ModelCache, model_version, safe_join
+from preloader.cache import EntryWriter, Manifest, ModelCache, model_version
 from preloader.checksums import aligned_ranges
 from preloader.config import Config
 from preloader.errors import DestinationNotUsable
+from preloader.files import FileSink, FileSystem, safe_join
 from preloader.plan import ByteRange, ModelFile, S3Location
 from preloader.progress import Progress
 from preloader.result import Phases, Result, peak_rss_bytes

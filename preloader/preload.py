@@ -20,10 +20,11 @@ from typing import Literal, TextIO
 import numpy as np
 import torch
 
-from preloader.cache import EntryWriter, FileSystem, Manifest, ModelCache, model_version
+from preloader.cache import EntryWriter, Manifest, ModelCache, model_version
 from preloader.checksums import aligned_ranges
 from preloader.config import Config
 from preloader.device import available_bytes, memory_used, resolve_device, synchronize, to_device
+from preloader.files import FileSystem
 from preloader.formats import load_torch, safetensors_layout, tensor_view
 from preloader.plan import ByteRange, ModelFile, S3Location, check_fits, is_torch_file
 from preloader.progress import Progress

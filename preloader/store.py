@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from preloader.cache import EntryWriter, FileSink
+from preloader.cache import EntryWriter
 from preloader.checksums import RangeSum, verify_object
+from preloader.files import FileSink
 from preloader.plan import ByteRange, ModelFile
 from preloader.transfer import Allocator, FileBuffer, host_allocate
 

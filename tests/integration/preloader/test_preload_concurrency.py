@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from model_files import assert_bit_exact, safetensors_bytes, sample_tensors
 
-from preloader.cache import FileSystem, ModelCache
+from preloader.cache import ModelCache
 from preloader.errors import CacheBusy
+from preloader.files import FileSystem
 from preloader.plan import parse_s3_uri
 from preloader.preload import Preloaded, preload
 from preloader.s3 import S3Client

@@ -18,7 +18,6 @@ import torch
 from model_files import safetensors_bytes, sample_tensors
 
 from preloader.__main__ import main
-from preloader.cache import FileSystem
 from preloader.config import S3Settings, TransferSettings
 from preloader.errors import (
     AccessDenied,
@@ -31,6 +30,7 @@ from preloader.errors import (
     TransferFailed,
     UnsafePickle,
 )
+from preloader.files import FileSystem
 from preloader.plan import ByteRange, ObjectInfo
 from preloader.preload import preload
 from preloader.s3 import RangeFetcher, S3Client

@@ -18,9 +18,9 @@ from awscrt import checksums as crt
 from boto3.s3.transfer import TransferConfig
 from model_files import assert_bit_exact, safetensors_bytes, sample_tensors
 
-from preloader.cache import FileSystem
 from preloader.config import load_config
 from preloader.errors import CacheUnwritable, ChecksumMismatch, DiskFull, UnsafeKey, UnsafePickle
+from preloader.files import FileSystem
 from preloader.preload import preload
 
 pytestmark = pytest.mark.integration

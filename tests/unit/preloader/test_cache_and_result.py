@@ -8,9 +8,10 @@ from pathlib import Path, PurePosixPath
 import pytest
 import torch
 
-from preloader.cache import CacheCorrupt, CachedFile, Manifest, location_key, safe_join, version_key
+from preloader.cache import CacheCorrupt, CachedFile, Manifest, location_key, version_key
 from preloader.device import host_available_bytes, resolve_device
 from preloader.errors import EmptyPrefix, UnsafeKey, UsageError
+from preloader.files import safe_join
 from preloader.formats import tensor_view
 from preloader.plan import ModelFile, ObjectInfo, S3Location, TensorSpec
 from preloader.progress import bar_text
