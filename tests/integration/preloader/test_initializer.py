@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -58,8 +59,9 @@ def test_fills_dest_with_kserves_names_and_bytes(
     )
     assert result.version.startswith("sha256:") and result.verified == "crc32-full-object"
     one = tmp_path / "one"
-    initialize(init_config(env, f"s3://{bucket}/llm/config.json", one))
+    single = initialize(init_config(env, f"s3://{bucket}/llm/config.json", one))
     assert dest_files(one) == {"config.json": model["config.json"]}  # one object: its base name
+    assert single.version == "etag:" + hashlib.md5(model["config.json"]).hexdigest()  # a single-part ETag
 
 
 def test_warm_node_links_from_the_cache_without_fetching(
