@@ -14,7 +14,8 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from preloader.config import Config, load_config
@@ -43,12 +44,22 @@ def run(config: Config) -> Result:
     if config.dest is not None:
         from preloader.initializer import initialize
 
-        gc.freeze()
-        return initialize(config)
+        with frozen_heap():
+            return initialize(config)
     from preloader.preload import preload
 
+    with frozen_heap():
+        return preload(config).result
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """gc.freeze for the run, undone after it (main() also runs inside test processes)."""
     gc.freeze()
-    return preload(config).result
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def quiet_blas_threads() -> None:

@@ -128,7 +128,10 @@ class FileSink:
                 return None
             self.discard()
             raise disk_error(exc, self.final) from None
-        self.mapped = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            self.mapped = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError:
+            return None  # a filesystem that cannot map shared writable files: the blocks stay reserved
         return memoryview(self.mapped)
 
     def write(self, offset: int, data: memoryview) -> None:
