@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path, PurePosixPath
 
 import pytest
 import torch
 
-from preloader.cache import CacheCorrupt, CachedFile, Manifest, location_key, version_key
+from preloader.cache import CacheCorrupt, CachedFile, Manifest, location_key, model_version, version_key
 from preloader.device import host_available_bytes, resolve_device
 from preloader.errors import EmptyPrefix, UnsafeKey, UsageError
 from preloader.files import safe_join
@@ -142,3 +143,20 @@ def test_peak_rss_is_this_processs_own_high_water_mark(tmp_path: Path) -> None:
     status.write_text("Name:\tpython\nVmPeak:\t  999999 kB\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n")
     assert peak_rss_bytes(str(status)) == 2048 * 1024
     assert peak_rss_bytes() > 0
+
+
+class TestModelVersion:
+    """The result's ``version``: the operator compares it to tell "already warm for this version"."""
+
+    def test_one_object_is_its_etag_or_version_id(self) -> None:
+        [f] = files('"abc"')
+        assert model_version([f], prefix=False) == "etag:abc"
+        versioned = ModelFile(ObjectInfo("m/0", 10, '"abc"', version_id="v7"), PurePosixPath("0"))
+        assert model_version([versioned], prefix=False) == "versionid:v7"
+
+    def test_a_prefix_is_a_documented_digest_of_key_size_etag(self) -> None:
+        listing = files('"x"', '"y"')
+        raw = json.dumps(sorted([f.obj.key, f.obj.size, f.obj.etag] for f in listing))
+        assert model_version(listing, prefix=True) == "sha256:" + hashlib.sha256(raw.encode()).hexdigest()[:32]
+        assert model_version(listing, prefix=True) == model_version(list(reversed(listing)), prefix=True)
+        assert model_version(listing, prefix=True) != model_version(files('"x"', '"z"'), prefix=True)
