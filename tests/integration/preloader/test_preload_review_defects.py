@@ -207,3 +207,26 @@ def test_bytes_that_do_not_match_s3s_checksum_fail_and_nothing_is_cached(
     good = base64.b64encode(crt.crc64nvme(_LyingS3.body).to_bytes(8, "big")).decode()
     monkeypatch.setattr(_LyingS3, "headers_to_send", {"ETag": '"v1"', "x-amz-checksum-crc64nvme": good})
     assert preload(config).result.verified == "crc64nvme-full-object"
+
+
+def test_a_250_character_key_segment_is_cached_and_filled_like_any_other(
+    s3: Any, bucket: str, make_config: Any, env: dict[str, str], tmp_path: Path
+) -> None:
+    """It used to end as an internal error: the cache's temporary name embedded the final one."""
+    from preloader.initializer import initialize
+
+    name = "t" * 238 + ".safetensors"  # 250 characters
+    body = safetensors_bytes(sample_tensors(38))
+    s3.put_object(Bucket=bucket, Key=f"long/{name}", Body=body)
+    out = preload(make_config(f"s3://{bucket}/long/", "--cache-dir", str(tmp_path / "cache")))
+    assert Path(out.result.cache_path or "", name).read_bytes() == body
+    argv = [
+        f"s3://{bucket}/long/",
+        str(tmp_path / "dest"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--progress",
+        "never",
+    ]
+    assert initialize(load_config(argv, env)).cache == "hit"
+    assert (tmp_path / "dest" / name).read_bytes() == body
