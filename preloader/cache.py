@@ -38,7 +38,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -117,10 +117,6 @@ class Manifest:
     version: str
     model_version: str
     files: tuple[CachedFile, ...]
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -534,10 +530,3 @@ class EntryWriter:
         os.close(fd)
         self.fs.replace(temp, path)
         self.fs.fsync_dir(path.parent)
-
-
-def iter_entry_files(entry: Path) -> Iterator[Path]:
-    """Regular files of an entry's ``files`` tree (for tests and ``cache ls``)."""
-    for path in sorted((entry / "files").rglob("*")):
-        if path.is_file() and not path.name.startswith(".tmp-"):
-            yield path

@@ -28,7 +28,7 @@ from preloader.checksums import aligned_ranges
 from preloader.config import Config
 from preloader.errors import DestinationNotUsable
 from preloader.files import FileSink, FileSystem, safe_join
-from preloader.plan import ByteRange, ModelFile, S3Location
+from preloader.plan import ByteRange, ModelFile, S3Location, total_bytes
 from preloader.progress import Progress
 from preloader.result import Phases, Result, peak_rss_bytes
 from preloader.s3 import RangeFetcher
@@ -146,7 +146,7 @@ class _Fill(CachedRun[Result]):
                 return [writer.open(file)]
             return [writer.open(file), self._dest_sink(file)]  # one download, written twice
 
-        log.info("downloading %s: %d file(s), %d bytes, to %s", resolved, len(files), _total(files), self.dest)
+        log.info("downloading %s: %d file(s), %d bytes, to %s", resolved, len(files), total_bytes(files), self.dest)
         # Received straight into the first file's mapped pages (the cache's, else DEST's); copied from
         # there into DEST when DEST is on another filesystem; streamed where a file cannot be mapped.
         store = Store(sinks, cache=writer, fallback=None, unmap=True)
@@ -183,7 +183,7 @@ class _Fill(CachedRun[Result]):
     ) -> tuple[float, Transfer]:
         config = self.config
         bar = config.progress == "always" or (config.progress == "auto" and self.stream.isatty())
-        progress = Progress(_total(files), self.stream, bar, label)
+        progress = Progress(total_bytes(files), self.stream, bar, label)
         transfer = Transfer(
             source,
             config.transfer.part_size,
@@ -217,7 +217,7 @@ class _Fill(CachedRun[Result]):
         verified: str,
         model: str | None = None,
     ) -> Result:
-        total = _total(files)
+        total = total_bytes(files)
         return Result(
             model=model or str(self.location),
             files=len(files),
@@ -240,10 +240,6 @@ class _Fill(CachedRun[Result]):
             verified=verified,
             extra={"dest": str(self.dest), "linked": bool(self.linkable and cache_state != "off")},
         )
-
-
-def _total(files: Sequence[ModelFile]) -> int:
-    return sum(f.obj.size for f in files)
 
 
 def _cache_dir_ready(cache: ModelCache) -> bool:
