@@ -146,6 +146,12 @@ def warm_guest_memory() -> None:
     subprocess.run([sys.executable, "-c", WARM_CODE], check=True, cwd=REPO)
 
 
+def settle_disk() -> None:
+    """Write back what earlier runs left dirty (their cache files, DEST, downloads) before timing
+    the next one, so no variant pays for another's writeback; nobody's own writeback is timed."""
+    os.sync()
+
+
 def run_variant(variant: Variant, endpoint: str, dirs: dict[str, Path]) -> dict[str, float]:
     """One whole process: wall time measured here; in-process figures from its last JSON line."""
     for name in variant.fresh:
@@ -161,6 +167,7 @@ def run_variant(variant: Variant, endpoint: str, dirs: dict[str, Path]) -> dict[
         argv = [a.format(**{k: str(v) for k, v in dirs.items()}) for a in variant.argv] + QUIET
     else:
         argv = [sys.executable, "-m", "bench.preload_variants", variant.name, endpoint, BUCKET, KEY]
+    settle_disk()
     warm_guest_memory()
     start = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, check=False)
