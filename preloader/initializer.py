@@ -153,19 +153,21 @@ class _Fill(CachedRun[Result]):
         part = self.config.transfer.part_size
         seconds, transfer = self._transfer(files, lambda f: aligned_ranges(f.obj, part), from_s3, store, "download")
         version = model_version(files, resolved.is_prefix)
+        fill = time.perf_counter()
+        if writer is not None and self.linkable:
+            # Linked while the writer still holds the new entry's lease, so no eviction can take it first.
+            for f in files:
+                _link_or_copy(safe_join(writer.entry / "files", f.path), safe_join(self.dest, f.path))
+        fill_seconds = time.perf_counter() - fill
         commit = time.perf_counter()
         cache_path = str(writer.commit(version)) if writer is not None else None
         commit_seconds = time.perf_counter() - commit
-        fill = time.perf_counter()
-        if writer is not None and self.linkable:
-            for f in files:
-                _link_or_copy(safe_join(writer.entry / "files", f.path), safe_join(self.dest, f.path))
         return self._result(
             files,
             "miss" if writer else "off",
             seconds,
             transfer,
-            time.perf_counter() - fill,
+            fill_seconds,
             commit_seconds,
             cache_path,
             version,
