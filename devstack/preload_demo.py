@@ -47,7 +47,7 @@ def main(workdir: pathlib.Path) -> int:
         cache = workdir / "model-cache"
         print("  first pull (empty node-local cache):")
         describe(run_preloader(f"s3://{BUCKET}/mlp/", cache, workdir, env))
-        print("  second pull (the cache is verified by checksum and S3 is not contacted):")
+        print("  second pull (S3 confirms access and version, no body; the cache is verified by checksum):")
         describe(run_preloader(f"s3://{BUCKET}/mlp/", cache, workdir, env))
         print(f"  the same JSON is in the termination message file {workdir / 'termination-log'}")
     return 0
