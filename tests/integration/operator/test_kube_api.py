@@ -231,3 +231,30 @@ def test_kubeconfig_is_preferred_over_the_in_cluster_account(tmp_path: Path, kub
     assert info.server == yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
     assert json.loads(json.dumps(info.token)) == "devcluster"
     assert os.environ["KUBERNETES_SERVICE_HOST"] == "10.0.0.1"
+
+
+async def test_the_proxy_from_the_environment_is_used_and_no_proxy_honoured(
+    scripted: Scripted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP(S)_PROXY is read once when connecting (not per request, see connection.new_api_client):
+    a request for a server behind the proxy reaches the proxy; NO_PROXY sends it direct."""
+    config = yaml.safe_load(Path(os.environ["KUBECONFIG"]).read_text())
+    config["clusters"][0]["cluster"]["server"] = "http://api.cluster.invalid:6443"
+    behind_proxy = tmp_path / "behind-proxy"
+    behind_proxy.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(behind_proxy))
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{scripted.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = await KubernetesApi.connect()
+    try:
+        assert await client.get(NAMESPACE, "x") == {"kind": "Namespace", "metadata": {"name": "x"}}
+    finally:
+        await client.close()
+    assert scripted.authorizations, "the request went through the proxy (the scripted server)"
+
+    from kserve_operator.clients.connection import _proxy_for
+
+    monkeypatch.setenv("NO_PROXY", ".cluster.invalid")
+    assert _proxy_for("http://api.cluster.invalid:6443") is None
+    assert _proxy_for("http://elsewhere.example:6443") == f"http://127.0.0.1:{scripted.port}"
