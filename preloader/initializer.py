@@ -32,7 +32,7 @@ from preloader.plan import ByteRange, ModelFile, S3Location, total_bytes
 from preloader.progress import Progress
 from preloader.result import Phases, Result, peak_rss_bytes
 from preloader.s3 import RangeFetcher
-from preloader.session import CachedRun
+from preloader.session import CachedEntry, CachedRun
 from preloader.store import Store
 from preloader.transfer import PartSource, Transfer
 
@@ -99,23 +99,16 @@ class _Fill(CachedRun[Result]):
         return FileSink(self.fs, safe_join(self.dest, file.path), file.obj.size)
 
     def serve(self, cache: ModelCache, manifest: Manifest, entry: Path) -> Result:
-        files = [c.model_file for c in manifest.files]
+        hit = CachedEntry(cache, manifest, entry)
+        files = hit.files
         check_dest_contents(self.dest, [f.path for f in files])
-        by_path = {c.path: c for c in manifest.files}
-        ranges = {c.path: c.ranges() for c in manifest.files}
-        index = {c.path: {r.start: i for i, r in enumerate(ranges[c.path])} for c in manifest.files}
-
-        def from_disk(file: ModelFile, rng: ByteRange, dest: memoryview, progress: Callable[[int], None]) -> None:
-            cache.read_verified(entry, by_path[file.path], index[file.path][rng.start], rng, dest)
-            progress(rng.length)
-
         log.info("cache hit: %s", entry)
         # Linking: verify every range first (reading is all the transfer does). Copying: each verified
         # range is written to DEST as it is read.
         store = None
         if not self.linkable:
             store = Store(lambda f: [self._dest_sink(f)], verify=False, fallback=None, unmap=True)
-        seconds, transfer = self._transfer(files, lambda f: ranges[f.path], from_disk, store, "cache")
+        seconds, transfer = self._transfer(files, hit.ranges_of, hit.read, store, "cache")
         fill = time.perf_counter()
         if self.linkable:
             for f in files:

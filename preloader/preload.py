@@ -30,7 +30,7 @@ from preloader.plan import ByteRange, ModelFile, S3Location, check_fits, is_torc
 from preloader.progress import Progress
 from preloader.result import Phases, Result, peak_rss_bytes
 from preloader.s3 import RangeFetcher
-from preloader.session import CachedRun
+from preloader.session import CachedEntry, CachedRun
 from preloader.store import Store
 from preloader.transfer import Allocator, FileBuffer, PartSource, Transfer, host_allocate
 
@@ -73,21 +73,13 @@ class _Run(CachedRun[Preloaded]):
         self.device = resolve_device(config.device)
 
     def serve(self, cache: ModelCache, manifest: Manifest, entry: Path) -> Preloaded:
-        by_path = {c.path: c for c in manifest.files}
-        files = [c.model_file for c in manifest.files]
-        ranges = {c.path: c.ranges() for c in manifest.files}
-        index = {c.path: {r.start: i for i, r in enumerate(ranges[c.path])} for c in manifest.files}
-
-        def from_disk(file: ModelFile, rng: ByteRange, dest: memoryview, progress: Callable[[int], None]) -> None:
-            cache.read_verified(entry, by_path[file.path], index[file.path][rng.start], rng, dest)
-            progress(rng.length)
-
+        hit = CachedEntry(cache, manifest, entry)
         log.info("cache hit: %s", entry)
         # Verify every byte before any tensor is used: a corrupt entry must never reach the device.
         return self._pipeline(
-            files,
-            lambda f: ranges[f.path],
-            from_disk,
+            hit.files,
+            hit.ranges_of,
+            hit.read,
             None,
             "hit",
             verify_first=True,

@@ -13,17 +13,38 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
 from preloader.cache import CacheCorrupt, EntryWriter, Manifest, ModelCache, version_key
 from preloader.config import Config
-from preloader.plan import ModelFile, S3Location, check_key, parse_s3_uri, select_files
+from preloader.plan import ByteRange, ModelFile, S3Location, check_key, parse_s3_uri, select_files
 from preloader.s3 import S3Client
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class CachedEntry:
+    """A leased cache entry as a transfer's source: its files, each file's ranges (as recorded when
+    it was written), and a reader that verifies every range against its checksum as it copies it."""
+
+    def __init__(self, cache: ModelCache, manifest: Manifest, entry: Path) -> None:
+        self.cache = cache
+        self.entry = entry
+        self.files = [c.model_file for c in manifest.files]
+        self._cached = {c.path: c for c in manifest.files}
+        self._ranges = {c.path: c.ranges() for c in manifest.files}
+        self._index = {path: {r.start: i for i, r in enumerate(rs)} for path, rs in self._ranges.items()}
+
+    def ranges_of(self, file: ModelFile) -> list[ByteRange]:
+        return self._ranges[file.path]
+
+    def read(self, file: ModelFile, rng: ByteRange, dest: memoryview, progress: Callable[[int], None]) -> None:
+        self.cache.read_verified(self.entry, self._cached[file.path], self._index[file.path][rng.start], rng, dest)
+        progress(rng.length)
 
 
 class CachedRun(ABC, Generic[T]):
