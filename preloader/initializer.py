@@ -29,7 +29,6 @@ from preloader.config import Config
 from preloader.errors import DestinationNotUsable
 from preloader.files import FileSink, FileSystem, safe_join
 from preloader.plan import ByteRange, ModelFile, S3Location, total_bytes
-from preloader.progress import Progress
 from preloader.result import Phases, Result, peak_rss_bytes
 from preloader.s3 import RangeFetcher
 from preloader.session import CachedEntry, CachedRun
@@ -176,18 +175,8 @@ class _Fill(CachedRun[Result]):
         store: Store | None,
         label: str,
     ) -> tuple[float, Transfer]:
-        config = self.config
-        bar = config.progress == "always" or (config.progress == "auto" and self.stream.isatty())
-        progress = Progress(total_bytes(files), self.stream, bar, label)
-        transfer = Transfer(
-            source,
-            config.transfer.part_size,
-            config.transfer.concurrency,
-            config.transfer.max_inflight_bytes,
-            progress.add,
-            hook=store,
-            check_values=label == "download",
-        )
+        transfer, progress = self.new_transfer(source, files, label, store, stream=self.stream,
+                                               check_values=label == "download")
         try:
             transfer.start(files, ranges, store.allocate if store is not None else None)
             return transfer.finish(), transfer

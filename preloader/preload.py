@@ -27,12 +27,11 @@ from preloader.device import available_bytes, memory_used, resolve_device, synch
 from preloader.files import FileSystem
 from preloader.formats import load_torch, safetensors_layout, tensor_view
 from preloader.plan import ByteRange, ModelFile, S3Location, check_fits, is_torch_file
-from preloader.progress import Progress
 from preloader.result import Phases, Result, peak_rss_bytes
 from preloader.s3 import RangeFetcher
 from preloader.session import CachedEntry, CachedRun
 from preloader.store import Store
-from preloader.transfer import Allocator, FileBuffer, PartSource, Transfer, host_allocate
+from preloader.transfer import Allocator, FileBuffer, PartSource, host_allocate
 
 log = logging.getLogger(__name__)
 
@@ -126,20 +125,11 @@ class _Run(CachedRun[Preloaded]):
         config, device = self.config, self.device
         check_fits(_needs_device_memory(files), config.max_device_bytes or available_bytes(device), str(device))
         total = sum(f.obj.size for f in files)
-        bar = config.progress == "always" or (config.progress == "auto" and self.stream.isatty())
-        progress = Progress(total, self.stream, bar, "cache" if cache_state == "hit" else "download")
         store = None
         if cache_state != "hit":
             store = Store(lambda f: [writer.open(f)] if writer else [], cache=writer)
-        transfer = Transfer(
-            source,
-            config.transfer.part_size,
-            config.transfer.concurrency,
-            config.transfer.max_inflight_bytes,
-            progress.add,
-            hook=store,
-            check_values=cache_state != "hit",
-        )
+        transfer, progress = self.new_transfer(source, files, "cache" if cache_state == "hit" else "download", store,
+                                     stream=self.stream, check_values=cache_state != "hit")
         # CUDA: pinned buffers (async copies), written out to the cache range by range. CPU with a cache:
         # the cache files themselves, mapped, are the buffers the tensors view (received once, no write-out).
         allocator: Allocator = host_allocate

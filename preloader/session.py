@@ -13,14 +13,17 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, TextIO, TypeVar
 
 from preloader.cache import CacheCorrupt, EntryWriter, Manifest, ModelCache, version_key
 from preloader.config import Config
-from preloader.plan import ByteRange, ModelFile, S3Location, check_key, parse_s3_uri, select_files
+from preloader.plan import ByteRange, ModelFile, S3Location, check_key, parse_s3_uri, select_files, total_bytes
+from preloader.progress import Progress
 from preloader.s3 import S3Client
+from preloader.store import Store
+from preloader.transfer import PartSource, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,17 @@ class CachedRun(ABC, Generic[T]):
         self.list_seconds = 0.0
         self.listed: tuple[S3Location, list[ModelFile]] | None = None
         self.rejected: Path | None = None  # an entry that failed verification in this run
+
+    def new_transfer(self, source: PartSource, files: Sequence[ModelFile], label: str, store: Store | None, *,
+                     stream: TextIO, check_values: bool) -> tuple[Transfer, Progress]:
+        """A transfer with this run's knobs and its progress report on `stream` (a bar on a terminal);
+        the caller closes both."""
+        config = self.config
+        bar = config.progress == "always" or (config.progress == "auto" and stream.isatty())
+        progress = Progress(total_bytes(files), stream, bar, label)
+        transfer = Transfer(source, config.transfer.part_size, config.transfer.concurrency,
+                            config.transfer.max_inflight_bytes, progress.add, hook=store, check_values=check_values)
+        return transfer, progress
 
     @abstractmethod
     def serve(self, cache: ModelCache, manifest: Manifest, entry: Path) -> T:
