@@ -17,6 +17,7 @@ from typing import Any
 from kserve_operator.errors import InvalidSpec
 from kserve_operator.resources.conditions import Condition, parse_rfc3339
 from kserve_operator.resources.durations import parse_duration
+from kserve_operator.resources.fields import int_field
 
 CLUSTER_DOMAIN = "svc.cluster.local"
 
@@ -113,17 +114,6 @@ class CanarySpec:
         return tuple(sorted(share for share in shares if share > 0))
 
 
-def _int(raw: Mapping[str, Any], field: str, where: str, low: int, high: int) -> int | None:
-    value = raw.get(field)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidSpec(f"{where}{field} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise InvalidSpec(f"{where}{field} must be between {low} and {high}, got {value}")
-    return value
-
-
 def _text(raw: Mapping[str, Any], field: str, where: str) -> str | None:
     value = raw.get(field)
     if value is None:
@@ -150,7 +140,7 @@ def _backend(raw: Any, field: str, namespace: str) -> Backend:
     if (isvc is None) == (host is None):
         raise InvalidSpec(f"{field} needs exactly one of inferenceService and host")
     subset = _text(raw, "subset", f"{field}.")
-    port = _int(raw, "port", f"{field}.", 1, 65535)
+    port = int_field(raw, "port", low=1, high=65535, where=f"{field}.")
     if isvc is not None:
         return Backend(predictor_host(isvc, namespace), subset, port, inference_service=isvc)
     assert host is not None
@@ -170,7 +160,7 @@ def _analysis(raw: Any) -> AnalysisSpec | None:
         raise InvalidSpec("steps.analysis needs a max or a min bound")
     if high is not None and low is not None and low > high:
         raise InvalidSpec(f"steps.analysis.min ({low:g}) is above max ({high:g})")
-    limit = _int(raw, "failureLimit", "steps.analysis.", 1, 1000)
+    limit = int_field(raw, "failureLimit", low=1, high=1000, where="steps.analysis.")
     return AnalysisSpec(query=query, max=high, min=low, failure_limit=limit or 1)
 
 
@@ -222,7 +212,7 @@ def parse_spec(raw: Mapping[str, Any] | None, namespace: str) -> CanarySpec:
         raise InvalidSpec(f"stable and candidate are the same backend ({stable.display})")
     if "percent" not in raw:
         raise InvalidSpec("percent is required")
-    percent = _int(raw, "percent", "", 0, 100)
+    percent = int_field(raw, "percent", low=0, high=100)
     assert percent is not None
     require_warm = raw.get("requireWarm", False)
     if not isinstance(require_warm, bool):

@@ -13,6 +13,7 @@ from typing import Any
 
 from kserve_operator.errors import InvalidSpec
 from kserve_operator.resources import durations
+from kserve_operator.resources.fields import int_field
 from kserve_operator.resources.kinds import MEMCACHED
 from kserve_operator.resources.meta import ObjectMeta
 
@@ -55,29 +56,17 @@ class MemcachedSpec:
         return self.target_connections_per_replica is not None
 
 
-def _int_field(spec: Mapping[str, Any], name: str, default: int | None, low: int, high: int | None) -> int | None:
-    value = spec.get(name, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidSpec(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise InvalidSpec(f"{name} must be {bound}, got {value}")
-    return value
-
-
 def parse_spec(spec: Mapping[str, Any] | None) -> MemcachedSpec:
     """Turn the raw spec into a MemcachedSpec, or raise InvalidSpec naming the field."""
     if not isinstance(spec, Mapping):
         raise InvalidSpec("spec is missing")
     if "size" not in spec:
         raise InvalidSpec("size is required")
-    size = _int_field(spec, "size", None, 0, MAX_REPLICAS)
+    size = int_field(spec, "size", low=0, high=MAX_REPLICAS)
     assert size is not None
-    buffer = _int_field(spec, "coldStartBuffer", 0, 0, MAX_REPLICAS)
-    max_size = _int_field(spec, "maxSize", None, 1, MAX_REPLICAS)
-    target = _int_field(spec, "targetConnectionsPerReplica", None, 1, None)
+    buffer = int_field(spec, "coldStartBuffer", low=0, high=MAX_REPLICAS, default=0)
+    max_size = int_field(spec, "maxSize", low=1, high=MAX_REPLICAS)
+    target = int_field(spec, "targetConnectionsPerReplica", low=1)
     window = parse_duration(spec.get("scalingWindow", DEFAULT_WINDOW))
     query = spec.get("metricsQuery")
     if query is not None and (not isinstance(query, str) or not query.strip()):

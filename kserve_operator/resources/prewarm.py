@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from kserve_operator.errors import InvalidSpec
+from kserve_operator.resources.fields import required_int_field
 
 # Labels and annotations: one spelling each.
 LABEL_PREWARM = "serving.serverless.xyz/modelprewarm"  # on Jobs and their Pods: the owner's name
@@ -170,13 +171,6 @@ def _strings(raw: object, field: str) -> dict[str, str]:
     return {str(key): str(value) for key, value in raw.items()}
 
 
-def _int(raw: Mapping[str, Any], key: str, default: int, low: int) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InvalidSpec(f"{key} must be an integer >= {low}, got {value!r}")
-    return value
-
-
 def parse_tolerations(raw: object) -> tuple[Toleration, ...]:
     if raw is None:
         return ()
@@ -248,7 +242,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PrewarmSpec:
     account = spec.get("serviceAccountName")
     parsed = PrewarmSpec(
         storage_uri=uri.strip(),
-        node_count=_int(spec, "nodeCount", 1, 1),
+        node_count=required_int_field(spec, "nodeCount", low=1, default=1),
         node_selector=_strings(spec.get("nodeSelector"), "nodeSelector"),
         tolerations=parse_tolerations(spec.get("tolerations")),
         required_terms=parse_required_terms(spec.get("affinity")),
@@ -258,8 +252,9 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PrewarmSpec:
         cache_path=cache_path.rstrip("/") or "/",
         cache_max_bytes=parse_size(max_bytes, field="cache.maxBytes") if max_bytes is not None else None,
         device=str(device),
-        backoff_limit=_int(spec, "backoffLimit", DEFAULT_BACKOFF_LIMIT, 0),
-        active_deadline_seconds=_int(spec, "activeDeadlineSeconds", DEFAULT_ACTIVE_DEADLINE_SECONDS, 1),
+        backoff_limit=required_int_field(spec, "backoffLimit", low=0, default=DEFAULT_BACKOFF_LIMIT),
+        active_deadline_seconds=required_int_field(spec, "activeDeadlineSeconds", low=1,
+                                                   default=DEFAULT_ACTIVE_DEADLINE_SECONDS),
         revision=str(spec.get("revision") or ""),
     )
     parsed.requested()  # every quantity parses, or InvalidSpec now rather than mid-plan
