@@ -47,7 +47,7 @@ from preloader.checksums import cache_crc
 from preloader.errors import CacheTooSmall, CacheUnwritable, DiskFull, UnsafeKey
 from preloader.files import FileSink, FileSystem, disk_error, safe_join
 from preloader.locks import FileLock, take_lock, try_exclusive
-from preloader.plan import ByteRange, ModelFile, ObjectInfo, S3Location, safe_relative_path
+from preloader.plan import ByteRange, ModelFile, ObjectInfo, S3Location, safe_relative_path, total_bytes
 
 log = logging.getLogger(__name__)
 
@@ -443,7 +443,7 @@ class EntryWriter:
         self._created = False  # abort removes the entry only once this writer made it
         if not lock.held or lock.path != self.location_dir / LOCK_FILE:
             raise RuntimeError(f"writing {self.entry} needs the held lock {self.location_dir / LOCK_FILE}")
-        need = sum(f.obj.size for f in files)
+        need = total_bytes(files)
         try:
             # A rewrite (a new download of a version whose entry failed verification) replaces the old
             # directory once its readers are done with it.

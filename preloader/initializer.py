@@ -175,18 +175,10 @@ class _Fill(CachedRun[Result]):
         store: Store | None,
         label: str,
     ) -> tuple[float, Transfer]:
-        transfer, progress = self.new_transfer(source, files, label, store, stream=self.stream,
-                                               check_values=label == "download")
-        try:
+        with self.transferring(source, files, label, store, stream=self.stream,
+                               check_values=label == "download") as transfer:
             transfer.start(files, ranges, store.allocate if store is not None else None)
             return transfer.finish(), transfer
-        except BaseException:
-            if store is not None:
-                store.discard()
-            raise
-        finally:
-            transfer.close()
-            progress.close()
 
     def _result(
         self,

@@ -26,7 +26,7 @@ from preloader.config import Config
 from preloader.device import available_bytes, memory_used, resolve_device, synchronize, to_device
 from preloader.files import FileSystem
 from preloader.formats import load_torch, safetensors_layout, tensor_view
-from preloader.plan import ByteRange, ModelFile, S3Location, check_fits, is_torch_file
+from preloader.plan import ByteRange, ModelFile, S3Location, check_fits, is_torch_file, total_bytes
 from preloader.result import Phases, Result, peak_rss_bytes
 from preloader.s3 import RangeFetcher
 from preloader.session import CachedEntry, CachedRun
@@ -96,7 +96,7 @@ class _Run(CachedRun[Preloaded]):
             "downloading %s: %d file(s), %d bytes, to %s",
             resolved,
             len(files),
-            sum(f.obj.size for f in files),
+            total_bytes(files),
             self.device,
         )
         part = self.config.transfer.part_size
@@ -124,12 +124,10 @@ class _Run(CachedRun[Preloaded]):
     ) -> Preloaded:
         config, device = self.config, self.device
         check_fits(_needs_device_memory(files), config.max_device_bytes or available_bytes(device), str(device))
-        total = sum(f.obj.size for f in files)
+        total = total_bytes(files)
         store = None
         if cache_state != "hit":
             store = Store(lambda f: [writer.open(f)] if writer else [], cache=writer)
-        transfer, progress = self.new_transfer(source, files, "cache" if cache_state == "hit" else "download", store,
-                                     stream=self.stream, check_values=cache_state != "hit")
         # CUDA: pinned buffers (async copies), written out to the cache range by range. CPU with a cache:
         # the cache files themselves, mapped, are the buffers the tensors view (received once, no write-out).
         allocator: Allocator = host_allocate
@@ -139,7 +137,8 @@ class _Run(CachedRun[Preloaded]):
             allocator = store.allocate
         timings = _Timings()
         out: dict[str, dict[str, torch.Tensor]] = {}
-        try:
+        with self.transferring(source, files, "cache" if cache_state == "hit" else "download", store,
+                               stream=self.stream, check_values=cache_state != "hit") as transfer:
             buffers = transfer.start(files, ranges, allocator)
             if verify_first:
                 transfer.finish()
@@ -155,13 +154,6 @@ class _Run(CachedRun[Preloaded]):
                 cache_path = str(writer.commit(version))
             commit_seconds = time.perf_counter() - commit_start
             synchronize(device)
-        except BaseException:
-            if store is not None:
-                store.discard()
-            raise
-        finally:
-            transfer.close()
-            progress.close()
         tensors = [t for per_file in out.values() for t in per_file.values()]
         fetched = 0 if cache_state == "hit" else total
         result = Result(

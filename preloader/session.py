@@ -10,10 +10,11 @@ skips that check and trusts the node: any complete, verified entry is served.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Generic, TextIO, TypeVar
 
@@ -65,16 +66,28 @@ class CachedRun(ABC, Generic[T]):
         self.listed: tuple[S3Location, list[ModelFile]] | None = None
         self.rejected: Path | None = None  # an entry that failed verification in this run
 
-    def new_transfer(self, source: PartSource, files: Sequence[ModelFile], label: str, store: Store | None, *,
-                     stream: TextIO, check_values: bool) -> tuple[Transfer, Progress]:
-        """A transfer with this run's knobs and its progress report on `stream` (a bar on a terminal);
-        the caller closes both."""
+    @contextlib.contextmanager
+    def transferring(self, source: PartSource, files: Sequence[ModelFile], label: str, store: Store | None, *,
+                     stream: TextIO, check_values: bool) -> Iterator[Transfer]:
+        """A transfer with this run's knobs and its progress report on `stream` (a bar on a terminal).
+
+        On the way out both are closed; a failure inside also discards what `store` wrote, so a
+        failed run leaves no partial cache entry behind.
+        """
         config = self.config
         bar = config.progress == "always" or (config.progress == "auto" and stream.isatty())
         progress = Progress(total_bytes(files), stream, bar, label)
         transfer = Transfer(source, config.transfer.part_size, config.transfer.concurrency,
                             config.transfer.max_inflight_bytes, progress.add, hook=store, check_values=check_values)
-        return transfer, progress
+        try:
+            yield transfer
+        except BaseException:
+            if store is not None:
+                store.discard()
+            raise
+        finally:
+            transfer.close()
+            progress.close()
 
     @abstractmethod
     def serve(self, cache: ModelCache, manifest: Manifest, entry: Path) -> T:
