@@ -7,13 +7,13 @@ canary tests and `make demo` decide the candidate's error ratio instead of sendi
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
 import urllib.parse
 import urllib.request
 from typing import Any
+
+from devstack.metrics_stack import MetricsEndpoint
 
 METRIC = "model_error_ratio"
 
@@ -23,30 +23,16 @@ class ErrorRatioExporter:
 
     def __init__(self) -> None:
         self.values: dict[str, float] = {}
-        outer = self
+        self._endpoint = MetricsEndpoint(self._render)
+        self.port = self._endpoint.port
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                lines = [f"# TYPE {METRIC} gauge"]
-                lines += [f'{METRIC}{{canary="{name}"}} {value}' for name, value in dict(outer.values).items()]
-                body = ("\n".join(lines) + "\n").encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = int(self.server.server_address[1])
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _render(self) -> str:
+        lines = [f"# TYPE {METRIC} gauge"]
+        lines += [f'{METRIC}{{canary="{name}"}} {value}' for name, value in dict(self.values).items()]
+        return "\n".join(lines) + "\n"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._endpoint.close()
 
 
 def query(prometheus: str, promql: str) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 
 def free_port() -> int:
@@ -95,30 +95,44 @@ def render_metrics(stats: Mapping[str, str] | None) -> str:
 def stats_exporter(memcached_port: int) -> Iterator[int]:
     """Serve /metrics for one memcached; yields the exporter's port."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            try:
-                stats: dict[str, str] | None = read_stats(memcached_port)
-            except OSError:
-                stats = None
-            body = render_metrics(stats).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def render() -> str:
+        try:
+            stats: dict[str, str] | None = read_stats(memcached_port)
+        except OSError:
+            stats = None
+        return render_metrics(stats)
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    endpoint = MetricsEndpoint(render)
     try:
-        yield int(server.server_address[1])
+        yield endpoint.port
     finally:
-        server.shutdown()
-        server.server_close()
+        endpoint.close()
+
+
+class MetricsEndpoint:
+    """Prometheus text format on loopback, from `render()` at every scrape, served from a thread."""
+
+    def __init__(self, render: Callable[[], str]) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 @contextlib.contextmanager
