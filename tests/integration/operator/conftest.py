@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from devstack.local_s3 import S3, moto_s3
 from devstack.operator_process import OperatorProcess
 from devstack.operator_process import start_operator as start_operator_process
 
@@ -84,3 +85,10 @@ def stub_prometheus() -> Iterator[StubPrometheus]:
     stub = StubPrometheus()
     yield stub
     stub.close()
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3]:
+    """moto's S3 server on loopback, one per test module (the pre-warm tests' model store)."""
+    with moto_s3() as server:
+        yield server

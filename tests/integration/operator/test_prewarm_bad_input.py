@@ -5,13 +5,12 @@ preloader on a corrupt model in moto's S3."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from devcluster import ApiError, ClusterClient, EmulatedCluster
-from devstack.local_s3 import S3, create_credentials, moto_s3
+from devstack.local_s3 import S3, create_credentials
 from devstack.simulated_gpu_pool import add_gpu_nodes, run_preloader_locally
 from tests.integration.operator.conftest import StartOperator
 from tests.integration.operator.prewarm_world import (
@@ -28,12 +27,6 @@ from tests.integration.operator.prewarm_world import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3]:
-    with moto_s3() as server:
-        yield server
 
 
 def prewarm(name: str, **spec: Any) -> dict[str, Any]:

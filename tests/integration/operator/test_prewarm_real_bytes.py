@@ -9,12 +9,10 @@ The simulated GPU nodes have no CUDA (this machine has none), so the service ask
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from devcluster import ClusterClient, EmulatedCluster
-from devstack.local_s3 import S3, create_credentials, moto_s3, upload_model
+from devstack.local_s3 import S3, create_credentials, upload_model
 from devstack.simulated_gpu_pool import add_gpu_nodes, run_preloader_locally
 from tests.integration.operator.conftest import StartOperator
 from tests.integration.operator.prewarm_world import (
@@ -29,12 +27,6 @@ from tests.integration.operator.prewarm_world import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3]:
-    with moto_s3() as server:
-        yield server
 
 
 def test_torch_mnist_is_warmed_with_real_bytes_and_rewarmed_on_a_new_uri(
