@@ -13,19 +13,6 @@ from typing import Any
 from kserve_operator.resources.kinds import Kind
 
 
-def controller_reference(kind: Kind, owner: Mapping[str, Any]) -> dict[str, Any]:
-    """The controller owner reference a child of `owner` (a raw object of `kind`) carries."""
-    meta = owner.get("metadata") or {}
-    return {
-        "apiVersion": kind.api_version,
-        "kind": kind.kind,
-        "name": meta.get("name"),
-        "uid": meta.get("uid"),
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 def controller_uid(live: Mapping[str, Any]) -> str | None:
     for ref in (live.get("metadata") or {}).get("ownerReferences") or []:
         if ref.get("controller"):

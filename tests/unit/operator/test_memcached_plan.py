@@ -10,7 +10,7 @@ import pytest
 from kserve_operator.planning import memcached as plan
 from kserve_operator.planning import memcached_status
 from kserve_operator.planning.diff import needs_update, status_changes
-from kserve_operator.planning.ownership import controller_reference, ownership_problem
+from kserve_operator.planning.ownership import ownership_problem
 from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.kinds import MEMCACHED
 from kserve_operator.resources.memcached import Memcached, parse_spec
@@ -187,7 +187,7 @@ class TestOwnership:
 
     def test_absent_or_ours_is_fine(self) -> None:
         assert ownership_problem(None, raw_body(), MEMCACHED) is None
-        assert ownership_problem(self.live(controller_reference(MEMCACHED, raw_body())), raw_body(), MEMCACHED) is None
+        assert ownership_problem(self.live(body().controller_reference()), raw_body(), MEMCACHED) is None
 
     def test_someone_elses_is_not_taken_over(self) -> None:
         theirs = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": "other", "controller": True}
@@ -195,7 +195,7 @@ class TestOwnership:
         assert problem is not None and "controlled by ReplicaSet x" in problem
 
     def test_an_unowned_object_of_the_same_name_is_not_taken_over(self) -> None:
-        non_controller = {**controller_reference(MEMCACHED, raw_body()), "controller": False}
+        non_controller = {**body().controller_reference(), "controller": False}
         problem = ownership_problem(self.live(non_controller), raw_body(), MEMCACHED)
         assert problem is not None and "not managed by this Memcached" in problem
 

@@ -20,8 +20,7 @@ from kserve_operator.errors import ApiError, MetricsUnavailable
 from kserve_operator.planning import memcached as plan
 from kserve_operator.planning import memcached_status
 from kserve_operator.planning.diff import SERVER_DEFAULTED, child_patch, matches_exactly
-from kserve_operator.planning.ownership import controller_reference, merged_owner_references, owned_by
-from kserve_operator.resources.kinds import MEMCACHED
+from kserve_operator.planning.ownership import merged_owner_references, owned_by
 from kserve_operator.resources.memcached import Memcached, MemcachedSpec, name_problem
 from kserve_operator.settings import OperatorSettings
 from tests.unit.operator.test_building_blocks import TestPrometheusAnswers
@@ -54,7 +53,7 @@ class TestExactSections:
         assert ops == [{"op": "add", "path": "/metadata/labels/a", "value": "2"}]
 
     def test_replacing_the_owner_references_is_conditional_on_the_list_read(self) -> None:
-        ours = controller_reference(MEMCACHED, OWNER)
+        ours = Memcached.parse(OWNER).controller_reference()
         live = {"metadata": {"resourceVersion": "7", "ownerReferences": [{"uid": "t", "kind": "X"}]},
                 "spec": {"replicas": 1}}
         desired = {"metadata": {"ownerReferences": [ours]}, "spec": {"replicas": 2}}
@@ -74,7 +73,7 @@ class TestExactSections:
 
 
 class TestOwnerReferences:
-    ours = controller_reference(MEMCACHED, OWNER)
+    ours = Memcached.parse(OWNER).controller_reference()
     theirs = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Application", "name": "a", "uid": "t"}
 
     def test_ours_present_nothing_to_write(self) -> None:
