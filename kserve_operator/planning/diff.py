@@ -75,16 +75,6 @@ def _pointer(path: str, *extra: str) -> str:
     return "/" + "/".join(part.replace("~", "~0").replace("/", "~1") for part in parts)
 
 
-def needs_update(live: Mapping[str, Any] | None, desired: Mapping[str, Any], *, sections: tuple[str, ...]) -> bool:
-    """Compare only the managed `sections` (e.g. spec, metadata.labels) of two objects (containment)."""
-    if live is None:
-        return True
-    return any(
-        _section(desired, section) is not None and not contains(_section(live, section), _section(desired, section))
-        for section in sections
-    )
-
-
 def child_patch(
     live: Mapping[str, Any], desired: Mapping[str, Any], *,
     exact: Sequence[str] = (), merged: Sequence[str] = ("metadata.labels",),

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from kserve_operator.controllers.memcached import DEPLOYMENT_EXACT, MERGED
 from kserve_operator.planning import memcached as plan
 from kserve_operator.planning import memcached_status
-from kserve_operator.planning.diff import needs_update, status_changes
+from kserve_operator.planning.diff import child_patch, status_changes
 from kserve_operator.planning.ownership import ownership_problem
 from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.kinds import MEMCACHED
@@ -71,9 +72,10 @@ class TestDeployment:
         live = {**desired, "spec": {**desired["spec"], "strategy": {"type": "RollingUpdate"},
                                     "revisionHistoryLimit": 10}}
         live["metadata"] = {**desired["metadata"], "uid": "x", "resourceVersion": "7"}
-        sections = ("metadata.labels", "metadata.ownerReferences", "spec")
-        assert not needs_update(live, desired, sections=sections)
-        assert needs_update(live, plan.build_deployment(body(), 3, plan.MemcachedImages()), sections=sections)
+        assert child_patch(live, desired, exact=DEPLOYMENT_EXACT, merged=MERGED) == []
+        assert child_patch(live, plan.build_deployment(body(), 3, plan.MemcachedImages()),
+                           exact=DEPLOYMENT_EXACT, merged=MERGED) == [
+            {"op": "add", "path": "/spec/replicas", "value": 3}]
 
     def test_service_selects_the_pods(self) -> None:
         svc = plan.build_service(body())
