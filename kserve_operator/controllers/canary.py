@@ -39,7 +39,15 @@ from kserve_operator.controllers.canary_wakeups import (
     prewarm_event,
     virtual_service_event,
 )
-from kserve_operator.controllers.core import Outcome, ReconcileCore, cleanup_within, now, patch_status, post_events
+from kserve_operator.controllers.core import (
+    ObjectKey,
+    Outcome,
+    ReconcileCore,
+    cleanup_within,
+    now,
+    patch_status,
+    post_events,
+)
 from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable
 from kserve_operator.planning import canary as plan
 from kserve_operator.planning.events import NORMAL, EventPlan
@@ -63,9 +71,6 @@ CONFLICT_ATTEMPTS = 5  # re-read and re-plan on 409 this many times before the c
 # percent change is not queued behind a burst of routine re-reads of hundreds of canaries.
 RESYNC_CONCURRENCY = 8
 REASON_RELEASED = "Released"
-
-ObjectKey = tuple[str, str]
-
 
 @dataclasses.dataclass
 class CanaryContext:

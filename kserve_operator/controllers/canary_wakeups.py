@@ -12,9 +12,8 @@ from typing import Any
 
 import kopf
 
+from kserve_operator.controllers.core import ObjectKey
 from kserve_operator.planning import canary as plan
-
-ObjectKey = tuple[str, str]
 
 
 def canaries_by_virtual_service(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta,
