@@ -225,13 +225,19 @@ def _raw_get(host: str, port: int, path: str, view: memoryview, start: int, end:
             got += n
 
 
-def _ceiling(endpoint: str, bucket: str, key: str, connections: int) -> dict[str, float]:
+def _ceiling(endpoint: str, bucket: str, key: str, connections: int, touched: bool = True) -> dict[str, float]:
+    """Raw GETs into one buffer. Touched: allocated and written before the clock starts, so the figure
+    is the network path alone. Fresh: allocated untouched, so its page faults run inside the timing,
+    as they do for every client that keeps the bytes (the Job's tensors need that memory too)."""
     url = urlsplit(endpoint)
     size = unsigned_client(endpoint).head_object(Bucket=bucket, Key=key)["ContentLength"]
-    buffer = np.ones(size, dtype=np.uint8)  # touched: page faults are not part of the ceiling
-    view = buffer.data
+    if touched:
+        buffer = np.ones(size, dtype=np.uint8)
     bounds = [size * i // connections for i in range(connections + 1)]
     start = time.perf_counter()
+    if not touched:
+        buffer = np.empty(size, dtype=np.uint8)
+    view = buffer.data
     threads = [
         threading.Thread(target=_raw_get, args=(url.hostname, url.port, f"/{bucket}/{key}", view, a, b))
         for a, b in itertools.pairwise(bounds)
@@ -249,6 +255,10 @@ def ceiling_one(endpoint: str, bucket: str, key: str) -> dict[str, float]:
 
 def ceiling_parallel(endpoint: str, bucket: str, key: str) -> dict[str, float]:
     return _ceiling(endpoint, bucket, key, 4)
+
+
+def ceiling_fresh(endpoint: str, bucket: str, key: str) -> dict[str, float]:
+    return _ceiling(endpoint, bucket, key, 4, touched=False)
 
 
 def memcpy(endpoint: str, bucket: str, key: str) -> dict[str, float]:
@@ -272,6 +282,7 @@ VARIANTS: dict[str, Callable[[str, str, str], dict[str, float]]] = {
     "runai_tuned": runai_tuned,
     "ceiling_one": ceiling_one,
     "ceiling_parallel": ceiling_parallel,
+    "ceiling_fresh": ceiling_fresh,
     "memcpy": memcpy,
 }
 

@@ -468,9 +468,11 @@ class EntryWriter:
             self.abort()
             raise DiskFull(f"cache disk full: {self.entry} has {free} bytes free, the model needs {need}")
 
-    def open(self, file: ModelFile) -> FileSink:
+    def open(self, file: ModelFile, direct: bool = False) -> FileSink:
+        """A file of the entry; ``direct``: its ranges will be written from a buffer that stays in
+        memory (the Job's), so they may bypass the page cache."""
         final = self.cache.file_path(self.entry, file.path)
-        sink = FileSink(self.fs, final, file.obj.size)
+        sink = FileSink(self.fs, final, file.obj.size, direct=direct)
         self.cache.file_path(self.entry, file.path)  # re-check: mkdir must not have met a link
         self._sinks.append(sink)
         return sink

@@ -106,7 +106,7 @@ class _Fill(CachedRun[Result]):
         # range is written to DEST as it is read.
         store = None
         if not self.linkable:
-            store = Store(lambda f: [self._dest_sink(f)], verify=False, fallback=None, unmap=True)
+            store = Store(lambda f: [self._dest_sink(f)], verify=False, unmap=True)
         seconds, transfer = self._transfer(files, hit.ranges_of, hit.read, store, "cache")
         fill = time.perf_counter()
         if self.linkable:
@@ -141,7 +141,7 @@ class _Fill(CachedRun[Result]):
         log.info("downloading %s: %d file(s), %d bytes, to %s", resolved, len(files), total_bytes(files), self.dest)
         # Received straight into the first file's mapped pages (the cache's, else DEST's); copied from
         # there into DEST when DEST is on another filesystem; streamed where a file cannot be mapped.
-        store = Store(sinks, cache=writer, fallback=None, unmap=True)
+        store = Store(sinks, cache=writer, unmap=True)
         part = self.config.transfer.part_size
         seconds, transfer = self._transfer(files, lambda f: aligned_ranges(f.obj, part), from_s3, store, "download")
         version = model_version(files, resolved.is_prefix)

@@ -127,14 +127,13 @@ class _Run(CachedRun[Preloaded]):
         total = total_bytes(files)
         store = None
         if cache_state != "hit":
-            store = Store(lambda f: [writer.open(f)] if writer else [], cache=writer)
-        # CUDA: pinned buffers (async copies), written out to the cache range by range. CPU with a cache:
-        # the cache files themselves, mapped, are the buffers the tensors view (received once, no write-out).
-        allocator: Allocator = host_allocate
-        if device.type == "cuda":
-            allocator = pinned_allocate
-        elif store is not None and writer is not None:
-            allocator = store.allocate
+            store = Store(lambda f: [writer.open(f, direct=True)] if writer else [], cache=writer)
+        # The bytes land in host memory the tensors keep (pinned on CUDA, for async copies) and each range
+        # is written to the cache from there as it arrives, with O_DIRECT where the filesystem has it: the
+        # disk reads the buffer itself, so filling the cache costs the CPU almost nothing. (Receiving into
+        # the mapped cache file instead makes the kernel allocate, zero and track 2 GiB of page cache,
+        # half again the CPU of the download on a 2-core node: docs/preloader.md, "Benchmark results".)
+        allocator: Allocator = pinned_allocate if device.type == "cuda" else host_allocate
         timings = _Timings()
         out: dict[str, dict[str, torch.Tensor]] = {}
         with self.transferring(source, files, "cache" if cache_state == "hit" else "download", store,
@@ -184,12 +183,12 @@ class _Run(CachedRun[Preloaded]):
 
 
 def _host_tensor(buf: FileBuffer) -> torch.Tensor:
+    """The file's host buffer as a uint8 tensor: a pinned tensor already, or host_allocate's array."""
     owner = buf.owner
     if isinstance(owner, torch.Tensor):
         return owner
-    if isinstance(owner, np.ndarray):
-        return torch.from_numpy(owner)
-    return torch.frombuffer(buf.buffer(), dtype=torch.uint8)  # a mapped cache file
+    assert isinstance(owner, np.ndarray), f"unexpected host buffer {type(owner).__name__}"
+    return torch.from_numpy(owner)
 
 
 def _load_file(buf: FileBuffer, device: torch.device, timings: _Timings) -> dict[str, torch.Tensor]:
@@ -198,10 +197,19 @@ def _load_file(buf: FileBuffer, device: torch.device, timings: _Timings) -> dict
     loaded: dict[str, torch.Tensor] = {}
     if buf.file.format == "safetensors":
         view = buf.buffer()
+        waited = 0.0
+
+        def wait_for(offset: int) -> None:
+            nonlocal waited
+            w = time.perf_counter()
+            buf.wait_for(offset)
+            waited += time.perf_counter() - w
+
         t = time.perf_counter()
-        data_start, specs = safetensors_layout(view, buf.file.obj.size, buf.wait_for, name)
+        data_start, specs = safetensors_layout(view, buf.file.obj.size, wait_for, name)
         base = _host_tensor(buf)
-        timings.deserialise += time.perf_counter() - t
+        # Waiting for the header's bytes is the download's time, not parsing's.
+        timings.deserialise += time.perf_counter() - t - waited
         for spec in specs:
             buf.wait_for(data_start + spec.end)
             t = time.perf_counter()

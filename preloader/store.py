@@ -18,7 +18,7 @@ from preloader.cache import EntryWriter
 from preloader.checksums import RangeSum, verify_object
 from preloader.files import FileSink
 from preloader.plan import ByteRange, ModelFile
-from preloader.transfer import Allocator, FileBuffer, host_allocate
+from preloader.transfer import FileBuffer
 
 OpenSinks = Callable[[ModelFile], list[FileSink]]
 
@@ -36,13 +36,11 @@ class Store:
         open_sinks: OpenSinks,
         cache: EntryWriter | None = None,
         verify: bool = True,
-        fallback: Allocator | None = host_allocate,
         unmap: bool = False,
     ) -> None:
         self._open_sinks = open_sinks
         self._cache = cache
         self._verify = verify
-        self._fallback = fallback  # where a file cannot be mapped: memory (the Job), or None: stream it
         self._unmap = unmap  # the initializer keeps nothing mapped once a file is written
         self._sinks: dict[str, list[FileSink]] = {}
         self._lock = threading.Lock()
@@ -56,12 +54,12 @@ class Store:
             return self._sinks[key]
 
     def allocate(self, file: ModelFile) -> tuple[memoryview, object] | None:
-        """An Allocator: the first sink's file, mapped, is the download buffer itself (no write-out);
-        the fallback where it cannot be mapped."""
+        """An Allocator (the initializer's): the first sink's file, mapped, is the download buffer itself
+        (no write-out); None where it cannot be mapped, and the file is streamed through ``part``."""
         sinks = self.sinks(file)
         view = sinks[0].map() if sinks else None
         if view is None:
-            return self._fallback(file) if self._fallback else None
+            return None
         return view, sinks[0].mapped
 
     def part(self, buf: FileBuffer, index: int, rng: ByteRange, data: memoryview) -> None:

@@ -50,9 +50,15 @@ Allocator = Callable[[ModelFile], tuple[memoryview, object] | None]
 
 
 def host_allocate(file: ModelFile) -> tuple[memoryview, object]:
-    """A plain host buffer; numpy's allocator asks for huge pages, which fault in far faster."""
-    array = np.empty(file.obj.size, dtype=np.uint8)
-    return (array.data.cast("B") if file.obj.size else memoryview(b"")), array
+    """A plain host buffer; numpy's allocator asks for huge pages, which fault in far faster. It starts
+    on a page boundary, so each range can be written to the cache straight from it with O_DIRECT."""
+    size = file.obj.size
+    if not size:
+        return memoryview(b""), np.empty(0, dtype=np.uint8)
+    raw = np.empty(size + mmap.PAGESIZE, dtype=np.uint8)
+    skip = -raw.ctypes.data % mmap.PAGESIZE
+    array = raw[skip : skip + size]
+    return array.data.cast("B"), array
 
 
 @dataclass
