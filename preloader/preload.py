@@ -127,7 +127,11 @@ class _Run(CachedRun[Preloaded]):
         total = total_bytes(files)
         store = None
         if cache_state != "hit":
-            store = Store(lambda f: [writer.open(f, direct=True)] if writer else [], cache=writer)
+            store = Store(
+                lambda f: [writer.open(f, direct=True)] if writer else [],
+                cache=writer,
+                writers=config.transfer.concurrency if writer else 0,
+            )
         # The bytes land in host memory the tensors keep (pinned on CUDA, for async copies) and each range
         # is written to the cache from there as it arrives, with O_DIRECT where the filesystem has it: the
         # disk reads the buffer itself, so filling the cache costs the CPU almost nothing. (Receiving into
@@ -166,7 +170,7 @@ class _Run(CachedRun[Preloaded]):
                 to_device=timings.to_device,
                 total=time.perf_counter() - self.started,
                 hash=transfer.timings.hash,
-                cache_write=transfer.timings.write,
+                cache_write=store.write_seconds if store else 0.0,
                 commit=commit_seconds,
             ),
             device=str(device),

@@ -87,6 +87,8 @@ class CachedRun(ABC, Generic[T]):
             raise
         finally:
             transfer.close()
+            if store is not None:
+                store.close()
             progress.close()
 
     @abstractmethod

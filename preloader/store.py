@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from preloader.cache import EntryWriter
@@ -29,6 +31,11 @@ class Store:
     ``open_sinks`` opens a file's sinks on its first range. ``cache`` (optional) is the entry writer
     whose sinks (the first one ``open_sinks`` returns) must be committed with their chunk checksums.
     ``verify`` is off when the bytes come from the cache, which checks its own per-range values.
+
+    ``writers`` > 0 (the Job) writes ranges on that many threads of their own, so a receiving
+    connection is not held while the disk takes its range; only ranges of files kept whole in memory
+    go there (a streamed range's scratch buffer is reused as soon as ``part`` returns). A file is
+    finished (verified, renamed) once its pending writes are done; the first failed write fails it.
     """
 
     def __init__(
@@ -37,6 +44,7 @@ class Store:
         cache: EntryWriter | None = None,
         verify: bool = True,
         unmap: bool = False,
+        writers: int = 0,
     ) -> None:
         self._open_sinks = open_sinks
         self._cache = cache
@@ -44,6 +52,9 @@ class Store:
         self._unmap = unmap  # the initializer keeps nothing mapped once a file is written
         self._sinks: dict[str, list[FileSink]] = {}
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(writers, thread_name_prefix="cache-write") if writers else None
+        self._pending: dict[str, list[Future[None]]] = {}
+        self.write_seconds = 0.0  # thread-seconds spent in writes, wherever they ran
         self.verified: dict[str, str] = {}  # file path -> what it was checked against
 
     def sinks(self, file: ModelFile) -> list[FileSink]:
@@ -63,11 +74,31 @@ class Store:
         return view, sinks[0].mapped
 
     def part(self, buf: FileBuffer, index: int, rng: ByteRange, data: memoryview) -> None:
-        for sink in self.sinks(buf.file):
-            if sink.mapped is None:
-                sink.write(rng.start, data)
+        sinks = [sink for sink in self.sinks(buf.file) if sink.mapped is None]
+        if not sinks:
+            return
+        if self._pool is None or not buf.in_memory:  # a streamed range's buffer is reused on return
+            self._write(sinks, rng.start, data)
+            return
+        future = self._pool.submit(self._write, sinks, rng.start, data)
+        with self._lock:
+            self._pending.setdefault(str(buf.file.path), []).append(future)
+
+    def _write(self, sinks: list[FileSink], offset: int, data: memoryview) -> None:
+        start = time.perf_counter()
+        try:
+            for sink in sinks:
+                sink.write(offset, data)
+        finally:
+            elapsed = time.perf_counter() - start
+            with self._lock:
+                self.write_seconds += elapsed
 
     def file_done(self, buf: FileBuffer) -> None:
+        with self._lock:
+            pending = self._pending.pop(str(buf.file.path), [])
+        for future in pending:
+            future.result()  # re-raises a failed write (DiskFull, CacheUnwritable)
         sinks = self.sinks(buf.file)
         verified = "cache"
         if self._verify:
@@ -89,8 +120,14 @@ class Store:
         kinds = set(self.verified.values())
         return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "none")
 
+    def close(self) -> None:
+        """Stop the writer threads (after finishing or cancelling what they were given)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
     def discard(self) -> None:
         """Remove every unfinished file (a failed run leaves no partial files behind)."""
+        self.close()  # no write may land in a file after it was removed
         with self._lock:
             for sinks in self._sinks.values():
                 for sink in sinks:

@@ -38,7 +38,10 @@ class PartSource(Protocol):
 
 class PartHook(Protocol):
     """Called from the transfer threads: ``part`` once per range as it arrives, ``file_done`` once per
-    file by the thread that completed it. An exception fails the transfer like a source error."""
+    file by the thread that completed it. An exception fails the transfer like a source error.
+
+    ``part`` may go on using ``data`` after it returns (a write in the background) only when the file
+    is kept in memory (``buf.in_memory``): a streamed range's scratch buffer is reused at once."""
 
     def part(self, buf: FileBuffer, index: int, rng: ByteRange, data: memoryview) -> None: ...
 
@@ -162,16 +165,15 @@ class FileBuffer:
 
 @dataclass
 class Timings:
-    """Thread-seconds spent per step across all transfer threads (they overlap with each other)."""
+    """Thread-seconds spent checksumming across all transfer threads (they overlap with each other);
+    the hook's writes are timed by the hook (``Store.write_seconds``), which may run them elsewhere."""
 
     hash: float = 0.0
-    write: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, hash_seconds: float, write_seconds: float) -> None:
+    def add(self, hash_seconds: float) -> None:
         with self._lock:
             self.hash += hash_seconds
-            self.write += write_seconds
 
 
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14+; Python 3.11 lacks the name
@@ -253,10 +255,9 @@ class Transfer:
             t0 = time.perf_counter()
             if self._check_values:
                 buf.sums[index] = range_sum(buf.file.obj, dest)
-            t1 = time.perf_counter()
+            self.timings.add(time.perf_counter() - t0)
             if self._hook is not None:
                 self._hook.part(buf, index, rng, dest)
-            self.timings.add(t1 - t0, time.perf_counter() - t1)
             if buf.part_done(index):
                 self._finish_file(buf)
         except BaseException as exc:

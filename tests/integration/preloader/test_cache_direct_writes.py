@@ -1,5 +1,5 @@
-"""The Job's cache writes: each range goes from the tensors' own buffer to the cache file, its aligned
-body with O_DIRECT (no page cache to allocate, zero and copy into), the rest through the page cache;
+"""The Job's cache writes: each range goes from the tensors' own buffer to the cache file, on writer
+threads of its own, its aligned body with O_DIRECT (no page cache to allocate, zero and copy into), the rest through the page cache;
 filesystems without O_DIRECT, and devices that refuse an alignment, get plain writes. End to end
 against moto; the FileSystem seam records which descriptor each byte went through (the seam's
 "direct" descriptor is an ordinary one, so the logic is tested whatever the test machine's
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ class _RecordsDirect(FileSystem):
         self.direct_fds: set[int] = set()
         self.direct_bytes = 0
         self.buffered_bytes = 0
+        self.threads: set[str] = set()
 
     def open_direct(self, path: Path) -> int | None:
         if not self.direct:
@@ -37,6 +39,7 @@ class _RecordsDirect(FileSystem):
         return fd
 
     def pwrite(self, fd: int, data: memoryview, offset: int) -> int:
+        self.threads.add(threading.current_thread().name.rpartition("_")[0])
         if fd in self.direct_fds:
             if self.refuse:
                 raise OSError(errno.EINVAL, "Invalid argument")
@@ -72,6 +75,8 @@ def test_the_jobs_cache_is_written_from_its_buffer_bit_exact(
     assert_bit_exact(tensors, out.tensors["model.safetensors"])
     assert cached_bytes(out.result.cache_path) == body
     assert fs.direct_bytes + fs.buffered_bytes == len(body)
+    # Written by the cache's own writer threads, so no receiving connection waited for the disk.
+    assert fs.threads == {"cache-write"}
     if direct_share == "most":
         # 256 KiB parts: every part's body is aligned; only the last part's tail is not.
         assert fs.direct_bytes == len(body) - len(body) % DIRECT_ALIGN
