@@ -1,9 +1,9 @@
 """The Job's cache writes: each range goes from the tensors' own buffer to the cache file, on writer
-threads of its own, its aligned body with O_DIRECT (no page cache to allocate, zero and copy into), the rest through the page cache;
-filesystems without O_DIRECT, and devices that refuse an alignment, get plain writes. End to end
-against moto; the FileSystem seam records which descriptor each byte went through (the seam's
-"direct" descriptor is an ordinary one, so the logic is tested whatever the test machine's
-filesystem supports)."""
+threads of its own, its aligned body with O_DIRECT (no page cache to allocate, zero and copy into),
+the rest through the page cache; filesystems without O_DIRECT, and devices that refuse an alignment,
+get plain writes. End to end against moto; the FileSystem seam records which descriptor each byte
+went through (the seam's "direct" descriptor is an ordinary one, so the logic is tested whatever the
+test machine's filesystem supports)."""
 
 from __future__ import annotations
 
