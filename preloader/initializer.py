@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Literal, TextIO
 
+from preloader.archives import archive_kind, unpack
 from preloader.cache import EntryWriter, Manifest, ModelCache, model_version
 from preloader.checksums import aligned_ranges
 from preloader.config import Config
@@ -58,7 +59,10 @@ def prepare_dest(dest: Path) -> None:
 
 def check_dest_contents(dest: Path, paths: Sequence[PurePosixPath]) -> None:
     """DEST may hold only this model's files (a restarted init container finds its earlier work);
-    anything else means DEST is not ours to fill. Unfinished ``.tmp-*`` files are removed."""
+    anything else means DEST is not ours to fill. Unfinished ``.tmp-*`` files are removed. A model that
+    is one archive may find anything its earlier unpacking left: unpacking again overwrites it."""
+    if len(paths) == 1 and archive_kind(paths[0].name) is not None:
+        return
     wanted = set(paths)
     parents = {parent for p in paths for parent in p.parents}
     for dirpath, dirnames, filenames in os.walk(dest):
@@ -112,6 +116,7 @@ class _Fill(CachedRun[Result]):
         if self.linkable:
             for f in files:
                 _link_or_copy(cache.file_path(entry, f.path), safe_join(self.dest, f.path))
+        unpacked = self._unpack_single_archive(files)
         return self._result(
             files,
             "hit",
@@ -123,6 +128,7 @@ class _Fill(CachedRun[Result]):
             str(entry / "files"),
             manifest.model_version,
             "cache",
+            unpacked=unpacked,
         )
 
     def download(self, resolved: S3Location, files: list[ModelFile], writer: EntryWriter | None) -> Result:
@@ -155,6 +161,7 @@ class _Fill(CachedRun[Result]):
         commit = time.perf_counter()
         cache_path = str(writer.commit(version)) if writer is not None else None
         commit_seconds = time.perf_counter() - commit
+        unpacked = self._unpack_single_archive(files)
         return self._result(
             files,
             "miss" if writer else "off",
@@ -167,7 +174,21 @@ class _Fill(CachedRun[Result]):
             version,
             store.summary(),
             model=str(resolved),
+            unpacked=unpacked,
         )
+
+    def _unpack_single_archive(self, files: Sequence[ModelFile]) -> int | None:
+        """KServe's rule: one object that is a tar or zip is unpacked into DEST and removed from it (the
+        cache keeps the archive). Returns how many members were unpacked, None when there was nothing to."""
+        if len(files) != 1 or archive_kind(files[0].path.name) is None:
+            return None
+        archive = safe_join(self.dest, files[0].path)
+        log.info("unpacking %s into %s", files[0].path, self.dest)
+        try:
+            return unpack(archive, self.dest)
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise DestinationNotUsable(f"cannot unpack {files[0].path} into {self.dest}: {reason}") from None
 
     def _transfer(
         self,
@@ -195,6 +216,7 @@ class _Fill(CachedRun[Result]):
         version: str,
         verified: str,
         model: str | None = None,
+        unpacked: int | None = None,
     ) -> Result:
         total = total_bytes(files)
         return Result(
@@ -217,7 +239,11 @@ class _Fill(CachedRun[Result]):
             version=version,
             fetched_bytes=0 if cache_state == "hit" else total,
             verified=verified,
-            extra={"dest": str(self.dest), "linked": bool(self.linkable and cache_state != "off")},
+            extra={
+                "dest": str(self.dest),
+                "linked": bool(self.linkable and cache_state != "off"),
+                **({"unpacked": unpacked} if unpacked is not None else {}),
+            },
         )
 
 

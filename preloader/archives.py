@@ -1,0 +1,66 @@
+"""A model stored as one archive: KServe's initializer unpacks it into DEST, so this one does too.
+
+KServe's rule (``kserve_storage.Storage``): when exactly one object was downloaded and its name is a
+tar (``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz`` ...) or a ``.zip`` by Python's
+``mimetypes``, it is extracted into the output directory and the archive removed. The same rule
+here, with ``mimetypes``' built-in table only (not the node's ``/etc/mime.types``), so the decision
+does not depend on the image. Extraction is refused rather than trusted: tar members go through
+Python's ``data`` filter (no absolute paths, no ``..``, no links leaving DEST, no devices), and zip
+members with absolute paths or ``..`` are refused (``zipfile`` would silently rename them).
+"""
+
+from __future__ import annotations
+
+import lzma
+import mimetypes
+import tarfile
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+from preloader.errors import CorruptModel, UnsafeKey
+
+_TYPES = mimetypes.MimeTypes()  # the built-in table; never the node's mime.types files
+TAR, ZIP = "application/x-tar", "application/zip"
+# What a truncated or garbled archive raises (gzip's BadGzipFile is an OSError without errno).
+_BROKEN = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError)
+
+
+def archive_kind(name: str) -> str | None:
+    """TAR or ZIP when KServe would unpack an object of this name, else None."""
+    kind = _TYPES.guess_type(name)[0]
+    return kind if kind in (TAR, ZIP) else None
+
+
+def unpack(archive: Path, dest: Path) -> int:
+    """Extract ``archive`` into ``dest`` and remove it; returns the number of members extracted."""
+    kind = archive_kind(archive.name)
+    where = archive.name
+    try:
+        if kind == TAR:
+            with tarfile.open(archive, "r", encoding="utf-8") as tar:
+                count = len(tar.getmembers())
+                tar.extractall(dest, filter="data")
+        elif kind == ZIP:
+            with zipfile.ZipFile(archive) as zipped:
+                names = zipped.namelist()
+                for name in names:
+                    _check_zip_name(name, where)
+                zipped.extractall(dest)  # noqa: S202 (every member name checked just above)
+                count = len(names)
+        else:
+            raise ValueError(f"{where} is not an archive")
+    except tarfile.FilterError as exc:
+        raise UnsafeKey(f"{where}: refused to unpack {exc}") from None
+    except _BROKEN as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # a disk problem (ENOSPC ...), not the archive's
+        raise CorruptModel(f"{where}: not a valid {'tar' if kind == TAR else 'zip'} archive ({exc})") from None
+    archive.unlink()
+    return count
+
+
+def _check_zip_name(name: str, where: str) -> None:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts:
+        raise UnsafeKey(f"{where}: refused to unpack member {name!r}: it would be written outside DEST")
