@@ -116,6 +116,8 @@ def wanted_replicas(spec: MemcachedSpec, connections: float) -> int:
     if spec.target_connections_per_replica is None:
         return spec.size
     demand = math.ceil(max(connections, 0.0) / spec.target_connections_per_replica)
+    if connections > 0:
+        demand = max(demand, 1)  # any client needs a replica, even where the division underflows to 0
     base = max(spec.size, demand)
     if base == 0:
         return 0
