@@ -16,6 +16,7 @@ import mimetypes
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from preloader.errors import CorruptModel, UnsafeKey
@@ -30,6 +31,11 @@ def archive_kind(name: str) -> str | None:
     """TAR or ZIP when KServe would unpack an object of this name, else None."""
     kind = _TYPES.guess_type(name)[0]
     return kind if kind in (TAR, ZIP) else None
+
+
+def single_archive(paths: Sequence[PurePosixPath]) -> PurePosixPath | None:
+    """The model's one file when the model is exactly one archive (KServe unpacks it), else None."""
+    return paths[0] if len(paths) == 1 and archive_kind(paths[0].name) is not None else None
 
 
 def unpack(archive: Path, dest: Path) -> int:

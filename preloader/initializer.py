@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Literal, TextIO
 
-from preloader.archives import archive_kind, unpack
+from preloader.archives import single_archive, unpack
 from preloader.cache import EntryWriter, Manifest, ModelCache, model_version
 from preloader.checksums import aligned_ranges
 from preloader.config import Config
@@ -61,7 +61,7 @@ def check_dest_contents(dest: Path, paths: Sequence[PurePosixPath]) -> None:
     """DEST may hold only this model's files (a restarted init container finds its earlier work);
     anything else means DEST is not ours to fill. Unfinished ``.tmp-*`` files are removed. A model that
     is one archive may find anything its earlier unpacking left: unpacking again overwrites it."""
-    if len(paths) == 1 and archive_kind(paths[0].name) is not None:
+    if single_archive(paths) is not None:
         return
     wanted = set(paths)
     parents = {parent for p in paths for parent in p.parents}
@@ -180,15 +180,15 @@ class _Fill(CachedRun[Result]):
     def _unpack_single_archive(self, files: Sequence[ModelFile]) -> int | None:
         """KServe's rule: one object that is a tar or zip is unpacked into DEST and removed from it (the
         cache keeps the archive). Returns how many members were unpacked, None when there was nothing to."""
-        if len(files) != 1 or archive_kind(files[0].path.name) is None:
+        path = single_archive([f.path for f in files])
+        if path is None:
             return None
-        archive = safe_join(self.dest, files[0].path)
-        log.info("unpacking %s into %s", files[0].path, self.dest)
+        log.info("unpacking %s into %s", path, self.dest)
         try:
-            return unpack(archive, self.dest)
+            return unpack(safe_join(self.dest, path), self.dest)
         except OSError as exc:
             reason = exc.strerror or exc
-            raise DestinationNotUsable(f"cannot unpack {files[0].path} into {self.dest}: {reason}") from None
+            raise DestinationNotUsable(f"cannot unpack {path} into {self.dest}: {reason}") from None
 
     def _transfer(
         self,

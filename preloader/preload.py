@@ -135,8 +135,9 @@ class _Run(CachedRun[Preloaded]):
         # The bytes land in host memory the tensors keep (pinned on CUDA, for async copies) and each range
         # is written to the cache from there as it arrives, with O_DIRECT where the filesystem has it: the
         # disk reads the buffer itself, so filling the cache costs the CPU almost nothing. (Receiving into
-        # the mapped cache file instead makes the kernel allocate, zero and track 2 GiB of page cache,
-        # half again the CPU of the download on a 2-core node: docs/preloader.md, "Benchmark results".)
+        # the mapped cache file instead makes the kernel allocate, zero and track the model's size in page
+        # cache inside the download: 15-17% of a 2 GiB pull's CPU samples went to zeroing alone on a 2-core
+        # node; docs/preloader.md, "The cache-on Job against the ceiling".)
         allocator: Allocator = pinned_allocate if device.type == "cuda" else host_allocate
         timings = _Timings()
         out: dict[str, dict[str, torch.Tensor]] = {}
