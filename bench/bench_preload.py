@@ -31,8 +31,9 @@ import torch
 from moto.server import ThreadedMotoServer
 from safetensors.torch import load_file, save
 
-from bench.preload_servers import make_model, nginx
+from bench.preload_model import make_model
 from devstack.metrics_stack import free_port
+from devstack.nginx_s3 import nginx
 from preloader.config import load_config
 from preloader.preload import preload
 

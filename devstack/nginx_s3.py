@@ -1,10 +1,14 @@
-"""Loopback servers for the preload benchmark: nginx as a fast anonymous S3 and a model file.
+"""nginx on loopback as a fast, anonymous, read-only S3: what the preload benchmark pulls from and
+what the preloader's whole-process tests run against (moto's server is the S3 API; this is a real
+HTTP server at wire speed, with nginx's own Range, If-Match and ETag handling).
 
 nginx answers path-style unsigned GET/HEAD with Range and If-Match the way S3 does for a public
 object. ``GET``/``HEAD /<bucket>`` (HeadBucket, ListObjects v1/v2) is answered with a static listing
-written beside the config, so clients that list first (KServe's storage initializer, the preloader
-with a prefix) work too; the listing ignores ``prefix``, which is fine with one model per bucket.
-It runs in the foreground with its own pid, log and temp paths under the work directory, on a free port.
+written beside the config when the server starts, so clients that list first (KServe's storage
+initializer, the preloader with a prefix) work too; the listing ignores ``prefix`` (one model per
+bucket) and is not rewritten when files change, so change a file in place to test a stale cache,
+not the set of files. It runs in the foreground with its own pid, log and temp paths under the work
+directory, on a free port.
 """
 
 from __future__ import annotations
@@ -18,33 +22,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
 from devstack.metrics_stack import free_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def make_model(path: Path, size: int) -> Path:
-    """A safetensors file of about ``size`` bytes: bf16/fp32 layers like a small LLM's, random bits."""
-    if path.exists() and abs(path.stat().st_size - size) < (8 << 20):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(0)
-    tensors: dict[str, torch.Tensor] = {}
-    remaining, index = size, 0
-    while remaining > (1 << 20):
-        n = min(64 << 20, remaining) // 2
-        rows = n // 4096
-        tensors[f"layers.{index}.weight"] = torch.randint(
-            0, 2**15, (rows, 4096), generator=gen, dtype=torch.int16
-        ).view(torch.bfloat16)
-        remaining -= rows * 4096 * 2
-        index += 1
-    tensors["norm.weight"] = torch.ones(4096, dtype=torch.float32)
-    save_file(tensors, str(path), metadata={"format": "pt"})
-    return path
+def have_nginx() -> bool:
+    """Debian installs nginx in /usr/sbin, which is not on every user's PATH."""
+    return os.access(NGINX, os.X_OK)
 
 
 NGINX_CONF = """
@@ -118,7 +103,7 @@ def nginx(root: Path, work: Path) -> Iterator[str]:
     try:
         for _ in range(100):
             try:
-                urllib.request.urlopen(endpoint + "/", timeout=1).close()
+                urllib.request.urlopen(endpoint + "/", timeout=1).close()  # noqa: S310  (our loopback http URL)
                 break
             except OSError as exc:
                 if getattr(exc, "code", None):  # an HTTP error (403/404) means it is serving
