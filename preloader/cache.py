@@ -2,10 +2,12 @@
 
 Layout under ``--cache-dir``::
 
+    preloader-v2/.room.lock                          writers sizing the bound, one at a time (flock)
     preloader-v2/<location>/.lock                    writers of this location, one at a time (flock)
     preloader-v2/<location>/current.json             {"version": <version>}, replaced atomically
     preloader-v2/<location>/<version>/.lease         readers share it, a writer or eviction holds it alone;
                                                      its mtime is the entry's last use (LRU order)
+    preloader-v2/<location>/<version>/.reserved      bytes an unfinished entry will hold (for the bound)
     preloader-v2/<location>/<version>/manifest.json  written last: an entry without one is unfinished
     preloader-v2/<location>/<version>/files/<path relative to the model root>
 
@@ -55,6 +57,11 @@ FORMAT_DIR = "preloader-v2"
 LOCK_FILE = ".lock"
 LEASE_FILE = ".lease"
 MANIFEST = "manifest.json"
+# An entry being written records the bytes it will hold, so a second writer sizing the bound counts
+# them before they are on disk; the cache-wide room lock makes "count, evict, reserve" one step.
+RESERVED_FILE = ".reserved"
+ROOM_LOCK = ".room.lock"
+ROOM_WAIT = 60.0  # seconds a writer waits for another's accounting (a scan and some rmtree calls)
 
 
 class CacheCorrupt(Exception):
@@ -211,6 +218,18 @@ class ModelCache:
             raise disk_error(exc, where) from None
         return take_lock(where / LOCK_FILE, True, timeout, f"the cache entry for {location}", sleep, clock)
 
+    def room(self, timeout: float) -> FileLock:
+        """The cache-wide lock under which a writer sizes the bound, evicts and records its reservation.
+
+        Held for a directory scan and the evictions only, never for a download; without it two writers
+        of different models could each see room for one model and together overshoot the bound.
+        """
+        try:
+            self.base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, self.base) from None
+        return take_lock(self.base / ROOM_LOCK, True, timeout, "the cache's size accounting")
+
     def lookup(self, endpoint: str, location: S3Location) -> tuple[Manifest, Path] | None:
         """The current complete entry for a location, or None; a broken one is logged and ignored."""
         where = self.location_dir(endpoint, location)
@@ -299,7 +318,8 @@ class ModelCache:
                     used = (entry / LEASE_FILE).stat().st_mtime
                 except OSError:
                     used = entry.stat().st_mtime
-                found.append(EntryInfo(entry, uri, version, _tree_bytes(entry), used, complete, entry.name == current))
+                size = _tree_bytes(entry) if complete else max(_tree_bytes(entry), _reserved_bytes(entry))
+                found.append(EntryInfo(entry, uri, version, size, used, complete, entry.name == current))
         found.sort(key=lambda e: e.last_used)
         return found
 
@@ -398,6 +418,14 @@ def _lease_free(entry: Path) -> bool:
     return True
 
 
+def _reserved_bytes(entry: Path) -> int:
+    """What an unfinished entry's writer said it will hold; 0 if it said nothing (or nothing readable)."""
+    try:
+        return max(int((entry / RESERVED_FILE).read_text()), 0)
+    except (OSError, ValueError):
+        return 0
+
+
 def _touch(path: Path) -> None:
     # A read-only cache still serves hits; the LRU order just does not move.
     with contextlib.suppress(OSError):
@@ -456,7 +484,9 @@ class EntryWriter:
             if lease is None:
                 raise CacheUnwritable(f"cannot lease the new cache entry {self.entry}")
             self._lease = lease
-            cache.make_room(need, self.entry)
+            with cache.room(max(wait, ROOM_WAIT)):
+                cache.make_room(need, self.entry)
+                self._write_small(self.entry / RESERVED_FILE, str(need))  # before the next writer counts
             free = self.fs.free_bytes(self.entry)
         except OSError as exc:
             self.abort()
@@ -499,6 +529,7 @@ class EntryWriter:
         )
         try:
             self._write_small(self.entry / MANIFEST, manifest.to_json())
+            (self.entry / RESERVED_FILE).unlink(missing_ok=True)  # complete: its files are what it holds
             self._write_small(self.location_dir / "current.json", json.dumps({"version": self.version}))
         except OSError as exc:
             self.abort()

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from model_files import safetensors_bytes, sample_tensors
 from preloader.__main__ import main
 from preloader.cache import ModelCache
 from preloader.errors import CacheTooSmall
+from preloader.plan import ModelFile, ObjectInfo, S3Location
 from preloader.preload import preload
 
 pytestmark = pytest.mark.integration
@@ -112,3 +114,56 @@ def test_job_flag_and_environment_bound(make_config: Any, tmp_path: Path) -> Non
     assert config.cache_max_bytes == 2 << 30
     env_config = make_config("s3://b/m/", PRELOADER_CACHE_DIR=str(tmp_path), PRELOADER_CACHE_MAX_BYTES="1G")
     assert (env_config.cache_dir, env_config.cache_max_bytes) == (tmp_path, 10**9)
+
+
+def _model(name: str, size: int) -> tuple[S3Location, list[ModelFile]]:
+    return S3Location("models", f"{name}/"), [
+        ModelFile(ObjectInfo(f"{name}/model.safetensors", size, f'"{name}"'), PurePosixPath("model.safetensors"))
+    ]
+
+
+def test_two_writers_of_different_models_cannot_together_overshoot_the_bound(tmp_path: Path) -> None:
+    """Writer a has reserved its model but written nothing yet when writer b sizes the bound: b must
+    count a's reservation (and a is in use, so not evictable) instead of the empty directory it sees."""
+    cache = ModelCache(tmp_path / "cache", max_bytes=15_000)
+    a_loc, a_files = _model("a", 10_000)
+    b_loc, b_files = _model("b", 10_000)
+    writer_a = cache.writer("http://s3", a_loc, a_files, cache.lock("http://s3", a_loc, 1))
+    (listed,) = cache.entries()
+    assert listed.bytes >= 10_000 and not listed.complete  # `cache ls` shows what a will hold
+    with cache.lock("http://s3", b_loc, 1) as lock_b, pytest.raises(CacheTooSmall, match="entries in use"):
+        cache.writer("http://s3", b_loc, b_files, lock_b)
+    assert [e.path for e in cache.entries()] == [writer_a.entry]  # b left nothing behind
+    writer_a.abort()
+    writer_b = cache.writer("http://s3", b_loc, b_files, cache.lock("http://s3", b_loc, 1))  # now it fits
+    writer_b.abort()
+
+
+def test_a_killed_writers_reservation_is_reclaimed_by_the_next_writer(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path / "cache", max_bytes=15_000)
+    a_loc, a_files = _model("a", 10_000)
+    b_loc, b_files = _model("b", 10_000)
+    killed = cache.writer("http://s3", a_loc, a_files, cache.lock("http://s3", a_loc, 1))
+    assert killed._lease is not None
+    killed._lease.release()  # what the kernel does to a killed run's flocks; its directory stays
+    writer_b = cache.writer("http://s3", b_loc, b_files, cache.lock("http://s3", b_loc, 1))
+    assert not killed.entry.exists() and [e.path for e in cache.entries()] == [writer_b.entry]
+    writer_b.abort()
+
+
+def test_sizing_the_bound_waits_for_another_writers_accounting(tmp_path: Path) -> None:
+    """Counting, evicting and reserving are one step under the cache-wide room lock: two writers that
+    counted at the same moment would each see room for one model."""
+    cache = ModelCache(tmp_path / "cache", max_bytes=15_000)
+    loc, model_files = _model("a", 10_000)
+    made: list[Any] = []
+    with cache.room(timeout=1):  # another writer is counting
+        thread = threading.Thread(
+            target=lambda: made.append(cache.writer("http://s3", loc, model_files, cache.lock("http://s3", loc, 1)))
+        )
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive() and not made
+    thread.join(10)
+    assert made and made[0].entry.exists()
+    made[0].abort()
