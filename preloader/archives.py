@@ -6,7 +6,9 @@ tar (``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz`` ...) or a ``.zip`
 here, with ``mimetypes``' built-in table only (not the node's ``/etc/mime.types``), so the decision
 does not depend on the image. Extraction is refused rather than trusted: tar members go through
 Python's ``data`` filter (no absolute paths, no ``..``, no links leaving DEST, no devices), and zip
-members with absolute paths or ``..`` are refused (``zipfile`` would silently rename them).
+members with absolute paths or ``..`` are refused (``zipfile`` would silently rename them). Unlike
+KServe's, an archive whose members add up to more than DEST's free space is refused before anything
+is written.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from preloader.errors import CorruptModel, UnsafeKey
+from preloader.errors import CorruptModel, DestinationNotUsable, UnsafeKey
 
 _TYPES = mimetypes.MimeTypes()  # the built-in table; never the node's mime.types files
 TAR, ZIP = "application/x-tar", "application/zip"
@@ -38,22 +40,31 @@ def single_archive(paths: Sequence[PurePosixPath]) -> PurePosixPath | None:
     return paths[0] if len(paths) == 1 and archive_kind(paths[0].name) is not None else None
 
 
-def unpack(archive: Path, dest: Path) -> int:
-    """Extract ``archive`` into ``dest`` and remove it; returns the number of members extracted."""
+def unpack(archive: Path, dest: Path, free: int) -> int:
+    """Extract ``archive`` into ``dest`` and remove it; returns the number of members extracted.
+
+    ``free``: the bytes ``dest``'s filesystem has free. Every member's size is known before anything
+    is written (the tar's headers, read through once; the zip's central directory, whose sizes
+    ``zipfile`` enforces while inflating), so an archive that would not fit, a decompression bomb
+    included, is refused with nothing unpacked instead of filling the node's disk.
+    """
     kind = archive_kind(archive.name)
     where = archive.name
     try:
         if kind == TAR:
             with tarfile.open(archive, "r", encoding="utf-8") as tar:
-                count = len(tar.getmembers())
+                members = tar.getmembers()
+                _check_fits(where, sum(m.size for m in members if m.isreg()), dest, free)
                 tar.extractall(dest, filter="data")
+                count = len(members)
         elif kind == ZIP:
             with zipfile.ZipFile(archive) as zipped:
-                names = zipped.namelist()
-                for name in names:
-                    _check_zip_name(name, where)
-                zipped.extractall(dest)  # noqa: S202 (every member name checked just above)
-                count = len(names)
+                infos = zipped.infolist()
+                for info in infos:
+                    _check_zip_name(info.filename, where)
+                _check_fits(where, sum(i.file_size for i in infos), dest, free)
+                zipped.extractall(dest)  # noqa: S202 (every member name and the total size checked above)
+                count = len(infos)
         else:
             raise ValueError(f"{where} is not an archive")
     except tarfile.FilterError as exc:
@@ -64,6 +75,13 @@ def unpack(archive: Path, dest: Path) -> int:
         raise CorruptModel(f"{where}: not a valid {'tar' if kind == TAR else 'zip'} archive ({exc})") from None
     archive.unlink()
     return count
+
+
+def _check_fits(where: str, unpacked: int, dest: Path, free: int) -> None:
+    if unpacked > free:
+        raise DestinationNotUsable(
+            f"{where} unpacks to {unpacked} bytes but {dest} has {free} bytes free; nothing was unpacked"
+        )
 
 
 def _check_zip_name(name: str, where: str) -> None:

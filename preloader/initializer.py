@@ -185,7 +185,7 @@ class _Fill(CachedRun[Result]):
             return None
         log.info("unpacking %s into %s", path, self.dest)
         try:
-            return unpack(safe_join(self.dest, path), self.dest)
+            return unpack(safe_join(self.dest, path), self.dest, free=self.fs.free_bytes(self.dest))
         except OSError as exc:
             reason = exc.strerror or exc
             raise DestinationNotUsable(f"cannot unpack {path} into {self.dest}: {reason}") from None

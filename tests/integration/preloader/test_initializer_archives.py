@@ -16,7 +16,8 @@ import pytest
 from model_files import safetensors_bytes, sample_tensors
 
 from preloader.config import load_config
-from preloader.errors import CorruptModel, UnsafeKey
+from preloader.errors import CorruptModel, DestinationNotUsable, UnsafeKey
+from preloader.files import FileSystem
 from preloader.initializer import initialize
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,7 @@ def tar_gz(files: dict[str, bytes], links: dict[str, str] | None = None) -> byte
 
 def zip_bytes(files: dict[str, bytes]) -> bytes:
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as zipped:
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
         for name, body in files.items():
             zipped.writestr(name, body)
     return out.getvalue()
@@ -136,3 +137,26 @@ def test_unsafe_or_broken_archives_are_refused_with_a_clear_error(
     with pytest.raises(error, match=message):
         run(env, f"s3://{bucket}/bad/{name}", dest)
     assert not (tmp_path / "pod" / "escape.txt").exists() and not Path("/etc/escape.txt").exists()
+
+
+class SmallDisk(FileSystem):
+    """DEST's filesystem as a nearly full node disk would report it (the real one has room)."""
+
+    def free_bytes(self, path: Path) -> int:
+        return 1 << 20
+
+
+@pytest.mark.parametrize("name", ["bomb.tar.gz", "bomb.zip"])
+def test_an_archive_larger_than_dests_free_space_is_refused_before_anything_is_unpacked(
+    s3: Any, bucket: str, env: dict[str, str], tmp_path: Path, name: str
+) -> None:
+    """8 MiB of zeros compress to a few KiB: a small download that would unpack past the free MiB."""
+    files = {"config.json": b"{}", "weights.bin": bytes(8 << 20)}
+    body = tar_gz(files) if name.endswith(".tar.gz") else zip_bytes(files)
+    assert len(body) < (1 << 20)
+    s3.put_object(Bucket=bucket, Key=f"bomb/{name}", Body=body)
+    dest = tmp_path / "pod" / "models"
+    argv = [f"s3://{bucket}/bomb/{name}", str(dest), "--progress", "never", "--termination-log", "/dev/null"]
+    with pytest.raises(DestinationNotUsable, match=f"{name} unpacks to {(8 << 20) + 2} bytes .* nothing was unpacked"):
+        initialize(load_config(argv, env), fs=SmallDisk())
+    assert sorted(p.name for p in dest.iterdir()) == [name]  # the archive as fetched, no member
