@@ -486,7 +486,8 @@ class EntryWriter:
             self._lease = lease
             with cache.room(max(wait, ROOM_WAIT)):
                 cache.make_room(need, self.entry)
-                self._write_small(self.entry / RESERVED_FILE, str(need))  # before the next writer counts
+                # Before the next writer counts; advisory, so not fsynced (a crash leaves an unfinished entry anyway).
+                (self.entry / RESERVED_FILE).write_text(str(need))
             free = self.fs.free_bytes(self.entry)
         except OSError as exc:
             self.abort()
