@@ -1,7 +1,8 @@
 """A small synchronous JSON client for tests and the demo (standard library only).
 
-It talks to any API server without auth (the emulated one); it is not a general
-Kubernetes client. ``apply_yaml`` resolves URLs through the server's discovery.
+It talks to the emulated API server (plain HTTP, no auth) and to a real one (HTTPS with an
+``ssl_context`` that trusts its CA and carries a client certificate, or a bearer ``token``),
+so the same test or conformance check runs against both; it is not a general Kubernetes client. ``apply_yaml`` resolves URLs through the server's discovery.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import builtins
 import http.client
 import json
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -32,11 +34,15 @@ class ApiError(Exception):
 class ClusterClient:
     """Synchronous JSON calls against the API server at ``base_url``."""
 
-    def __init__(self, base_url: str, user_agent: str = "devcluster-client") -> None:
+    def __init__(self, base_url: str, user_agent: str = "devcluster-client", *,
+                 ssl_context: ssl.SSLContext | None = None, token: str | None = None) -> None:
         parsed = urllib.parse.urlsplit(base_url)
         self.base_url = base_url.rstrip("/")
         self.host = parsed.hostname or "127.0.0.1"
-        self.port = parsed.port or 80
+        self.https = parsed.scheme == "https"
+        self.port = parsed.port or (443 if self.https else 80)
+        self.ssl_context = ssl_context
+        self.token = token
         self.user_agent = user_agent
         self.last_headers: list[tuple[str, str]] = []
         self.last_status = 0
@@ -44,15 +50,23 @@ class ClusterClient:
 
     # ---- raw calls ---------------------------------------------------------------------------------
 
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.https:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=30, context=self.ssl_context)
+        return http.client.HTTPConnection(self.host, self.port, timeout=30)
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
     def request(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json",
                 params: dict[str, str] | None = None) -> Any:
         if params:
             path = f"{path}{'&' if '?' in path else '?'}{urllib.parse.urlencode(params)}"
         payload = None if body is None else json.dumps(body).encode()
-        headers = {"User-Agent": self.user_agent, "Accept": "application/json"}
+        headers = {"User-Agent": self.user_agent, "Accept": "application/json", **self._auth()}
         if payload is not None:
             headers["Content-Type"] = content_type
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        connection = self._connection()
         try:
             connection.request(method, path, body=payload, headers=headers)
             response = connection.getresponse()
@@ -75,9 +89,9 @@ class ClusterClient:
         """GET a plain-text resource (e.g. ``/api/v1/namespaces/NS/pods/NAME/log``)."""
         if params:
             path = f"{path}?{urllib.parse.urlencode(params)}"
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        connection = self._connection()
         try:
-            connection.request("GET", path, headers={"User-Agent": self.user_agent, "Accept": "*/*"})
+            connection.request("GET", path, headers={"User-Agent": self.user_agent, "Accept": "*/*", **self._auth()})
             response = connection.getresponse()
             raw = response.read()
         finally:

@@ -1,0 +1,81 @@
+"""ModelCanary on the real control plane: the operator (its ServiceAccount, the shipped RBAC)
+edits only the weights of a VirtualService the platform team owns, stored by the real API
+server under the fixture Istio CRD; a second writer edits the same object concurrently (the real
+server answers the operator's stale conditional patches with 409) and both edits survive;
+deletion runs the finalizer, which gives the stable model 100% back before it lets go.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from typing import Any
+
+from devstack.mnist_virtualservice import virtual_service
+from tests.realcluster.conftest import World
+
+
+def inference_service(world: World, name: str) -> dict[str, Any]:
+    return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": name, "namespace": world.namespace},
+            "spec": {"predictor": {"model": {"modelFormat": {"name": "pytorch"},
+                                             "storageUri": f"s3://models/{name}"}}}}
+
+
+def weights(vs: dict[str, Any], name: str = "predict") -> list[int]:
+    route = next(r for r in vs["spec"]["http"] if r.get("name") == name)
+    return [d.get("weight", 100) for d in route["route"]]
+
+
+def test_weights_move_with_a_concurrent_writer_and_the_finalizer_restores(world: World) -> None:
+    kube = world.kube
+    for name in ("torch-mnist", "torch-mnist-v2"):
+        kube.create(world.path("serving.kserve.io/v1beta1", "inferenceservices"), inference_service(world, name))
+    vs_collection = world.path("networking.istio.io/v1", "virtualservices")
+    original = kube.create(vs_collection, virtual_service(namespace=world.namespace))
+    vs_path = f"{vs_collection}/mnist"
+    canary_path = world.path("serving.serverless.xyz/v1alpha1", "modelcanaries", "mnist")
+    world.start_operator(resync=30)
+    kube.create(world.path("serving.serverless.xyz/v1alpha1", "modelcanaries"), {
+        "apiVersion": "serving.serverless.xyz/v1alpha1", "kind": "ModelCanary",
+        "metadata": {"name": "mnist", "namespace": world.namespace},
+        "spec": {"virtualService": {"name": "mnist"}, "stable": {"inferenceService": "torch-mnist"},
+                 "candidate": {"inferenceService": "torch-mnist-v2"}, "percent": 10, "routes": ["predict"]}})
+    vs = kube.wait_for(vs_path, lambda o: weights(o) == [90, 10], timeout=30)
+    candidate = vs["spec"]["http"][1]["route"][1]["destination"]
+    assert candidate["host"] == f"torch-mnist-v2-predictor.{world.namespace}.svc.cluster.local"
+    assert weights(vs, "audited") == [20, 80]  # a route it does not manage is untouched
+
+    # A second writer edits another field of the same object as fast as it can while the knob moves.
+    stop, edits = threading.Event(), [0]
+
+    def writer() -> None:
+        while not stop.is_set():
+            edits[0] += 1
+            kube.patch(vs_path, [{"op": "replace", "path": "/spec/http/0/timeout", "value": f"{edits[0]}s"}],
+                       "application/json-patch+json")
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        for percent in (25, 50, 75):
+            kube.patch(canary_path, {"spec": {"percent": percent}})
+            kube.wait_for(vs_path, lambda o, p=percent: weights(o) == [100 - p, p], timeout=30)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    vs = kube.get(vs_path)
+    assert vs["spec"]["http"][0]["timeout"] == f"{edits[0]}s"  # every edit of the other writer landed
+    assert edits[0] > 10
+    canary = kube.wait_for(canary_path, lambda o: (o.get("status") or {}).get("phase") == "Active", timeout=30)
+    assert canary["status"]["percent"] == 75 and canary["metadata"]["finalizers"]
+
+    # Deletion: the finalizer gives the stable model everything back, then the canary goes.
+    kube.delete(canary_path)
+    kube.wait_gone(canary_path, timeout=60, interval=0.25)
+    restored = kube.get(vs_path)
+    expected = copy.deepcopy(original["spec"])
+    expected["http"][0]["timeout"] = f"{edits[0]}s"
+    assert restored["spec"] == expected  # stable 100 as written, the appended destination gone, nothing else

@@ -1,0 +1,114 @@
+"""The pre-warm path on the real control plane, end to end.
+
+A data scientist applies torch-mnist through the KServe Python SDK (with their own admin
+credentials); the operator (its ServiceAccount, the shipped RBAC) keeps a ModelPrewarm and
+creates one preloader Job per chosen node; the REAL Job controller makes the pods, Pod Security
+admission checks them in a namespace labelled as docs/prewarm.md says, the REAL scheduler
+places each on its GPU node (taint tolerated, `nvidia.com/gpu` requested against allocatable),
+and the process kubelet runs the REAL preloader, which pulls the model from moto's S3 with the
+Secret's keys (read with the node's identity, as a kubelet reads them). Then a node is lost (its
+kubelet stops; the real node-lifecycle controller marks it and taints it unreachable) and the
+model is warmed elsewhere; then a new model URI warms again.
+
+The simulated GPU nodes have no CUDA (this machine has none), so the service asks for
+`serverless.xyz/prewarm-device: cpu`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from devstack.local_s3 import S3, create_credentials, moto_s3, upload_model
+from tests.realcluster.conftest import World
+
+kserve = pytest.importorskip("kserve")  # the `dev` extra carries it; the operator image does not
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3]:
+    with moto_s3() as server:
+        yield server
+
+
+def phase(obj: dict[str, Any]) -> str:
+    return str((obj.get("status") or {}).get("phase", ""))
+
+
+def warm_on(nodes: list[str]) -> Any:
+    return lambda o: phase(o) == "Warm" and sorted(n["name"] for n in o["status"].get("nodes") or []) == sorted(nodes)
+
+
+def inference_service(world: World, uri: str) -> Any:
+    from kubernetes.client import V1ObjectMeta, V1ResourceRequirements, V1Toleration
+
+    return kserve.V1beta1InferenceService(
+        api_version=f"{kserve.constants.KSERVE_GROUP}/{kserve.constants.KSERVE_V1BETA1_VERSION}",
+        kind=kserve.constants.KSERVE_KIND_INFERENCESERVICE,
+        metadata=V1ObjectMeta(name="torch-mnist", namespace=world.namespace, annotations={
+            "serverless.xyz/prewarm": "true", "serverless.xyz/prewarm-nodes": "2",
+            "serverless.xyz/prewarm-device": "cpu"}),
+        spec=kserve.V1beta1InferenceServiceSpec(predictor=kserve.V1beta1PredictorSpec(
+            min_replicas=2, service_account_name="models-s3",
+            tolerations=[V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+            model=kserve.V1beta1ModelSpec(
+                model_format=kserve.V1beta1ModelFormat(name="pytorch"), storage_uri=uri,
+                resources=V1ResourceRequirements(limits={"nvidia.com/gpu": "1", "memory": "4Gi"}))))))
+
+
+def test_an_inference_service_is_warmed_by_real_jobs_and_follows_a_lost_node(prewarm_world: World, s3: S3) -> None:
+    world, kube = prewarm_world, prewarm_world.kube
+    size = upload_model(s3, "mnist/model.safetensors", seed=1)
+    gpu1, gpu2, gpu3 = world.add_gpu_nodes("gpu-1", "gpu-2", "gpu-3")
+    world.add_node("cpu")
+    create_credentials(kube, s3.endpoint, namespace=world.namespace)
+    world.start_operator()
+
+    sdk = kserve.KServeClient(config_file=str(world.cluster.plane.admin_kubeconfig))
+    sdk.create(inference_service(world, "s3://models/mnist"))
+    prewarm_path = world.path("serving.serverless.xyz/v1alpha1", "modelprewarms", "torch-mnist")
+    warm = kube.wait_for(prewarm_path, lambda o: phase(o) == "Warm", timeout=180, interval=0.5)
+
+    status = warm["status"]
+    assert (status["warmNodes"], status["desiredNodes"]) == (2, 2)
+    first = sorted(n["name"] for n in status["nodes"])
+    assert set(first) <= {gpu1, gpu2, gpu3}
+    for node in status["nodes"]:  # the real preloader's own figures, per node
+        assert node["phase"] == "Warm" and node["bytes"] == size and node["files"] == 1
+        assert node["device"] == "cpu" and node["cache"] == "miss" and node["seconds"] > 0
+    jobs = kube.list(world.path("batch/v1", "jobs"), label_selector="serving.serverless.xyz/modelprewarm=torch-mnist")
+    assert len(jobs) == 2 and all(j["status"].get("succeeded") == 1 for j in jobs)  # counted by the real Job controller
+    for job in jobs:
+        (pod,) = kube.list(world.path("v1", "pods"), label_selector=f"job-name={job['metadata']['name']}")
+        wanted = job["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"]
+        assert pod["spec"]["nodeName"] == wanted  # placed by the real scheduler
+        assert pod["status"]["phase"] == "Succeeded"
+        cached = list((world.cluster.node_root(wanted) / "var/cache/kserve-prewarm").rglob("model.safetensors"))
+        assert cached and cached[0].stat().st_size == size
+    assert {"PrewarmCreated", "PreloadJobsCreated", "ModelWarm"} <= {
+        e["reason"] for e in world.events_for("torch-mnist") if e["involvedObject"]["kind"] == "InferenceService"}
+
+    # Node loss: the kubelet of one warm node stops; kube-controller-manager marks it unreachable
+    # (a NoExecute taint nobody tolerates), and the operator warms the spare node instead.
+    lost = first[0]
+    world.cluster.stop_node(lost)
+    spare = ({gpu1, gpu2, gpu3} - set(first)).pop()
+    moved = kube.wait_for(prewarm_path, warm_on([first[1], spare]), timeout=120, interval=0.5)
+    assert moved["status"]["warmNodes"] == 2
+    node = kube.get(f"/api/v1/nodes/{lost}")
+    assert any(t["key"] == "node.kubernetes.io/unreachable" for t in node["spec"].get("taints") or [])
+
+    # A new model URI: new Jobs warm it on the warm nodes.
+    size_v2 = upload_model(s3, "mnist-v2/model.safetensors", seed=2)
+    sdk.patch("torch-mnist", {"spec": {"predictor": {"model": {"storageUri": "s3://models/mnist-v2"}}}},
+              namespace=world.namespace)
+    rewarmed = kube.wait_for(prewarm_path, lambda o: (o.get("status") or {}).get("storageUri") == "s3://models/mnist-v2"
+                             and phase(o) == "Warm", timeout=180, interval=0.5)
+    assert all(n["bytes"] == size_v2 for n in rewarmed["status"]["nodes"])
+
+    # Deleting the InferenceService: the real garbage collector takes its ModelPrewarm and the Jobs.
+    sdk.delete("torch-mnist", namespace=world.namespace)
+    kube.wait_gone(prewarm_path, timeout=60, interval=0.5)
+    world.cluster.wait_for(lambda: not kube.list(world.path("batch/v1", "jobs")), 60, message="the Jobs to be collected")
