@@ -29,7 +29,7 @@ the REAL API server, scheduler and controllers:
 NOT simulated: probes (a running container is Ready at once), images and pulls, cgroups and
 resource limits, users and security contexts (admission still checks them), pod networking
 (pod IPs are made up; Services have no endpoints that route), ``kubectl logs``/``exec`` (read
-logs with ``pod_log``), projected volumes (the pods the operator makes disable the token).
+logs with ``pod_log``).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ import aiohttp
 
 from controlplane.launch import ControlPlane, die_with_parent
 from devcluster.containers import (
+    SERVICE_ACCOUNT_TOKEN,
     ContainerStartError,
     ContainerWaiting,
     Launch,
@@ -176,6 +177,7 @@ class PodRun:
         self._last_written: dict[str, Any] | None = None
         self._objects: dict[tuple[str, str], dict[str, str] | None] = {}
         self._transitions: dict[str, tuple[str, str]] = {}
+        self._status_lock = asyncio.Lock()
 
     @property
     def path(self) -> str:
@@ -276,11 +278,27 @@ class PodRun:
         return None
 
     async def fetch_objects(self) -> None:
-        """GET the Secrets and ConfigMaps the pod references, with the node's identity."""
+        """GET the Secrets and ConfigMaps the pod references, and request its bound service-account
+        token, with the node's identity (the Node authorizer allows exactly these)."""
         for kind, name in referenced_objects(self.pod):
+            if kind == SERVICE_ACCOUNT_TOKEN:
+                self._objects[(kind, name)] = await self.request_token(name)
+                continue
             resource = "secrets" if kind == "Secret" else "configmaps"
             obj = await self.node.client.get_or_none(f"/api/v1/namespaces/{self.namespace}/{resource}/{name}")
             self._objects[(kind, name)] = object_data(kind, obj)
+
+    async def request_token(self, account: str) -> dict[str, str] | None:
+        try:
+            answer = await self.node.client.call(
+                "POST", f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token",
+                {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {
+                    "expirationSeconds": 3600,
+                    "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid}}})
+        except KubeletApiError as exc:
+            logger.warning("SIMULATION: no token for %s/%s: %s", self.namespace, account, exc)
+            return None
+        return {"token": str(answer["status"]["token"])}
 
     def lookup(self, kind: str, namespace: str, name: str) -> dict[str, str] | None:
         return self._objects.get((kind, name)) if namespace == self.namespace else None
@@ -382,6 +400,11 @@ class PodRun:
         return result
 
     async def write_status(self) -> None:
+        """PATCH the pod's status as it stands now; one write at a time, so none lands out of order."""
+        async with self._status_lock:
+            await self._write_status()
+
+    async def _write_status(self) -> None:
         phase = self.phase()
         status: dict[str, Any] = {
             "phase": phase, "conditions": self.conditions(phase), "hostIP": self.node.address,

@@ -28,6 +28,7 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -252,7 +253,6 @@ class ControlPlane:
         if self._watchdog is not None and self._watchdog is not threading.current_thread():
             self._watchdog.join(timeout=2)
         if self._own_work_dir and not os.environ.get("CONTROLPLANE_KEEP"):
-            import shutil
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def __enter__(self) -> ControlPlane:
@@ -288,6 +288,7 @@ class ControlPlane:
 
     def _etcd(self, port: int, peer: int) -> Component:
         data = self.work_dir / "etcd"
+        shutil.rmtree(data, ignore_errors=True)  # every start is a fresh cluster
         argv = [str(self.binary("etcd")), f"--data-dir={data}", "--name=controlplane",
                 f"--listen-client-urls=http://{LOOPBACK}:{port}", f"--advertise-client-urls=http://{LOOPBACK}:{port}",
                 f"--listen-peer-urls=http://{LOOPBACK}:{peer}",

@@ -26,9 +26,13 @@ local path it maps to. A program that finds a path any other way (a default in i
 config file's content) sees the host's path: pass such paths in argv or env (e.g. register
 the image as ``[python, "-m", "tool", "--termination-log", "/dev/termination-log"]``).
 
+* ``projected`` volumes (what the ServiceAccount admission plugin adds): a bound token (the
+  ``lookup`` of ``SERVICE_ACCOUNT_TOKEN``: only a kubelet that can request one provides it),
+  ConfigMaps, Secrets and downward-API fields, as files.
+
 NOT simulated: image pulls, resource limits (no cgroups), ``readOnly`` mounts, users and
-security contexts, ``resourceFieldRef``, projected / PVC / other volume kinds (the container
-waits with a message saying so), a root filesystem (``workingDir`` works only inside a mount;
+security contexts, ``resourceFieldRef``, PVC and other volume kinds (the container waits with a
+message saying so), a root filesystem (``workingDir`` works only inside a mount;
 otherwise the process starts in its per-pod directory), the network namespace.
 """
 
@@ -50,6 +54,8 @@ DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 HOST_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
 _REFERENCE = re.compile(r"\$\$|\$\(([^)]*)\)")
 
+#: The ``lookup`` kind of a bound token for a ServiceAccount (``{"token": ...}``), for projected volumes.
+SERVICE_ACCOUNT_TOKEN = "ServiceAccountToken"
 #: ``lookup(kind, namespace, name)``: a Secret's or ConfigMap's data as text (Secrets decoded), or None.
 Lookup = Callable[[str, str, str], "dict[str, str] | None"]
 
@@ -192,6 +198,13 @@ def referenced_objects(pod: Mapping[str, Any]) -> set[tuple[str, str]]:
             found.add(("Secret", str(volume["secret"].get("secretName", ""))))
         if volume.get("configMap"):
             found.add(("ConfigMap", str(volume["configMap"].get("name", ""))))
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if source.get("configMap"):
+                found.add(("ConfigMap", str(source["configMap"].get("name", ""))))
+            if source.get("secret"):
+                found.add(("Secret", str(source["secret"].get("name", ""))))
+            if source.get("serviceAccountToken"):
+                found.add((SERVICE_ACCOUNT_TOKEN, str(spec.get("serviceAccountName") or "default")))
     return found
 
 
@@ -294,7 +307,6 @@ def field_value(pod: dict[str, Any], path: str) -> str:
 def container_mounts(pod: dict[str, Any], container: Mapping[str, Any], pod_dir: Path, runtime: Runtime,
                      lookup: Lookup) -> list[tuple[str, Path]]:
     spec = pod.get("spec") or {}
-    namespace = pod["metadata"]["namespace"]
     volumes = {volume.get("name"): volume for volume in spec.get("volumes") or []}
     mounts: list[tuple[str, Path]] = []
     for mount in container.get("volumeMounts") or []:
@@ -302,7 +314,7 @@ def container_mounts(pod: dict[str, Any], container: Mapping[str, Any], pod_dir:
         volume = volumes.get(name)
         if volume is None:
             raise ContainerWaiting("CreateContainerConfigError", f'volume "{name}" is not declared', retry=False)
-        local = volume_dir(volume, namespace, runtime.node_root(spec.get("nodeName", "")), pod_dir, lookup)
+        local = volume_dir(volume, pod, runtime.node_root(spec.get("nodeName", "")), pod_dir, lookup)
         if mount.get("subPath"):
             local = local / mount["subPath"]
             local.mkdir(parents=True, exist_ok=True)
@@ -310,8 +322,10 @@ def container_mounts(pod: dict[str, Any], container: Mapping[str, Any], pod_dir:
     return mounts
 
 
-def volume_dir(volume: Mapping[str, Any], namespace: str, node_root: Path, pod_dir: Path, lookup: Lookup) -> Path:
+def volume_dir(volume: Mapping[str, Any], pod: dict[str, Any], node_root: Path, pod_dir: Path,
+               lookup: Lookup) -> Path:
     name = str(volume.get("name", ""))
+    namespace = pod["metadata"]["namespace"]
     if "hostPath" in volume:
         host_path = str((volume.get("hostPath") or {}).get("path", ""))
         host_type = str((volume.get("hostPath") or {}).get("type") or "")
@@ -345,7 +359,45 @@ def volume_dir(volume: Mapping[str, Any], namespace: str, node_root: Path, pod_d
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_text((data or {})[item["key"]])
             return local
+    if "projected" in volume:
+        local.mkdir(parents=True, exist_ok=True)
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            _project(source, pod, local, lookup, name)
+        return local
     kinds = sorted(set(volume) - {"name"})
     raise ContainerWaiting("ContainerCreating",
                            f'volume "{name}": {", ".join(kinds) or "this"} volumes are not simulated by devcluster',
                            retry=False)
+
+
+def _project(source: Mapping[str, Any], pod: dict[str, Any], local: Path, lookup: Lookup, volume: str) -> None:
+    """One source of a projected volume (what the ServiceAccount admission plugin adds to every pod:
+    a bound token, the cluster's CA from ``kube-root-ca.crt``, the namespace)."""
+    namespace = pod["metadata"]["namespace"]
+    files: dict[str, str] = {}
+    if "serviceAccountToken" in source:
+        token = lookup(SERVICE_ACCOUNT_TOKEN, namespace, str((pod.get("spec") or {}).get("serviceAccountName")
+                                                             or "default"))
+        if token is None:
+            raise ContainerWaiting("ContainerCreating", f'MountVolume.SetUp failed for volume "{volume}" : '
+                                   "no service account token could be requested", retry=True)
+        files[str(source["serviceAccountToken"].get("path", "token"))] = token["token"]
+    for kind, field_name in (("ConfigMap", "configMap"), ("Secret", "secret")):
+        if field_name in source:
+            ref = source.get(field_name) or {}
+            data = lookup(kind, namespace, str(ref.get("name", "")))
+            if data is None:
+                if ref.get("optional"):
+                    continue
+                raise ContainerWaiting("ContainerCreating", f'MountVolume.SetUp failed for volume "{volume}" : '
+                                       f'{kind.lower()} "{ref.get("name", "")}" not found', retry=True)
+            for item in ref.get("items") or [{"key": key, "path": key} for key in data]:
+                if item.get("key") in data:
+                    files[str(item.get("path", item["key"]))] = data[item["key"]]
+    if "downwardAPI" in source:
+        for item in (source.get("downwardAPI") or {}).get("items") or []:
+            files[str(item.get("path", ""))] = field_value(pod, str((item.get("fieldRef") or {}).get("fieldPath", "")))
+    for path, text in files.items():
+        target = local / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)

@@ -261,6 +261,8 @@ class LocalKubelet:
         return prepare_launch(pod, container, pod_dir, runtime, self._lookup)
 
     def _lookup(self, kind: str, namespace: str, name: str) -> dict[str, str] | None:
+        if kind not in ("Secret", "ConfigMap"):
+            return None  # no service-account tokens in the emulator
         resource = "secrets" if kind == "Secret" else "configmaps"
         return object_data(kind, self._store.objects[("", resource)].get((namespace, name)))
 

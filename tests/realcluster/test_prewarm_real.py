@@ -55,7 +55,7 @@ def inference_service(world: World, uri: str) -> Any:
             tolerations=[V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
             model=kserve.V1beta1ModelSpec(
                 model_format=kserve.V1beta1ModelFormat(name="pytorch"), storage_uri=uri,
-                resources=V1ResourceRequirements(limits={"nvidia.com/gpu": "1", "memory": "4Gi"}))))))
+                resources=V1ResourceRequirements(limits={"nvidia.com/gpu": "1", "memory": "4Gi"})))))
 
 
 def test_an_inference_service_is_warmed_by_real_jobs_and_follows_a_lost_node(prewarm_world: World, s3: S3) -> None:
@@ -102,8 +102,8 @@ def test_an_inference_service_is_warmed_by_real_jobs_and_follows_a_lost_node(pre
 
     # A new model URI: new Jobs warm it on the warm nodes.
     size_v2 = upload_model(s3, "mnist-v2/model.safetensors", seed=2)
-    sdk.patch("torch-mnist", {"spec": {"predictor": {"model": {"storageUri": "s3://models/mnist-v2"}}}},
-              namespace=world.namespace)
+    kube.patch(world.path("serving.kserve.io/v1beta1", "inferenceservices", "torch-mnist"),
+               {"spec": {"predictor": {"model": {"storageUri": "s3://models/mnist-v2"}}}})
     rewarmed = kube.wait_for(prewarm_path, lambda o: (o.get("status") or {}).get("storageUri") == "s3://models/mnist-v2"
                              and phase(o) == "Warm", timeout=180, interval=0.5)
     assert all(n["bytes"] == size_v2 for n in rewarmed["status"]["nodes"])
