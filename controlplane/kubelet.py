@@ -167,7 +167,7 @@ class PodRun:
         self.namespace, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
         spec = pod.get("spec") or {}
         self.restart_policy = spec.get("restartPolicy", "Always")
-        self.dir = kubelet.work_dir / "pods" / self.namespace / f"{self.name}-{self.uid[:8]}"
+        self.dir: Path = kubelet.work_dir / "pods" / self.namespace / f"{self.name}-{self.uid[:8]}"
         self.inits = [ContainerState(c["name"], c.get("image", ""), True) for c in spec.get("initContainers") or []]
         self.mains = [ContainerState(c["name"], c.get("image", ""), False) for c in spec.get("containers") or []]
         self.pod_ip = kubelet.next_pod_ip()

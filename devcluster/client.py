@@ -2,7 +2,8 @@
 
 It talks to the emulated API server (plain HTTP, no auth) and to a real one (HTTPS with an
 ``ssl_context`` that trusts its CA and carries a client certificate, or a bearer ``token``),
-so the same test or conformance check runs against both; it is not a general Kubernetes client. ``apply_yaml`` resolves URLs through the server's discovery.
+so the same test or conformance check runs against both; it is not a general Kubernetes
+client. ``apply_yaml`` resolves URLs through the server's discovery.
 """
 
 from __future__ import annotations

@@ -65,8 +65,8 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealClust
     cluster.start()
     try:
         timings = cluster.plane.timings
-        print(f"\nreal control plane ready in {timings.total:.1f} s "
-              f"(etcd {timings.etcd:.1f} s, apiserver {timings.apiserver:.1f} s, controllers {timings.controllers:.1f} s)")
+        print(f"\nreal control plane ready in {timings.total:.1f} s (etcd {timings.etcd:.1f} s, "
+              f"apiserver {timings.apiserver:.1f} s, controllers {timings.controllers:.1f} s)")
         cluster.install_manifests(extra_crds=FIXTURE_CRDS)
         cluster.register_local_image(PRELOADER_IMAGE, [sys.executable, "-m", "preloader"],
                                      env={"AWS_EC2_METADATA_DISABLED": "true"})
@@ -107,9 +107,10 @@ class World:
 
     def start_operator(self, *args: str, resync: float = 1.0, **env: str) -> OperatorProcess:
         """The real operator process, authenticated as its ServiceAccount (a TokenRequest token)."""
-        kubeconfig = self.cluster.service_account_kubeconfig(self.tmp_path / f"operator-{len(self.operators)}.kubeconfig")
+        stem = self.tmp_path / f"operator-{len(self.operators)}"
+        kubeconfig = self.cluster.service_account_kubeconfig(stem.with_suffix(".kubeconfig"))
         full_env = {"RESYNC_SECONDS": str(resync), "FINALIZER_TIMEOUT_SECONDS": "20", **env}
-        operator = start_operator(kubeconfig, self.tmp_path / f"operator-{len(self.operators)}.log",
+        operator = start_operator(kubeconfig, stem.with_suffix(".log"),
                                   args=args or ("--all-namespaces",), env=full_env)
         self.operators.append(operator)
         return operator

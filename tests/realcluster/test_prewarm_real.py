@@ -111,4 +111,5 @@ def test_an_inference_service_is_warmed_by_real_jobs_and_follows_a_lost_node(pre
     # Deleting the InferenceService: the real garbage collector takes its ModelPrewarm and the Jobs.
     sdk.delete("torch-mnist", namespace=world.namespace)
     kube.wait_gone(prewarm_path, timeout=60, interval=0.5)
-    world.cluster.wait_for(lambda: not kube.list(world.path("batch/v1", "jobs")), 60, message="the Jobs to be collected")
+    world.cluster.wait_for(lambda: not kube.list(world.path("batch/v1", "jobs")), 60,
+                           message="the Jobs to be collected")
