@@ -147,6 +147,12 @@ def world(real_cluster: RealCluster, tmp_path: Path) -> Iterator[World]:
 
 
 @pytest.fixture
+def privileged_world(real_cluster: RealCluster, tmp_path: Path) -> Iterator[World]:
+    """A namespace that enforces Pod Security `privileged` (hostPath and all)."""
+    yield from make_world(real_cluster, tmp_path, {"pod-security.kubernetes.io/enforce": "privileged"})
+
+
+@pytest.fixture
 def prewarm_world(real_cluster: RealCluster, tmp_path: Path) -> Iterator[World]:
     """A namespace labelled as docs/prewarm.md tells users to label one that runs pre-warm Jobs."""
     yield from make_world(real_cluster, tmp_path, PREWARM_NAMESPACE_LABELS)
