@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(PY) -m devstack.demo
 
+# The same story on the real control plane (`make controlplane` builds it once; the build needs Go).
+.PHONY: demo-real
+demo-real: install
+	bin=$$(python3 -m controlplane.build) && $(PY) -m devstack.demo_real --bin "$$bin"
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

@@ -18,7 +18,6 @@ from typing import Any
 
 from devstack.demo_world import NS, DemoFailed, DemoWorld, EventLog, say, say_lines
 from devstack.error_ratio_exporter import wait_for_value
-from devstack.kubectl_table import get_table
 from devstack.local_s3 import BUCKET, upload_model_directory
 from devstack.mnist_virtualservice import virtual_service
 from devstack.prewarm_demo import DEMO_ANNOTATIONS, follow_prewarm, node_figures
@@ -150,7 +149,7 @@ def run(world: DemoWorld) -> None:
         raise DemoFailed("the VirtualService was written while the candidate's model was cold")
     say("  the VirtualService is not written while the model is cold")
     say("$ kubectl get mcanary")
-    say_lines(get_table(kube, MCANARY_CRD, MCANARIES))
+    say_lines(world.kubectl_get(MCANARY_CRD, MCANARIES))
 
     say(f"\nThe data scientist opts {CANDIDATE} in to pre-warming (KServeClient.replace with the annotation; "
         "seconds from here on):")
@@ -182,4 +181,4 @@ def run(world: DemoWorld) -> None:
         "mirror and fault compared whole")
     EventLog(kube).print_new("ModelCanary", CANARY)
     say("$ kubectl get mcanary")
-    say_lines(get_table(kube, MCANARY_CRD, MCANARIES))
+    say_lines(world.kubectl_get(MCANARY_CRD, MCANARIES))

@@ -33,7 +33,7 @@ from devcluster import ApiError
 from devcluster.client import ClusterClient
 from devcluster.emulator import EmulatedCluster
 from devstack import canary_demo, metrics_stack, prewarm_demo
-from devstack.demo_world import DemoFailed, DemoWorld, say
+from devstack.demo_world import Cluster, DemoFailed, DemoWorld, say
 from devstack.error_ratio_exporter import ErrorRatioExporter
 from devstack.local_s3 import moto_s3
 from devstack.operator_process import running_operator
@@ -119,11 +119,16 @@ def preloader_demo(workdir: pathlib.Path) -> None:
 
 
 @contextlib.contextmanager
-def demo_world(workdir: pathlib.Path) -> Iterator[DemoWorld]:
-    """Everything the parts share, started in order and stopped in reverse."""
+def demo_world(workdir: pathlib.Path, cluster: Cluster | None = None,
+               operator_kubeconfig: pathlib.Path | None = None) -> Iterator[DemoWorld]:
+    """Everything the parts share, started in order and stopped in reverse. Without `cluster`, the
+    emulated one (with the CRDs) and an admin kubeconfig for the operator; `make demo-real` passes
+    the real control plane (started, manifests installed) and its ServiceAccount's kubeconfig."""
     with contextlib.ExitStack() as stack:
-        say("Starting the emulated Kubernetes API server (kmock, extended; Deployments, Jobs and Nodes simulated)...")
-        cluster = stack.enter_context(EmulatedCluster(CRDS))
+        if cluster is None:
+            say("Starting the emulated Kubernetes API server (kmock, extended; Deployments, Jobs and Nodes "
+                "simulated)...")
+            cluster = stack.enter_context(EmulatedCluster(CRDS))
         kubeconfig = cluster.write_kubeconfig(workdir / "kubeconfig")
         say(f"  API server at {cluster.url}; kubeconfig {kubeconfig}")
         s3 = stack.enter_context(moto_s3())
@@ -143,10 +148,11 @@ def demo_world(workdir: pathlib.Path) -> Iterator[DemoWorld]:
             say(f"  memcached on 127.0.0.1:{memcached_port}, Prometheus at {prometheus_url}")
         say("Starting the operator...")
         env = {"RESYNC_SECONDS": "1", **({"PROMETHEUS_URL": prometheus_url} if prometheus_url else {})}
-        operator = stack.enter_context(running_operator(kubeconfig, workdir / "operator.log", env=env))
+        operator = stack.enter_context(running_operator(operator_kubeconfig or kubeconfig, workdir / "operator.log",
+                                                        env=env))
         say(f"  operator running (pid {operator.proc.pid}), probes and /metrics on 127.0.0.1:{operator.http_port}, "
             f"log {operator.log_path}")
-        yield DemoWorld(cluster=cluster, kube=ClusterClient(cluster.url), kubeconfig=kubeconfig, workdir=workdir,
+        yield DemoWorld(cluster=cluster, kube=cluster.client("demo"), kubeconfig=kubeconfig, workdir=workdir,
                         s3=s3, operator=operator, memcached_port=memcached_port, prometheus_url=prometheus_url,
                         error_ratios=error_ratios)
 

@@ -1,5 +1,6 @@
-"""What the parts of `make demo` share: the running cluster, S3, metrics and operator, how they
-speak (plain lines, flushed as they happen) and how they stop (DemoFailed, with the reason)."""
+"""What the parts of `make demo` and `make demo-real` share: the running cluster (emulated or
+real), S3, metrics and operator, how they speak (plain lines, flushed as they happen) and how they
+stop (DemoFailed, with the reason)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from controlplane.cluster import RealCluster
 from devcluster import ClusterClient, EmulatedCluster
 from devstack.error_ratio_exporter import ErrorRatioExporter
+from devstack.kubectl_table import get_table
 from devstack.local_s3 import S3
 from devstack.operator_process import OperatorProcess
 
@@ -22,9 +25,13 @@ class DemoFailed(Exception):
     """Something the demo shows did not happen; the message says what (the demo exits 1)."""
 
 
+#: Either cluster runs every part: the emulated one (`make demo`) or the real control plane (`make demo-real`).
+Cluster = EmulatedCluster | RealCluster
+
+
 @dataclasses.dataclass
 class DemoWorld:
-    cluster: EmulatedCluster
+    cluster: Cluster
     kube: ClusterClient
     kubeconfig: pathlib.Path
     workdir: pathlib.Path
@@ -33,6 +40,13 @@ class DemoWorld:
     memcached_port: int | None = None  # with a real memcached and Prometheus
     prometheus_url: str | None = None
     error_ratios: ErrorRatioExporter | None = None  # scraped by that Prometheus
+
+    def kubectl_get(self, crd: str, list_path: str) -> list[str]:
+        """`kubectl get` of a custom resource in NS: the real kubectl on the real control plane, else
+        the table built from the CRD's printer columns (`crd` is plural.group)."""
+        if isinstance(self.cluster, RealCluster):
+            return self.cluster.kubectl("get", crd, "-n", NS).stdout.splitlines()
+        return get_table(self.kube, crd, list_path)
 
 
 def say(text: str = "") -> None:

@@ -1,7 +1,8 @@
-"""A GPU pool on the emulated cluster: simulated nodes with `nvidia.com/gpu` allocatable, labelled
-and tainted as the NVIDIA GPU operator leaves them, and the real preloader registered as the
-`preloader:gpu` image, so that the cluster's simulated Job controller runs each preloader Job as a
-local `python -m preloader` process (devcluster/jobs.py, devcluster/kubelet.py).
+"""A GPU pool on the emulated cluster or the real control plane: simulated nodes with
+`nvidia.com/gpu` allocatable, labelled and tainted as the NVIDIA GPU operator leaves them, and the
+real preloader registered as the `preloader:gpu` image, so that each preloader Job's pod runs as a
+local `python -m preloader` process (devcluster/jobs.py and devcluster/kubelet.py on the emulated
+cluster, controlplane/kubelet.py on the real one).
 
 This machine has no CUDA: whoever runs the preloader here asks for `--device cpu`.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+from controlplane.cluster import RealCluster
 from devcluster import EmulatedCluster
 
 PRELOADER_IMAGE = "preloader:gpu"  # the operator's default PRELOADER_IMAGE
@@ -17,13 +19,14 @@ GPU_LABELS = {"nvidia.com/gpu.present": "true"}
 GPU_TAINTS = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
 
 
-def run_preloader_locally(cluster: EmulatedCluster) -> None:
+def run_preloader_locally(cluster: EmulatedCluster | RealCluster) -> None:
     """`preloader:gpu` stands for `python -m preloader` here (the image's ENTRYPOINT)."""
-    cluster.sim.register_local_image(PRELOADER_IMAGE, [sys.executable, "-m", "preloader"],
-                                     env={"AWS_EC2_METADATA_DISABLED": "true"})
+    register = (cluster.sim.register_local_image if isinstance(cluster, EmulatedCluster)
+                else cluster.register_local_image)
+    register(PRELOADER_IMAGE, [sys.executable, "-m", "preloader"], env={"AWS_EC2_METADATA_DISABLED": "true"})
 
 
-def add_gpu_nodes(cluster: EmulatedCluster, *names: str) -> None:
+def add_gpu_nodes(cluster: EmulatedCluster | RealCluster, *names: str) -> None:
     """One GPU each, with the GPU operator's label and taint."""
     for name in names:
         cluster.add_node(name, gpus=1, labels=GPU_LABELS, taints=GPU_TAINTS)
