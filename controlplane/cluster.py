@@ -36,6 +36,8 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 OPERATOR_NAMESPACE = "kserve-operator"
 OPERATOR_ACCOUNT = "kserve-operator"
+#: Every request of this user is in the API server's audit log (``plane.audit_events()``).
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
 
 
 class RealCluster:
@@ -46,7 +48,8 @@ class RealCluster:
         self._own_work_dir = work_dir is None
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="realcluster-"))
         self.plane = ControlPlane(bin_dir, self.work_dir / "controlplane",
-                                  node_monitor_grace_seconds=node_monitor_grace_seconds)
+                                  node_monitor_grace_seconds=node_monitor_grace_seconds,
+                                  audit_users=(OPERATOR_USER,))
         self.kubelet = ProcessKubelet(self.plane, self.work_dir / "kubelet", max_processes=max_processes,
                                       status_only_delay=status_only_delay)
 

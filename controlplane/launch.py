@@ -140,7 +140,9 @@ class ControlPlane:
 
     def __init__(self, bin_dir: Path, work_dir: Path | None = None, *, port: int = 0,
                  node_monitor_grace_seconds: int = 16, controllers: bool = True,
-                 extra_apiserver_flags: tuple[str, ...] = ()) -> None:
+                 extra_apiserver_flags: tuple[str, ...] = (), audit_users: tuple[str, ...] = ()) -> None:
+        """``audit_users``: the API server writes an audit event (level Metadata: verb, resource,
+        response code) of every request these users make to ``audit.log`` (see ``audit_events``)."""
         self.bin_dir = Path(bin_dir)
         self._own_work_dir = work_dir is None
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="controlplane-"))
@@ -148,6 +150,8 @@ class ControlPlane:
         self.node_monitor_grace_seconds = node_monitor_grace_seconds
         self.run_controllers = controllers
         self.extra_apiserver_flags = extra_apiserver_flags
+        self.audit_users = audit_users
+        self.audit_log = self.work_dir / "audit.log"
         self.components: list[Component] = []
         self.timings = Timings()
         self.failure: str | None = None
@@ -316,9 +320,25 @@ class ControlPlane:
                 # On loopback there is no "public" address for the kubernetes Service's endpoints.
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true", "--profiling=false", "--v=1",
-                *self.extra_apiserver_flags]
+                *self._audit_flags(), *self.extra_apiserver_flags]
         return Component("kube-apiserver", argv, self.work_dir / "logs" / "kube-apiserver.log",
                          lambda: self._get(f"{self.url}/readyz", self.ssl_context()) == 200)
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit_users:
+            return []
+        policy = self.work_dir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+            "rules": [{"level": "Metadata", "users": list(self.audit_users)}, {"level": "None"}]}))
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+                "--audit-log-mode=blocking", "--audit-log-maxsize=0"]
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The audit events written so far (one JSON object per request of an audited user)."""
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
 
     def _secure_serving(self, port: int, stem: str) -> list[str]:
         kubeconfig = self.work_dir / f"{stem}.kubeconfig"

@@ -37,11 +37,26 @@ PREWARM_NAMESPACE_LABELS = {"pod-security.kubernetes.io/enforce": "privileged"}
 RESTRICTED_NAMESPACE_LABELS = {"pod-security.kubernetes.io/enforce": "restricted"}
 
 
+#: Test modules of this tier that passed in this session (the RBAC check needs all of the controllers').
+PASSED: set[str] = set()
+FAILED: set[str] = set()
+LAST = "test_shipped_rbac.py"  # it audits what the tests before it did
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.realcluster)
+    items.sort(key=lambda item: Path(str(item.fspath)).name == LAST)  # stable: only moves it to the end
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = Path(report.nodeid.split("::")[0]).name
+    if report.failed:
+        FAILED.add(module)
+    elif report.when == "call" and report.passed:
+        PASSED.add(module)
 
 
 def controlplane_bin() -> Path:

@@ -56,6 +56,11 @@ def test_a_cache_runs_scales_settles_and_is_collected(world: World) -> None:
     after = {path: kube.get(path)["metadata"]["resourceVersion"] for path in (mc_path, deploy_path, svc_path)}
     assert after == before
 
+    # A hand edit of an owned section of the Service is drift: the operator puts it back (a conditional patch).
+    kube.patch(svc_path, {"spec": {"selector": {"app.kubernetes.io/name": "memcached",
+                                                "app.kubernetes.io/instance": "someone-else"}}})
+    kube.wait_for(svc_path, lambda o: o["spec"]["selector"].get("app.kubernetes.io/instance") == "cache", timeout=30)
+
     # Deletion: the finalizer scales to zero and waits for the pods; the real garbage collector
     # removes the children through their owner references.
     kube.delete(mc_path)

@@ -16,6 +16,7 @@ The simulated GPU nodes have no CUDA (this machine has none), so the service ask
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -113,3 +114,25 @@ def test_an_inference_service_is_warmed_by_real_jobs_and_follows_a_lost_node(pre
     kube.wait_gone(prewarm_path, timeout=60, interval=0.5)
     world.cluster.wait_for(lambda: not kube.list(world.path("batch/v1", "jobs")), 60,
                            message="the Jobs to be collected")
+
+
+def test_a_namespace_label_opts_in_and_an_annotation_opts_out(world: World) -> None:
+    """No node is needed: the ModelPrewarm is made for the opted-in service and removed on opt-out.
+    The operator never writes to an InferenceService (the audit log would show it: KServe owns them)."""
+    kube = world.kube
+    isvc_path = world.path("serving.kserve.io/v1beta1", "inferenceservices")
+    kube.create(isvc_path, {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+                            "metadata": {"name": "scorer", "namespace": world.namespace},
+                            "spec": {"predictor": {"model": {"modelFormat": {"name": "pytorch"},
+                                                             "storageUri": "s3://models/scorer"}}}})
+    world.start_operator()
+    prewarm_path = world.path("serving.serverless.xyz/v1alpha1", "modelprewarms", "scorer")
+    time.sleep(1.5)
+    assert not kube.exists(prewarm_path)  # not opted in yet
+    kube.patch(f"/api/v1/namespaces/{world.namespace}", {"metadata": {"labels": {"serverless.xyz/prewarm": "enabled"}}})
+    kube.wait_for(prewarm_path, lambda o: True, timeout=30)
+    kube.patch(f"{isvc_path}/scorer", {"metadata": {"annotations": {"serverless.xyz/prewarm": "false"}}})
+    kube.wait_gone(prewarm_path, timeout=30, interval=0.25)
+    writes = [e for e in world.cluster.plane.audit_events() if (e.get("objectRef") or {}).get("resource")
+              == "inferenceservices" and e.get("verb") not in ("get", "list", "watch")]
+    assert writes == []

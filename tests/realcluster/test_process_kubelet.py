@@ -46,7 +46,8 @@ def test_a_node_registers_with_gpus_taints_and_a_renewed_lease(privileged_world:
     world = privileged_world
     node_name = world.add_node("gpu", gpus=2, labels={"nvidia.com/gpu.present": "true"}, taints=[GPU_TAINT])
     node = world.kube.get(f"/api/v1/nodes/{node_name}")
-    assert node["status"]["capacity"]["nvidia.com/gpu"] == "2" and node["status"]["allocatable"]["nvidia.com/gpu"] == "2"
+    assert node["status"]["capacity"]["nvidia.com/gpu"] == "2"
+    assert node["status"]["allocatable"]["nvidia.com/gpu"] == "2"
     assert node["metadata"]["labels"]["kubernetes.io/hostname"] == node_name
     assert node["metadata"]["labels"]["nvidia.com/gpu.present"] == "true"
     assert GPU_TAINT in node["spec"]["taints"]
@@ -66,7 +67,8 @@ def test_a_job_runs_on_the_gpu_node_with_its_secret_and_host_path(privileged_wor
     script = 'echo "$TOKEN on $NODE" > "$0/out"; echo "all done" > "$1"'
     kube.create(world.path("batch/v1", "jobs"), job(  # $0, $1: mount paths passed as arguments (the one liberty)
         world, "warm", script,
-        container={"args": [script, "/cache", "/dev/termination-log"], "resources": {"limits": {"nvidia.com/gpu": "1"}}, "env": [
+        container={"args": [script, "/cache", "/dev/termination-log"],
+                   "resources": {"limits": {"nvidia.com/gpu": "1"}}, "env": [
             {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "token"}}},
             {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
             "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]},

@@ -1,0 +1,33 @@
+"""The shipped RBAC grants exactly what the operator uses.
+
+The API server audits every request of the operator's ServiceAccount during the tier (see
+RealCluster). Run after the end-to-end tests of the three controllers (the conftest orders it
+last): no request of the operator was refused (a missing grant), and every grant of
+manifests/rbac/cluster-role.yaml was used by some request (an excess grant fails here, and is
+fixed in the manifest or covered by a scenario, never in this test).
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from controlplane.cluster import RealCluster
+from controlplane.rbac_usage import unused_grants, used
+from tests.realcluster import conftest
+
+E2E_MODULES = {"test_memcached_real.py", "test_prewarm_real.py", "test_canary_real.py"}
+
+
+def test_the_operator_used_every_shipped_grant_and_was_never_refused(real_cluster: RealCluster) -> None:
+    missing = E2E_MODULES - conftest.PASSED
+    if missing or conftest.FAILED & E2E_MODULES:
+        pytest.skip(f"needs the whole end-to-end tier to have passed in this session (not run or failed: "
+                    f"{sorted(missing | (conftest.FAILED & E2E_MODULES))})")
+    events = real_cluster.plane.audit_events()
+    assert events, "the API server audited no request of the operator"
+    role = yaml.safe_load((conftest.ROOT / "manifests/rbac/cluster-role.yaml").read_text())
+    _, denied = used(events)
+    assert not denied, f"the operator was refused (a grant missing from the shipped ClusterRole): {denied}"
+    unused = unused_grants(role, events)
+    assert not unused, f"the shipped ClusterRole grants what the operator never used: {unused}"
