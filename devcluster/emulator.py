@@ -59,11 +59,14 @@ class EmulatedCluster:
                  ready_delay: float = 0.2, watch_history: int = 2000, bookmark_interval: float = 5.0,
                  work_dir: Path | None = None, local_images: Mapping[str, Sequence[str]] | None = None,
                  local_commands: Mapping[str, Sequence[str]] | None = None, max_processes: int = 4,
-                 job_retry_delay: float = 0.0) -> None:
+                 job_retry_delay: float = 0.0, cel_rules: bool = False) -> None:
         """``local_images`` / ``local_commands``: see ``Simulation.register_local_image`` / ``_command``;
         ``max_processes``: how many local pod processes run at once; ``work_dir``: where node roots,
         pod directories and logs go (a temporary directory, removed on stop, when not given);
-        ``job_retry_delay``: the first delay before a failed Job pod is replaced (then doubling)."""
+        ``job_retry_delay``: the first delay before a failed Job pod is replaced (then doubling);
+        ``cel_rules``: refuse custom resources that break their CRD's CEL rules
+        (``x-kubernetes-validations``) as the real server does. Off by default: some operator tests
+        create objects the real server would refuse, to exercise the operator's own checks."""
         by_name = {doc["metadata"]["name"]: doc for doc in load_crd_documents(crd_paths)}  # the last file wins
         self._crd_documents = list(by_name.values())
         self._simulate = simulate
@@ -86,6 +89,7 @@ class EmulatedCluster:
         self._local_commands = dict(local_commands or {})
         self._max_processes = max_processes
         self._job_retry_delay = job_retry_delay
+        self._cel_rules = cel_rules
         self._node_count = 0
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -135,7 +139,7 @@ class EmulatedCluster:
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
-        store = ObjectStore(history=self._watch_history)
+        store = ObjectStore(history=self._watch_history, cel_rules=self._cel_rules)
         crds = store.resources[("apiextensions.k8s.io", "customresourcedefinitions")]
         for document in self._crd_documents:
             resource_from_crd(document)  # fail loudly on an unusable CRD file

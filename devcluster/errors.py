@@ -20,17 +20,15 @@ class ApiStatusError(KubernetesError):
     headers: dict[str, str] = attrs.field(factory=dict)
 
     def status_body(self) -> dict[str, Any]:
-        """The ``Status`` object as kube-apiserver renders it."""
-        return {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message or "",
-            "reason": self.reason or "",
-            "details": self.details or {},
-            "code": self.status,
-        }
+        """The ``Status`` object as kube-apiserver renders it (an empty reason or details left out)."""
+        body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                "message": self.message or ""}
+        if self.reason:
+            body["reason"] = self.reason
+        if self.details:
+            body["details"] = self.details
+        body["code"] = self.status
+        return body
 
 
 def _details(name: str | None, group: str, kind: str, **extra: Any) -> dict[str, Any]:

@@ -71,7 +71,7 @@ def _split_top_level(text: str) -> list[str]:
         else:
             current += char
     parts.append(current)
-    return [part.strip() for part in parts if part.strip()]
+    return [part.strip() for part in parts]
 
 
 _SET_RE = re.compile(rf"^({_LABEL_KEY})\s+(in|notin)\s*\(([^)]*)\)$")
@@ -83,7 +83,11 @@ def parse_label_selector(text: str | None) -> list[LabelRequirement]:
     if not text:
         return []
     requirements: list[LabelRequirement] = []
-    for part in _split_top_level(text):
+    parts = _split_top_level(text)
+    for index, part in enumerate(parts):
+        if not part:  # "a=b," or ",a": the real parser wants an identifier there
+            where = "after ','" if index else "at the start"
+            raise errors.bad_request(f"found '', expected: identifier {where}")
         if match := _SET_RE.match(part):
             values = frozenset(v.strip() for v in match.group(4).split(",") if v.strip())
             requirements.append(LabelRequirement(match.group(1), match.group(3), values))

@@ -69,9 +69,10 @@ class _KubeJsonPatch(jsonpatch.JsonPatch):
 
 
 def json_patch(target: Any, operations: Any) -> Any:
-    """RFC 6902 JSON patch through the ``jsonpatch`` library; a new document or ``PatchError``."""
+    """RFC 6902 JSON patch through the ``jsonpatch`` library; a new document or ``PatchError``
+    (a body that is not a list of operations: 400, as the real server answers)."""
     if not isinstance(operations, list):
-        raise PatchError("a JSON patch must be a list of operations")
+        raise errors.bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
     try:
         return _KubeJsonPatch(operations).apply(target, in_place=False)
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
@@ -177,11 +178,10 @@ def apply_patch(content_type: str, target: dict[str, Any], patch: Any, *, custom
             result = strategic_merge_patch(target, patch)
         else:
             raise errors.unsupported_media_type(media)
-    except PatchError as exc:
+    except PatchError as exc:  # the real server's 422 names no field
         raise errors.ApiStatusError(
             status=422, reason="Invalid",
-            message=f"the server rejected our request due to an error in our request: {exc}",
-            details={"causes": [{"reason": "FieldValueInvalid", "message": str(exc), "field": "patch"}]},
+            message=f"the server rejected our request due to an error in our request: {exc}", details={},
         ) from exc
     if not isinstance(result, dict):
         raise errors.bad_request("the patch did not result in an object")

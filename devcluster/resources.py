@@ -41,6 +41,8 @@ class ResourceDef:
     crd: dict[str, Any] | None = None
     #: What DELETE does to dependents without a propagationPolicy (batch/v1 Jobs orphan their Pods).
     default_propagation: str = "Background"
+    #: Built-in kinds: the top-level fields of the type (others are unknown fields); empty: not checked.
+    top_level: frozenset[str] = frozenset()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -84,13 +86,36 @@ def version_priority(version: str) -> tuple[int, int, int, str]:
     return (stage, -major, -minor, version)
 
 
+_SPEC_STATUS = ("spec", "status")
+#: The top-level fields of the built-in types (besides apiVersion, kind and metadata).
+_TOP_LEVEL: dict[tuple[str, str], tuple[str, ...]] = {
+    ("", "namespaces"): _SPEC_STATUS, ("", "nodes"): _SPEC_STATUS, ("", "pods"): _SPEC_STATUS,
+    ("", "services"): _SPEC_STATUS, ("", "persistentvolumeclaims"): _SPEC_STATUS,
+    ("", "endpoints"): ("subsets",),
+    ("", "configmaps"): ("data", "binaryData", "immutable"),
+    ("", "secrets"): ("data", "binaryData", "stringData", "type", "immutable"),
+    ("", "serviceaccounts"): ("secrets", "imagePullSecrets", "automountServiceAccountToken"),
+    ("", "events"): ("involvedObject", "reason", "message", "source", "firstTimestamp", "lastTimestamp", "count",
+                     "type", "eventTime", "series", "action", "related", "reportingComponent",
+                     "reportingInstance"),
+    ("apps", "deployments"): _SPEC_STATUS, ("apps", "replicasets"): _SPEC_STATUS, ("batch", "jobs"): _SPEC_STATUS,
+    ("events.k8s.io", "events"): ("eventTime", "series", "reportingController", "reportingInstance", "action",
+                                  "reason", "regarding", "related", "note", "type", "deprecatedSource",
+                                  "deprecatedFirstTimestamp", "deprecatedLastTimestamp", "deprecatedCount"),
+    ("coordination.k8s.io", "leases"): ("spec",),
+    ("apiextensions.k8s.io", "customresourcedefinitions"): _SPEC_STATUS,
+}
+
+
 def _builtin(group: str, version: str, plural: str, kind: str, *, namespaced: bool = True,
              shortnames: Iterable[str] = (), categories: Iterable[str] = (), status: bool = False,
              generation: bool = False, default_propagation: str = "Background") -> ResourceDef:
+    fields = _TOP_LEVEL.get((group, plural))
     return ResourceDef(
         group=group, versions=[version], plural=plural, kind=kind, singular=kind.lower(),
         namespaced=namespaced, shortnames=tuple(shortnames), categories=tuple(categories),
         status_subresource=status, has_generation=generation, default_propagation=default_propagation,
+        top_level=frozenset(("apiVersion", "kind", "metadata", *fields)) if fields else frozenset(),
     )
 
 

@@ -27,7 +27,7 @@ import aiohttp.web
 import attrs
 from kmock import KubernetesEmulator, KubernetesError, Payload, Request, ResourceInfo, resource
 
-from devcluster import errors
+from devcluster import errors, validation
 from devcluster.label_selectors import FieldRequirement, Selector
 from devcluster.requestlog import RequestLog, RequestRecord, now
 from devcluster.resources import ALL_VERBS, ResourceDef, version_priority
@@ -211,6 +211,9 @@ class ApiServerEmulator(KubernetesEmulator):
         params = raw_request.query
         method = raw_request.method.upper()
         field_validation = params.get("fieldValidation", "Warn")
+        if method in ("POST", "PUT", "PATCH"):
+            validation.check_field_validation(field_validation, {"POST": "CreateOptions", "PUT": "UpdateOptions",
+                                                                 "PATCH": "PatchOptions"}[method])
         dry_run = params.get("dryRun") == "All"
         version = route.version
 
@@ -307,7 +310,9 @@ class ApiServerEmulator(KubernetesEmulator):
                 raise errors.bad_request(f"continue key is not valid: {exc}") from exc
             items = [o for o in items if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > start]
         limit = int(params.get("limit") or 0)
+        remaining = 0
         if limit > 0 and len(items) > limit:
+            remaining = len(items) - limit
             items = items[:limit]
             last = items[-1]["metadata"]
             continue_token = base64.urlsafe_b64encode(json.dumps(
@@ -319,8 +324,12 @@ class ApiServerEmulator(KubernetesEmulator):
             else:  # like the real server, typed lists carry no kind/apiVersion per item
                 rendered.append({k: v for k, v in obj.items() if k not in ("apiVersion", "kind")})
         metadata: dict[str, Any] = {"resourceVersion": list_rv}
+        if definition.custom:
+            metadata["continue"] = ""  # as the real server's lists of custom resources
         if continue_token:
             metadata["continue"] = continue_token
+            if not params.get("labelSelector") and not params.get("fieldSelector"):
+                metadata["remainingItemCount"] = remaining  # as the real server: only without selectors
         return self._json({"kind": f"{definition.kind}List", "apiVersion": definition.api_version(version),
                            "metadata": metadata, "items": rendered})
 
@@ -331,6 +340,10 @@ class ApiServerEmulator(KubernetesEmulator):
                      record: RequestRecord) -> aiohttp.web.StreamResponse:
         params = raw_request.query
         rv_param = params.get("resourceVersion") or ""
+        if rv_param and not rv_param.isdigit():  # the real server's answer, 500 included
+            raise errors.ApiStatusError(status=500, reason="", details={}, message=(
+                f'resourceVersion: Invalid value: "{rv_param}": strconv.ParseUint: parsing "{rv_param}": '
+                "invalid syntax"))
         try:
             since = None if rv_param in ("", "0") else int(rv_param)
             timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None

@@ -4,7 +4,9 @@ It owns: the global resourceVersion counter, uid / generation / creationTimestam
 generateName, resourceVersion preconditions (409 Conflict), the isolated ``/status``
 subresource, finalizers and ``deletionTimestamp``, deletion propagation (Background,
 Foreground, Orphan), owner-reference garbage collection, namespaces (existence, termination),
-admission (validation.py) and the per-resource watch history that watch streams replay from.
+admission (validation.py; CRDs must have structural schemas, structural.py; CEL rules with
+``cel_rules``, cel.py), what typed decoding drops (``_as_typed``) and the per-resource watch
+history that watch streams replay from.
 
 All methods are synchronous and run on the server's event loop only, so each write is atomic.
 Stored objects are never mutated in place: every write stores a fresh copy, so an object in
@@ -14,6 +16,7 @@ the watch history is a faithful snapshot of that moment.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import datetime
 import logging
@@ -24,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from devcluster import errors, patches, validation
+from devcluster import errors, patches, structural, validation
 from devcluster.label_selectors import Selector
 from devcluster.resources import ResourceDef, builtin_resources, resource_from_crd
 
@@ -36,6 +39,32 @@ ObjectRef = tuple[ResourceKey, str, str]  # (resource, namespace or "", name)
 Obj = dict[str, Any]
 
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the real server's generateName alphabet
+
+
+#: ObjectMeta's fields that the real server, serialising a typed ObjectMeta, leaves out when empty.
+_OMITTED_WHEN_EMPTY = ("labels", "annotations", "finalizers", "ownerReferences", "managedFields", "generateName")
+
+
+def _as_typed(resource: ResourceDef, obj: Obj) -> None:
+    """What typed decoding and encoding do on the real server: empty metadata maps and lists go;
+    for Secrets, ``stringData`` is merged into ``data`` (base64) and ``type`` defaults to Opaque;
+    empty ``data`` / ``binaryData`` of ConfigMaps and Secrets go."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        for key in _OMITTED_WHEN_EMPTY:
+            if key in meta and meta[key] in (None, "", [], {}):
+                del meta[key]
+    if resource.key == ("", "secrets"):
+        string_data = obj.pop("stringData", None)
+        if isinstance(string_data, dict) and string_data:
+            data = dict(obj.get("data") or {})
+            data.update({key: base64.b64encode(str(value).encode()).decode() for key, value in string_data.items()})
+            obj["data"] = data
+        obj.setdefault("type", "Opaque")
+    if resource.key in (("", "secrets"), ("", "configmaps")):
+        for key in ("data", "binaryData"):
+            if key in obj and obj[key] in (None, {}):
+                del obj[key]
 
 
 def now_rfc3339() -> str:
@@ -72,9 +101,11 @@ class EventLog:
 class ObjectStore:
     """Objects of every served resource, with the API server's write semantics."""
 
-    def __init__(self, *, history: int = 2000) -> None:
+    def __init__(self, *, history: int = 2000, cel_rules: bool = False) -> None:
+        """``cel_rules``: evaluate the CRDs' CEL rules (``x-kubernetes-validations``) on writes."""
         self.rv = 0
         self.history = history
+        self.cel_rules = cel_rules
         self.resources: dict[ResourceKey, ResourceDef] = {}
         self.objects: dict[ResourceKey, dict[ObjectKey, Obj]] = {}
         self.logs: dict[ResourceKey, EventLog] = {}
@@ -179,8 +210,9 @@ class ObjectStore:
                     details={"kind": resource.plural, "group": resource.group})
         else:
             meta.pop("namespace", None)
-        if meta.get("resourceVersion"):
-            raise errors.bad_request("resourceVersion should not be set on objects to be created")
+        if meta.get("resourceVersion"):  # the real server answers 500 with no reason
+            raise errors.ApiStatusError(status=500, reason="", details={},
+                                        message="resourceVersion should not be set on objects to be created")
         if not meta.get("name"):
             if meta.get("generateName"):
                 suffix = "".join(secrets.choice(_NAME_ALPHABET) for _ in range(5))
@@ -238,19 +270,36 @@ class ObjectStore:
         obj["kind"] = resource.kind
 
     def _admit(self, resource: ResourceDef, obj: Obj, version: str | None,
-               field_validation: str) -> tuple[Obj, list[str]]:
-        if field_validation not in ("Strict", "Warn", "Ignore"):
-            raise errors.bad_request(
-                f'fieldValidation must be one of "Ignore", "Warn", or "Strict", got {field_validation!r}')
+               field_validation: str, old: Obj | None = None) -> tuple[Obj, list[str]]:
+        """Decoding (unknown fields), then validation: metadata, a CRD's schema, a custom resource's
+        schema and CEL rules; and what the real server's typed decoding drops or converts."""
+        if field_validation not in ("Strict", "Warn", "Ignore", ""):
+            validation.check_field_validation(field_validation, "CreateOptions" if old is None else "UpdateOptions")
         name = obj["metadata"].get("name", "")
-        causes = validation.validate_metadata(resource, obj)
-        if causes:
-            raise errors.invalid(resource.kind, resource.group, name, causes)
-        schema = self.schemas.get((resource.group, resource.plural, version or resource.storage_version))
-        if schema is None:
-            return obj, []
-        return validation.admit_custom(schema, obj, field_validation=field_validation, kind=resource.kind,
-                                       group=resource.group, name=name)
+        kind_version = version or resource.storage_version
+        schema = self.schemas.get((resource.group, resource.plural, kind_version))
+        if schema is not None:
+            obj, warnings = validation.admit_custom(
+                schema, obj, field_validation=field_validation, kind=resource.kind, group=resource.group, name=name,
+                old=old, metadata_causes=lambda o: validation.validate_metadata(resource, o),
+                cel_rules=self.cel_rules)
+        else:
+            unknown = validation.prune_metadata(obj)
+            if resource.top_level:
+                extra = sorted(key for key in obj if key not in resource.top_level)
+                for key in extra:
+                    del obj[key]
+                unknown += extra
+            warnings = validation.unknown_fields(unknown, field_validation)
+            causes = validation.validate_metadata(resource, obj)
+            if causes:
+                raise errors.invalid(resource.kind, resource.group, name, causes)
+            if resource.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
+                causes = structural.crd_causes(obj)
+                if causes:
+                    raise errors.invalid(resource.kind, resource.group, name, causes)
+        _as_typed(resource, obj)
+        return obj, warnings
 
     # ---- writing: update, patch ----------------------------------------------------------------------
 
@@ -336,7 +385,7 @@ class ObjectStore:
         new["apiVersion"] = resource.api_version(version)
         new["kind"] = resource.kind
         new["metadata"]["resourceVersion"] = cur_meta["resourceVersion"]
-        new, warnings = self._admit(resource, new, version, field_validation)
+        new, warnings = self._admit(resource, new, version, field_validation, old=current)
         new["apiVersion"] = resource.api_version()  # stored at the storage version
         if resource.has_generation and self._spec_changed(resource, current, new):
             new["metadata"]["generation"] = int(cur_meta.get("generation", 1)) + 1

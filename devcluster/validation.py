@@ -8,10 +8,17 @@ answer 422 ``Invalid`` with the real server's wording and ``details.causes``.
 
 The OpenAPI v3 dialect is translated to JSON schema: ``nullable``,
 ``x-kubernetes-int-or-string``, ``x-kubernetes-preserve-unknown-fields`` and
-``x-kubernetes-embedded-resource`` are honoured; CEL rules (``x-kubernetes-validations``)
-and list-type uniqueness (``x-kubernetes-list-type``) are NOT checked.
+``x-kubernetes-embedded-resource`` are honoured. CEL rules (``x-kubernetes-validations``), where
+the store enables them (``EmulatedCluster(cel_rules=True)``), are evaluated by cel.py after the
+schema passes (transition rules on updates, with ``oldSelf``;
+errors of unchanged values are ratcheted away as the real server does); a blocking schema
+error (a wrong type, an unsupported enum value, a required field, a too long string or list)
+skips them with the real server's "some validation rules were not checked" cause. List-type
+uniqueness (``x-kubernetes-list-type``) is NOT checked.
 
-Built-in kinds are NOT schema-validated: only their metadata (name and label syntax) is.
+Unknown fields of ``metadata`` are dropped (and reported) for every kind, as ObjectMeta is typed;
+built-in kinds are NOT schema-validated otherwise: only their metadata (name and label syntax)
+and their top-level fields (``strict_top_level``) are.
 """
 
 from __future__ import annotations
@@ -23,12 +30,12 @@ import datetime
 import json
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jsonschema  # no types-jsonschema in the dev extras
 
-from devcluster import errors
+from devcluster import cel, errors
 from devcluster.resources import ResourceDef
 
 # apimachinery's pkg/util/validation: the same patterns, limits and wording, so that a name the
@@ -326,13 +333,29 @@ def _error_to_cause(error: jsonschema.ValidationError) -> dict[str, str]:
         return _cause("FieldValueTooMany", where,
                       f"Too many: {len(value)}: must have at most {schema_value} items")
     if validator == "format":
-        return _cause("FieldValueInvalid", where,
+        return _cause("FieldValueTypeInvalid", where,
                       f"Invalid value: {go_value(value)}: {where} in body must be of type {schema_value}: "
                       f"{go_value(value)}")
     if validator == "multipleOf":
         return _cause("FieldValueInvalid", where,
                       f"Invalid value: {go_value(value)}: {where} in body should be a multiple of {schema_value}")
     return _cause("FieldValueInvalid", where, f"Invalid value: {go_value(value)}: {error.message}")
+
+
+_INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]
+
+
+def _int_or_string_causes(error: jsonschema.ValidationError) -> list[dict[str, str]]:
+    """What kube-openapi adds for a value that fails an int-or-string's explicit ``anyOf``: the
+    anyOf failure and the first alternative's (integer) failures."""
+    path = _field(error.absolute_path) or "<root>"
+    kind = go_value(json_type(error.instance))
+    return [
+        _cause("FieldValueInvalid", "<nil>", f'Invalid value: "": "{path}" must validate at least one schema (anyOf)'),
+        _cause("FieldValueTypeInvalid", path, f"Invalid value: {kind}: {path} in body must be of type integer: {kind}"),
+        _cause("FieldValueInvalid", "<nil>",
+               f'Invalid value: "": Checked value must be of type integer (default format) in {path}'),
+    ]
 
 
 def _flatten_alternatives(value: Any) -> list[Any]:
@@ -360,6 +383,8 @@ class CustomResourceSchema:
             jsonschema.Draft4Validator.check_schema(self.json_schema)
             _CHECKED_SCHEMAS.add(text)
         self.validator = jsonschema.Draft4Validator(self.json_schema, format_checker=_FORMATS)
+        self.has_rules = _has_rules(openapi)
+        self._trees: dict[str, cel.Node | None] = {}
 
     def prune(self, obj: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """Drop unknown fields and non-nullable nulls; returns the new object and the unknown paths."""
@@ -424,22 +449,183 @@ class CustomResourceSchema:
             if error.validator != "type" and _field(error.absolute_path) in type_errors:
                 continue  # the real server reports only the type mismatch of a field
             causes.append(_error_to_cause(error))
+            if error.validator == "anyOf" and error.validator_value == _INT_OR_STRING:
+                causes.extend(_int_or_string_causes(error))
+        unique: list[dict[str, str]] = []
+        for cause in causes:
+            if cause not in unique:
+                unique.append(cause)
+        return unique
+
+    # ---- CEL rules (x-kubernetes-validations) -------------------------------------------------------
+
+    def _tree(self, rule: str) -> cel.Node | None:
+        if rule not in self._trees:
+            try:
+                self._trees[rule] = cel.parse(rule)
+            except cel.CelSyntaxError:
+                self._trees[rule] = None  # refused with the CRD; here only for CRDs loaded around admission
+        return self._trees[rule]
+
+    def cel_causes(self, obj: dict[str, Any], old: dict[str, Any] | None) -> list[dict[str, str]]:
+        """The causes of the rules ``obj`` breaks (``old``: the object before an update)."""
+        causes: list[dict[str, str]] = []
+        self._cel(obj, self.openapi, old, old is not None, [], causes)
         return causes
+
+    def _cel(self, value: Any, schema: dict[str, Any], old: Any, has_old: bool, path: list[Any],
+             causes: list[dict[str, str]]) -> None:
+        for rule in schema.get("x-kubernetes-validations") or []:
+            if isinstance(rule, dict):
+                self._rule(rule, value, schema, old, has_old, path, causes)
+        if isinstance(value, dict):
+            properties: dict[str, Any] = schema.get("properties") or {}
+            additional = schema.get("additionalProperties")
+            for key, item in value.items():
+                sub = properties.get(key, additional if isinstance(additional, dict) else None)
+                if isinstance(sub, dict):
+                    old_has = has_old and isinstance(old, dict) and key in old
+                    self._cel(item, sub, old[key] if old_has else None, old_has, [*path, key], causes)
+        elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+            keys = schema.get("x-kubernetes-list-map-keys") or []
+            correlate = has_old and isinstance(old, list) and schema.get("x-kubernetes-list-type") == "map" and keys
+            for index, item in enumerate(value):
+                previous = None
+                if correlate and isinstance(item, dict):
+                    previous = next((o for o in old if isinstance(o, dict)
+                                     and all(o.get(k) == item.get(k) for k in keys)), None)
+                self._cel(item, schema["items"], previous, previous is not None, [*path, index], causes)
+
+    def _rule(self, rule: dict[str, Any], value: Any, schema: dict[str, Any], old: Any, has_old: bool,
+              path: list[Any], causes: list[dict[str, str]]) -> None:
+        tree = self._tree(str(rule.get("rule", "")))
+        if tree is None:
+            return
+        transition = cel.uses_old_self(tree)
+        if transition and not has_old and not rule.get("optionalOldSelf"):
+            return
+        if not transition and has_old and value == old:
+            return  # ratcheting: an unchanged value keeps passing
+        variables: dict[str, Any] = {"self": value}
+        if transition:
+            variables["oldSelf"] = old if has_old else None
+        where = _field(path)
+        text = str(rule.get("message") or "").strip() or f"failed rule: {str(rule.get('rule', '')).strip()}"
+        shape = schema.get("type")
+        try:
+            result = cel.evaluate(tree, variables)
+        except cel.CelUnsupported:
+            return  # not checked: the interpreter lacks a function the rule uses
+        except cel.CelError as exc:
+            rule_text = str(rule.get("message") or rule.get("rule", "")).strip()
+            causes.append(_cause("FieldValueInvalid", where or "<root>",
+                                 f"Invalid value: {go_value(shape or '')}: {exc} evaluating rule: {rule_text}"))
+            return
+        if result is True:
+            return
+        if rule.get("messageExpression"):
+            message_tree = self._tree(str(rule["messageExpression"]))
+            try:
+                produced = cel.evaluate(message_tree, variables) if message_tree is not None else None
+            except cel.CelError:
+                produced = None
+            if isinstance(produced, str) and produced.strip():
+                text = produced.strip()
+        field_path = str(rule.get("fieldPath") or "")
+        if field_path:
+            where = (where + field_path) if where else field_path.lstrip(".")
+        reason = rule.get("reason") or "FieldValueInvalid"
+        if reason == "FieldValueForbidden":
+            causes.append(_cause(reason, where, f"Forbidden: {text}"))
+        elif reason == "FieldValueRequired":
+            causes.append(_cause(reason, where, f"Required value: {text}"))
+        elif reason == "FieldValueDuplicate":
+            causes.append(_cause(reason, where, f"Duplicate value: {go_value(value)}"))
+        elif shape in ("object", "array"):
+            causes.append(_cause("FieldValueInvalid", where, f"Invalid value: {text}"))
+        else:
+            causes.append(_cause("FieldValueInvalid", where, f"Invalid value: {go_value(value)}: {text}"))
+
+
+def _has_rules(schema: Any) -> bool:
+    if isinstance(schema, dict):
+        return bool(schema.get("x-kubernetes-validations")) or any(_has_rules(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_has_rules(v) for v in schema)
+    return False
+
+
+#: The fields of ObjectMeta a client may send; the real server drops (and reports) any other.
+OBJECT_META_FIELDS = frozenset({
+    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation", "creationTimestamp",
+    "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations", "ownerReferences", "finalizers",
+    "managedFields"})
+
+#: The error types the real server considers blocking: CEL rules are then not evaluated.
+_BLOCKING_REASONS = {"FieldValueNotSupported", "FieldValueRequired", "FieldValueTooLong", "FieldValueTooMany",
+                     "FieldValueTypeInvalid"}
+_NOT_CHECKED = _cause("FieldValueInvalid", "<nil>", "Invalid value: null: some validation rules were not checked "
+                                                    "because the object was invalid; correct the existing errors "
+                                                    "to complete validation")
+
+
+def prune_metadata(obj: dict[str, Any]) -> list[str]:
+    """Drop the unknown fields of ``metadata`` (typed ObjectMeta on the real server); their paths."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return []
+    unknown = sorted(key for key in meta if key not in OBJECT_META_FIELDS)
+    for key in unknown:
+        del meta[key]
+    return [f"metadata.{key}" for key in unknown]
+
+
+def strict_decoding_error(unknown: list[str]) -> errors.ApiStatusError:
+    """The 400 of ``fieldValidation=Strict`` (the real server prefixes it with ``KIND in version "V"
+    cannot be handled as a KIND:``; the emulator's tests pin the shorter form)."""
+    fields = ", ".join(f'unknown field "{path}"' for path in unknown)
+    return errors.bad_request(f"strict decoding error: {fields}")
+
+
+def unknown_fields(unknown: list[str], field_validation: str) -> list[str]:
+    """``fieldValidation`` applied to unknown fields: 400 (Strict), warnings (Warn) or nothing."""
+    if not unknown or field_validation == "Ignore":
+        return []
+    if field_validation == "Strict":
+        raise strict_decoding_error(unknown)
+    return [f'unknown field "{path}"' for path in unknown]
+
+
+def check_field_validation(value: str, options_kind: str) -> None:
+    """422 on a ``fieldValidation`` the server does not know, as ``CreateOptions`` (or Update/Patch) are checked."""
+    if value not in ("", "Ignore", "Strict", "Warn"):
+        raise errors.invalid(options_kind, "meta.k8s.io", "", [_cause(
+            "FieldValueNotSupported", "fieldValidation",
+            f'Unsupported value: {go_value(value)}: supported values: "", "Ignore", "Strict", "Warn"')])
 
 
 def admit_custom(schema: CustomResourceSchema, obj: dict[str, Any], *, field_validation: str,
-                 kind: str, group: str, name: str) -> tuple[dict[str, Any], list[str]]:
-    """Prune, default and validate a custom resource; returns it and the ``Warning`` texts."""
+                 kind: str, group: str, name: str, old: dict[str, Any] | None = None,
+                 metadata_causes: Callable[[dict[str, Any]], list[dict[str, str]]] | None = None,
+                 cel_rules: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """Prune, default and validate a custom resource (then, with ``cel_rules``, its CEL rules);
+    returns it and the ``Warning`` texts. ``old``: the stored object, on an update (transition
+    rules, ratcheting); ``metadata_causes``: the checks of its metadata, run once unknown fields
+    passed."""
+    obj = copy.deepcopy(obj)
+    unknown_meta = prune_metadata(obj)
     pruned, unknown = schema.prune(obj)
-    warnings: list[str] = []
-    if unknown:
-        if field_validation == "Strict":
-            fields = ", ".join(f'unknown field "{path}"' for path in unknown)
-            raise errors.bad_request(f"strict decoding error: {fields}")
-        if field_validation != "Ignore":
-            warnings = [f'unknown field "{path}"' for path in unknown]
+    warnings = unknown_fields(unknown_meta + sorted(unknown), field_validation)
+    causes = metadata_causes(pruned) if metadata_causes is not None else []
+    if causes:
+        raise errors.invalid(kind, group, name, causes)
     defaulted = schema.apply_defaults(pruned)
     causes = schema.validate(defaulted)
+    if schema.has_rules and cel_rules:
+        if any(cause["reason"] in _BLOCKING_REASONS for cause in causes):
+            causes.append(dict(_NOT_CHECKED))
+        else:
+            causes.extend(schema.cel_causes(defaulted, old))
     if causes:
         raise errors.invalid(kind, group, name, causes)
     return defaulted, warnings
