@@ -43,7 +43,9 @@ class AccessDenied(PreloadError):
 
 
 class ObjectChanged(PreloadError):
-    """The object's ETag changed between HEAD and a ranged GET (If-Match failed)."""
+    """The object changed while the run read it: its ETag between HEAD and a ranged GET (If-Match
+    failed), or its size or ETag between the LIST that named it and its HEAD. Not ChecksumMismatch:
+    the bytes are S3's, they are just of another version than the one the run set out to fetch."""
 
     reason = "ObjectChanged"
     exit_code = 5

@@ -143,6 +143,20 @@ def is_md5_etag(etag: str) -> bool:
     return re.fullmatch(r'"?[0-9a-fA-F]{32}"?', etag) is not None
 
 
+def listing_disagreement(listed: ObjectInfo, headed: ObjectInfo) -> str | None:
+    """How a HEAD contradicts the LIST that named the object (another size or ETag), or None.
+
+    Either means the object was replaced between the two requests: S3 holds another version than the
+    one listed. ETags are compared without their quotes (servers differ in quoting them in listings).
+    """
+    problems = []
+    if headed.size != listed.size:
+        problems.append(f"size {listed.size} listed, {headed.size} now")
+    if headed.etag.strip('"') != listed.etag.strip('"'):
+        problems.append(f"ETag {listed.etag} listed, {headed.etag} now")
+    return "; ".join(problems) or None
+
+
 # Longest file name segment we accept: Linux's NAME_MAX is 255 bytes, and the writers' temporary
 # names (".tmp-" + 8 hex digits) never embed the final name, so a 255-byte segment still works.
 MAX_NAME_BYTES = 255

@@ -50,7 +50,14 @@ from preloader.errors import (
     TransferFailed,
     UsageError,
 )
-from preloader.plan import ByteRange, ObjectInfo, S3Location, backoff_delay, range_response_problem
+from preloader.plan import (
+    ByteRange,
+    ObjectInfo,
+    S3Location,
+    backoff_delay,
+    listing_disagreement,
+    range_response_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +166,22 @@ class S3Client:
 
     def head_all(self, bucket: str, objects: list[ObjectInfo], workers: int = 16) -> list[ObjectInfo]:
         """HEAD every listed object in parallel: checksums, version ids, and a read permission check."""
-        keys = [o.key for o in objects if not o.key.endswith("/")]
-        if not keys:
+        listed = [o for o in objects if not o.key.endswith("/")]
+        if not listed:
             return []
-        with ThreadPoolExecutor(max_workers=min(workers, len(keys)), thread_name_prefix="head") as pool:
-            return list(pool.map(lambda key: self.head(S3Location(bucket, key)), keys))
+        with ThreadPoolExecutor(max_workers=min(workers, len(listed)), thread_name_prefix="head") as pool:
+            return list(pool.map(lambda obj: self.head_listed(bucket, obj), listed))
+
+    def head_listed(self, bucket: str, listed: ObjectInfo) -> ObjectInfo:
+        """HEAD one object a LIST named; ObjectChanged when S3 now describes another size or ETag."""
+        headed = self.head(S3Location(bucket, listed.key))
+        problem = listing_disagreement(listed, headed)
+        if problem:
+            raise ObjectChanged(
+                f"s3://{bucket}/{listed.key}: the object changed between the LIST and the HEAD ({problem}); "
+                "run again to fetch its current version"
+            )
+        return headed
 
     def list_objects(self, location: S3Location) -> list[ObjectInfo]:
         objects: list[ObjectInfo] = []

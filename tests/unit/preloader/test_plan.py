@@ -16,6 +16,7 @@ from preloader.plan import (
     effective_concurrency,
     file_format,
     is_md5_etag,
+    listing_disagreement,
     parse_content_range,
     parse_s3_uri,
     plan_safetensors,
@@ -186,3 +187,12 @@ class TestSafetensorsHeader:
     def test_invalid_headers_are_named(self, header: object, size: int, needle: str) -> None:
         with pytest.raises(CorruptModel, match=needle):
             plan_safetensors(header, size)
+
+
+def test_a_head_disagreeing_with_the_listing_names_what_changed() -> None:
+    listed = ObjectInfo("m/a.bin", 100, '"e1"')
+    assert listing_disagreement(listed, ObjectInfo("m/a.bin", 100, '"e1"', "v9", ("crc64nvme", "x", "FULL_OBJECT"))) is None
+    assert listing_disagreement(listed, ObjectInfo("m/a.bin", 100, "e1")) is None  # quoting differs, not the ETag
+    assert listing_disagreement(listed, ObjectInfo("m/a.bin", 120, '"e1"')) == "size 100 listed, 120 now"
+    both = listing_disagreement(listed, ObjectInfo("m/a.bin", 120, '"e2"'))
+    assert both == 'size 100 listed, 120 now; ETag "e1" listed, "e2" now'
