@@ -80,6 +80,20 @@ def version_key(files: Sequence[ModelFile]) -> str:
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:32]
 
 
+def is_current(manifest: Manifest, files: Sequence[ModelFile]) -> bool:
+    """Whether S3's listing of the model (path, size, ETag of every file) is the version the entry holds.
+
+    ETags compare without their quotes: a prefix's hit is checked against its LIST, the entry was
+    written from HEADs, and servers differ in quoting ETags in listings.
+    """
+
+    def key(path: PurePosixPath, size: int, etag: str) -> tuple[str, int, str]:
+        return str(path), size, etag.strip('"')
+
+    cached = sorted(key(f.path, f.size, f.etag) for f in manifest.files)
+    return cached == sorted(key(f.path, f.obj.size, f.obj.etag) for f in files)
+
+
 def model_version(files: Sequence[ModelFile], prefix: bool) -> str:
     """The version reported in the result, so the operator can tell "already warm for this version".
 

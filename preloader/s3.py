@@ -1,5 +1,9 @@
 """S3 access: LIST/HEAD through botocore, ranged GETs straight off the socket into our buffer.
 
+``list_model`` is what every run asks first (one HEAD for a key, the LIST for a prefix): the caller's
+authorisation and the model's current sizes and ETags. Only a download HEADs a prefix's objects
+(``head_all``), for the checksums S3 stored with them.
+
 botocore resolves the endpoint, addressing style, region and credentials, retries throttling and
 5xx for HEAD/LIST (retry mode ``standard``/``adaptive``), and presigns each GET. The GET itself goes
 over ``http.client`` so the body can be ``readinto`` a slice of the preallocated buffer: botocore's
@@ -165,7 +169,7 @@ class S3Client:
         return tuple(sizes)
 
     def head_all(self, bucket: str, objects: list[ObjectInfo], workers: int = 16) -> list[ObjectInfo]:
-        """HEAD every listed object in parallel: checksums, version ids, and a read permission check."""
+        """HEAD every listed object in parallel, before a download: checksums, version ids, part sizes."""
         listed = [o for o in objects if not o.key.endswith("/")]
         if not listed:
             return []
@@ -197,11 +201,14 @@ class S3Client:
         except Exception as exc:
             raise translate_error(exc, str(location)) from exc
 
-    def resolve(self, location: S3Location) -> tuple[S3Location, list[ObjectInfo]]:
-        """Objects of the model: HEAD for one key, LIST for a prefix.
+    def list_model(self, location: S3Location) -> tuple[S3Location, list[ObjectInfo]]:
+        """The model's objects as S3 shows them to the caller's credentials: the authorisation and the
+        freshness check of a cache hit.
 
-        A key that is not an object but a "directory" (KServe's ``storageUri: s3://models/mnist``)
-        is read as the prefix ``mnist/``. A missing key is told apart from a missing bucket.
+        One key: its HEAD, which is also all a download needs. A prefix: its LIST (keys, sizes and ETags,
+        no checksums; ``head_all`` adds those before a download). A key that is not an object but a
+        "directory" (KServe's ``storageUri: s3://models/mnist``) is read as the prefix ``mnist/``. A
+        missing key is told apart from a missing bucket.
         """
         if not location.is_prefix:
             try:
@@ -211,11 +218,11 @@ class S3Client:
                 objects = self.list_objects(as_dir)  # raises BucketNotFound when it is the bucket that is missing
                 if not objects:
                     raise
-                return as_dir, self.head_all(as_dir.bucket, objects)
+                return as_dir, objects
         objects = self.list_objects(location)
         if not [o for o in objects if not o.key.endswith("/")]:
             raise EmptyPrefix(f"{location}: no objects under this prefix")
-        return location, self.head_all(location.bucket, objects)
+        return location, objects
 
     def presign_get(self, bucket: str, key: str) -> str:
         """A GET URL botocore built and (unless anonymous) signed; Range/If-Match go as headers."""

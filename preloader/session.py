@@ -2,10 +2,12 @@
 with the caller's credentials, serve a current cache entry under a lease, else download under the
 location's writer lock and fill the cache.
 
-A hit is served only after S3 confirmed, with the caller's own credentials, that it may read the
-model and that the cached version is the current one (HEAD each object, LIST for a prefix; no
-body), so the cache never bypasses S3's authorization nor serves a stale model. ``--offline``
-skips that check and trusts the node: any complete, verified entry is served.
+A hit is served only after S3 answered, with the caller's own credentials, the request that names
+the model (HEAD for one object, the LIST for a prefix; no body) and its sizes and ETags are the
+cached version's, so the cache never bypasses S3's authorization nor serves a stale model. A
+prefix's objects are HEADed (for their checksums) only when they are to be downloaded: a hit on
+thousands of files costs one LIST, not a HEAD each. ``--offline`` skips the check and trusts the
+node: any complete, verified entry is served.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Generic, TextIO, TypeVar
 
-from preloader.cache import CacheCorrupt, EntryWriter, Manifest, ModelCache, version_key
+from preloader.cache import CacheCorrupt, EntryWriter, Manifest, ModelCache, is_current
 from preloader.config import Config
 from preloader.plan import ByteRange, ModelFile, S3Location, check_key, parse_s3_uri, select_files, total_bytes
 from preloader.progress import Progress
@@ -63,7 +65,8 @@ class CachedRun(ABC, Generic[T]):
         self.endpoint = self.client.endpoint
         self.cache = cache
         self.list_seconds = 0.0
-        self.listed: tuple[S3Location, list[ModelFile]] | None = None
+        self.listed: tuple[S3Location, list[ModelFile]] | None = None  # what list() found
+        self.described: list[ModelFile] | None = None  # the listed files with their HEADs (describe())
         self.rejected: Path | None = None  # an entry that failed verification in this run
 
     @contextlib.contextmanager
@@ -99,11 +102,25 @@ class CachedRun(ABC, Generic[T]):
     def download(self, resolved: S3Location, files: list[ModelFile], writer: EntryWriter | None) -> T:
         """Fetch from S3 (filling ``writer``'s entry when given; the caller commits or aborts it)."""
 
+    def describe(self) -> tuple[S3Location, list[ModelFile]]:
+        """The listed files as a download needs them: a prefix's objects HEADed for their checksums,
+        version ids and part sizes (ObjectChanged where a HEAD contradicts the LIST)."""
+        resolved, files = self.list()
+        if not resolved.is_prefix:
+            return resolved, files  # the HEAD that listed it described it
+        if self.described is None:
+            t = time.perf_counter()
+            headed = self.client.head_all(resolved.bucket, [f.obj for f in files])
+            self.described = [ModelFile(obj, f.path) for obj, f in zip(headed, files, strict=True)]
+            self.list_seconds += time.perf_counter() - t
+        return resolved, self.described
+
     def list(self) -> tuple[S3Location, list[ModelFile]]:
-        """HEAD/LIST with the caller's credentials: the authorization and freshness check of a hit."""
+        """HEAD (one object) or LIST (a prefix) with the caller's credentials: the authorization and
+        freshness check of a hit. A prefix's files carry the LIST's sizes and ETags only."""
         if self.listed is None:
             t = time.perf_counter()
-            resolved, objects = self.client.resolve(self.location)
+            resolved, objects = self.client.list_model(self.location)
             self.listed = (resolved, select_files(objects, resolved))
             self.list_seconds += time.perf_counter() - t
         return self.listed
@@ -111,7 +128,7 @@ class CachedRun(ABC, Generic[T]):
     def run(self) -> T:
         cache = self.cache
         if cache is None:
-            resolved, files = self.list()
+            resolved, files = self.describe()
             return self.download(resolved, files, None)
         hit = self._try_hit(cache)
         if hit is not None:
@@ -123,7 +140,7 @@ class CachedRun(ABC, Generic[T]):
             hit = self._try_hit(cache)
             if hit is not None:
                 return hit
-            resolved, files = self.list()
+            resolved, files = self.describe()
             writer = cache.writer(self.endpoint, self.location, files, lock, wait=self.config.lock_timeout)
             try:
                 return self.download(resolved, files, writer)
@@ -140,7 +157,7 @@ class CachedRun(ABC, Generic[T]):
         manifest, entry = found
         if entry == self.rejected:
             return None
-        if not self.config.offline and version_key(self.list()[1]) != manifest.version:
+        if not self.config.offline and not is_current(manifest, self.list()[1]):
             log.info("cache entry for %s is not the current version in S3; fetching the current one", self.location)
             return None
         lease = cache.lease(entry, self.config.lock_timeout)

@@ -1,5 +1,6 @@
-"""What a run asks S3 before it fetches a model: a miss HEADs each listed object for its checksum, and
-a HEAD that disagrees with the LIST (another size or ETag) means the object changed in between."""
+"""What a run asks S3 before it serves or fetches a model: a prefix's hit is authorised and checked
+by its LIST alone (no HEAD per object); a miss HEADs each listed object for its checksum, and a HEAD
+that disagrees with the LIST (another size or ETag) means the object changed in between."""
 
 from __future__ import annotations
 
@@ -11,12 +12,61 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from model_files import safetensors_bytes, sample_tensors
 
 from preloader.config import load_config
 from preloader.errors import ObjectChanged
+from preloader.initializer import initialize
+from preloader.plan import ObjectInfo, S3Location
 from preloader.preload import preload
+from preloader.s3 import S3Client
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def heads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every key the preloader HEADs, in order (the seam: S3Client.head)."""
+    seen: list[str] = []
+    real = S3Client.head
+
+    def counting(self: S3Client, location: S3Location) -> ObjectInfo:
+        seen.append(location.key)
+        return real(self, location)
+
+    monkeypatch.setattr(S3Client, "head", counting)
+    return seen
+
+
+def test_a_prefix_hit_lists_and_heads_nothing(
+    s3: Any, bucket: str, make_config: Any, env: dict[str, str], tmp_path: Path, heads: list[str]
+) -> None:
+    """It used to HEAD every object after listing them: 2,000 files took seconds to hit, not a LIST.
+    The LIST is the authorisation (a caller S3 will not let list gets AccessDenied, see
+    test_preload_cache.py) and its ETags and sizes are the freshness check."""
+    for i in range(5):
+        s3.put_object(Bucket=bucket, Key=f"m/shard-{i}.safetensors", Body=safetensors_bytes(sample_tensors(60 + i)))
+    config = make_config(f"s3://{bucket}/m/", "--cache-dir", str(tmp_path / "cache"))
+    assert preload(config).result.cache == "miss"
+    assert len(heads) == 5  # a miss HEADs every object: checksums, version ids
+    heads.clear()
+    assert preload(config).result.cache == "hit"
+    assert heads == []
+    argv = [f"s3://{bucket}/m/", str(tmp_path / "dest"), "--cache-dir", str(tmp_path / "cache"), "--progress", "never"]
+    dest = load_config(argv, env)
+    assert initialize(dest).cache == "hit"
+    assert heads == []
+
+
+def test_a_single_object_hit_is_still_checked_by_its_head(
+    s3: Any, bucket: str, make_config: Any, tmp_path: Path, heads: list[str]
+) -> None:
+    s3.put_object(Bucket=bucket, Key="m/model.safetensors", Body=safetensors_bytes(sample_tensors(66)))
+    config = make_config(f"s3://{bucket}/m/model.safetensors", "--cache-dir", str(tmp_path / "cache"))
+    assert preload(config).result.cache == "miss"
+    assert heads == ["m/model.safetensors"]  # one HEAD serves the check and the download
+    assert preload(config).result.cache == "hit"
+    assert heads == ["m/model.safetensors"] * 2
 
 
 class _ListDisagrees(BaseHTTPRequestHandler):
