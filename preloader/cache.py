@@ -266,11 +266,13 @@ class ModelCache:
 
         Taking it also marks the entry used now (the LRU order). Eviction holds the lease alone while
         it removes an entry, so a reader that got the lease re-checks that the manifest is still there.
+        On a read-only cache the lease is taken on the writer's lease file opened read-only, and the
+        LRU order does not move.
         """
         try:
             lease = take_lock(entry / LEASE_FILE, False, timeout, f"cache entry {entry.name}")
         except (DiskFull, CacheUnwritable):
-            return None  # the directory is gone (evicted, rewritten) or read-only: not a usable hit
+            return None  # the directory is gone (evicted, rewritten), or read-only without a lease file
         if not (entry / MANIFEST).is_file():
             lease.release()
             return None
@@ -441,7 +443,8 @@ def _reserved_bytes(entry: Path) -> int:
 
 
 def _touch(path: Path) -> None:
-    # A read-only cache still serves hits; the LRU order just does not move.
+    # A read-only cache still serves hits (its lease is taken read-only, see preloader.locks); the LRU
+    # order just does not move.
     with contextlib.suppress(OSError):
         os.utime(path)
 

@@ -3,10 +3,15 @@
 The kernel drops a flock when its holder dies, so a killed run never leaves anything locked.
 ``take_lock`` waits (bounded, then CacheBusy); ``try_exclusive`` never waits, for eviction, which
 must not block on readers.
+
+A shared lock (a reader's lease) needs no write access: ``flock`` does not look at the mode a file
+was opened in, so where the cache is read-only (a read-only mount, a directory this user may not
+write) the lease file the writer left is opened read-only and the hit is served.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -18,6 +23,8 @@ from preloader.errors import CacheBusy
 from preloader.files import disk_error
 
 log = logging.getLogger("preloader.cache")
+
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class FileLock:
@@ -52,9 +59,12 @@ def take_lock(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> FileLock:
-    """flock ``path`` (created if missing), waiting up to ``timeout`` seconds; CacheBusy after that."""
+    """flock ``path`` (created if missing), waiting up to ``timeout`` seconds; CacheBusy after that.
+
+    A shared lock on a read-only cache is taken through a read-only descriptor of the existing file.
+    """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = _open(path, read_only_ok=not exclusive)
     except OSError as exc:
         raise disk_error(exc, path) from None
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
@@ -82,6 +92,19 @@ def take_lock(
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open(path: Path, read_only_ok: bool) -> int:
+    """The lock file, created if missing; read-only where the cache refuses writes and ``read_only_ok``."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if not read_only_ok or exc.errno not in _READ_ONLY:
+            raise
+        try:
+            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            raise exc from None  # e.g. no lease file to share: report why it could not be created
 
 
 def try_exclusive(path: Path) -> FileLock | None:
