@@ -59,14 +59,14 @@ class EmulatedCluster:
                  ready_delay: float = 0.2, watch_history: int = 2000, bookmark_interval: float = 5.0,
                  work_dir: Path | None = None, local_images: Mapping[str, Sequence[str]] | None = None,
                  local_commands: Mapping[str, Sequence[str]] | None = None, max_processes: int = 4,
-                 job_retry_delay: float = 0.0, cel_rules: bool = False) -> None:
+                 job_retry_delay: float = 0.0, cel_rules: bool = True) -> None:
         """``local_images`` / ``local_commands``: see ``Simulation.register_local_image`` / ``_command``;
         ``max_processes``: how many local pod processes run at once; ``work_dir``: where node roots,
         pod directories and logs go (a temporary directory, removed on stop, when not given);
         ``job_retry_delay``: the first delay before a failed Job pod is replaced (then doubling);
         ``cel_rules``: refuse custom resources that break their CRD's CEL rules
-        (``x-kubernetes-validations``) as the real server does. Off by default: some operator tests
-        create objects the real server would refuse, to exercise the operator's own checks."""
+        (``x-kubernetes-validations``) as the real server does (the default); ``False`` only for a
+        test that must store an object a real server would refuse."""
         by_name = {doc["metadata"]["name"]: doc for doc in load_crd_documents(crd_paths)}  # the last file wins
         self._crd_documents = list(by_name.values())
         self._simulate = simulate

@@ -7,6 +7,7 @@ cluster. They subclass kmock's ``KubernetesError`` so kmock's error rendering ca
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
@@ -29,6 +30,45 @@ class ApiStatusError(KubernetesError):
             body["details"] = self.details
         body["code"] = self.status
         return body
+
+
+@attrs.frozen
+class StrictDecodingError(ApiStatusError):
+    """The 400 of ``fieldValidation=Strict`` for a decoded body; ``unknown``: the unknown fields' paths."""
+
+    unknown: tuple[str, ...] = ()
+
+
+def strict_decoding_message(unknown: tuple[str, ...] | list[str]) -> str:
+    return "strict decoding error: " + ", ".join(f'unknown field "{path}"' for path in unknown)
+
+
+def strict_decoding(unknown: list[str], *, kind: str, version: str) -> StrictDecodingError:
+    """The 400 of ``fieldValidation=Strict`` on a POST or PUT, as the real server words it: the
+    decoding error prefixed with ``KIND in version "V" cannot be handled as a KIND:`` (the body's
+    kind and version)."""
+    return StrictDecodingError(
+        status=400, reason="BadRequest", details={}, unknown=tuple(unknown),
+        message=f'{kind} in version "{version}" cannot be handled as a {kind}: {strict_decoding_message(unknown)}')
+
+
+def strict_patch(patched: Any, unknown: tuple[str, ...]) -> ApiStatusError:
+    """The 422 of ``fieldValidation=Strict`` on a PATCH: the real server reports the patched object
+    (here its JSON) as an invalid ``patch`` field, with no kind or name."""
+    message = f"Invalid value: {json.dumps(json.dumps(patched, separators=(',', ':')))}: " \
+              f"{strict_decoding_message(unknown)}"
+    return ApiStatusError(status=422, reason="Invalid", message=f' "" is invalid: patch: {message}',
+                          details={"causes": [{"reason": "FieldValueInvalid", "message": message,
+                                               "field": "patch"}]})
+
+
+def missing_kind(kind: str, body: str) -> ApiStatusError:
+    """The 400 for a custom resource's body without ``kind`` (it is not taken from the URL, as it is
+    for built-in kinds); ``body``: the request's body as sent."""
+    raw = body.encode()
+    summary = raw[:30].decode(errors="replace") + " ..." if len(raw) > 30 else body
+    return bad_request(f"the object provided is unrecognized (must be of type {kind}): "
+                       f"Object 'Kind' is missing in '{body}' ({summary})")
 
 
 def _details(name: str | None, group: str, kind: str, **extra: Any) -> dict[str, Any]:

@@ -9,9 +9,11 @@
   ``name``), volumeMounts (by ``mountPath``), volumeDevices (by ``devicePath``), ports (by
   ``containerPort`` in containers, else ``port``), conditions (by ``type``), ownerReferences
   (by ``uid``), hostAliases (by ``ip``), topologySpreadConstraints (by ``topologyKey``) and
-  finalizers (merged as a set). The ``$patch: replace|delete`` and
-  ``$deleteFromPrimitiveList/<field>`` directives are honoured; ``$setElementOrder`` and
-  ``$retainKeys`` are ignored. Every other list is replaced, every map merged.
+  finalizers (merged as a set). Merged lists are in apimachinery's order: the patch's items
+  first where the live list does not say otherwise (see ``_in_order``). The ``$patch:
+  replace|delete`` and ``$deleteFromPrimitiveList/<field>`` directives are honoured;
+  ``$setElementOrder`` and ``$retainKeys`` are ignored. Every other list is replaced, every map
+  merged.
 """
 
 from __future__ import annotations
@@ -106,26 +108,72 @@ def _merge_key(field: str, items: list[Any]) -> str | None:
     return _MERGE_KEYS.get(field)
 
 
+def _position(order: list[Any], item: Any, key: str | None) -> int:
+    """Where ``item`` is in ``order`` (by its merge key's value for maps), -1 if it is not."""
+    def ident(value: Any) -> Any:
+        return value.get(key) if key is not None and isinstance(value, dict) else value
+    wanted = ident(item)
+    return next((i for i, value in enumerate(order) if ident(value) == wanted), -1)
+
+
+def _in_order(patch_items: list[Any], server_only: list[Any], patch_order: list[Any], server_order: list[Any],
+              key: str | None) -> list[Any]:
+    """The merged list in apimachinery's order (``normalizeElementOrder`` and ``mergeSortedSlice``):
+    the patch's items in the patch's order, the server-only items in the live order, and each
+    server-only item placed before a patch item only when the live list had it before that item;
+    so new items come before the server-only ones that follow them (finalizers ``[one]`` patched
+    with ``[two]`` are ``[two, one]``)."""
+    right = sorted(patch_items, key=lambda item: _position(patch_order, item, key))
+    left = sorted(server_only, key=lambda item: _position(server_order, item, key))
+    merged: list[Any] = []
+    i = j = 0
+    while i < len(left) or j < len(right):
+        if j >= len(right):
+            merged.append(left[i])
+            i += 1
+        elif i >= len(left):
+            merged.append(right[j])
+            j += 1
+        else:
+            li, ri = _position(server_order, left[i], key), _position(server_order, right[j], key)
+            if li >= 0 and ri >= 0 and li < ri:
+                merged.append(left[i])
+                i += 1
+            else:
+                merged.append(right[j])
+                j += 1
+    return merged
+
+
 def _merge_list(field: str, original: list[Any], patch: list[Any]) -> list[Any]:
     if any(isinstance(item, dict) and item.get("$patch") == "replace" for item in patch):
         return [item for item in copy.deepcopy(patch) if not (isinstance(item, dict) and "$patch" in item)]
     if field in _SET_LISTS:
-        return list(original) + [item for item in patch if item not in original]
+        merged: list[Any] = []
+        for item in list(original) + list(patch):
+            if item not in merged:
+                merged.append(item)
+        return _in_order([item for item in merged if item in patch], [item for item in merged if item not in patch],
+                         list(patch), list(original), None)
     key = _merge_key(field, list(original) + list(patch))
     if key is None or not all(isinstance(item, dict) for item in patch):
         return copy.deepcopy(patch)
     result = copy.deepcopy(original)
-    for item in patch:
+    for item in patch:  # the $patch: delete items first, as apimachinery does
+        if item.get("$patch") == "delete":
+            result = [old for old in result if not (isinstance(old, dict) and old.get(key) == item.get(key))]
+    merging = [item for item in patch if "$patch" not in item]
+    live = list(result)
+    for item in merging:
         index = next((i for i, old in enumerate(result) if isinstance(old, dict) and old.get(key) == item.get(key)),
                      None)
-        if item.get("$patch") == "delete":
-            if index is not None:
-                del result[index]
-        elif index is None:
+        if index is None:
             result.append(strategic_merge_patch({}, item))
         else:
             result[index] = strategic_merge_patch(result[index], item)
-    return result
+    in_patch = [item for item in result if _position(merging, item, key) >= 0]
+    server_only = [item for item in result if _position(merging, item, key) < 0]
+    return _in_order(in_patch, server_only, merging, live, key)
 
 
 def strategic_merge_patch(target: Any, patch: Any) -> Any:

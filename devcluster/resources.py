@@ -43,6 +43,10 @@ class ResourceDef:
     default_propagation: str = "Background"
     #: Built-in kinds: the top-level fields of the type (others are unknown fields); empty: not checked.
     top_level: frozenset[str] = frozenset()
+    #: Whether a DELETE that removes the object answers with it (the real server's storage of pods,
+    #: services, namespaces, service accounts, PVCs; CRDs always wait for their cleanup finalizer)
+    #: rather than with a ``Status`` (every other kind, custom resources included).
+    returns_deleted_object: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -109,12 +113,14 @@ _TOP_LEVEL: dict[tuple[str, str], tuple[str, ...]] = {
 
 def _builtin(group: str, version: str, plural: str, kind: str, *, namespaced: bool = True,
              shortnames: Iterable[str] = (), categories: Iterable[str] = (), status: bool = False,
-             generation: bool = False, default_propagation: str = "Background") -> ResourceDef:
+             generation: bool = False, default_propagation: str = "Background",
+             returns_deleted_object: bool = False) -> ResourceDef:
     fields = _TOP_LEVEL.get((group, plural))
     return ResourceDef(
         group=group, versions=[version], plural=plural, kind=kind, singular=kind.lower(),
         namespaced=namespaced, shortnames=tuple(shortnames), categories=tuple(categories),
         status_subresource=status, has_generation=generation, default_propagation=default_propagation,
+        returns_deleted_object=returns_deleted_object,
         top_level=frozenset(("apiVersion", "kind", "metadata", *fields)) if fields else frozenset(),
     )
 
@@ -122,16 +128,20 @@ def _builtin(group: str, version: str, plural: str, kind: str, *, namespaced: bo
 def builtin_resources() -> list[ResourceDef]:
     """The built-in kinds the operator and its tests use (not schema-validated)."""
     return [
-        _builtin("", "v1", "namespaces", "Namespace", namespaced=False, shortnames=["ns"], status=True),
+        _builtin("", "v1", "namespaces", "Namespace", namespaced=False, shortnames=["ns"], status=True,
+                 returns_deleted_object=True),
         _builtin("", "v1", "nodes", "Node", namespaced=False, shortnames=["no"], status=True),
-        _builtin("", "v1", "pods", "Pod", shortnames=["po"], categories=["all"], status=True, generation=True),
-        _builtin("", "v1", "services", "Service", shortnames=["svc"], categories=["all"], status=True),
+        _builtin("", "v1", "pods", "Pod", shortnames=["po"], categories=["all"], status=True, generation=True,
+                 returns_deleted_object=True),
+        _builtin("", "v1", "services", "Service", shortnames=["svc"], categories=["all"], status=True,
+                 returns_deleted_object=True),
         _builtin("", "v1", "endpoints", "Endpoints", shortnames=["ep"]),
         _builtin("", "v1", "configmaps", "ConfigMap", shortnames=["cm"]),
         _builtin("", "v1", "secrets", "Secret"),
-        _builtin("", "v1", "serviceaccounts", "ServiceAccount", shortnames=["sa"]),
+        _builtin("", "v1", "serviceaccounts", "ServiceAccount", shortnames=["sa"], returns_deleted_object=True),
         _builtin("", "v1", "events", "Event", shortnames=["ev"]),
-        _builtin("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", shortnames=["pvc"], status=True),
+        _builtin("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", shortnames=["pvc"], status=True,
+                 returns_deleted_object=True),
         _builtin("apps", "v1", "deployments", "Deployment", shortnames=["deploy"], categories=["all"],
                  status=True, generation=True),
         _builtin("apps", "v1", "replicasets", "ReplicaSet", shortnames=["rs"], categories=["all"],
@@ -142,7 +152,7 @@ def builtin_resources() -> list[ResourceDef]:
         _builtin("coordination.k8s.io", "v1", "leases", "Lease"),
         _builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
                  namespaced=False, shortnames=["crd", "crds"], categories=["api-extensions"], status=True,
-                 generation=True),
+                 generation=True, returns_deleted_object=True),
     ]
 
 

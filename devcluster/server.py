@@ -194,6 +194,24 @@ class ApiServerEmulator(KubernetesEmulator):
         except ValueError as exc:
             raise errors.bad_request(f"the body of the request is not valid JSON: {exc}") from exc
 
+    async def _read_object(self, raw_request: aiohttp.web.BaseRequest, definition: ResourceDef) -> Any:
+        """The body of a POST or PUT, decoded as the real server does first: a custom resource's
+        must name its ``kind`` (a built-in kind's is taken from the URL when left out)."""
+        body = await self._read_body(raw_request)
+        if definition.custom and isinstance(body, dict) and not body.get("kind"):
+            raise errors.missing_kind(definition.kind, await raw_request.text())
+        return body
+
+    @staticmethod
+    def _deleted(definition: ResourceDef, obj: dict[str, Any]) -> dict[str, Any]:
+        """The answer to a DELETE that removed the object: the object for the kinds whose storage
+        returns it (pods, services, namespaces, ...), else a ``Status`` naming it, as kube-apiserver
+        answers (``details.kind`` is the resource's plural there)."""
+        meta = obj["metadata"]
+        details = {"name": meta["name"], **({"group": definition.group} if definition.group else {}),
+                   "kind": definition.plural, "uid": meta["uid"]}
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
+
     async def _serve(self, raw_request: aiohttp.web.BaseRequest, route: Route,
                      record: RequestRecord) -> aiohttp.web.StreamResponse:
         definition = self.store.find(route.group, route.version, route.plural)
@@ -232,7 +250,7 @@ class ApiServerEmulator(KubernetesEmulator):
         if method == "POST":
             if route.name is not None:
                 raise errors.method_not_allowed()
-            body = await self._read_body(raw_request)
+            body = await self._read_object(raw_request, definition)
             obj, warnings = self.store.create(definition, route.namespace, body, version=version,
                                               field_validation=field_validation, dry_run=dry_run)
             return self._json(self.store.render(definition, obj, version), 201, warnings)
@@ -240,7 +258,7 @@ class ApiServerEmulator(KubernetesEmulator):
         if method == "PUT":
             if route.name is None:
                 raise errors.method_not_allowed()
-            body = await self._read_body(raw_request)
+            body = await self._read_object(raw_request, definition)
             obj, warnings = self.store.replace(definition, route.namespace, route.name, body, version=version,
                                                subresource=route.subresource, field_validation=field_validation,
                                                dry_run=dry_run)
@@ -272,6 +290,13 @@ class ApiServerEmulator(KubernetesEmulator):
                                    "items": [self.store.render(definition, o, version) for o in deleted]})
             obj = self.store.delete(definition, route.namespace, route.name, propagation=propagation,
                                     preconditions=options.get("preconditions"), dry_run=dry_run)
+            # Removed at once (no deletionTimestamp: no finalizer held it): a Status for most kinds.
+            # Orphan and Foreground deletions add a finalizer on the real server, so it answers the
+            # object there even when the emulator's garbage collector finished at once.
+            removed = not obj["metadata"].get("deletionTimestamp")
+            if removed and not definition.returns_deleted_object and \
+                    (propagation or definition.default_propagation) == "Background":
+                return self._json(self._deleted(definition, obj))
             return self._json(self.store.render(definition, obj, version))
 
         raise errors.method_not_allowed()

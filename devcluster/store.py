@@ -4,8 +4,8 @@ It owns: the global resourceVersion counter, uid / generation / creationTimestam
 generateName, resourceVersion preconditions (409 Conflict), the isolated ``/status``
 subresource, finalizers and ``deletionTimestamp``, deletion propagation (Background,
 Foreground, Orphan), owner-reference garbage collection, namespaces (existence, termination),
-admission (validation.py; CRDs must have structural schemas, structural.py; CEL rules with
-``cel_rules``, cel.py), what typed decoding drops (``_as_typed``) and the per-resource watch
+admission (validation.py; CRDs must have structural schemas, structural.py; CEL rules unless
+``cel_rules`` is off, cel.py), what typed decoding drops (``_as_typed``) and the per-resource watch
 history that watch streams replay from.
 
 All methods are synchronous and run on the server's event loop only, so each write is atomic.
@@ -19,6 +19,7 @@ import asyncio
 import base64
 import copy
 import datetime
+import json
 import logging
 import secrets
 import uuid
@@ -101,8 +102,9 @@ class EventLog:
 class ObjectStore:
     """Objects of every served resource, with the API server's write semantics."""
 
-    def __init__(self, *, history: int = 2000, cel_rules: bool = False) -> None:
-        """``cel_rules``: evaluate the CRDs' CEL rules (``x-kubernetes-validations``) on writes."""
+    def __init__(self, *, history: int = 2000, cel_rules: bool = True) -> None:
+        """``cel_rules``: evaluate the CRDs' CEL rules (``x-kubernetes-validations``) on writes, as
+        the real server does (the default)."""
         self.rv = 0
         self.history = history
         self.cel_rules = cel_rules
@@ -258,10 +260,15 @@ class ObjectStore:
         return obj, warnings
 
     def _check_type(self, resource: ResourceDef, obj: Obj, version: str | None) -> None:
+        """The body's apiVersion and kind against the URL's. A built-in kind's may be left out (taken
+        from the URL); a custom resource's may not: without ``kind`` the server cannot decode it (see
+        server.py, which words that with the raw body), and an empty apiVersion does not match."""
         api_version = resource.api_version(version)
-        if obj.get("apiVersion") not in (None, "", api_version):
+        if resource.custom and not obj.get("kind"):
+            raise errors.missing_kind(resource.kind, json.dumps(obj))
+        if obj.get("apiVersion") not in (("",) if resource.custom else (None, "")) + (api_version,):
             raise errors.bad_request(
-                f"the API version in the data ({obj['apiVersion']}) does not match the expected API version "
+                f"the API version in the data ({obj.get('apiVersion') or ''}) does not match the expected API version "
                 f"({api_version})")
         if obj.get("kind") not in (None, "", resource.kind):
             raise errors.bad_request(
@@ -290,7 +297,8 @@ class ObjectStore:
                 for key in extra:
                     del obj[key]
                 unknown += extra
-            warnings = validation.unknown_fields(unknown, field_validation)
+            warnings = validation.unknown_fields(unknown, field_validation, kind=resource.kind,
+                                                 version=resource.api_version(version).rpartition("/")[2])
             causes = validation.validate_metadata(resource, obj)
             if causes:
                 raise errors.invalid(resource.kind, resource.group, name, causes)
@@ -337,9 +345,13 @@ class ObjectStore:
         served = self.render(resource, current, version)
         candidate = patches.apply_patch(content_type, served, patch, custom=resource.custom)
         precondition = (candidate.get("metadata") or {}).get("resourceVersion")
-        return self._update(resource, namespace, name, current, candidate, precondition=precondition,
-                            version=version, subresource=subresource, field_validation=field_validation,
-                            dry_run=dry_run)
+        try:
+            return self._update(resource, namespace, name, current, candidate, precondition=precondition,
+                                version=version, subresource=subresource, field_validation=field_validation,
+                                dry_run=dry_run)
+        except errors.StrictDecodingError as exc:  # a patch's unknown fields are a 422 naming the patched object
+            patched = patches.apply_patch(content_type, served, patch, custom=resource.custom)  # as it was
+            raise errors.strict_patch(patched, exc.unknown) from None
 
     def _update(self, resource: ResourceDef, namespace: str | None, name: str, current: Obj, candidate: Obj, *,
                 precondition: str | None, version: str | None, subresource: str | None, field_validation: str,
@@ -394,11 +406,16 @@ class ObjectStore:
         if dry_run:
             return new, warnings
         key = self._key(resource, namespace, name)
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            # The last finalizer of a deleting object went: the real server deletes it instead of
+            # storing the update (one DELETED event, of the last stored state), and answers with the
+            # object as the update made it.
+            self._remove(resource, key)
+            self._settle()
+            return new, warnings
         if resource.key == ("apiextensions.k8s.io", "customresourcedefinitions") and subresource is None:
             self.register(resource_from_crd(new))
         self._commit(resource, key, new, current)
-        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
-            self._remove(resource, key)
         self._settle()
         return new, warnings
 
@@ -440,8 +457,15 @@ class ObjectStore:
         propagation = propagation or resource.default_propagation
         if propagation not in ("Background", "Foreground", "Orphan"):
             raise errors.bad_request(f"propagationPolicy: Unsupported value: {propagation!r}")
-        if dry_run:
-            return current
+        if dry_run:  # what the answer would be: held by finalizers, the object marked for deletion
+            if meta.get("deletionTimestamp") or not meta.get("finalizers"):
+                return current
+            marked = copy.deepcopy(current)
+            marked["metadata"]["deletionTimestamp"] = now_rfc3339()
+            marked["metadata"]["deletionGracePeriodSeconds"] = 0
+            if resource.has_generation:
+                marked["metadata"]["generation"] = int(meta.get("generation", 1)) + 1
+            return marked
         key = self._key(resource, namespace, name)
         if propagation == "Orphan":
             self._orphan_dependents(meta["uid"])
@@ -571,11 +595,12 @@ class ObjectStore:
                 self._foreground.discard(uid)
                 resource = self.resources[ref[0]]
                 obj = self.objects[ref[0]][(ref[1], ref[2])]
-                new = copy.deepcopy(obj)
-                new["metadata"]["finalizers"] = [f for f in obj["metadata"].get("finalizers") or []
-                                                 if f != "foregroundDeletion"]
-                self._commit(resource, (ref[1], ref[2]), new, obj)
-                if not new["metadata"]["finalizers"]:
+                remaining = [f for f in obj["metadata"].get("finalizers") or [] if f != "foregroundDeletion"]
+                if remaining:
+                    new = copy.deepcopy(obj)
+                    new["metadata"]["finalizers"] = remaining
+                    self._commit(resource, (ref[1], ref[2]), new, obj)
+                else:  # the garbage collector's update empties the finalizers: deleted (as in _update)
                     self._remove(resource, (ref[1], ref[2]))
                 changed = True
             namespaces = self.resources[("", "namespaces")]

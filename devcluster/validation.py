@@ -2,14 +2,15 @@
 
 Custom resources go through what kube-apiserver does with a structural openAPIV3Schema:
 drop ``null``s of non-nullable fields, prune unknown fields (``fieldValidation``: ``Strict``
--> 400 ``strict decoding error``, ``Warn`` (default) -> pruned plus a ``Warning`` header,
+-> 400 ``KIND in version "V" cannot be handled as a KIND: strict decoding error: ...`` on a POST
+or PUT, 422 on a PATCH (store.py), ``Warn`` (default) -> pruned plus a ``Warning`` header,
 ``Ignore`` -> pruned silently), apply ``default``s, then validate with ``jsonschema`` and
 answer 422 ``Invalid`` with the real server's wording and ``details.causes``.
 
 The OpenAPI v3 dialect is translated to JSON schema: ``nullable``,
 ``x-kubernetes-int-or-string``, ``x-kubernetes-preserve-unknown-fields`` and
-``x-kubernetes-embedded-resource`` are honoured. CEL rules (``x-kubernetes-validations``), where
-the store enables them (``EmulatedCluster(cel_rules=True)``), are evaluated by cel.py after the
+``x-kubernetes-embedded-resource`` are honoured. CEL rules (``x-kubernetes-validations``), unless
+the store turns them off (``EmulatedCluster(cel_rules=False)``), are evaluated by cel.py after the
 schema passes (transition rules on updates, with ``oldSelf``;
 errors of unchanged values are ratcheted away as the real server does); a blocking schema
 error (a wrong type, an unsupported enum value, a required field, a too long string or list)
@@ -580,19 +581,13 @@ def prune_metadata(obj: dict[str, Any]) -> list[str]:
     return [f"metadata.{key}" for key in unknown]
 
 
-def strict_decoding_error(unknown: list[str]) -> errors.ApiStatusError:
-    """The 400 of ``fieldValidation=Strict`` (the real server prefixes it with ``KIND in version "V"
-    cannot be handled as a KIND:``; the emulator's tests pin the shorter form)."""
-    fields = ", ".join(f'unknown field "{path}"' for path in unknown)
-    return errors.bad_request(f"strict decoding error: {fields}")
-
-
-def unknown_fields(unknown: list[str], field_validation: str) -> list[str]:
-    """``fieldValidation`` applied to unknown fields: 400 (Strict), warnings (Warn) or nothing."""
+def unknown_fields(unknown: list[str], field_validation: str, *, kind: str, version: str) -> list[str]:
+    """``fieldValidation`` applied to unknown fields: 400 (Strict), warnings (Warn) or nothing;
+    ``kind`` and ``version``: what the body was decoded as (for the 400's message)."""
     if not unknown or field_validation == "Ignore":
         return []
     if field_validation == "Strict":
-        raise strict_decoding_error(unknown)
+        raise errors.strict_decoding(unknown, kind=kind, version=version)
     return [f'unknown field "{path}"' for path in unknown]
 
 
@@ -615,7 +610,8 @@ def admit_custom(schema: CustomResourceSchema, obj: dict[str, Any], *, field_val
     obj = copy.deepcopy(obj)
     unknown_meta = prune_metadata(obj)
     pruned, unknown = schema.prune(obj)
-    warnings = unknown_fields(unknown_meta + sorted(unknown), field_validation)
+    version = str(obj.get("apiVersion") or "").rpartition("/")[2]
+    warnings = unknown_fields(unknown_meta + sorted(unknown), field_validation, kind=kind, version=version)
     causes = metadata_causes(pruned) if metadata_causes is not None else []
     if causes:
         raise errors.invalid(kind, group, name, causes)

@@ -6,18 +6,15 @@ One emulator (``cel_rules=True``, as a real server checks CEL rules) and one rea
 serve the whole tier: package-scoped, so they stop when its last test is done and never two
 control planes run at once on the two cores. Each test gets a fresh namespace of the same name
 on both, deleted afterwards without waiting. Where the binaries are: ``$CONTROLPLANE_BIN`` (what
-``make controlplane`` prints), else ``python -m controlplane.build`` (which reuses its cache).
-Without Go the tier is skipped, except under ``CI=1``, where that is an error. The session ends
+``make controlplane`` prints), else ``python -m controlplane.build`` (which reuses its cache;
+tests/controlplane_binaries.py). Without Go the tier is skipped, except under ``CI=1``, where
+that is an error. The session ends
 with one line: how many operations were compared and which differ; a complete run of the tier
 fails when KNOWN_DIFFERENCES names an operation it did not compare.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,6 +25,7 @@ import pytest
 from controlplane.launch import ControlPlane
 from devcluster import ApiError, ClusterClient, EmulatedCluster
 from tests.conformance.harness import KNOWN_DIFFERENCES, RESULTS, Server, summary_line
+from tests.controlplane_binaries import controlplane_bin
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILES = sorted((ROOT / "manifests" / "crds").glob("*.yaml")) + \
@@ -88,21 +86,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                                     + ", ".join(stale), red=True)
 
 
-def controlplane_bin() -> Path:
-    configured = os.environ.get("CONTROLPLANE_BIN")
-    if configured:
-        return Path(configured)
-    if shutil.which("go") is None:
-        if os.environ.get("CI") == "1":
-            pytest.fail("CI=1 and no Go toolchain: the conformance tier cannot be skipped in CI; "
-                        "install Go 1.26+ (see README)")
-        pytest.skip("no Go toolchain: the conformance tier needs `make controlplane` (see README)")
-    built = subprocess.run([sys.executable, "-m", "controlplane.build"], cwd=ROOT, capture_output=True, text=True)
-    if built.returncode != 0:
-        pytest.fail(f"`make controlplane` failed: {built.stderr.strip().splitlines()[-1:]}")
-    return Path(built.stdout.strip().splitlines()[-1])
-
-
 def wait_established(kube: ClusterClient, names: list[str], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     for name in names:
@@ -119,7 +102,7 @@ def wait_established(kube: ClusterClient, names: list[str], timeout: float = 60)
 @pytest.fixture(scope="package")
 def emulator() -> Iterator[ClusterClient]:
     # bookmark_interval: short, so a test sees the emulator's periodic bookmarks in a second;
-    # cel_rules: on, as on a real server (off by default, see EmulatedCluster).
+    # cel_rules: on, as on a real server (the default; stated because the tier depends on it).
     with EmulatedCluster([path for path in CRD_FILES if path.exists()], simulate=False,
                          bookmark_interval=0.3, cel_rules=True) as cluster:
         yield cluster.client("conformance")
@@ -127,7 +110,7 @@ def emulator() -> Iterator[ClusterClient]:
 
 @pytest.fixture(scope="package")  # stopped when the tier ends, before another tier starts its own
 def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterClient]:
-    plane = ControlPlane(controlplane_bin(), tmp_path_factory.mktemp("conformance-controlplane"))
+    plane = ControlPlane(controlplane_bin("the conformance tier"), tmp_path_factory.mktemp("conformance-controlplane"))
     plane.start()
     try:
         print(f"\nreal control plane ready in {plane.timings.total:.1f} s")

@@ -23,34 +23,10 @@ from typing import Any
 
 from devcluster import ApiError, ClusterClient
 
-_PINNED = "kept: an existing emulator test pins the emulator's answer"
 #: Operations where the emulator is known to answer differently and that were not fixed, with why.
 #: The test of each checks that it still differs: a fixed difference must leave this list (and a
 #: full run of the tier fails when one of them was not compared at all).
-KNOWN_DIFFERENCES: dict[str, str] = {
-    "unknown fields with fieldValidation=Strict":
-        'the real message starts with `Widget in version "v1" cannot be handled as a Widget: `; ' + _PINNED +
-        " (tests/integration/cluster/test_cluster_validation.py compares the whole message)",
-    "unknown field in a PUT with fieldValidation=Strict: 400": "the same message prefix; " + _PINNED,
-    "unknown field of a built-in kind with fieldValidation=Strict: 400":
-        "the same message prefix (`ConfigMap in version \"v1\" cannot be handled as a ConfigMap: `); " + _PINNED,
-    "create a custom resource without apiVersion and kind":
-        "the real server answers 400 (`Object 'Kind' is missing`), the emulator fills them in from the URL; "
-        "tests/integration/cluster create custom resources without them",
-    "delete without finalizers: the answer (a Status or the object)":
-        "the real server answers a `Status` (Success, details name/group/kind/uid) for ConfigMaps and custom "
-        "resources, the object only for pods, services, namespaces, ...; " + _PINNED +
-        " (test_cluster_deletion.py reads the deleted object's data)",
-    "watch from a resourceVersion: ADDED/MODIFIED/DELETED in order, the last state":
-        "the write removing the last finalizer of a deleting object is one DELETED event on the real server; "
-        "the emulator sends MODIFIED then DELETED; " + _PINNED + " (test_cluster_watch.py)",
-    "strategic merge patch of a Deployment: containers and env merged by name, $patch: delete":
-        "the real server puts the patch's items first (apimachinery's mergeSortedSlice: a new container "
-        "before the server-only ones); the emulator appends them; " + _PINNED + " (test_cluster_patches.py)",
-    "strategic merge patch of labels and finalizers":
-        "the same order of merged lists: finalizers [one] patched with [two] are [two, one] on the real server, "
-        "[one, two] in the emulator; " + _PINNED,
-}
+KNOWN_DIFFERENCES: dict[str, str] = {}
 
 
 @dataclass
@@ -141,6 +117,9 @@ def normalise(obj: Any, *, keep_meta: Iterable[str] = ()) -> Any:
             if isinstance(ref, dict) and "uid" in ref:
                 ref["uid"] = "<uid>"
         result["metadata"] = meta
+    details = result.get("details")
+    if result.get("kind") == "Status" and isinstance(details, dict) and "uid" in details:
+        result["details"] = {**details, "uid": "<uid>"}  # a DELETE's Status names the deleted object's uid
     return result
 
 

@@ -131,6 +131,16 @@ def test_unknown_fields_on_update(servers: dict[str, Server]) -> None:
     compare("unknown field in a PUT with fieldValidation=Strict: 400", operation, servers)
 
 
+def test_unknown_fields_in_a_patch(servers: dict[str, Server]) -> None:
+    def operation(s: Server) -> Any:
+        s.client.create(s.path(WIDGETS_GV, "widgets"), widget("w"))
+        return attempt(lambda: s.client.request("PATCH", s.path(WIDGETS_GV, "widgets", "w"), {"spec": {"bogus": 1}},
+                                                content_type="application/merge-patch+json",
+                                                params={"fieldValidation": "Strict"}))
+    compare("unknown field in a merge patch with fieldValidation=Strict: 422 on the field patch", operation,
+            servers)
+
+
 def test_null_fields(servers: dict[str, Server]) -> None:
     compare("nulls of non-nullable fields are dropped",
             lambda s: create_widget(s, widget("w", size=None, name=None, labels={"a": "b"})), servers)

@@ -77,8 +77,24 @@ def test_generate_name(servers: dict[str, Server]) -> None:
 def test_custom_resource_without_kind(servers: dict[str, Server]) -> None:
     def operation(s: Server) -> Any:
         body = {"metadata": {"name": "m"}, "spec": {"size": 1}}
-        return attempt(lambda: s.client.create(s.path(MC_GV, "memcacheds"), body))
+        return attempt(lambda: s.client.create(s.path(MC_GV, "memcacheds"), body), message=True)
     compare("create a custom resource without apiVersion and kind", operation, servers)
+
+
+def test_custom_resource_without_api_version(servers: dict[str, Server]) -> None:
+    def operation(s: Server) -> Any:
+        plural = s.path(MC_GV, "memcacheds")
+        without_version = {"kind": "Memcached", "metadata": {"name": "m"}, "spec": {"size": 1}}
+        without_kind = {"apiVersion": MC_GV, "metadata": {"name": "m"}, "spec": {"size": 1}}
+        s.client.create(plural, memcached("m"))
+        put = {"metadata": {"name": "m", "resourceVersion": "1"}, "spec": {"size": 2}}  # decoding comes first
+        return (attempt(lambda: s.client.create(plural, without_version), message=True),
+                attempt(lambda: s.client.create(plural, without_kind), message=True),
+                attempt(lambda: s.client.put(f"{plural}/m", put), message=True),
+                attempt(lambda: s.client.put(f"{plural}/absent", {**put, "metadata": {"name": "absent"}}),
+                        message=True))
+    compare("a custom resource's POST or PUT without kind or apiVersion: 400, before any other check",
+            operation, servers)
 
 
 def test_builtin_without_kind(servers: dict[str, Server]) -> None:
@@ -155,11 +171,36 @@ def test_delete_missing(servers: dict[str, Server]) -> None:
 
 def test_delete_answer(servers: dict[str, Server]) -> None:
     def operation(s: Server) -> Any:
-        s.client.create(s.path("v1", "configmaps"), configmap("a"))
-        s.client.create(s.path(MC_GV, "memcacheds"), memcached("m"))
-        return (attempt(lambda: s.client.delete(s.path("v1", "configmaps", "a"))),
-                attempt(lambda: s.client.delete(s.path(MC_GV, "memcacheds", "m"))))
+        cm = s.client.create(s.path("v1", "configmaps"), configmap("a"))
+        mc = s.client.create(s.path(MC_GV, "memcacheds"), memcached("m"))
+
+        def naming(created: dict[str, Any]) -> Any:
+            return lambda answer: (normalise(answer),
+                                   (answer.get("details") or {}).get("uid") == created["metadata"]["uid"])
+        return (attempt(lambda: s.client.delete(s.path("v1", "configmaps", "a")), shape=naming(cm)),
+                attempt(lambda: s.client.delete(s.path(MC_GV, "memcacheds", "m")), shape=naming(mc)))
     compare("delete without finalizers: the answer (a Status or the object)", operation, servers)
+
+
+def test_delete_answer_of_other_kinds(servers: dict[str, Server]) -> None:
+    def operation(s: Server) -> Any:
+        s.client.create(s.path("v1", "secrets"), {"metadata": {"name": "s"}})
+        s.client.create(s.path("v1", "services"), {"metadata": {"name": "svc"}, "spec": {"ports": [{"port": 80}]}})
+        held = configmap("held")
+        held["metadata"]["finalizers"] = ["example.com/hold"]
+        s.client.create(s.path("v1", "configmaps"), held)
+        s.client.create(s.path("v1", "configmaps"), configmap("free"))
+        dry = {"dryRun": "All"}
+        answers = [s.client.request("DELETE", s.path("v1", "secrets", "s")),
+                   s.client.request("DELETE", s.path("v1", "services", "svc")),
+                   s.client.request("DELETE", s.path("v1", "configmaps", "free"), params=dry),
+                   s.client.request("DELETE", s.path("v1", "configmaps", "held"), params=dry)]
+        summary = [(a.get("kind"), a.get("status") if a.get("kind") == "Status" else None,
+                    bool((a.get("metadata") or {}).get("deletionTimestamp"))) for a in answers]
+        s.client.patch(s.path("v1", "configmaps", "held"), {"metadata": {"finalizers": None}})
+        return summary, s.client.exists(s.path("v1", "configmaps", "free"))
+    compare("delete: a Status for a Secret, the object for a Service; dry runs answer as a delete would",
+            operation, servers)
 
 
 def test_delete_precondition(servers: dict[str, Server]) -> None:

@@ -131,7 +131,9 @@ def test_watch_event_order(servers: dict[str, Server]) -> None:
         s.client.delete(f"{plural}/b")
         status, events = s.watch(plural, resourceVersion=start, timeoutSeconds="1")
         last = events[-1]["object"] if events else {}
-        return status, summary(events), increasing(events), normalise(last)
+        gone = [e["object"]["metadata"].get("finalizers") for e in events
+                if e["type"] == "DELETED" and e["object"]["metadata"]["name"] == "a"]
+        return status, summary(events), increasing(events), normalise(last), gone
     compare("watch from a resourceVersion: ADDED/MODIFIED/DELETED in order, the last state", operation, servers)
 
 

@@ -6,15 +6,12 @@ ServiceAccount under the shipped RBAC.
 One cluster serves the whole session (startup is measured and printed); each test gets a
 namespace of its own (`world`), deleted afterwards while its operator still runs, and removes
 the nodes it added. Where to find the binaries: `$CONTROLPLANE_BIN` (what `make controlplane`
-prints), else this conftest runs the build (which reuses its cache). Without Go the tier is
-skipped, except under `CI=1`, where that is an error.
+prints), else the build runs (which reuses its cache; tests/controlplane_binaries.py). Without Go
+the tier is skipped, except under `CI=1`, where that is an error.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -28,6 +25,7 @@ from controlplane.cluster import RealCluster
 from devcluster import ClusterClient
 from devstack.operator_process import OperatorProcess, start_operator
 from devstack.simulated_gpu_pool import GPU_LABELS, GPU_TAINTS, PRELOADER_IMAGE
+from tests.controlplane_binaries import controlplane_bin
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_CRDS = sorted((ROOT / "tests" / "fixtures" / "crds").glob("*.yaml"))
@@ -57,21 +55,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         FAILED.add(module)
     elif report.when == "call" and report.passed:
         PASSED.add(module)
-
-
-def controlplane_bin() -> Path:
-    configured = os.environ.get("CONTROLPLANE_BIN")
-    if configured:
-        return Path(configured)
-    if shutil.which("go") is None:
-        if os.environ.get("CI") == "1":
-            pytest.fail("CI=1 and no Go toolchain: the real-control-plane tier cannot be skipped in CI; "
-                        "install Go 1.26+ (see README)")
-        pytest.skip("no Go toolchain: the real-control-plane tier needs `make controlplane` (see README)")
-    built = subprocess.run([sys.executable, "-m", "controlplane.build"], cwd=ROOT, capture_output=True, text=True)
-    if built.returncode != 0:
-        pytest.fail(f"`make controlplane` failed: {built.stderr.strip().splitlines()[-1:]}")
-    return Path(built.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")

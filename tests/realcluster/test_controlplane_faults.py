@@ -17,7 +17,8 @@ import pytest
 
 from controlplane.launch import ControlPlane, ControlPlaneError
 from devcluster.client import ClusterClient
-from tests.realcluster.conftest import ROOT, controlplane_bin
+from tests.controlplane_binaries import controlplane_bin
+from tests.realcluster.conftest import ROOT
 
 
 def alive(pid: int) -> bool:

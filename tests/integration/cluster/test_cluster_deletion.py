@@ -11,6 +11,12 @@ CMS = "/api/v1/namespaces/default/configmaps"
 JOBS = "/apis/batch/v1/namespaces/default/jobs"
 
 
+def memcached(name: str, *finalizers: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, **({"finalizers": list(finalizers)} if finalizers else {})}
+    return {"apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached", "metadata": meta,
+            "spec": {"size": 1}}
+
+
 def owned_by(owner: dict[str, Any], name: str) -> dict[str, Any]:
     return {"metadata": {"name": name, "ownerReferences": [{
         "apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
@@ -18,7 +24,7 @@ def owned_by(owner: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def test_finalizers_block_deletion_until_released(kube: ClusterClient) -> None:
-    kube.create(MC, {"metadata": {"name": "c", "finalizers": ["example.com/cleanup"]}, "spec": {"size": 1}})
+    kube.create(MC, memcached("c", "example.com/cleanup"))
     deleting = kube.delete(f"{MC}/c")
     assert deleting["metadata"]["deletionTimestamp"]
     assert deleting["metadata"]["deletionGracePeriodSeconds"] == 0
@@ -30,7 +36,7 @@ def test_finalizers_block_deletion_until_released(kube: ClusterClient) -> None:
 
 
 def test_no_new_finalizers_while_deleting(kube: ClusterClient) -> None:
-    kube.create(MC, {"metadata": {"name": "c", "finalizers": ["a/b"]}, "spec": {"size": 1}})
+    kube.create(MC, memcached("c", "a/b"))
     kube.delete(f"{MC}/c")
     try:
         kube.patch(f"{MC}/c", {"metadata": {"finalizers": ["a/b", "c/d"]}})
@@ -40,15 +46,23 @@ def test_no_new_finalizers_while_deleting(kube: ClusterClient) -> None:
         raise AssertionError("adding a finalizer to a deleting object must fail")
 
 
-def test_delete_without_finalizers_removes_and_returns_the_object(kube: ClusterClient) -> None:
-    kube.create(CMS, {"metadata": {"name": "c"}, "data": {"k": "v"}})
+def test_delete_without_finalizers_removes_it_and_answers_a_status(kube: ClusterClient) -> None:
+    """As kube-apiserver: a Status naming the deleted object (``details.kind`` is the plural), for
+    ConfigMaps and custom resources; the object itself only for the kinds whose storage returns it."""
+    created = kube.create(CMS, {"metadata": {"name": "c"}, "data": {"k": "v"}})
     deleted = kube.delete(f"{CMS}/c")
-    assert deleted["data"] == {"k": "v"}
+    assert deleted == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                       "details": {"name": "c", "kind": "configmaps", "uid": created["metadata"]["uid"]}}
     assert not kube.exists(f"{CMS}/c")
+    custom = kube.create(MC, memcached("m"))
+    assert kube.delete(f"{MC}/m")["details"] == {"name": "m", "group": "cache.serverless.xyz", "kind": "memcacheds",
+                                                 "uid": custom["metadata"]["uid"]}
+    kube.create("/api/v1/namespaces/default/services", {"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}})
+    assert kube.delete("/api/v1/namespaces/default/services/s")["kind"] == "Service"
 
 
 def test_garbage_collection_is_recursive_and_respects_finalizers(kube: ClusterClient) -> None:
-    owner = kube.create(MC, {"metadata": {"name": "owner"}, "spec": {"size": 1}})
+    owner = kube.create(MC, memcached("owner"))
     child = kube.create(CMS, owned_by(owner, "child"))
     grandchild_body = owned_by(child, "grandchild")
     grandchild = kube.create(CMS, grandchild_body)

@@ -112,7 +112,7 @@ def test_a_bad_inference_service_is_422(kube: ClusterClient, predictor: dict[str
 
 def test_an_inference_service_needs_a_predictor(kube: ClusterClient) -> None:
     with pytest.raises(ApiError) as info:
-        kube.create(ISVC, {"metadata": {"name": "empty"}, "spec": {}})
+        kube.create(ISVC, {**inference_service("empty"), "spec": {}})
     assert info.value.status == 422 and "spec.predictor: Required value" in info.value.message
 
 

@@ -52,7 +52,8 @@ def test_kopf_operator_reconciles_against_the_emulator(
                                env=env, stdout=log, stderr=subprocess.STDOUT)
     path = "/apis/cache.serverless.xyz/v1alpha1/namespaces/default/memcacheds"
     try:
-        kube.create(path, {"metadata": {"name": "cache"}, "spec": {"size": 2}})
+        kube.create(path, {"apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached",
+                           "metadata": {"name": "cache"}, "spec": {"size": 2}})
         done = kube.wait_for(f"{path}/cache", lambda o: o.get("status", {}).get("phase") == "Running", timeout=20)
         assert done["status"]["replicas"] == 2
         assert "kopf.zalando.org/KopfFinalizerMarker" in done["metadata"]["finalizers"]

@@ -130,12 +130,30 @@ def test_crd_created_through_the_api_is_served(kube: ClusterClient) -> None:
                  "versions": [{"name": "v1", "served": True, "storage": True,
                                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
                                    "spec": {"type": "object", "properties": {"n": {"type": "integer"}}}}}}}]}})
-    kube.create("/apis/example.com/v1/namespaces/default/widgets", {"metadata": {"name": "w"}, "spec": {"n": 1}})
-    assert kube.get("/apis/example.com/v1/namespaces/default/widgets/w")["kind"] == "Widget"
+    widgets = "/apis/example.com/v1/namespaces/default/widgets"
+    kube.create(widgets, {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
+                          "spec": {"n": 1}})
+    assert kube.get(f"{widgets}/w")["kind"] == "Widget"
     with pytest.raises(ApiError) as info:
-        kube.create("/apis/example.com/v1/namespaces/default/widgets", {"metadata": {"name": "v"},
-                                                                        "spec": {"n": "one"}})
+        kube.create(widgets, {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "v"},
+                              "spec": {"n": "one"}})
     assert info.value.status == 422
+
+
+def test_a_custom_resource_must_name_its_kind(kube: ClusterClient) -> None:
+    """Unlike a built-in kind's (taken from the URL), a custom resource's body must carry its kind
+    and apiVersion: the real server cannot decode it otherwise (400 before any other check)."""
+    with pytest.raises(ApiError) as info:
+        kube.create(MC, {"metadata": {"name": "m"}, "spec": {"size": 1}})
+    assert info.value.status == 400
+    assert info.value.message == (
+        "the object provided is unrecognized (must be of type Memcached): Object 'Kind' is missing in "
+        """'{"metadata": {"name": "m"}, "spec": {"size": 1}}' ({"metadata": {"name": "m"}, "s ...)""")
+    with pytest.raises(ApiError) as info:
+        kube.create(MC, {"kind": "Memcached", "metadata": {"name": "m"}, "spec": {"size": 1}})
+    assert info.value.message == "the API version in the data () does not match the expected API version " \
+        "(cache.serverless.xyz/v1alpha1)"
+    assert kube.create(CMS, {"metadata": {"name": "c"}})["kind"] == "ConfigMap"
 
 
 def test_cluster_wide_and_namespaced_lists(kube: ClusterClient) -> None:

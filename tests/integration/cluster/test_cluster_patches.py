@@ -9,6 +9,8 @@ from devcluster.patches import json_patch, merge_patch, strategic_merge_patch
 
 MC = "/apis/cache.serverless.xyz/v1alpha1/namespaces/default/memcacheds"
 DEPLOYMENTS = "/apis/apps/v1/namespaces/default/deployments"
+MEMCACHED = {"apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached", "metadata": {"name": "c"},
+             "spec": {"size": 1}}
 
 
 def test_merge_patch_rfc7386() -> None:
@@ -48,17 +50,25 @@ def test_strategic_merge_by_keys() -> None:
     containers = result["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["main"]
     assert containers[0]["image"] == "b"
-    assert containers[0]["env"] == [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]
+    # Merged lists in apimachinery's order: the patch's new items before the live ones they follow.
+    assert containers[0]["env"] == [{"name": "Y", "value": "2"}, {"name": "X", "value": "1"}]
     assert containers[0]["ports"] == [{"containerPort": 80, "name": "http", "protocol": "TCP"}]
-    assert result["metadata"]["finalizers"] == ["a", "b"]
+    assert result["metadata"]["finalizers"] == ["b", "a"]
     conditions = strategic_merge_patch({"status": {"conditions": [{"type": "A", "status": "False"}]}},
                                        {"status": {"conditions": [{"type": "A", "status": "True"},
                                                                   {"type": "B", "status": "True"}]}})
     assert conditions["status"]["conditions"] == [{"type": "A", "status": "True"}, {"type": "B", "status": "True"}]
+    # A live item stays before a patched one it preceded; a new one goes before the live ones after it.
+    containers = strategic_merge_patch({"containers": [{"name": "a"}, {"name": "b"}, {"name": "c"}]},
+                                       {"containers": [{"name": "b", "image": "2"}, {"name": "new"}]})["containers"]
+    assert containers == [{"name": "a"}, {"name": "b", "image": "2"}, {"name": "new"}, {"name": "c"}]
+    assert strategic_merge_patch({"metadata": {"finalizers": ["a", "b", "c"]}},
+                                 {"metadata": {"finalizers": ["c", "d"]}})["metadata"]["finalizers"] == \
+        ["a", "b", "c", "d"]
 
 
 def test_json_patch_through_the_api_with_a_failing_test_is_422(kube: ClusterClient) -> None:
-    created = kube.create(MC, {"metadata": {"name": "c"}, "spec": {"size": 1}})
+    created = kube.create(MC, MEMCACHED)
     rv = created["metadata"]["resourceVersion"]
     patched = kube.patch(f"{MC}/c", [
         {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
@@ -87,7 +97,7 @@ def test_strategic_merge_through_the_api(kube: ClusterClient) -> None:
 
 
 def test_unsupported_patch_types_are_415(kube: ClusterClient) -> None:
-    kube.create(MC, {"metadata": {"name": "c"}, "spec": {"size": 1}})
+    kube.create(MC, MEMCACHED)
     for content_type in ("application/strategic-merge-patch+json", "application/apply-patch+yaml", "text/plain"):
         with pytest.raises(ApiError) as info:
             kube.patch(f"{MC}/c", {"spec": {"size": 2}}, content_type=content_type)

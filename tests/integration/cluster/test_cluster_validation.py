@@ -62,7 +62,19 @@ def test_unknown_fields_follow_field_validation(kube: ClusterClient) -> None:
         kube.create(MC, memcached(size=1, foo=1), field_validation="Strict")
     assert info.value.status == 400
     assert info.value.reason == "BadRequest"
-    assert info.value.message == 'strict decoding error: unknown field "spec.foo"'
+    assert info.value.message == ('Memcached in version "v1alpha1" cannot be handled as a Memcached: '
+                                  'strict decoding error: unknown field "spec.foo"')
+    created = kube.create(MC, memcached(size=1))
+    with pytest.raises(ApiError) as info:
+        kube.put(f"{MC}/x", {**created, "spec": {"size": 1, "foo": 1}}, field_validation="Strict")
+    assert info.value.status == 400 and info.value.message.startswith('Memcached in version "v1alpha1" cannot')
+    with pytest.raises(ApiError) as info:  # a patch's unknown fields are a 422 on the field "patch"
+        kube.request("PATCH", f"{MC}/x", {"spec": {"foo": 1}}, content_type="application/merge-patch+json",
+                     params={"fieldValidation": "Strict"})
+    assert info.value.status == 422 and info.value.reason == "Invalid"
+    assert info.value.body["details"]["causes"][0]["field"] == "patch"
+    assert info.value.message.endswith('strict decoding error: unknown field "spec.foo"')
+    kube.delete(f"{MC}/x")
 
     warned = kube.create(MC, memcached(size=1, foo=1), field_validation="Warn")
     assert "foo" not in warned["spec"]
@@ -96,7 +108,8 @@ SCHEMA = {
 
 
 def admit(spec: dict[str, Any], field_validation: str = "Strict") -> dict[str, Any]:
-    obj, _ = admit_custom(CustomResourceSchema(SCHEMA), {"metadata": {"name": "w"}, "spec": spec},
+    body = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": spec}
+    obj, _ = admit_custom(CustomResourceSchema(SCHEMA), body,
                           field_validation=field_validation, kind="Widget", group="example.com", name="w")
     return obj["spec"]  # type: ignore[no-any-return]
 
@@ -130,4 +143,5 @@ def test_openapi_violations(spec: dict[str, Any], fragment: str) -> None:
 def test_strict_reports_nested_unknown_fields() -> None:
     with pytest.raises(ApiStatusError) as info:
         admit({"items": [{"name": "a", "extra": 1}]})
-    assert info.value.message == 'strict decoding error: unknown field "spec.items[0].extra"'
+    assert info.value.message == ('Widget in version "v1" cannot be handled as a Widget: '
+                                  'strict decoding error: unknown field "spec.items[0].extra"')

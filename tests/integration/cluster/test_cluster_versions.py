@@ -8,10 +8,11 @@ from devcluster import ApiError, ClusterClient
 
 MC = "/apis/cache.serverless.xyz/v1alpha1/namespaces/default/memcacheds"
 DEPLOYMENTS = "/apis/apps/v1/namespaces/default/deployments"
+MC_TYPE = {"apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached"}
 
 
 def make(kube: ClusterClient, name: str = "cache", size: int = 1) -> dict:
-    return kube.create(MC, {"metadata": {"name": name}, "spec": {"size": size}})
+    return kube.create(MC, {**MC_TYPE, "metadata": {"name": name}, "spec": {"size": size}})
 
 
 def deployment(name: str = "web", replicas: int = 1) -> dict:
@@ -110,7 +111,8 @@ def test_status_write_honours_a_stale_resource_version(kube: ClusterClient) -> N
 
 
 def test_create_ignores_status_with_a_status_subresource(kube: ClusterClient) -> None:
-    created = kube.create(MC, {"metadata": {"name": "x"}, "spec": {"size": 1}, "status": {"phase": "Running"}})
+    created = kube.create(MC, {**MC_TYPE, "metadata": {"name": "x"}, "spec": {"size": 1},
+                               "status": {"phase": "Running"}})
     assert "status" not in created
     created = kube.create(DEPLOYMENTS, {**deployment("d"), "status": {"readyReplicas": 5}})
     assert created.get("status", {}).get("readyReplicas") is None

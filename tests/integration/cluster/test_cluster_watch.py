@@ -16,6 +16,12 @@ MC = "/apis/cache.serverless.xyz/v1alpha1/namespaces/default/memcacheds"
 CMS = "/api/v1/namespaces/default/configmaps"
 
 
+def memcached(name: str, *finalizers: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, **({"finalizers": list(finalizers)} if finalizers else {})}
+    return {"apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached", "metadata": meta,
+            "spec": {"size": 1}}
+
+
 def watch(cluster: EmulatedCluster, path: str, **params: str) -> list[dict[str, Any]]:
     """Read a whole watch stream (it must end by itself: pass timeoutSeconds)."""
     query = urllib.parse.urlencode({"watch": "true", **params})
@@ -34,7 +40,7 @@ def summary(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 def test_watch_without_version_lists_current_objects_then_ends_on_timeout(
         cluster: EmulatedCluster, kube: ClusterClient) -> None:
-    kube.create(MC, {"metadata": {"name": "a"}, "spec": {"size": 1}})
+    kube.create(MC, memcached("a"))
     started = time.monotonic()
     events = watch(cluster, MC, timeoutSeconds="1")
     assert time.monotonic() - started >= 0.9
@@ -43,18 +49,21 @@ def test_watch_without_version_lists_current_objects_then_ends_on_timeout(
 
 
 def test_watch_from_a_version_replays_later_events(cluster: EmulatedCluster, kube: ClusterClient) -> None:
-    created = kube.create(MC, {"metadata": {"name": "a", "finalizers": ["x/y"]}, "spec": {"size": 1}})
+    created = kube.create(MC, memcached("a", "x/y"))
     rv = created["metadata"]["resourceVersion"]
     kube.patch(f"{MC}/a", {"spec": {"size": 2}})
-    kube.create(MC, {"metadata": {"name": "b"}, "spec": {"size": 1}})
+    kube.create(MC, memcached("b"))
     kube.delete(f"{MC}/a")
-    kube.patch(f"{MC}/a", {"metadata": {"finalizers": []}})
+    released = kube.patch(f"{MC}/a", {"metadata": {"finalizers": []}})
     events = watch(cluster, MC, resourceVersion=rv, timeoutSeconds="0.3")
-    assert summary(events) == [("MODIFIED", "a"), ("ADDED", "b"), ("MODIFIED", "a"), ("MODIFIED", "a"),
-                               ("DELETED", "a")]
-    assert events[-1]["object"]["spec"]["size"] == 2  # the last state
+    # Removing the last finalizer of a deleting object deletes it: one DELETED event, no MODIFIED.
+    assert summary(events) == [("MODIFIED", "a"), ("ADDED", "b"), ("MODIFIED", "a"), ("DELETED", "a")]
+    deleted = events[-1]["object"]
+    assert deleted["spec"]["size"] == 2  # the last state stored: still with its finalizer, as etcd had it
+    assert deleted["metadata"]["finalizers"] == ["x/y"] and deleted["metadata"]["deletionTimestamp"]
+    assert "finalizers" not in released["metadata"]  # the PATCH answers the object as it made it
     versions = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
-    assert versions == sorted(versions)
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
 
 
 def test_too_old_version_is_an_error_event_410(kube: ClusterClient) -> None:
@@ -94,9 +103,8 @@ def test_live_events_reach_namespaced_and_cluster_wide_watchers(
     for thread in threads:
         thread.start()
     cluster.wait_for(lambda: sum(r.watch for r in cluster.requests) >= 2, timeout=5)  # both streams are open
-    kube.create(MC, {"metadata": {"name": "here"}, "spec": {"size": 1}})
-    kube.create("/apis/cache.serverless.xyz/v1alpha1/namespaces/other/memcacheds",
-                {"metadata": {"name": "there"}, "spec": {"size": 1}})
+    kube.create(MC, memcached("here"))
+    kube.create("/apis/cache.serverless.xyz/v1alpha1/namespaces/other/memcacheds", memcached("there"))
     for thread in threads:
         thread.join()
     assert summary(results["ns"]) == [("ADDED", "here")]

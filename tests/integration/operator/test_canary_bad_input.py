@@ -1,5 +1,9 @@
-"""Every bad input of issue 8: the schema rejects what it can; for the rest the ModelCanary gets a
-condition and a Warning event naming the problem, and the VirtualService is not touched."""
+"""Every bad input of issue 8: the schema (its CEL rules included, which the emulated API server
+checks as a real one does) rejects what it can; for the rest the ModelCanary gets a condition and a
+Warning event naming the problem, and the VirtualService is not touched. The operator's own check
+of the spec (``InvalidSpec``) is exercised here with a spec the schema accepts and the operator
+refuses (decreasing step weights); its checks of what the schema already refuses are unit tests
+(tests/unit/operator/test_canary_spec.py)."""
 
 from __future__ import annotations
 
@@ -34,6 +38,9 @@ pytestmark = pytest.mark.integration
     ({"steps": {"weights": [-10], "interval": "1m"}}, "greater than or equal to 0"),
     ({"weight": 20}, 'unknown field "spec.weight"'),
     ({"virtualService": {"name": "mnist", "gateway": "x"}}, 'unknown field "spec.virtualService.gateway"'),
+    ({"candidate": {"inferenceService": "torch-mnist-v2", "host": "x"}},
+     "spec.candidate: Invalid value: set exactly one of inferenceService and host"),
+    ({"stable": {}}, "spec.stable: Invalid value: set exactly one of inferenceService and host"),
 ])
 def test_the_schema_rejects(kube: Any, spec: dict[str, Any], words: str) -> None:
     with pytest.raises(ApiError) as caught:
@@ -86,9 +93,8 @@ def test_problems_are_reported_and_the_virtual_service_is_not_touched(
         "kserve-owned": ({"virtualService": {"name": "torch-mnist"}}, "OwnedByKServe",
                          "owned by KServe's InferenceService torch-mnist"),
         "second": ({}, "RouteClaimed", "already managed by ModelCanary default/first"),
-        "both-backends": ({"candidate": {"inferenceService": "torch-mnist-v2", "host": "x"},
-                           "virtualService": {"name": "mnist-b"}}, "InvalidSpec",
-                          "candidate needs exactly one of inferenceService and host"),
+        "decreasing": ({"steps": {"weights": [50, 10], "interval": "1m"}, "virtualService": {"name": "mnist-b"}},
+                       "InvalidSpec", "steps.weights must increase, got [50, 10]"),
     }
     for name, (spec, _, _) in cases.items():
         kube.create(MCANARY, model_canary(name, **spec))
