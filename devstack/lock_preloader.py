@@ -46,13 +46,13 @@ HEADER = """\
 
 def preloader_extra() -> list[str]:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    return list(extras["preloader"])
+    return [str(r) for r in extras["preloader"]]
 
 
 def ci_torch() -> str:
     """torch's version in constraints.txt: the one CI tests is the one the image ships."""
     [version] = re.findall(r"^torch==(\S+)", (ROOT / "constraints.txt").read_text(), re.MULTILINE)
-    return version
+    return str(version)
 
 
 def resolve(requirements: list[str]) -> list[str]:
