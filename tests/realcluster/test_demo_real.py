@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from devstack import metrics_stack
-from tests.realcluster.conftest import controlplane_bin
+from tests.controlplane_binaries import controlplane_bin
 
 pytest.importorskip("kserve")  # the demo applies torch-mnist through the KServe SDK (dev extra)
 ROOT = pathlib.Path(__file__).resolve().parents[2]
