@@ -206,7 +206,8 @@ class S3Client:
         freshness check of a cache hit.
 
         One key: its HEAD, which is also all a download needs. A prefix: its LIST (keys, sizes and ETags,
-        no checksums; ``head_all`` adds those before a download). A key that is not an object but a
+        no checksums; ``head_all`` adds those before a download) and one HEAD of its first object (read
+        permission, which a LIST does not prove). A key that is not an object but a
         "directory" (KServe's ``storageUri: s3://models/mnist``) is read as the prefix ``mnist/``. A
         missing key is told apart from a missing bucket.
         """
@@ -220,8 +221,12 @@ class S3Client:
                     raise
                 return as_dir, objects
         objects = self.list_objects(location)
-        if not [o for o in objects if not o.key.endswith("/")]:
+        files = [o for o in objects if not o.key.endswith("/")]
+        if not files:
             raise EmptyPrefix(f"{location}: no objects under this prefix")
+        # S3 grants a LIST by s3:ListBucket, not s3:GetObject: one HEAD (the first key) asks whether the caller
+        # may READ the model, so a caller who may only list it is refused a hit as a download would be.
+        self.head_listed(location.bucket, files[0])
         return location, objects
 
     def presign_get(self, bucket: str, key: str) -> str:

@@ -1,6 +1,7 @@
-"""What a run asks S3 before it serves or fetches a model: a prefix's hit is authorised and checked
-by its LIST alone (no HEAD per object); a miss HEADs each listed object for its checksum, and a HEAD
-that disagrees with the LIST (another size or ETag) means the object changed in between."""
+"""What a run asks S3 before it serves or fetches a model: a prefix's hit is checked by its LIST and
+authorised by one HEAD (read permission; not a HEAD per object); a miss HEADs each listed object for
+its checksum, and a HEAD that disagrees with the LIST (another size or ETag) means the object changed
+in between."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from model_files import safetensors_bytes, sample_tensors
 
 from preloader.config import load_config
-from preloader.errors import ObjectChanged
+from preloader.errors import AccessDenied, ObjectChanged
 from preloader.initializer import initialize
 from preloader.plan import ObjectInfo, S3Location
 from preloader.preload import preload
@@ -38,24 +39,43 @@ def heads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def test_a_prefix_hit_lists_and_heads_nothing(
+def test_a_prefix_hit_lists_and_heads_one_object(
     s3: Any, bucket: str, make_config: Any, env: dict[str, str], tmp_path: Path, heads: list[str]
 ) -> None:
     """It used to HEAD every object after listing them: 2,000 files took seconds to hit, not a LIST.
-    The LIST is the authorisation (a caller S3 will not let list gets AccessDenied, see
-    test_preload_cache.py) and its ETags and sizes are the freshness check."""
+    The LIST's ETags and sizes are the freshness check; one HEAD asks whether the caller may read
+    (S3 grants a LIST by s3:ListBucket alone)."""
     for i in range(5):
         s3.put_object(Bucket=bucket, Key=f"m/shard-{i}.safetensors", Body=safetensors_bytes(sample_tensors(60 + i)))
     config = make_config(f"s3://{bucket}/m/", "--cache-dir", str(tmp_path / "cache"))
     assert preload(config).result.cache == "miss"
-    assert len(heads) == 5  # a miss HEADs every object: checksums, version ids
+    assert len(heads) == 6  # the read check, then every object (checksums, version ids) for the download
     heads.clear()
     assert preload(config).result.cache == "hit"
-    assert heads == []
+    assert heads == ["m/shard-0.safetensors"]
+    heads.clear()
     argv = [f"s3://{bucket}/m/", str(tmp_path / "dest"), "--cache-dir", str(tmp_path / "cache"), "--progress", "never"]
     dest = load_config(argv, env)
     assert initialize(dest).cache == "hit"
-    assert heads == []
+    assert heads == ["m/shard-0.safetensors"]
+
+
+def test_a_caller_who_may_list_but_not_read_gets_no_hit(
+    s3: Any, bucket: str, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moto does not enforce IAM here, so S3's refusal of the HEAD (s3:GetObject denied while
+    s3:ListBucket is allowed) is stood in for at the S3Client.head seam."""
+    for i in range(2):
+        s3.put_object(Bucket=bucket, Key=f"p/shard-{i}.safetensors", Body=safetensors_bytes(sample_tensors(70 + i)))
+    config = make_config(f"s3://{bucket}/p/", "--cache-dir", str(tmp_path / "cache"))
+    assert preload(config).result.cache == "miss"
+
+    def refused(self: S3Client, location: S3Location) -> ObjectInfo:
+        raise AccessDenied(f"s3://{location.bucket}/{location.key}: Access Denied")
+
+    monkeypatch.setattr(S3Client, "head", refused)
+    with pytest.raises(AccessDenied):
+        preload(config)
 
 
 def test_a_single_object_hit_is_still_checked_by_its_head(
