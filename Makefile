@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit integration bench-operator bench-prewarm bench-canary bench-preload lock-operator clean controlplane test-realcluster
+.PHONY: install demo test lint typecheck unit integration bench-operator bench-prewarm bench-canary bench-preload lock-operator lock-preloader clean controlplane test-realcluster
 
 # The real control plane (kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl) built
 # from Go modules into ~/.cache/kserve-operator/controlplane; `controlplane.build` prints that folder last.
@@ -67,6 +67,9 @@ bench-preload: install
 
 lock-operator: install
 	$(PY) -m devstack.lock_operator
+
+lock-preloader: install
+	$(PY) -m devstack.lock_preloader
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
