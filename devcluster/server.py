@@ -436,8 +436,12 @@ class ApiServerEmulator(KubernetesEmulator):
                 try:
                     event = await asyncio.wait_for(queue.get(), timeout=max(wait, 0.0))
                 except TimeoutError:
-                    if bookmarks and loop.time() >= next_bookmark and queue.empty():
-                        await response.write(json.dumps(self._bookmark(definition, version)).encode() + b"\n")
+                    # The timer always moves on (with or without bookmarks, and when events are waiting): a
+                    # deadline left in the past made every later wait 0 s, which cancels the get before it
+                    # runs, so such a watch spun and delivered nothing more.
+                    if loop.time() >= next_bookmark:
+                        if bookmarks and queue.empty():
+                            await response.write(json.dumps(self._bookmark(definition, version)).encode() + b"\n")
                         next_bookmark = loop.time() + self.bookmark_interval
                     continue
                 if event is None:

@@ -127,3 +127,21 @@ def test_initial_events_end_with_a_bookmark(cluster: EmulatedCluster, kube: Clus
                    resourceVersionMatch="NotOlderThan", timeoutSeconds="0.3")
     assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
     assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+def test_a_watch_without_bookmarks_keeps_delivering_past_the_bookmark_interval() -> None:
+    """It used to stop: once the bookmark time passed without bookmarks asked for, every later wait
+    was 0 s, which cancelled the queue read before it ran (the loop spun and delivered nothing)."""
+    with EmulatedCluster(bookmark_interval=0.2) as fast:
+        client = fast.client()
+        rv = client.request("GET", CMS)["metadata"]["resourceVersion"]
+
+        def late_write() -> None:
+            time.sleep(0.6)  # three bookmark intervals later
+            client.create(CMS, {"metadata": {"name": "late"}})
+
+        writer = threading.Thread(target=late_write)
+        writer.start()
+        events = watch(fast, CMS, resourceVersion=rv, timeoutSeconds="1.5")
+        writer.join()
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "late")]
