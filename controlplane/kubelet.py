@@ -426,11 +426,10 @@ class PodRun:
 class SimulatedNode:
     """One registered Node: its identity, heartbeats and the pods bound to it."""
 
-    def __init__(self, name: str, address: str, client: NodeClient, body: dict[str, Any]) -> None:
+    def __init__(self, name: str, address: str, client: NodeClient) -> None:
         self.name = name
         self.address = address
         self.client = client
-        self.body = body
         self.ready = True
         self.heartbeating = True
         self.pods: dict[str, PodRun] = {}
@@ -582,7 +581,7 @@ class ProcessKubelet:
         body["status"]["nodeInfo"].update({"kubeletVersion": KUBELET_VERSION,
                                            "containerRuntimeVersion": "process://local"})
         body["status"]["conditions"] = self._conditions(True)
-        node = SimulatedNode(name, address, NodeClient(self.plane.url, session), body)
+        node = SimulatedNode(name, address, NodeClient(self.plane.url, session))
         created: dict[str, Any] = await node.client.call("POST", "/api/v1/nodes", body)
         self.node_root(name).mkdir(parents=True, exist_ok=True)
         self.nodes[name] = node
