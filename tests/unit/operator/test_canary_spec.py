@@ -36,7 +36,7 @@ def test_the_crd_names_match_the_kind_descriptor() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["mcanary"]  # `canary` stays Flagger's
     assert [v["name"] for v in crd["spec"]["versions"]] == [MODEL_CANARY.version]
     columns = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert columns == ["Stable", "Candidate", "Wanted", "In-Force", "Phase", "Age"]
+    assert columns == ["Stable", "Candidate", "Wanted", "In-Force", "Phase", "Ready", "Age"]
 
 
 def test_a_good_spec_is_admitted_with_defaults() -> None:

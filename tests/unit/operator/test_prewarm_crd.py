@@ -39,14 +39,15 @@ def test_crd_is_a_valid_crd_with_the_agreed_names_and_columns() -> None:
     version = CRD["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["jsonPath"] for c in version["additionalPrinterColumns"]]
-    assert columns == [".spec.storageUri", ".status.phase", ".status.warmNodes", ".status.desiredNodes",
+    assert columns == [".spec.storageUri", ".status.phase", ".status.warm",
+                       '.status.conditions[?(@.type=="Ready")].status', ".status.servingOnWarmNodes",
                        ".metadata.creationTimestamp"]
 
 
 def test_defaults_fill_a_minimal_spec() -> None:
     spec = admit(prewarm(storageUri="s3://models/mnist"))["spec"]
     assert spec["nodeCount"] == 1 and spec["backoffLimit"] == 2 and spec["activeDeadlineSeconds"] == 3600
-    assert "cache" not in spec  # hostPath defaults inside cache only when cache is given
+    assert "cache" not in spec
 
 
 @pytest.mark.parametrize(("spec", "expected"), [
@@ -56,6 +57,8 @@ def test_defaults_fill_a_minimal_spec() -> None:
     ({"storageUri": "s3://m/x", "nodeCount": 1, "replicas": 2}, 'unknown field "spec.replicas"'),
     ({"nodeCount": 1}, "spec.storageUri: Required value"),
     ({"storageUri": "s3://m/x", "device": "tpu"}, "Unsupported value"),
+    # The node cache's path is the platform's setting: no tenant field reaches a host path.
+    ({"storageUri": "s3://m/x", "cache": {"hostPath": "/etc"}}, 'unknown field "spec.cache"'),
     ({"storageUri": "s3://m/x", "resources": {"limits": {"nvidia.com/gpu": "one"}}}, "resources.limits"),
     ({"storageUri": "s3://m/x", "tolerations": [{"key": "a", "operator": "Matches"}]}, "Unsupported value"),
 ])
@@ -63,6 +66,21 @@ def test_bad_specs_are_rejected(spec: dict[str, Any], expected: str) -> None:
     with pytest.raises(ApiStatusError) as caught:
         admit(prewarm(**spec))
     assert expected in str(caught.value)
+
+
+def test_device_none_fills_the_cache_only() -> None:
+    assert admit(prewarm(storageUri="s3://m/x", device="none"))["spec"]["device"] == "none"
+
+
+def test_partial_warmth_and_retries_fit_the_status_schema() -> None:
+    status = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert "PartiallyWarm" in status["phase"]["enum"]
+    assert (status["warm"]["type"], status["servingOnWarmNodes"]["type"], status["servingPods"]["type"]) == (
+        "string", "string", "integer")
+    assert status["nextRetryAt"]["nullable"] is True and status["warmNodes"]["type"] == "integer"
+    node = status["nodes"]["items"]["properties"]
+    assert (node["attempts"]["type"], node["retryAt"]["type"], node["hostname"]["type"]) == (
+        "integer", "string", "string")
 
 
 def test_samples_are_admitted_by_their_crds() -> None:
