@@ -37,6 +37,14 @@ def resolve_device(spec: str, cuda_available: bool | None = None) -> torch.devic
     return torch.device("cuda", index)
 
 
+def target_devices(device: torch.device, spec: str) -> list[torch.device]:
+    """The devices a model may be spread over: every visible GPU for ``cuda``/``auto`` on CUDA (the
+    Job holds as many as the predictor asks for), only that one for ``cuda:N``, the CPU for cpu."""
+    if device.type == "cuda" and spec in ("auto", "cuda"):
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [device]
+
+
 def host_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
     """MemAvailable from the kernel: what a CPU-device load may use without swapping or OOM."""
     for line in meminfo.read_text().splitlines():

@@ -141,3 +141,34 @@ class Interrupted(PreloadError):
 
     reason = "Interrupted"
     exit_code = 130  # 128 + SIGINT, what a shell reports for an interrupted command
+
+
+class ShardMissing(PreloadError):
+    """A shard the checkpoint's index names is not under the model's prefix in S3."""
+
+    reason = "ShardMissing"
+    exit_code = 3
+
+
+class ShardIndexInvalid(PreloadError):
+    """``model.safetensors.index.json`` cannot be used: not JSON of the expected shape, a tensor
+    listed twice, or a shard named outside the prefix (``../x``, an absolute path)."""
+
+    reason = "ShardIndexInvalid"
+    exit_code = 6
+
+
+class ShardNotInIndex(PreloadError):
+    """A shard of the checkpoint (``<stem>-*.safetensors`` beside ``<stem>.safetensors.index.json``)
+    that the index does not name: a checkpoint half replaced, or uploaded over another."""
+
+    reason = "ShardNotInIndex"
+    exit_code = 6
+
+
+class ShardMismatch(PreloadError):
+    """A shard's own header disagrees with the index: a tensor the index puts in it is missing, or it
+    holds a tensor the index puts elsewhere (which is also how a tensor in two shards shows)."""
+
+    reason = "ShardMismatch"
+    exit_code = 6

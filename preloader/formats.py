@@ -11,7 +11,6 @@ runs, and we turn that into ``UnsafePickle``.
 from __future__ import annotations
 
 import io
-import json
 import pickle
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,7 +18,13 @@ from typing import Any
 import torch
 
 from preloader.errors import CorruptModel, UnsafePickle
-from preloader.plan import TensorSpec, is_torch_file, plan_safetensors, safetensors_header_size
+from preloader.plan import (
+    TensorSpec,
+    is_torch_file,
+    parse_header,
+    plan_safetensors,
+    safetensors_header_size,
+)
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -56,22 +61,6 @@ def safetensors_layout(
         return data_start, plan_safetensors(header, size - data_start)
     except CorruptModel as exc:
         raise CorruptModel(f"{name}: {exc}") from None
-
-
-def parse_header(raw: bytes, name: str) -> object:
-    """The JSON header; any way it can fail to parse is CorruptModel, never an internal error.
-
-    ``json.loads`` raises RecursionError on deep nesting and ValueError (not JSONDecodeError) on
-    integers of more than 4300 digits; both are a corrupt file, not a bug.
-    """
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptModel(f"{name}: safetensors header is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise CorruptModel(f"{name}: safetensors header is nested too deeply") from None
-    except ValueError as exc:
-        raise CorruptModel(f"{name}: safetensors header has an unreadable number ({str(exc)[:80]})") from None
 
 
 def tensor_view(base: torch.Tensor, data_start: int, spec: TensorSpec) -> torch.Tensor:

@@ -7,6 +7,7 @@ follows s3transfer's ``calculate_num_parts`` / ``calculate_range_parameter`` and
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -355,6 +356,22 @@ def plan_safetensors(header: object, data_size: int) -> list[TensorSpec]:
     if expected != data_size:
         raise CorruptModel(f"tensors cover {expected} bytes but the data section has {data_size}")
     return specs
+
+
+def parse_header(raw: bytes, name: str) -> object:
+    """The JSON header; any way it can fail to parse is CorruptModel, never an internal error.
+
+    ``json.loads`` raises RecursionError on deep nesting and ValueError (not JSONDecodeError) on
+    integers of more than 4300 digits; both are a corrupt file, not a bug.
+    """
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptModel(f"{name}: safetensors header is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CorruptModel(f"{name}: safetensors header is nested too deeply") from None
+    except ValueError as exc:
+        raise CorruptModel(f"{name}: safetensors header has an unreadable number ({str(exc)[:80]})") from None
 
 
 def total_bytes(files: Sequence[ModelFile]) -> int:

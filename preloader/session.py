@@ -22,9 +22,11 @@ from typing import Generic, TextIO, TypeVar
 
 from preloader.cache import CacheCorrupt, EntryWriter, Manifest, ModelCache, is_current
 from preloader.config import Config
+from preloader.errors import ShardIndexInvalid
 from preloader.plan import ByteRange, ModelFile, S3Location, check_key, parse_s3_uri, select_files, total_bytes
 from preloader.progress import Progress
 from preloader.s3 import S3Client
+from preloader.shards import MAX_INDEX_BYTES, ShardIndex, check_index, find_index, parse_index
 from preloader.store import Store
 from preloader.transfer import PartSource, Transfer
 
@@ -51,6 +53,29 @@ class CachedEntry:
     def read(self, file: ModelFile, rng: ByteRange, dest: memoryview, progress: Callable[[int], None]) -> None:
         self.cache.read_verified(self.entry, self._cached[file.path], self._index[file.path][rng.start], rng, dest)
         progress(rng.length)
+
+
+def read_small(file: ModelFile, ranges: Sequence[ByteRange], source: PartSource) -> bytes:
+    """A small file's bytes through a transfer's source (S3 or a verified cache entry)."""
+    out = bytearray(file.obj.size)
+    view = memoryview(out)
+    for rng in ranges:
+        source(file, rng, view[rng.start : rng.end + 1], lambda _n: None)
+    return bytes(out)
+
+
+def shard_index_of(
+    files: Sequence[ModelFile], ranges: Callable[[ModelFile], list[ByteRange]], source: PartSource
+) -> ShardIndex | None:
+    """The checkpoint's index, read and checked against the listing before anything else is fetched;
+    None for a model without one."""
+    found = find_index(files)
+    if found is None:
+        return None
+    if found.obj.size > MAX_INDEX_BYTES:
+        raise ShardIndexInvalid(f"{found.path}: {found.obj.size} bytes; an index over {MAX_INDEX_BYTES} is refused")
+    raw = read_small(found, ranges(found), source)
+    return check_index(found.path, parse_index(raw, found.path), files)
 
 
 class CachedRun(ABC, Generic[T]):

@@ -33,8 +33,9 @@ class Store:
     ``verify`` is off when the bytes come from the cache, which checks its own per-range values.
 
     ``writers`` > 0 (the Job) writes ranges on that many threads of their own, so a receiving
-    connection is not held while the disk takes its range; only ranges of files kept whole in memory
-    go there (a streamed range's scratch buffer is reused as soon as ``part`` returns). A file is
+    connection is not held while the disk takes its range; a streamed range's scratch buffer goes
+    back to the transfer when its write is done (so streaming holds at most connections + writers
+    parts in memory). A file is
     finished (verified, renamed) once its pending writes are done; the first failed write fails it.
     """
 
@@ -53,6 +54,7 @@ class Store:
         self._sinks: dict[str, list[FileSink]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(writers, thread_name_prefix="cache-write") if writers else None
+        self.holds_parts = writers  # a streamed range waits in memory for its writer thread
         self._pending: dict[str, list[Future[None]]] = {}
         self.write_seconds = 0.0  # thread-seconds spent in writes, wherever they ran
         self.verified: dict[str, str] = {}  # file path -> what it was checked against
@@ -73,23 +75,30 @@ class Store:
             return None
         return view, sinks[0].mapped
 
-    def part(self, buf: FileBuffer, index: int, rng: ByteRange, data: memoryview) -> None:
+    def part(self, buf: FileBuffer, index: int, rng: ByteRange, data: memoryview,
+             release: Callable[[], None]) -> None:
         sinks = [sink for sink in self.sinks(buf.file) if sink.mapped is None]
-        if not sinks:
+        if not sinks or self._pool is None:
+            try:
+                if sinks:
+                    self._write(sinks, rng.start, data)
+            finally:
+                release()
             return
-        if self._pool is None or not buf.in_memory:  # a streamed range's buffer is reused on return
-            self._write(sinks, rng.start, data)
-            return
-        future = self._pool.submit(self._write, sinks, rng.start, data)
+        future = self._pool.submit(self._write, sinks, rng.start, data, release)
         with self._lock:
             self._pending.setdefault(str(buf.file.path), []).append(future)
 
-    def _write(self, sinks: list[FileSink], offset: int, data: memoryview) -> None:
+    def _write(
+        self, sinks: list[FileSink], offset: int, data: memoryview, release: Callable[[], None] | None = None
+    ) -> None:
         start = time.perf_counter()
         try:
             for sink in sinks:
                 sink.write(offset, data)
         finally:
+            if release is not None:
+                release()
             elapsed = time.perf_counter() - start
             with self._lock:
                 self.write_seconds += elapsed

@@ -40,10 +40,16 @@ class PartHook(Protocol):
     """Called from the transfer threads: ``part`` once per range as it arrives, ``file_done`` once per
     file by the thread that completed it. An exception fails the transfer like a source error.
 
-    ``part`` may go on using ``data`` after it returns (a write in the background) only when the file
-    is kept in memory (``buf.in_memory``): a streamed range's scratch buffer is reused at once."""
+    ``part`` may go on using ``data`` after it returns (a write in the background); it calls ``release``
+    exactly once, when it is done with ``data``, which hands a streamed range's scratch buffer back for
+    the next range (a no-op for a file kept in memory)."""
 
-    def part(self, buf: FileBuffer, index: int, rng: ByteRange, data: memoryview) -> None: ...
+    # How many streamed ranges the hook may hold after ``part`` returns (writes queued on threads of
+    # its own); the transfer keeps that many scratch buffers beyond one per connection.
+    holds_parts: int
+
+    def part(self, buf: FileBuffer, index: int, rng: ByteRange, data: memoryview,
+             release: Callable[[], None]) -> None: ...
 
     def file_done(self, buf: FileBuffer) -> None: ...
 
@@ -163,6 +169,10 @@ class FileBuffer:
                 owner.close()
 
 
+class _Cancelled(Exception):
+    """Internal: a connection waiting for a scratch buffer gives up because the transfer failed."""
+
+
 @dataclass
 class Timings:
     """Thread-seconds spent checksumming across all transfer threads (they overlap with each other);
@@ -210,7 +220,11 @@ class Transfer:
         self._cancelled = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._futures: list[Future[None]] = []
-        self._scratch = threading.local()
+        self._scratch_lock = threading.Lock()
+        self._scratch_free: list[mmap.mmap] = []
+        self._scratch_made = 0
+        self._scratch_limit = 0
+        self._scratch_ready = threading.Event()
         self.buffers: list[FileBuffer] = []
         self.started_at = 0.0
         self.timings = Timings()
@@ -225,6 +239,7 @@ class Transfer:
         self.buffers = [FileBuffer(f, ranges(f), allocator) for f in files]
         total_parts = sum(len(b.parts) for b in self.buffers)
         workers = effective_concurrency(self._concurrency, self._part_size, self._max_inflight, total_parts)
+        self._scratch_limit = workers + (self._hook.holds_parts if self._hook is not None else 0)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preload")
         self.started_at = time.perf_counter()
         for buf in self.buffers:
@@ -237,18 +252,47 @@ class Transfer:
                 self._futures.append(self._pool.submit(self._run_part, buf, index, rng))
         return self.buffers
 
-    def _scratch_for(self, length: int) -> memoryview:
-        scratch: bytearray | None = getattr(self._scratch, "buffer", None)
-        if scratch is None or len(scratch) < length:
-            scratch = bytearray(max(length, self._part_size))
-            self._scratch.buffer = scratch
-        return memoryview(scratch)[:length]
+    def _take_scratch(self) -> mmap.mmap:
+        """A free scratch buffer: anonymous pages, page-aligned, so a streamed range can be written to
+        the cache with O_DIRECT straight from it. At most ``connections + hook.holds_parts`` exist, so
+        streaming holds that many parts in memory whatever the model's size; a connection waits for a
+        buffer the hook's writes hand back."""
+        with self._scratch_lock:
+            if self._scratch_free:
+                return self._scratch_free.pop()
+            if self._scratch_made < self._scratch_limit:
+                self._scratch_made += 1
+                return mmap.mmap(-1, self._part_size)
+        while True:
+            with self._scratch_lock:
+                if self._scratch_free:
+                    return self._scratch_free.pop()
+            if self._cancelled.is_set():
+                raise _Cancelled()
+            self._scratch_ready.wait(0.5)
+            self._scratch_ready.clear()
+
+    def _give_scratch(self, scratch: mmap.mmap) -> None:
+        with self._scratch_lock:
+            self._scratch_free.append(scratch)
+        self._scratch_ready.set()
 
     def _run_part(self, buf: FileBuffer, index: int, rng: ByteRange) -> None:
         if self._cancelled.is_set():
             return
+        scratch: mmap.mmap | None = None
+        handed = False
+
+        def release() -> None:
+            if scratch is not None:
+                self._give_scratch(scratch)
+
         try:
-            dest = buf.buffer()[rng.start : rng.end + 1] if buf.in_memory else self._scratch_for(rng.length)
+            if buf.in_memory:
+                dest = buf.buffer()[rng.start : rng.end + 1]
+            else:
+                scratch = self._take_scratch()
+                dest = memoryview(scratch)[: rng.length]
             if isinstance(buf.owner, mmap.mmap):
                 _populate(buf.owner, rng)
             self._source(buf.file, rng, dest, self._progress)
@@ -257,11 +301,17 @@ class Transfer:
                 buf.sums[index] = range_sum(buf.file.obj, dest)
             self.timings.add(time.perf_counter() - t0)
             if self._hook is not None:
-                self._hook.part(buf, index, rng, dest)
+                handed = True
+                self._hook.part(buf, index, rng, dest, release)
             if buf.part_done(index):
                 self._finish_file(buf)
+        except _Cancelled:
+            return
         except BaseException as exc:
             self._fail(exc)
+        finally:
+            if not handed:
+                release()
 
     def _finish_file(self, buf: FileBuffer) -> None:
         try:
@@ -287,5 +337,6 @@ class Transfer:
 
     def close(self) -> None:
         self._cancelled.set()
+        self._scratch_ready.set()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,96 @@
+"""Model files read back from the node cache, a shard at a time, without holding the model in memory.
+
+``MappedFile`` maps one cache file privately (copy-on-write, never written): tensors are views of
+its pages, which the kernel reads from the disk (or finds in the page cache) as they are touched
+and can drop again at any time, so they are not the process's own memory. ``release_pages`` drops
+the mapping's resident pages from this process (MADV_DONTNEED: they stay in the page cache and a
+later touch faults them back in), which is how a CPU load goes shard by shard. ``read_layout``
+reads a safetensors header with two small reads. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from pathlib import Path
+
+from preloader.errors import CorruptModel
+from preloader.plan import TensorSpec, parse_header, plan_safetensors, safetensors_header_size
+
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+; Python 3.11 lacks the name
+READ_CHUNK = 16 << 20
+
+
+def read_layout(path: Path, size: int, name: str) -> tuple[int, list[TensorSpec]]:
+    """(offset of the data section, validated tensor specs) of a safetensors file on disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        try:
+            header_len = safetensors_header_size(os.pread(fd, 8, 0), size)
+        except CorruptModel as exc:
+            raise CorruptModel(f"{name}: {exc}") from None
+        raw = os.pread(fd, header_len, 8)
+    finally:
+        os.close(fd)
+    if len(raw) != header_len:
+        raise CorruptModel(f"{name}: safetensors header cut short")
+    data_start = 8 + header_len
+    try:
+        return data_start, plan_safetensors(parse_header(raw, name), size - data_start)
+    except CorruptModel as exc:
+        raise CorruptModel(f"{name}: {exc}") from None
+
+
+class MappedFile:
+    """One cache file mapped for reading (privately: a stray write never reaches the cache)."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.size = size
+        self.mapping: mmap.mmap | None = None
+        if size:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                self.mapping = mmap.mmap(fd, size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                os.close(fd)
+
+    def view(self) -> memoryview:
+        return memoryview(self.mapping) if self.mapping is not None else memoryview(bytearray())
+
+    def populate(self) -> None:
+        """Read every page in now (one call, not a fault per page); where the kernel lacks
+        MADV_POPULATE_READ, touch one byte per page."""
+        if self.mapping is None:
+            return
+        try:
+            self.mapping.madvise(MADV_POPULATE_READ)
+        except OSError:
+            view = memoryview(self.mapping)
+            for offset in range(0, self.size, mmap.PAGESIZE):
+                _ = view[offset]
+            view.release()
+
+    def release_pages(self) -> None:
+        """Drop this process's resident pages of the file; the tensors stay valid (a touch reads them again)."""
+        if self.mapping is not None:
+            with contextlib.suppress(OSError):
+                self.mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def read_through(path: Path, size: int) -> None:
+    """Read a file once, so it is in the page cache (``--page-cache``); memory: one 16 MiB buffer."""
+    buffer = bytearray(READ_CHUNK)
+    view = memoryview(buffer)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
+        offset = 0
+        while offset < size:
+            n = os.preadv(fd, [view], offset)
+            if n == 0:
+                break
+            offset += n
+    finally:
+        os.close(fd)

@@ -1,0 +1,53 @@
+"""Pure decision: which GPU takes which shard, for a model larger than one GPU.
+
+Shards go in file order to the first GPU that still has room, filling GPU 0 before GPU 1 (the
+layers of a checkpoint are in order, so each GPU holds a contiguous run of them, as a pipeline or
+``device_map="sequential"`` places them). A shard is never split. Nothing here reads the devices:
+the caller passes each GPU's free bytes (``torch.cuda.mem_get_info``), and checks them again before
+each copy (``room_for``), because memory taken by another process meanwhile is not ours to use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from preloader.errors import DeviceOutOfMemory
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def place_shards(sizes: Sequence[int], free: Sequence[int], labels: Sequence[str] | None = None) -> list[int]:
+    """Index of the GPU for each shard (sizes in file order); DeviceOutOfMemory naming the sizes
+    when no placement in order fits (including a shard larger than every GPU)."""
+    if not free:
+        raise DeviceOutOfMemory("no GPU to place the model on")
+    left = list(free)
+    placed: list[int] = []
+    gpu = 0
+    for i, size in enumerate(sizes):
+        while gpu < len(left) and size > left[gpu]:
+            gpu += 1
+        if gpu == len(left):
+            name = labels[i] if labels else f"shard {i}"
+            raise DeviceOutOfMemory(
+                f"the model ({_gib(sum(sizes))} in {len(sizes)} shard(s), largest {_gib(max(sizes))}) does not fit "
+                f"{len(free)} GPU(s) with {', '.join(_gib(f) for f in free)} free: {name} ({_gib(size)}) found no room"
+            )
+        left[gpu] -= size
+        placed.append(gpu)
+    return placed
+
+
+def room_for(size: int, planned: int, free_now: Sequence[int]) -> int:
+    """The GPU to copy a shard to now: the planned one if it still has room, else the next one
+    that has; DeviceOutOfMemory when none has (another process took the memory)."""
+    candidates: list[int] = [planned, *range(planned + 1, len(free_now))]
+    for gpu in candidates:
+        if size <= free_now[gpu]:
+            return gpu
+    raise DeviceOutOfMemory(
+        f"a {_gib(size)} shard planned for GPU {planned} no longer fits: free now "
+        f"{', '.join(_gib(f) for f in free_now)}"
+    )
