@@ -39,6 +39,21 @@ from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.memcached import Memcached
 
 
+def with_ready(conditions: list[cond.Condition], *, now: datetime.datetime,
+               generation: int | None) -> list[cond.Condition]:
+    """Ready = Available and not Degraded, for `kubectl wait --for=condition=Ready` and GitOps
+    health checks. Its reason is the one that decides: Degraded's problem first, then Available's
+    (ReplicasReady when True; ScaledToZero, NoReplicasReady when no replica serves)."""
+    available = cond.find_condition(conditions, cond.AVAILABLE) or {}
+    degraded = cond.find_condition(conditions, cond.DEGRADED) or {}
+    if degraded.get("status") == cond.TRUE:
+        status, deciding = cond.FALSE, degraded
+    else:  # callers set Available (healthy reconciles) or Degraded=True (problems) first
+        status, deciding = (cond.TRUE if available.get("status") == cond.TRUE else cond.FALSE), available
+    return cond.set_condition(conditions, type=cond.READY, status=status, reason=str(deciding.get("reason")),
+                              message=str(deciding.get("message")), now=now, generation=generation)
+
+
 def _phase(replicas: int, ready: int, deployment_replicas: int | None) -> str:
     if replicas == 0 and ready == 0:
         return PHASE_SCALED_TO_ZERO
@@ -102,6 +117,7 @@ def plan_status(
         conditions = cond.set_condition(
             conditions, type=ctype, status=value, reason=reason, message=message, now=now, generation=generation
         )
+    conditions = with_ready(conditions, now=now, generation=generation)
 
     status: dict[str, Any] = {
         "phase": phase,
@@ -150,6 +166,7 @@ def plan_error_status(cache: Memcached, problem: str, now: datetime.datetime,
         conditions, type=cond.PROGRESSING, status=cond.FALSE, reason=reason,
         message=_WAITING_FOR.get(reason, "waiting"), now=now, generation=generation,
     )
+    conditions = with_ready(conditions, now=now, generation=generation)
     status = {**old, "phase": PHASE_ERROR, "conditions": conditions}
     if generation is not None:
         status["observedGeneration"] = generation
