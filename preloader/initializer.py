@@ -9,10 +9,18 @@ DEST without a download: every range is checked against its CRC, then each file 
 into DEST when both are on one filesystem, else copied. A miss streams from S3 through one reused
 buffer per connection into the cache entry's files (and into DEST's, when DEST is on another
 filesystem), so memory stays at connections x part size whatever the model's size.
+
+Serving never fails because of the cache. Where the cache cannot be used (unwritable, e.g. KServe
+running this container as Istio's UID 1337 against a cache owned by the pre-warm Job's user; full;
+locked by another run for longer than ``SERVING_LOCK_WAIT``; corrupt beyond what this run can
+repair), the files the cached attempt put in DEST are removed and the model is downloaded straight
+into DEST, with a warning and ``"cache": "bypassed"``, ``"cacheBypassReason": <reason>`` in the
+result. S3's own failures (access denied, a missing object) still fail the run with their reasons.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -20,14 +28,23 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Literal, TextIO
 
 from preloader.archives import single_archive, unpack
-from preloader.cache import EntryWriter, Manifest, ModelCache, model_version
+from preloader.cache import CacheCorrupt, EntryWriter, Manifest, ModelCache, model_version
 from preloader.checksums import aligned_ranges
 from preloader.config import Config
-from preloader.errors import DestinationNotUsable
+from preloader.errors import (
+    CacheBusy,
+    CacheTooSmall,
+    CacheUnwritable,
+    DestinationNotUsable,
+    DiskFull,
+    PreloadError,
+    UnsafeKey,
+)
 from preloader.files import FileSink, FileSystem, safe_join
 from preloader.plan import ByteRange, ModelFile, S3Location, total_bytes
 from preloader.result import Phases, Result, peak_rss_bytes
@@ -38,12 +55,104 @@ from preloader.transfer import PartSource, Transfer
 
 log = logging.getLogger(__name__)
 
+# Why a run went on without the node cache: the result's "cacheBypassReason".
+CACHE_UNWRITABLE = "CacheUnwritable"  # the cache refuses writes (read-only, another user's, not a directory)
+CACHE_FULL = "CacheFull"  # the cache's disk is full, or --cache-max-bytes leaves no room
+CACHE_LOCKED = "CacheLocked"  # another run held the entry's lock or lease longer than the wait below
+CACHE_CORRUPT = "CacheCorrupt"  # an entry failed verification, or foreign files block the cache's layout
+# Seconds a serving pod waits for another run's lock on the cache entry (a writer of the same model, a
+# repair) before it downloads without the cache. Long enough for a concurrent pull of a large model to
+# finish and become a hit, short enough that a stuck holder delays serving by minutes, not --lock-timeout's
+# half hour; a smaller --lock-timeout lowers it.
+SERVING_LOCK_WAIT = 300.0
+# errno values that mean the cache's layout holds something foreign, not that writes are refused.
+_LAYOUT_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP, errno.ENOTEMPTY}
+
 
 def initialize(config: Config, fs: FileSystem | None = None, stderr: TextIO | None = None) -> Result:
-    """Fill config.dest; raises PreloadError subclasses for every failure a user must act on."""
+    """Fill config.dest; raises PreloadError subclasses for every failure a user must act on.
+
+    A cache that cannot be used is bypassed (see the module's docstring), never a reason to fail.
+    """
     assert config.dest is not None, "initializer mode needs DEST"
-    cache = ModelCache(config.cache_dir, fs, config.cache_max_bytes) if config.cache_dir else None
-    return _Fill(config, config.dest, cache, fs or FileSystem(), stderr or sys.stderr).run()
+    fs = fs or FileSystem()
+    stream = stderr or sys.stderr
+    if not config.cache_dir:
+        return _Fill(config, config.dest, None, fs, stream).run()
+    cache = ModelCache(config.cache_dir, fs, config.cache_max_bytes)
+    bounded = replace(config, lock_timeout=min(config.lock_timeout, SERVING_LOCK_WAIT))
+    fill = _Fill(bounded, config.dest, cache, fs, stream)
+    before = dest_snapshot(config.dest)
+    try:
+        return fill.run()
+    except PreloadError as exc:
+        reason = bypass_reason(exc, corrupt_seen=fill.rejected is not None)
+        if reason is None:
+            raise
+        why = f"{exc.reason}: {exc}"
+    removed = remove_new_files(config.dest, before)
+    log.warning(
+        "cache bypassed (%s): %s; %sdownloading %s straight into %s without the node cache",
+        reason,
+        why,
+        f"removed {removed} file(s) the cached attempt left in DEST; " if removed else "",
+        fill.location,
+        config.dest,
+    )
+    result = fill.without_cache()
+    return replace(result, cache="bypassed", extra={**result.extra, "cacheBypassReason": reason})
+
+
+def bypass_reason(error: PreloadError, corrupt_seen: bool) -> str | None:
+    """The named reason to go on without the cache, or None when the error is not the cache's (S3's,
+    DEST's, the model's) and must fail the run. ``corrupt_seen``: an entry failed verification in this
+    run, and its repair is what failed."""
+    if isinstance(error, CacheBusy):
+        return CACHE_LOCKED
+    if isinstance(error, DiskFull | CacheTooSmall):
+        return CACHE_FULL
+    if isinstance(error, CacheUnwritable):
+        # disk_error raises CacheUnwritable from inside its ``except OSError``: the OSError is its context.
+        cause = error.__context__
+        if corrupt_seen or (isinstance(cause, OSError) and cause.errno in _LAYOUT_ERRNOS):
+            return CACHE_CORRUPT
+        return CACHE_UNWRITABLE
+    return None
+
+
+def dest_snapshot(dest: Path) -> dict[Path, tuple[int, int]]:
+    """Every file and directory under DEST with its identity (inode, mtime), before a cached attempt."""
+    found: dict[Path, tuple[int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(dest):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            found[path] = (st.st_ino, st.st_mtime_ns)
+    return found
+
+
+def remove_new_files(dest: Path, before: dict[Path, tuple[int, int]]) -> int:
+    """Remove what a failed cached attempt wrote into DEST (files and directories that are new or were
+    replaced since ``before``), so the uncached download starts from DEST as it was. Returns the count
+    of files removed."""
+    removed = 0
+    for dirpath, dirnames, filenames in os.walk(dest, topdown=False):
+        for name in filenames:
+            path = Path(dirpath, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if before.get(path) != (st.st_ino, st.st_mtime_ns):
+                    path.unlink()
+                    removed += 1
+        for name in dirnames:
+            path = Path(dirpath, name)
+            if path not in before:
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only once empty: a directory the attempt made
+    return removed
 
 
 def prepare_dest(dest: Path) -> None:
@@ -111,7 +220,7 @@ class _Fill(CachedRun[Result]):
         store = None
         if not self.linkable:
             store = Store(lambda f: [self._dest_sink(f)], verify=False, unmap=True)
-        seconds, transfer = self._transfer(files, hit.ranges_of, hit.read, store, "cache")
+        seconds, transfer = self._transfer(files, hit.ranges_of, _unreadable_is_corrupt(hit.read), store, "cache")
         fill = time.perf_counter()
         if self.linkable:
             for f in files:
@@ -176,6 +285,12 @@ class _Fill(CachedRun[Result]):
             model=str(resolved),
             unpacked=unpacked,
         )
+
+    def without_cache(self) -> Result:
+        """The fall-back: this run's listing, straight from S3 into DEST; the cache is not touched."""
+        self.cache = None
+        self.linkable = False
+        return self.run()
 
     def _unpack_single_archive(self, files: Sequence[ModelFile]) -> int | None:
         """KServe's rule: one object that is a tar or zip is unpacked into DEST and removed from it (the
@@ -252,8 +367,23 @@ def _cache_dir_ready(cache: ModelCache) -> bool:
     try:
         cache.root.mkdir(parents=True, exist_ok=True)
     except OSError:
-        return False  # the lock step reports CacheUnwritable with the reason
+        return False  # the lock step raises CacheUnwritable with the reason, and the run bypasses the cache
     return True
+
+
+def _unreadable_is_corrupt(read: PartSource) -> PartSource:
+    """A cache file that cannot be read (EIO, a symbolic link planted in the entry) is a corrupt entry:
+    repaired where the cache is writable, bypassed where not; never a failure of the serving pod."""
+
+    def checked(file: ModelFile, rng: ByteRange, dest: memoryview, progress: Callable[[int], None]) -> None:
+        try:
+            read(file, rng, dest, progress)
+        except UnsafeKey as exc:
+            raise CacheCorrupt(str(exc)) from None
+        except OSError as exc:
+            raise CacheCorrupt(f"{file.path}: {exc.strerror or exc}") from None
+
+    return checked
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -58,7 +58,8 @@ class Result:
     bytes: int
     seconds: Phases
     device: str
-    cache: Literal["hit", "miss", "off"]
+    # "bypassed": the initializer could not use the node cache and downloaded without it ("cacheBypassReason").
+    cache: Literal["hit", "miss", "off", "bypassed"]
     peak_rss_bytes: int
     device_memory_bytes: int = 0
     tensors: int = 0
