@@ -77,6 +77,7 @@ def start_operator(
     port = free_port()
     full_env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
     full_env.pop("PROMETHEUS_URL", None)
+    full_env["WEBHOOK_PORT"] = "0"  # the placement webhook runs only where the caller wires it (env=)
     full_env.update(env or {})
     cmd = [sys.executable, "-m", "kserve_operator", "--http-host", "127.0.0.1", "--http-port", str(port), *args]
     with open(log_path, "wb") as log:

@@ -13,12 +13,12 @@ from kserve_operator import observability
 from kserve_operator.clients.connection import kopf_connection_info
 from kserve_operator.clients.kube import KubernetesApi
 from kserve_operator.clients.prometheus import PrometheusClient
-from kserve_operator.controllers import canary, inferenceservice, memcached, prewarm
+from kserve_operator.controllers import canary, inferenceservice, memcached, placement, prewarm
 from kserve_operator.controllers.core import ReconcileCore
 from kserve_operator.settings import OperatorSettings, kopf_settings, parse_settings
 
 
-def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+def build_registry(settings: OperatorSettings, *, webhook: bool = False) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -29,6 +29,8 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     prewarm.register(settings, registry)
     inferenceservice.register(settings, registry)
     canary.register(settings, registry)
+    if webhook:
+        placement.register(settings, registry)
     return registry
 
 
@@ -45,13 +47,15 @@ async def run(settings: OperatorSettings) -> None:
             settings=settings, core=ReconcileCore(inferenceservice.CONTROLLER, api)),
         canary=canary.new_context(settings, api, prometheus),
     )
+    tuned = kopf_settings(settings)
+    webhook = settings.webhook_port > 0 and await placement.start_webhook(settings, api, tuned)
     runner = None
     if settings.http_port:
         runner = await observability.serve_probes(settings.http_host, settings.http_port, ready)
     try:
         await kopf.operator(
-            registry=build_registry(settings),
-            settings=kopf_settings(settings),
+            registry=build_registry(settings, webhook=webhook),
+            settings=tuned,
             standalone=True,
             clusterwide=settings.all_namespaces,
             namespaces=settings.namespaces,

@@ -25,6 +25,13 @@ class OperatorSettings:
     prometheus_url: str | None = None
     http_host: str = "0.0.0.0"
     http_port: int = 8080
+    # The placement webhook (kopf's WebhookServer, HTTPS): 0 turns it off. Its certificates are
+    # self-managed in a Secret of the operator's namespace, beside the Service the API server calls.
+    webhook_port: int = 9443  # WEBHOOK_PORT
+    webhook_namespace: str = "kserve-operator"  # WEBHOOK_NAMESPACE: the Service's and the Secret's
+    webhook_service: str = "kserve-operator-webhook"  # WEBHOOK_SERVICE
+    webhook_secret: str = "kserve-operator-webhook-tls"  # WEBHOOK_CERT_SECRET
+    webhook_configuration: str = "kserve-operator-placement"  # WEBHOOK_CONFIGURATION (Mutating...)
     resync_seconds: float = 30.0
     finalizer_timeout_seconds: float = 60.0
     memcached: MemcachedImages = dataclasses.field(default_factory=MemcachedImages)
@@ -69,6 +76,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     parser.add_argument("--http-port", type=int, default=_port(env, "OPERATOR_HTTP_PORT", 8080),
                         help="port for /healthz, /readyz and /metrics (0 disables)")
     parser.add_argument("--http-host", default=env.get("OPERATOR_HTTP_HOST", "0.0.0.0"))
+    parser.add_argument("--webhook-port", type=int, default=_port(env, "WEBHOOK_PORT", 9443),
+                        help="HTTPS port of the placement webhook (0 disables; env WEBHOOK_PORT)")
     parser.add_argument("--resync-seconds", type=float, default=_float(env, "RESYNC_SECONDS", 30.0))
     parser.add_argument("--allow-custom-metrics-queries", action="store_true",
                         default=env.get("ALLOW_CUSTOM_METRICS_QUERIES", "").lower() in ("1", "true", "yes"),
@@ -83,12 +92,19 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         namespaces = tuple(ns.strip() for ns in env["WATCH_NAMESPACE"].split(",") if ns.strip())
     if args.resync_seconds <= 0:
         parser.error("--resync-seconds must be positive")
+    if not 0 <= args.webhook_port <= 65535:
+        parser.error("--webhook-port must be a port number (0 turns the webhook off)")
     return OperatorSettings(
         namespaces=namespaces,
         all_namespaces=not namespaces,
         prometheus_url=args.prometheus_url,
         http_host=args.http_host,
         http_port=args.http_port,
+        webhook_port=args.webhook_port,
+        webhook_namespace=env.get("WEBHOOK_NAMESPACE") or OperatorSettings.webhook_namespace,
+        webhook_service=env.get("WEBHOOK_SERVICE") or OperatorSettings.webhook_service,
+        webhook_secret=env.get("WEBHOOK_CERT_SECRET") or OperatorSettings.webhook_secret,
+        webhook_configuration=env.get("WEBHOOK_CONFIGURATION") or OperatorSettings.webhook_configuration,
         resync_seconds=args.resync_seconds,
         finalizer_timeout_seconds=_float(env, "FINALIZER_TIMEOUT_SECONDS", 60.0),
         memcached=MemcachedImages(

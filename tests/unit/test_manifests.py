@@ -126,7 +126,36 @@ def test_metrics_port_is_closed_to_all_but_prometheus() -> None:
     [rule] = policy["spec"]["ingress"]
     assert [p["port"] for p in rule["ports"]] == [8080] and all("namespaceSelector" in f for f in rule["from"])
     ports = [p["containerPort"] for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]]
-    assert ports == [8080]
+    assert ports == [8080, 9443]  # 9443: the placement webhook (test below)
+
+
+def test_the_placement_webhook_never_blocks_a_pod_and_reaches_the_operator() -> None:
+    docs = {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in BUILTIN}
+    [hook] = docs[("MutatingWebhookConfiguration", "kserve-operator-placement")]["webhooks"]
+    assert (hook["failurePolicy"], hook["timeoutSeconds"], hook["sideEffects"]) == ("Ignore", 2, "None")
+    assert hook["admissionReviewVersions"] == ["v1"] and hook["reinvocationPolicy"] == "IfNeeded"
+    assert [(r["resources"], r["operations"]) for r in hook["rules"]] == [(["pods"], ["CREATE"])]
+    assert hook["objectSelector"]["matchExpressions"] == [
+        {"key": "serving.kserve.io/inferenceservice", "operator": "Exists"}]
+    assert {"kserve-operator", "kube-system"} <= set(hook["namespaceSelector"]["matchExpressions"][0]["values"])
+    service = docs[("Service", "kserve-operator-webhook")]
+    assert hook["clientConfig"]["service"] == {"name": "kserve-operator-webhook", "namespace": "kserve-operator",
+                                               "path": "/warm-node-placement", "port": 443}
+    assert service["spec"]["ports"] == [{"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}]
+    deployment = docs[("Deployment", "kserve-operator")]
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in container["ports"]
+    policy = docs[("NetworkPolicy", "kserve-operator-webhook")]
+    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [9443]
+    # The certificate Secret: created, then read and renewed by name only, in the operator's namespace.
+    role = docs[("Role", "kserve-operator-webhook-certs")]
+    assert role["metadata"]["namespace"] == "kserve-operator"
+    assert [(r["verbs"], r.get("resourceNames")) for r in role["rules"]] == [
+        (["create"], None), (["get", "patch"], ["kserve-operator-webhook-tls"])]
+    cluster_role = docs[("ClusterRole", "kserve-operator")]
+    [webhook_rule] = [r for r in cluster_role["rules"] if "mutatingwebhookconfigurations" in r["resources"]]
+    assert webhook_rule["resourceNames"] == ["kserve-operator-placement"] and webhook_rule["verbs"] == ["get", "patch"]
 
 
 def test_rbac_carries_no_grant_the_operator_never_uses() -> None:
