@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Mapping, Sequence
 
 import kopf
@@ -38,6 +39,8 @@ class OperatorSettings:
     # A Memcached's spec.metricsQuery runs with the operator's view of Prometheus (every
     # namespace) and its number lands in the tenant's status: an administrator's opt-in.
     allow_custom_metrics_queries: bool = False
+    # A ModelCanary writes VirtualServices in its own namespace only, and in these (`*`: every one).
+    canary_allowed_route_namespaces: tuple[str, ...] = ()  # CANARY_ALLOWED_ROUTE_NAMESPACES
     preloader_image: str = "preloader:gpu"  # PRELOADER_IMAGE: the image built from Dockerfile.gpu
     verbose: bool = False
 
@@ -53,6 +56,15 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
     if value <= 0:
         raise SystemExit(f"{key} must be positive, got {raw}")
     return value
+
+
+def _namespace_list(raw: str, key: str) -> tuple[str, ...]:
+    """A comma-separated list of namespace names, or `*` alone for every namespace."""
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    for name in names:
+        if name != "*" and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+            raise SystemExit(f"{key}: {name!r} is not a namespace name (nor * for every namespace)")
+    return names
 
 
 def _port(env: Mapping[str, str], key: str, default: int) -> int:
@@ -82,6 +94,9 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     parser.add_argument("--allow-custom-metrics-queries", action="store_true",
                         default=env.get("ALLOW_CUSTOM_METRICS_QUERIES", "").lower() in ("1", "true", "yes"),
                         help="let Memcached specs carry their own PromQL (env ALLOW_CUSTOM_METRICS_QUERIES)")
+    parser.add_argument("--canary-allowed-route-namespaces", default=env.get("CANARY_ALLOWED_ROUTE_NAMESPACES", ""),
+                        help="namespaces (comma-separated, * for all) whose VirtualServices a ModelCanary in "
+                             "another namespace may change (env CANARY_ALLOWED_ROUTE_NAMESPACES; default none)")
     parser.add_argument("-v", "--verbose", action="store_true", default=env.get("LOG_LEVEL", "").upper() == "DEBUG")
     args = parser.parse_args(argv)
 
@@ -113,6 +128,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             memory_mb=int(_float(env, "MEMCACHED_MEMORY_MB", MemcachedImages.memory_mb)),
         ),
         allow_custom_metrics_queries=args.allow_custom_metrics_queries,
+        canary_allowed_route_namespaces=_namespace_list(args.canary_allowed_route_namespaces,
+                                                        "CANARY_ALLOWED_ROUTE_NAMESPACES"),
         preloader_image=env.get("PRELOADER_IMAGE") or OperatorSettings.preloader_image,
         verbose=args.verbose,
     )

@@ -5,8 +5,12 @@ interval ends and at the resync interval. Wake-ups come from watch events withou
 work in kopf's handlers: a spec change of the ModelCanary (generation ahead of
 observedGeneration), any event of a VirtualService a ModelCanary references (a hand edit
 is put back at once) and any event of the ModelPrewarm a `requireWarm` canary waits for
-(released the moment it turns Warm). Two kopf indices map those objects to canaries; the
+(released the moment it reports a warm node). Two kopf indices map those objects to canaries; the
 VirtualService one also answers route claims.
+
+A canary changes VirtualServices in its own namespace only, unless the platform lists the
+other namespace (CANARY_ALLOWED_ROUTE_NAMESPACES): otherwise Ready=False/CrossNamespaceNotAllowed,
+one Warning event, and nothing is read or written there, not even on deletion.
 
 A reconcile reads the ModelCanary, its InferenceServices, the VirtualService (v1, else
 v1beta1), the ModelPrewarm and, when a check is due, Prometheus; `planning.canary` decides
@@ -50,6 +54,7 @@ from kserve_operator.controllers.core import (
 )
 from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable
 from kserve_operator.planning import canary as plan
+from kserve_operator.planning.canary_gates import route_namespace_problem, warm_state
 from kserve_operator.planning.events import NORMAL, EventPlan
 from kserve_operator.planning.virtualservice import (
     REASON_FOREIGN_OWNER,
@@ -71,6 +76,7 @@ CONFLICT_ATTEMPTS = 5  # re-read and re-plan on 409 this many times before the c
 # percent change is not queued behind a burst of routine re-reads of hundreds of canaries.
 RESYNC_CONCURRENCY = 8
 REASON_RELEASED = "Released"
+LOGGER = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class CanaryContext:
@@ -112,15 +118,9 @@ async def _report_problem(api: KubeApi, body: dict[str, Any], reason: str, probl
 
 
 async def _warm_state(api: KubeApi, spec: CanarySpec) -> plan.WarmState:
-    where = f"ModelPrewarm {spec.namespace}/{spec.model_prewarm}"
     assert spec.model_prewarm is not None  # parse_spec guarantees one when requireWarm is set
     prewarm = await api.get(MODEL_PREWARM, spec.model_prewarm, spec.namespace)
-    if prewarm is None:
-        return plan.WarmState(False, f"{where}, which does not exist yet")
-    phase = (prewarm.get("status") or {}).get("phase")
-    if phase == res.WARM_PHASE:
-        return plan.WarmState(True, f"{where} is Warm")
-    return plan.WarmState(False, f"{where} (phase {phase or 'not reported yet'})")
+    return warm_state(prewarm, f"ModelPrewarm {spec.namespace}/{spec.model_prewarm}")
 
 
 async def _analyse(ctx: CanaryContext, query: str) -> plan.AnalysisResult:
@@ -161,6 +161,10 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, 
     except InvalidSpec as exc:
         await _report_problem(api, body, plan.REASON_INVALID_SPEC, str(exc), None)
         logger.warning("ModelCanary %s/%s has an invalid spec: %s", namespace, name, exc)
+        return Outcome.INVALID
+    refused = route_namespace_problem(spec, ctx.settings.canary_allowed_route_namespaces)
+    if refused is not None:
+        await _report_problem(api, body, plan.REASON_CROSS_NAMESPACE_NOT_ALLOWED, refused, spec)
         return Outcome.INVALID
 
     for isvc in spec.inference_services:
@@ -344,6 +348,12 @@ async def canary_deleted(body: kopf.Body, namespace: str | None, name: str, memo
 
 
 async def _release(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec, status: CanaryStatus) -> None:
+    # status.virtualService names where we wrote; a forged or since-disallowed one is not written.
+    refused = route_namespace_problem(spec, ctx.settings.canary_allowed_route_namespaces)
+    if refused is not None:
+        LOGGER.warning("ModelCanary %s/%s: not restoring stable: %s",
+                       body["metadata"]["namespace"], body["metadata"]["name"], refused)
+        return
     for attempt in range(CONFLICT_ATTEMPTS):
         table = await ctx.router.get_routes(spec.virtual_service_namespace, spec.virtual_service)
         if table is None or foreign_owner(table.obj) is not None:

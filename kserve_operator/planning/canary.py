@@ -1,8 +1,10 @@
 """Everything the ModelCanary controller decides: the candidate's share now (warm gate, steps,
 analysis, rollback), the status with its conditions, the events, and route claims.
 
-Pure: callers pass what they read (spec, last status, the ModelPrewarm's phase, the analysis
-query's result) and `now`. The VirtualService editing itself is in planning/virtualservice.py.
+Pure: callers pass what they read (spec, last status, whether the model is warm, the analysis
+query's result) and `now`. What holds or refuses a canary before any weight moves (its
+ModelPrewarm, the VirtualService's namespace) is decided in planning/canary_gates.py; the
+VirtualService editing itself is in planning/virtualservice.py.
 
 The step walk: with steps, the candidate's share climbs the ladder (each step weight capped at
 `percent`, ending at `percent`). The first step (from 0%) is taken at once: there is no candidate
@@ -40,6 +42,7 @@ REASON_ROLLED_BACK = "RolledBack"
 REASON_AS_EXPECTED = "AsExpected"
 REASON_WEIGHTS_CHANGED = "WeightsChanged"
 REASON_MODEL_WARM = "ModelWarm"
+REASON_WEIGHT_IN_FORCE = "WeightInForce"  # Ready: the share the spec asks for is in force
 # Problems: each leaves the VirtualService untouched.
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_VIRTUAL_SERVICE_NOT_FOUND = "VirtualServiceNotFound"
@@ -47,6 +50,7 @@ REASON_INFERENCE_SERVICE_NOT_FOUND = "InferenceServiceNotFound"
 REASON_ROUTE_CLAIMED = "RouteClaimed"
 REASON_APPLY_FAILED = "ApplyFailed"
 REASON_RECONCILE_ERROR = "ReconcileError"
+REASON_CROSS_NAMESPACE_NOT_ALLOWED = "CrossNamespaceNotAllowed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +214,14 @@ def plan_status(
         conditions, type=cond.DEGRADED, status=cond.TRUE if rolled_back else cond.FALSE,
         reason=REASON_ANALYSIS_FAILED if rolled_back else REASON_AS_EXPECTED,
         message=decision.message if rolled_back else "", now=now, generation=generation)
+    # Ready: the share the spec asks for is in force and nothing holds it (no wait, step or rollback).
+    ready = decision.percent == spec.percent and decision.phase in (res.PHASE_ACTIVE, res.PHASE_PROMOTED)
+    conditions = cond.set_condition(
+        conditions, type=cond.READY, status=cond.TRUE if ready else cond.FALSE,
+        reason=REASON_WEIGHT_IN_FORCE if ready else decision.reason,
+        message=(f"the candidate's {spec.percent}% is in force" if ready
+                 else f"{decision.percent}% in force of {spec.percent}% wanted: {decision.message}"),
+        now=now, generation=generation)
     analysis: dict[str, Any] = {"failedChecks": decision.failed_checks}
     if decision.last_check_time is not None:
         analysis["lastCheckTime"] = cond.rfc3339(decision.last_check_time)
@@ -283,6 +295,8 @@ def problem_status(
                                     message="the VirtualService is not touched until this is fixed",
                                     now=now, generation=generation)
     conditions = cond.set_condition(conditions, type=cond.DEGRADED, status=cond.TRUE, reason=reason,
+                                    message=message, now=now, generation=generation)
+    conditions = cond.set_condition(conditions, type=cond.READY, status=cond.FALSE, reason=reason,
                                     message=message, now=now, generation=generation)
     return {**old, **(_backend_names(spec) if spec else {}), "phase": res.PHASE_ERROR,
             "lastTransitionTime": _transition(old, res.PHASE_ERROR, now),

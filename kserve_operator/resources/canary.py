@@ -31,8 +31,6 @@ PHASE_ERROR = "Error"
 PHASES = (PHASE_PENDING, PHASE_WAITING_FOR_MODEL, PHASE_PROGRESSING, PHASE_ACTIVE, PHASE_PROMOTED,
           PHASE_ROLLED_BACK, PHASE_ERROR)
 
-WARM_PHASE = "Warm"  # ModelPrewarm status.phase that releases a requireWarm candidate
-
 
 def predictor_host(inference_service: str, namespace: str) -> str:
     """The predictor Service KServe creates for an InferenceService (raw and Knative modes)."""

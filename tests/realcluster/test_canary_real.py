@@ -2,7 +2,9 @@
 edits only the weights of a VirtualService the platform team owns, stored by the real API
 server under the fixture Istio CRD; a second writer edits the same object concurrently (the real
 server answers the operator's stale conditional patches with 409) and both edits survive;
-deletion runs the finalizer, which gives the stable model 100% back before it lets go.
+deletion runs the finalizer, which gives the stable model 100% back before it lets go. A canary
+that names a VirtualService in another namespace is refused (Ready=False/CrossNamespaceNotAllowed)
+and that VirtualService is never written.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from typing import Any
 
 from devstack.mnist_virtualservice import virtual_service
-from tests.realcluster.conftest import World
+from tests.realcluster.conftest import RESTRICTED_NAMESPACE_LABELS, World
 
 
 def inference_service(world: World, name: str) -> dict[str, Any]:
@@ -79,3 +81,48 @@ def test_weights_move_with_a_concurrent_writer_and_the_finalizer_restores(world:
     expected = copy.deepcopy(original["spec"])
     expected["http"][0]["timeout"] = f"{edits[0]}s"
     assert restored["spec"] == expected  # stable 100 as written, the appended destination gone, nothing else
+
+
+def test_a_virtual_service_in_another_namespace_is_refused_and_not_written(world: World) -> None:
+    """Tenant A names tenant B's VirtualService: nothing is written there (its resourceVersion stays),
+    on a reconcile or on deletion, and A's canary says why."""
+    kube = world.kube
+    other = f"{world.namespace}-b"
+    world.cluster.create_namespace(other, RESTRICTED_NAMESPACE_LABELS)
+    try:
+        for name in ("torch-mnist", "torch-mnist-v2"):
+            kube.create(world.path("serving.kserve.io/v1beta1", "inferenceservices"), inference_service(world, name))
+        foreign = virtual_service(namespace=world.namespace)  # routes to A's predictors, stored in B
+        foreign["metadata"]["namespace"] = other
+        vs_collection = f"/apis/networking.istio.io/v1/namespaces/{other}/virtualservices"
+        before = kube.create(vs_collection, foreign)
+
+        def version() -> str:
+            return str(kube.get(f"{vs_collection}/mnist")["metadata"]["resourceVersion"])
+
+        world.start_operator(resync=1)
+        canary_path = world.path("serving.serverless.xyz/v1alpha1", "modelcanaries", "cross")
+        kube.create(world.path("serving.serverless.xyz/v1alpha1", "modelcanaries"), {
+            "apiVersion": "serving.serverless.xyz/v1alpha1", "kind": "ModelCanary",
+            "metadata": {"name": "cross", "namespace": world.namespace},
+            "spec": {"virtualService": {"name": "mnist", "namespace": other},
+                     "stable": {"inferenceService": "torch-mnist"},
+                     "candidate": {"inferenceService": "torch-mnist-v2"}, "percent": 50}})
+
+        def ready(obj: dict[str, Any]) -> dict[str, Any]:
+            return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
+
+        canary = kube.wait_for(canary_path, lambda o: ready(o).get("reason") == "CrossNamespaceNotAllowed",
+                               timeout=30)
+        assert ready(canary)["status"] == "False" and canary["status"]["phase"] == "Error"
+        assert f"VirtualService {other}/mnist is in another namespace" in ready(canary)["message"]
+        world.cluster.wait_for(lambda: [e for e in world.events_for("cross")
+                                        if (e["type"], e["reason"]) == ("Warning", "CrossNamespaceNotAllowed")],
+                               30, message="a Warning event CrossNamespaceNotAllowed")
+        time.sleep(3)  # three resyncs later
+        assert version() == before["metadata"]["resourceVersion"]
+        kube.delete(canary_path)
+        kube.wait_gone(canary_path, timeout=30)
+        assert version() == before["metadata"]["resourceVersion"]
+    finally:
+        world.cluster.delete_namespace(other, timeout=60)

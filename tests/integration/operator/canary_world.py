@@ -48,15 +48,18 @@ def model_prewarm(name: str) -> dict[str, Any]:
             "spec": {"storageUri": f"s3://models/{name}"}}
 
 
-def set_prewarm_phase(kube: Any, name: str, phase: str) -> None:
-    """Stand in for a finished pre-warm: the phase written through the /status subresource.
+def set_prewarm_phase(kube: Any, name: str, phase: str, warm_nodes: int | None = None) -> None:
+    """Stand in for a pre-warm: phase and warm node count written through the /status subresource
+    (by default one warm node when Warm, none otherwise), for the model the spec asks for.
 
     The operator's own ModelPrewarm controller runs too (it finds no nodes here and reports
     Pending); wait for its first status so it cannot land after ours.
     """
-    kube.wait_for(f"{PREWARM}/{name}", lambda o: (o.get("status") or {}).get("observedGeneration")
-                  == o["metadata"].get("generation"))
-    kube.patch(f"{PREWARM}/{name}/status", {"status": {"phase": phase}})
+    body = kube.wait_for(f"{PREWARM}/{name}", lambda o: (o.get("status") or {}).get("observedGeneration")
+                         == o["metadata"].get("generation"))
+    warm = warm_nodes if warm_nodes is not None else int(phase == "Warm")
+    kube.patch(f"{PREWARM}/{name}/status", {"status": {"phase": phase, "warmNodes": warm,
+                                                       "storageUri": body["spec"]["storageUri"]}})
 
 
 def install_world(kube: Any, *, version: str = "v1") -> dict[str, Any]:

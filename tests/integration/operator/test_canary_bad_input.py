@@ -122,3 +122,48 @@ def test_problems_are_reported_and_the_virtual_service_is_not_touched(
     kube.create(vs_path(name="absent").rsplit("/", 1)[0], virtual_service(name="absent"))
     kube.wait_for(vs_path(name="absent"), lambda o: weights(o) == [80, 20], timeout=5)
     wait_phase(kube, "no-vs", "Active")
+
+
+GATEWAYS = "gateways"
+
+
+def gateway_vs(kube: Any) -> tuple[str, dict[str, Any]]:
+    """The mnist VirtualService (routing to the default namespace's predictors) in another namespace."""
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": GATEWAYS}})
+    vs = virtual_service()
+    vs["metadata"]["namespace"] = GATEWAYS
+    collection = f"/apis/networking.istio.io/v1/namespaces/{GATEWAYS}/virtualservices"
+    return f"{collection}/mnist", kube.create(collection, vs)
+
+
+def test_a_virtual_service_in_another_namespace_is_refused_and_never_written(
+    cluster: Any, kube: Any, start_operator: StartOperator,
+) -> None:
+    install_world(kube)
+    path, before = gateway_vs(kube)
+    start_operator(resync=1)
+    kube.create(MCANARY, model_canary("cross", virtualService={"name": "mnist", "namespace": GATEWAYS}))
+    mc = refused(cluster, kube, "cross", "CrossNamespaceNotAllowed")
+    ready = condition(mc, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "CrossNamespaceNotAllowed")
+    assert "VirtualService gateways/mnist is in another namespace" in ready["message"]
+    assert "CANARY_ALLOWED_ROUTE_NAMESPACES" in ready["message"]
+    time.sleep(2.5)  # a few reconciles later: still nothing written, one event
+    assert kube.get(path)["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert len([e for e in events_for(kube, "cross") if e["reason"] == "CrossNamespaceNotAllowed"]) == 1
+    kube.delete(f"{MCANARY}/cross")
+    kube.wait_gone(f"{MCANARY}/cross", timeout=10)
+    assert kube.get(path)["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+def test_a_namespace_the_platform_allows_is_routed(kube: Any, start_operator: StartOperator) -> None:
+    install_world(kube)
+    path, _ = gateway_vs(kube)
+    start_operator(resync=1, CANARY_ALLOWED_ROUTE_NAMESPACES=f"team-x,{GATEWAYS}")
+    kube.create(MCANARY, model_canary("cross", virtualService={"name": "mnist", "namespace": GATEWAYS},
+                                      routes=["predict"]))
+    kube.wait_for(path, lambda o: weights(o) == [80, 20], timeout=10)
+    mc = kube.wait_for(f"{MCANARY}/cross", lambda o: condition(o, "Ready").get("status") == "True")
+    assert mc["status"]["virtualService"] == "gateways/mnist"
+    kube.delete(f"{MCANARY}/cross")
+    kube.wait_for(path, lambda o: weights(o) == [100], timeout=10)
