@@ -46,6 +46,11 @@ def run(config: Config) -> Result:
 
         with frozen_heap():
             return initialize(config)
+    if config.device == "none":
+        from preloader.warm import warm  # the cache only: torch is never imported
+
+        with frozen_heap():
+            return warm(config)
     from preloader.preload import preload
 
     with frozen_heap():

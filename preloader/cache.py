@@ -555,6 +555,7 @@ class EntryWriter:
         if self._lease is not None:
             self._lease.release()
             self._lease = None
+        self._created = False  # committed: a failure after this (the device's) leaves the entry cached
         return self.entry / "files"
 
     def abort(self) -> None:

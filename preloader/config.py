@@ -76,6 +76,8 @@ class Config:
     log_level: str = "INFO"
     # Seconds to wait for another run that is writing the same cache entry (then CacheBusy).
     lock_timeout: float = 1800.0
+    # --device none: read the committed entry once, so the serving pod finds it in the page cache.
+    page_cache: bool = False
     s3: S3Settings = field(default_factory=S3Settings)
     transfer: TransferSettings = field(default_factory=TransferSettings)
 
@@ -184,7 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="storage-initializer mode (KServe's convention): write the model's files under this directory "
         "instead of loading them onto a device; torch is not imported",
     )
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present), cpu, cuda (every visible GPU), cuda:N, or none (fill the node cache "
+        "only: no tensors, no torch)",
+    )
+    parser.add_argument(
+        "--page-cache",
+        action="store_true",
+        help="with --device none: read the cached model once after filling it, so a serving pod that "
+        "starts next finds it in the page cache",
+    )
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="node-local cache directory (or PRELOADER_CACHE_DIR)"
     )
@@ -251,6 +264,10 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     cache_max_bytes = parse_size(max_bytes_text) if max_bytes_text else None
     if cache_max_bytes is not None and cache_dir is None:
         raise UsageError("--cache-max-bytes needs --cache-dir (or PRELOADER_CACHE_DIR)")
+    if args.device == "none" and args.dest is None and cache_dir is None:
+        raise UsageError("--device none only fills the node cache: it needs --cache-dir (or PRELOADER_CACHE_DIR)")
+    if args.page_cache and args.device != "none":
+        raise UsageError("--page-cache goes with --device none")
     offline = args.offline or parse_bool("PRELOADER_OFFLINE", env.get("PRELOADER_OFFLINE", "false"))
     return Config(
         uri=args.uri,
@@ -264,6 +281,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         progress=args.progress,
         log_level=args.log_level,
         lock_timeout=args.lock_timeout,
+        page_cache=args.page_cache,
         s3=s3,
         transfer=transfer,
     )
