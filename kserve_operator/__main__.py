@@ -13,7 +13,7 @@ from kserve_operator import observability
 from kserve_operator.clients.connection import kopf_connection_info
 from kserve_operator.clients.kube import KubernetesApi
 from kserve_operator.clients.prometheus import PrometheusClient
-from kserve_operator.controllers import canary, inferenceservice, memcached, placement, prewarm
+from kserve_operator.controllers import canary, domain_metrics, inferenceservice, memcached, placement, prewarm
 from kserve_operator.controllers.core import ReconcileCore
 from kserve_operator.settings import OperatorSettings, kopf_settings, parse_settings
 
@@ -29,6 +29,7 @@ def build_registry(settings: OperatorSettings, *, webhook: bool = False) -> kopf
     prewarm.register(settings, registry)
     inferenceservice.register(settings, registry)
     canary.register(settings, registry)
+    domain_metrics.register(registry)
     if webhook:
         placement.register(settings, registry)
     return registry
