@@ -41,7 +41,7 @@ class OperatorSettings:
     allow_custom_metrics_queries: bool = False
     # A ModelCanary writes VirtualServices in its own namespace only, and in these (`*`: every one).
     canary_allowed_route_namespaces: tuple[str, ...] = ()  # CANARY_ALLOWED_ROUTE_NAMESPACES
-    preloader_image: str = "preloader:gpu"  # PRELOADER_IMAGE: the image built from Dockerfile.gpu
+    preloader_image: str = "kserve-preloader:0.1.0"  # PRELOADER_IMAGE: the image built from Dockerfile.gpu
     verbose: bool = False
 
 

@@ -23,7 +23,7 @@ def documents(paths: list[pathlib.Path]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-OPTIONAL = ("samples", "kserve", "monitoring")  # applied by hand, not by `kubectl apply -k manifests/`
+OPTIONAL = ("samples", "kserve", "monitoring", "kustomizeconfig")  # not applied by `kubectl apply -k manifests/`
 BUILTIN = documents(sorted(p for p in MANIFESTS.rglob("*.yaml") if "crds" not in p.parts
                            and not set(OPTIONAL) & set(p.parts) and p.name != "kustomization.yaml"))
 KSERVE = documents(sorted((MANIFESTS / "kserve").glob("*.yaml")))

@@ -1,6 +1,6 @@
 """The pre-warm tests' world: a real S3 (moto's server), a small real model in it, KServe-style
 credentials (a service account listing a Secret), simulated GPU nodes, and the real preloader
-registered as the `preloader:gpu` image so that the emulated cluster's Jobs run it as a local
+registered as the `kserve-preloader:0.1.0` image so that the emulated cluster's Jobs run it as a local
 process. The S3 and GPU-pool pieces live in devstack/local_s3.py and
 devstack/simulated_gpu_pool.py (the demo uses them too); the rest is here."""
 

@@ -52,7 +52,7 @@ def test_torch_mnist_is_warmed_with_real_bytes_and_rewarmed_on_a_new_uri(
     for job in jobs:
         pod = job["spec"]["template"]["spec"]
         (container,) = pod["containers"]
-        assert container["image"] == "preloader:gpu"
+        assert container["image"] == "kserve-preloader:0.1.0"
         assert container["args"] == ["--device", "cpu", "--cache-dir", "/cache", "--termination-log",
                                      "/dev/termination-log", "s3://models/mnist"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"

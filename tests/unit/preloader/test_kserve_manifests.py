@@ -66,4 +66,4 @@ def test_initializer_image_runs_the_preloader_without_torch() -> None:
     assert 'ENTRYPOINT ["python", "-m", "preloader"]' in stage
     assert "torch" not in re.sub(r"#.*", "", stage)
     [doc] = load("cluster-storage-container.yaml")
-    assert doc["spec"]["container"]["image"] == "preloader:initializer"
+    assert doc["spec"]["container"]["image"] == "kserve-preloader-initializer:0.1.0"
