@@ -319,6 +319,9 @@ class ControlPlane:
                 "--enable-admission-plugins=NodeRestriction",
                 # On loopback there is no "public" address for the kubernetes Service's endpoints.
                 "--endpoint-reconciler-type=none",
+                # Webhook Services resolve through their EndpointSlices (as for aggregated APIs), not their
+                # ClusterIP, which nothing routes on this machine: a test can serve a webhook locally.
+                "--enable-aggregator-routing=true",
                 "--allow-privileged=true", "--profiling=false", "--v=1",
                 *self._audit_flags(), *self.extra_apiserver_flags]
         return Component("kube-apiserver", argv, self.work_dir / "logs" / "kube-apiserver.log",
