@@ -39,6 +39,7 @@ from devstack.local_s3 import moto_s3
 from devstack.operator_process import running_operator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+PREWARM_NAMESPACE = ROOT / "manifests/prewarm/namespace.yaml"
 CRDS = [ROOT / "manifests/crds", ROOT / "tests/fixtures/crds"]  # ours, and KServe's and Istio's (trimmed)
 MC = "/apis/cache.serverless.xyz/v1alpha1/namespaces/default/memcacheds"
 DEPLOY = "/apis/apps/v1/namespaces/default/deployments"
@@ -129,6 +130,8 @@ def demo_world(workdir: pathlib.Path, cluster: Cluster | None = None,
             say("Starting the emulated Kubernetes API server (kmock, extended; Deployments, Jobs and Nodes "
                 "simulated)...")
             cluster = stack.enter_context(EmulatedCluster(CRDS))
+            # What `kubectl apply -k manifests/` creates: the namespace the preloader Jobs run in.
+            cluster.client("demo").create("/api/v1/namespaces", yaml.safe_load(PREWARM_NAMESPACE.read_text()))
         kubeconfig = cluster.write_kubeconfig(workdir / "kubeconfig")
         say(f"  API server at {cluster.url}; kubeconfig {kubeconfig}")
         s3 = stack.enter_context(moto_s3())

@@ -59,7 +59,7 @@ async def run(settings: OperatorSettings) -> None:
             settings=tuned,
             standalone=True,
             clusterwide=settings.all_namespaces,
-            namespaces=settings.namespaces,
+            namespaces=settings.watched_namespaces,
             memo=memo,
             ready_flag=ready,  # SIGTERM/SIGINT: kopf's own handlers stop it gracefully
         )

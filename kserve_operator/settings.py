@@ -13,7 +13,9 @@ from collections.abc import Mapping, Sequence
 
 import kopf
 
+from kserve_operator.errors import InvalidSpec
 from kserve_operator.planning.memcached import MemcachedImages
+from kserve_operator.resources.prewarm import DEFAULT_CACHE_PATH, DEFAULT_JOB_NAMESPACE, PrewarmPlatform, parse_size
 
 FINALIZER = "serverless.xyz/kserve-operator"
 ANNOTATION_PREFIX = "kserve-operator.serverless.xyz"
@@ -43,6 +45,42 @@ class OperatorSettings:
     canary_allowed_route_namespaces: tuple[str, ...] = ()  # CANARY_ALLOWED_ROUTE_NAMESPACES
     preloader_image: str = "kserve-preloader:0.1.0"  # PRELOADER_IMAGE: the image built from Dockerfile.gpu
     verbose: bool = False
+    # Pre-warm tenancy: the Jobs (and their hostPath) live in a namespace the platform owns, so
+    # tenant namespaces never need Pod Security `privileged`; the node cache is the platform's.
+    prewarm_namespace: str = DEFAULT_JOB_NAMESPACE  # PREWARM_NAMESPACE
+    prewarm_cache_host_path: str = DEFAULT_CACHE_PATH  # PREWARM_CACHE_HOST_PATH
+    prewarm_cache_max_bytes: int | None = None  # PREWARM_CACHE_MAX_BYTES
+    prewarm_retry_max_seconds: float = 3600.0  # PREWARM_RETRY_MAX_SECONDS: cap of a failed node's backoff
+
+    @property
+    def prewarm_platform(self) -> PrewarmPlatform:
+        return PrewarmPlatform(namespace=self.prewarm_namespace, cache_path=self.prewarm_cache_host_path,
+                               cache_max_bytes=self.prewarm_cache_max_bytes, image=self.preloader_image,
+                               retry_max_seconds=self.prewarm_retry_max_seconds)
+
+    @property
+    def watched_namespaces(self) -> tuple[str, ...]:
+        """The namespaces kopf watches when restricted: the pre-warm Jobs' namespace too."""
+        if not self.namespaces or self.prewarm_namespace in self.namespaces:
+            return self.namespaces
+        return (*self.namespaces, self.prewarm_namespace)
+
+
+def _cache_path(env: Mapping[str, str]) -> str:
+    path = env.get("PREWARM_CACHE_HOST_PATH") or DEFAULT_CACHE_PATH
+    if not path.startswith("/") or "/../" in f"{path}/":
+        raise SystemExit(f"PREWARM_CACHE_HOST_PATH={path!r} must be an absolute path without '..'")
+    return path.rstrip("/") or "/"
+
+
+def _max_bytes(env: Mapping[str, str]) -> int | None:
+    raw = env.get("PREWARM_CACHE_MAX_BYTES")
+    if not raw:
+        return None
+    try:
+        return parse_size(raw, field="PREWARM_CACHE_MAX_BYTES")
+    except InvalidSpec as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def _float(env: Mapping[str, str], key: str, default: float) -> float:
@@ -132,6 +170,10 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
                                                         "CANARY_ALLOWED_ROUTE_NAMESPACES"),
         preloader_image=env.get("PRELOADER_IMAGE") or OperatorSettings.preloader_image,
         verbose=args.verbose,
+        prewarm_namespace=env.get("PREWARM_NAMESPACE") or DEFAULT_JOB_NAMESPACE,
+        prewarm_cache_host_path=_cache_path(env),
+        prewarm_cache_max_bytes=_max_bytes(env),
+        prewarm_retry_max_seconds=_float(env, "PREWARM_RETRY_MAX_SECONDS", 3600.0),
     )
 
 

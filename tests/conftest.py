@@ -21,12 +21,18 @@ if str(REPO_ROOT) not in sys.path:  # devcluster/ is not an installed package
 from devcluster import ClusterClient, EmulatedCluster  # noqa: E402
 
 CRD_PATHS = [REPO_ROOT / "manifests" / "crds", REPO_ROOT / "tests" / "fixtures" / "crds"]
+# The namespace the shipped manifests create for the preloader Jobs (the operator's PREWARM_NAMESPACE).
+PREWARM_NAMESPACE = REPO_ROOT / "manifests" / "prewarm" / "namespace.yaml"
 
 
 @pytest.fixture
 def cluster() -> Iterator[EmulatedCluster]:
-    """An emulated API server with the project's and the test fixtures' CRDs, simulation on."""
+    """An emulated API server with the project's and the test fixtures' CRDs and the pre-warm
+    namespace, simulation on."""
+    import yaml
+
     with EmulatedCluster([path for path in CRD_PATHS if path.exists()]) as running:
+        running.client("setup").create("/api/v1/namespaces", yaml.safe_load(PREWARM_NAMESPACE.read_text()))
         yield running
 
 

@@ -12,23 +12,35 @@ reads and writes nothing back.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
 
 from kserve_operator.clients.kube import KubeApi
-from kserve_operator.controllers.core import Outcome, ReconcileCore, now, patch_status, post_events
+from kserve_operator.controllers.core import Outcome, ReconcileCore, cleanup_within, now, patch_status, post_events
 from kserve_operator.errors import ApiError
 from kserve_operator.planning import prewarm as plan
 from kserve_operator.planning.node_selection import NodeView
-from kserve_operator.planning.ownership import owned_by
 from kserve_operator.planning.s3_credentials import listed_secrets
+from kserve_operator.resources.inferenceservice import LABEL_SOURCE
 from kserve_operator.resources.kinds import INFERENCE_SERVICE, JOB, MODEL_PREWARM, NODE, POD, SECRET, SERVICE_ACCOUNT
-from kserve_operator.resources.prewarm import DEFAULT_SERVICE_ACCOUNT, LABEL_JOB_NAME, LABEL_PREWARM
-from kserve_operator.settings import OperatorSettings
+from kserve_operator.resources.prewarm import (
+    DEFAULT_SERVICE_ACCOUNT,
+    LABEL_COMPONENT,
+    LABEL_ISVC,
+    LABEL_JOB_NAME,
+    LABEL_PREWARM,
+    LABEL_PREWARM_NAMESPACE,
+    LABEL_PREWARM_UID,
+    MANAGED_BY,
+    PREDICTOR,
+    PrewarmPlatform,
+)
+from kserve_operator.settings import FINALIZER, OperatorSettings
 
 CONTROLLER = "modelprewarm"
 OUTCOMES = {plan.OK: Outcome.OK, plan.INVALID: Outcome.INVALID, plan.WAITING: Outcome.WAITING}
@@ -51,17 +63,17 @@ class PrewarmContext:
         return self.core.api
 
 
-async def observe(api: KubeApi, body: Mapping[str, Any]) -> plan.Observed:
+async def observe(api: KubeApi, body: Mapping[str, Any], platform: PrewarmPlatform) -> plan.Observed:
     """Everything the plan needs, read fresh: reconciles are level-based, not event-based."""
     meta = body["metadata"]
-    namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
+    namespace, uid = meta["namespace"], meta.get("uid", "")
     nodes = [NodeView.parse(n) for n in await api.list(NODE)]
-    jobs = [j for j in await api.list(JOB, namespace, label_selector=f"{LABEL_PREWARM}={name}") if owned_by(j, uid)]
+    jobs = await api.list(JOB, platform.namespace, label_selector=f"{LABEL_PREWARM_UID}={uid}")
     pods: dict[str, list[dict[str, Any]]] = {}
     names = sorted(str(j["metadata"]["name"]) for j in jobs)
     if names:
         selector = f"{LABEL_JOB_NAME} in ({','.join(names)})"
-        for pod in await api.list(POD, namespace, label_selector=selector):
+        for pod in await api.list(POD, platform.namespace, label_selector=selector):
             job = str(((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB_NAME, ""))
             pods.setdefault(job, []).append(pod)
     account_name = (body.get("spec") or {}).get("serviceAccountName") or DEFAULT_SERVICE_ACCOUNT
@@ -69,7 +81,54 @@ async def observe(api: KubeApi, body: Mapping[str, Any]) -> plan.Observed:
     secrets: dict[str, Mapping[str, Any] | None] = {}
     for secret in listed_secrets(account or {}):
         secrets[secret] = await api.get(SECRET, secret, namespace)
-    return plan.Observed(prewarm=body, nodes=nodes, jobs=jobs, pods=pods, service_account=account, secrets=secrets)
+    serving: list[dict[str, Any]] = []
+    source = (meta.get("labels") or {}).get(LABEL_SOURCE)
+    if source:
+        serving = await api.list(POD, namespace, label_selector=f"{LABEL_ISVC}={source},{LABEL_COMPONENT}={PREDICTOR}")
+    return plan.Observed(prewarm=body, nodes=nodes, jobs=jobs, pods=pods, service_account=account, secrets=secrets,
+                         serving_pods=serving)
+
+
+async def apply_credentials(api: KubeApi, decided: plan.PrewarmPlan, body: Mapping[str, Any],
+                            jobs: Sequence[Mapping[str, Any]], platform: PrewarmPlatform,
+                            live: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The copy of the tenant's S3 values beside the Jobs: owned by each Job that uses it (the
+    garbage collector removes it with the last), deleted as soon as no Job needs it. Written
+    before new Jobs (their Pods start without waiting for it), its owners completed after.
+    Values are compared, never logged. Returns the copy as it now stands."""
+    copy = decided.credentials
+    if copy is None:
+        if live is not None and decided.drop_credentials:
+            await api.delete(SECRET, live["metadata"]["name"], namespace=platform.namespace)
+            return None
+        return dict(live) if live is not None else None
+    owners = [{"apiVersion": "batch/v1", "kind": "Job", "name": j["metadata"]["name"], "uid": j["metadata"]["uid"]}
+              for j in jobs if j["metadata"].get("uid")]
+    meta = body["metadata"]
+    if live is None:
+        return await api.create(SECRET, {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": copy.name, "namespace": platform.namespace, "ownerReferences": owners,
+                         "labels": {**MANAGED_BY, LABEL_PREWARM_NAMESPACE: meta["namespace"],
+                                    LABEL_PREWARM_UID: meta.get("uid", "")}},
+            "data": dict(copy.data),
+        })
+    if live.get("data") != dict(copy.data) or \
+            {o.get("uid") for o in live["metadata"].get("ownerReferences") or []} != {o["uid"] for o in owners}:
+        return await api.patch(SECRET, copy.name, {"data": dict(copy.data), "metadata": {"ownerReferences": owners}},
+                               namespace=platform.namespace)
+    return dict(live)
+
+
+async def delete_jobs(api: KubeApi, platform: PrewarmPlatform, selector: str, copy: str | None = None) -> int:
+    """Delete a ModelPrewarm's Jobs (their Pods follow through owner references) and its copy of
+    the S3 credentials."""
+    jobs = await api.list(JOB, platform.namespace, label_selector=selector)
+    for job in jobs:
+        await api.delete(JOB, job["metadata"]["name"], namespace=platform.namespace, propagation="Background")
+    if copy is not None:
+        await api.delete(SECRET, copy, namespace=platform.namespace)
+    return len(jobs)
 
 
 def _owning_service(body: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -85,24 +144,44 @@ def _owning_service(body: Mapping[str, Any]) -> dict[str, Any] | None:
 
 async def reconcile(ctx: PrewarmContext, namespace: str, name: str, logger: logging.Logger | Any) -> Outcome:
     """Observe -> plan -> apply. Raises ApiError for the core to classify."""
-    api = ctx.api
+    api, platform = ctx.api, ctx.settings.prewarm_platform
     body = await api.get(MODEL_PREWARM, name, namespace)
-    if body is None or body["metadata"].get("deletionTimestamp"):
+    if body is None:
         ctx.known.discard((namespace, name))
-        return Outcome.GONE  # its Jobs go with it: the garbage collector follows the owner references
+        # Gone without its finalizer (removed by hand): its Jobs in the platform's namespace are orphans.
+        await delete_jobs(api, platform, f"{LABEL_PREWARM_NAMESPACE}={namespace},{LABEL_PREWARM}={name}")
+        return Outcome.GONE
+    if body["metadata"].get("deletionTimestamp"):
+        return Outcome.GONE  # the finalizer's handler cleans up
     ctx.known.add((namespace, name))
-    observed = await observe(api, body)
-    decided = plan.plan_prewarm(observed, image=ctx.settings.preloader_image, now=now())
-    for job in decided.create:
+    observed = await observe(api, body, platform)
+    decided = plan.plan_prewarm(observed, platform=platform, now=now())
+    creates = decided.create
+    if creates and FINALIZER not in (body["metadata"].get("finalizers") or []):
+        # Jobs outside the namespace are cleaned up by the finalizer only: none before it is on.
+        logger.info("ModelPrewarm %s/%s: waiting for the finalizer before creating Jobs", namespace, name)
+        return Outcome.WAITING
+    live = [j for j in observed.jobs if j["metadata"]["name"] not in decided.delete
+            and not j["metadata"].get("deletionTimestamp")]
+    copy_name = plan.credentials_name(name, body["metadata"].get("uid", ""))
+    copy = await api.get(SECRET, copy_name, platform.namespace)
+    if creates:
+        copy = await apply_credentials(api, decided, body, live, platform, copy)
+    for job in creates:
         try:
-            await api.create(JOB, job)
+            live.append(await api.create(JOB, job))
         except ApiError as exc:
             if not exc.conflict:
                 raise
             # 409 AlreadyExists: created by a reconcile that died before it could record it.
-        logger.info("ModelPrewarm %s/%s: created Job %s", namespace, name, job["metadata"]["name"])
+            existing = await api.get(JOB, job["metadata"]["name"], platform.namespace)
+            if existing is not None:
+                live.append(existing)
+        logger.info("ModelPrewarm %s/%s: created Job %s/%s", namespace, name, platform.namespace,
+                    job["metadata"]["name"])
+    await apply_credentials(api, decided, body, live, platform, copy)
     for job_name in decided.delete:
-        await api.delete(JOB, job_name, namespace=namespace, propagation="Background")
+        await api.delete(JOB, job_name, namespace=platform.namespace, propagation="Background")
         logger.info("ModelPrewarm %s/%s: deleted stale Job %s", namespace, name, job_name)
     await patch_status(api, MODEL_PREWARM, body, decided.status)
     if decided.events:
@@ -111,6 +190,26 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str, logger: logg
         if service is not None:
             await post_events(api, service, decided.events)
     return OUTCOMES[decided.outcome]
+
+
+async def prewarm_deleted(body: kopf.Body, namespace: str | None, name: str, memo: Any, logger: kopf.Logger,
+                          runtime: datetime.timedelta, **_: Any) -> None:
+    """The finalizer's cleanup: the Jobs live in another namespace, out of the garbage
+    collector's reach from here (owner references cannot cross namespaces)."""
+    assert namespace is not None
+    ctx: PrewarmContext = memo.prewarm
+    platform = ctx.settings.prewarm_platform
+    uid = str((body.get("metadata") or {}).get("uid", ""))
+    deleted = await cleanup_within(f"deleting the preloader Jobs of {namespace}/{name}",
+                                   lambda: delete_jobs(ctx.api, platform, f"{LABEL_PREWARM_UID}={uid}",
+                                                       plan.credentials_name(name, uid)),
+                                   runtime=runtime, give_up_after=ctx.settings.finalizer_timeout_seconds,
+                                   logger=logger)
+    ctx.known.discard((namespace, name))
+    ctx.core.forget((namespace, name))
+    if deleted:
+        logger.info("ModelPrewarm %s/%s: deleted %d preloader Job(s) in %s", namespace, name, deleted,
+                    platform.namespace)
 
 
 async def _run(memo: Any, namespace: str, name: str, logger: Any, retry: int, *,
@@ -134,24 +233,46 @@ async def prewarm_resync(namespace: str | None, name: str, memo: Any, logger: ko
 
 
 async def job_or_pod_changed(body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    """A Job of ours or one of its Pods changed: reconcile the ModelPrewarm named on its label.
+    """A Job of ours or one of its Pods changed: reconcile the ModelPrewarm its labels name.
 
     A listing (`type is None`: at start-up, or after a watch expired) reconciles only for objects
-    that changed since last seen, and only for ModelPrewarms already reconciled once (the others'
-    own first reconcile reads everything fresh anyway)."""
+    that changed since last seen, and for ModelPrewarms not reconciled yet only to find orphans
+    (the others' own first reconcile reads everything fresh anyway)."""
     ctx: PrewarmContext = memo.prewarm
     meta = body.get("metadata") or {}
-    owner, namespace = (meta.get("labels") or {}).get(LABEL_PREWARM), meta.get("namespace")
-    if not owner or not namespace:
+    labels = meta.get("labels") or {}
+    owner, namespace = labels.get(LABEL_PREWARM), labels.get(LABEL_PREWARM_NAMESPACE)
+    if not owner or not namespace or meta.get("namespace") != ctx.settings.prewarm_namespace:
         return
-    key = (str(body.get("kind")), str(namespace), str(meta.get("name")))
+    key = (str(body.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
     version = str(meta.get("resourceVersion") or "")
     previous = ctx.child_versions.pop(key, None) if type == "DELETED" else ctx.child_versions.get(key)
     if type != "DELETED":
         ctx.child_versions[key] = version
-    if type is None and (previous == version or (str(namespace), str(owner)) not in ctx.known):
+    if type is None and (previous == version or
+                         ((str(namespace), str(owner)) not in ctx.known and body.get("kind") != JOB.kind)):
         return
-    await _run(memo, namespace, str(owner), logger, 0, from_child=True)
+    await _run(memo, str(namespace), str(owner), logger, 0, from_child=True)
+
+
+async def predictor_pod_changed(body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger,
+                                **_: Any) -> None:
+    """A predictor Pod was bound, moved or went away: its ModelPrewarm follows where it serves."""
+    ctx: PrewarmContext = memo.prewarm
+    meta = body.get("metadata") or {}
+    namespace, service = meta.get("namespace"), (meta.get("labels") or {}).get(LABEL_ISVC)
+    if not namespace or not service or (str(namespace), str(service)) not in ctx.known:
+        return
+    key = ("predictor", str(namespace), str(meta.get("name")))
+    gone = type == "DELETED" or meta.get("deletionTimestamp")
+    placed = "" if gone else str((body.get("spec") or {}).get("nodeName") or "")
+    if ctx.child_versions.get(key, "") == placed:
+        return
+    if placed:
+        ctx.child_versions[key] = placed
+    else:
+        ctx.child_versions.pop(key, None)
+    await _run(memo, str(namespace), str(service), logger, 0, from_child=True)
 
 
 def node_fingerprint(body: Mapping[str, Any]) -> str:
@@ -186,9 +307,12 @@ def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> Non
     kopf.on.resume(*resource, registry=registry)(prewarm_changed)
     kopf.on.create(*resource, registry=registry)(prewarm_changed)
     kopf.on.update(*resource, registry=registry)(prewarm_changed)
+    kopf.on.delete(*resource, registry=registry)(prewarm_deleted)
     kopf.timer(*resource, interval=settings.resync_seconds, initial_delay=settings.resync_seconds,
                registry=registry)(prewarm_resync)
     for child in (JOB, POD):
         kopf.on.event(child.group, child.version, child.plural, labels={LABEL_PREWARM: kopf.PRESENT},
                       registry=registry)(job_or_pod_changed)
+    kopf.on.event(POD.group, POD.version, POD.plural, labels={LABEL_ISVC: kopf.PRESENT, LABEL_COMPONENT: PREDICTOR},
+                  registry=registry)(predictor_pod_changed)
     kopf.on.event(NODE.group, NODE.version, NODE.plural, registry=registry)(node_changed)

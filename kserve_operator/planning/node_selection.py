@@ -177,16 +177,21 @@ def qualify(nodes: Iterable[NodeView], spec: PrewarmSpec) -> Qualification:
 
 
 def choose_nodes(
-    qualifying: Sequence[NodeView], count: int, *, current: Iterable[str] = (), warm: Iterable[str] = ()
+    qualifying: Sequence[NodeView], count: int, *, current: Iterable[str] = (), warm: Iterable[str] = (),
+    serving: Iterable[str] = (),
 ) -> tuple[NodeView, ...]:
-    """Pick `count` nodes: those already chosen and warm for this model version first, then the
-    ones already chosen (a Job runs there), then nodes warm for this version from earlier, then
-    the rest by name. A node that stopped qualifying is simply absent, so its place goes to the
-    next node in this order."""
+    """Pick `count` nodes: nodes where the predictor serves come first (the more of its Pods, the
+    earlier), so warming follows serving; then those already chosen and warm for this model
+    version, then the ones already chosen (a Job runs there), then nodes warm for this version
+    from earlier, then the rest by name. A node that stopped qualifying is simply absent, so its
+    place goes to the next node in this order."""
     current_set, warm_set = set(current), set(warm)
+    pods_on: dict[str, int] = {}
+    for node in serving:
+        pods_on[node] = pods_on.get(node, 0) + 1
 
-    def rank(node: NodeView) -> tuple[int, str]:
+    def rank(node: NodeView) -> tuple[int, int, str]:
         here, hot = node.name in current_set, node.name in warm_set
-        return (0 if here and hot else 1 if here else 2 if hot else 3, node.name)
+        return (-pods_on.get(node.name, 0), 0 if here and hot else 1 if here else 2 if hot else 3, node.name)
 
     return tuple(sorted(qualifying, key=rank)[:count])

@@ -1,82 +1,84 @@
 """Plan one ModelPrewarm: which nodes, which Jobs to create or delete, the status and the events.
 
-Pure: the controller observes (the ModelPrewarm, Nodes, its Jobs and their Pods, the service
-account and its Secrets) and applies the plan. Decisions made here:
+Pure: the controller observes (the ModelPrewarm, Nodes, its Jobs and their Pods in the platform's
+namespace, the service account and its Secrets, the predictor's Pods) and applies the plan.
+Decisions made here:
 
-- bad input (a non-S3 URI, several storageUris, a missing service account or Secret) creates no
-  Job and says why in `Ready`; no qualifying node leaves it `Pending` with the reasons counted;
-- `nodeCount` nodes are chosen, keeping the ones already warm for this model version;
+- bad input (a non-S3 URI, several storageUris, a missing service account, Secret or key) creates
+  no Job and says why in `Ready`; no qualifying node leaves it `Pending` with the reasons counted;
+- `nodeCount` nodes are chosen: nodes where the predictor runs first, then the ones already warm
+  for this model version (so warming follows serving, and serving, steered by the placement
+  webhook, lands where warming is);
 - each chosen node gets one Job whose name follows from the spec (see prewarm_jobs); Jobs of a
-  former spec, of a node no longer chosen, or superseded by a re-warm are deleted;
+  former spec, of a node no longer chosen, or superseded by a re-warm or a retry are deleted;
 - when one node reports a newer model version (its Job saw new ETags), the nodes holding an
   older one are warmed again with a Job targeting that version;
-- a Job removed by its TTL leaves its outcome in `status.nodes`, which counts as done.
-Events are planned on transitions only, so a settled ModelPrewarm plans no writes at all.
+- a node whose Job gave up is retried with exponential backoff (jittered, capped by the
+  platform), at once when the retry annotation takes a new value;
+- a Job removed by its TTL leaves its outcome in `status.nodes`, which counts as done;
+- the tenant's S3 credentials are copied into one Secret beside the Jobs only while a Job may
+  still need them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
+import random
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kserve_operator.errors import InvalidSpec
-from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
+from kserve_operator.planning.backoff import backoff_delay
+from kserve_operator.planning.events import NORMAL, EventPlan
 from kserve_operator.planning.node_selection import NodeView, choose_nodes, qualify
 from kserve_operator.planning.prewarm_jobs import JobTemplate, NodeProgress, build_job, job_name, node_progress
-from kserve_operator.planning.s3_credentials import DEFAULT_KEY_NAMES, S3KeyNames, derive_credentials
-from kserve_operator.resources.conditions import (
-    DEGRADED,
-    FALSE,
-    PROGRESSING,
-    READY,
-    TRUE,
-    find_condition,
-    set_condition,
+from kserve_operator.planning.prewarm_status import (
+    EVENT_JOBS_CREATED,
+    EVENT_JOBS_DELETED,
+    EVENT_RETRY,
+    REASON_MULTIPLE_URIS,
+    REASON_NO_ACCOUNT,
+    REASON_NO_SECRET,
+    REASON_NO_SECRET_KEY,
+    REASON_UNSUPPORTED_URI,
+    blocked_status,
+    node_entry,
+    plan_status,
+    transition_events,
 )
-from kserve_operator.resources.inferenceservice import ANNOTATION_UNSUPPORTED
-from kserve_operator.resources.kinds import MODEL_PREWARM
+from kserve_operator.planning.prewarm_status import REASON_INVALID_SPEC as REASON_INVALID_SPEC
+from kserve_operator.planning.s3_credentials import (
+    DEFAULT_KEY_NAMES,
+    S3KeyNames,
+    derive_credentials,
+    relocate_credentials,
+)
+from kserve_operator.resources.conditions import parse_rfc3339, rfc3339
+from kserve_operator.resources.inferenceservice import ANNOTATION_UNSUPPORTED, LABEL_SOURCE
 from kserve_operator.resources.meta import ObjectMeta
 from kserve_operator.resources.prewarm import (
+    ANNOTATION_ATTEMPT,
     ANNOTATION_NODE,
     ANNOTATION_TARGET_VERSION,
     DEFAULT_SERVICE_ACCOUNT,
     FAILED,
     LABEL_SPEC_HASH,
     PENDING,
+    RETRY_ANNOTATION,
     WARM,
     WARMING,
+    PrewarmPlatform,
     PrewarmSpec,
     parse_spec,
 )
 
-# Condition reasons (constants: tools match on them).
-REASON_WARM = "Warm"
-REASON_WARMING = "Warming"
-REASON_INVALID_SPEC = "InvalidSpec"
-REASON_UNSUPPORTED_URI = "UnsupportedStorageUri"
-REASON_MULTIPLE_URIS = "MultipleStorageUris"
-REASON_NO_ACCOUNT = "ServiceAccountNotFound"
-REASON_NO_SECRET = "SecretNotFound"  # noqa: S105 (a condition reason)
-REASON_NO_NODES = "NoQualifyingNodes"
-REASON_FAILED = "PreloadFailed"
-REASON_JOBS_RUNNING = "JobsRunning"
-REASON_SETTLED = "Settled"
-REASON_BLOCKED = "Blocked"
-REASON_FEWER_NODES = "FewerNodesThanRequested"
-REASON_NODES_FAILED = "NodesFailed"
-REASON_AS_EXPECTED = "AsExpected"
-
-# Event reasons.
-EVENT_JOBS_CREATED = "PreloadJobsCreated"
-EVENT_JOBS_DELETED = "PreloadJobsDeleted"
-EVENT_WARM = "ModelWarm"
-EVENT_NODE_FAILED = "PreloadFailed"
-
 OK = "ok"
 INVALID = "invalid"
 WAITING = "waiting"
+_NOT_DNS = re.compile(r"[^a-z0-9-]+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +87,19 @@ class Observed:
 
     prewarm: Mapping[str, Any]
     nodes: Sequence[NodeView]
-    jobs: Sequence[Mapping[str, Any]]  # Jobs labelled with this ModelPrewarm and owned by it
+    jobs: Sequence[Mapping[str, Any]]  # Jobs labelled with this ModelPrewarm's uid
     pods: Mapping[str, Sequence[Mapping[str, Any]]]  # Job name -> its Pods
     service_account: Mapping[str, Any] | None
     secrets: Mapping[str, Mapping[str, Any] | None]  # every Secret the account lists
+    serving_pods: Sequence[Mapping[str, Any]] = ()  # the predictor's Pods, for a derived ModelPrewarm
+
+
+@dataclasses.dataclass(frozen=True)
+class CredentialCopy:
+    """The Secret beside the Jobs holding the tenant's S3 values (owned by the Jobs that use it)."""
+
+    name: str
+    data: Mapping[str, str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +109,8 @@ class PrewarmPlan:
     status: dict[str, Any]
     events: tuple[EventPlan, ...]
     outcome: str  # OK | INVALID | WAITING
+    credentials: CredentialCopy | None = None  # wanted now (create or bring up to date)
+    drop_credentials: bool = False  # no Job needs them any more: delete the copy
 
 
 def storage_uri_problem(uri: str) -> str | None:
@@ -112,6 +125,13 @@ def storage_uri_problem(uri: str) -> str | None:
     return None
 
 
+def credentials_name(prewarm: str, uid: str) -> str:
+    """`<prewarm>-<hash of the uid>-s3`: unique in the shared namespace, at most 63 characters."""
+    digest = hashlib.sha256(uid.encode()).hexdigest()[:10]
+    readable = _NOT_DNS.sub("-", prewarm.lower()).strip("-")[:40].rstrip("-")
+    return f"{readable}-{digest}-s3" if readable else f"p-{digest}-s3"
+
+
 @dataclasses.dataclass(frozen=True)
 class _Record:
     """One node's Job, observed or remembered from status."""
@@ -119,91 +139,14 @@ class _Record:
     node: str
     job: str
     target: str
+    attempt: int
     progress: NodeProgress
     entry: Mapping[str, Any] | None = None  # the status entry, when the Job itself is gone
 
 
-def _finished_sort_key(record: _Record) -> tuple[str, str]:
-    return (record.progress.finished_at, record.progress.version)
-
-
-def _entry(node: str, job: str, progress: NodeProgress) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": node, "phase": progress.phase, "job": job}
-    result = progress.result or {}
-    for key in ("bytes", "files"):
-        if isinstance(result.get(key), int):
-            entry[key] = result[key]
-    seconds = result.get("seconds")
-    total = seconds.get("total") if isinstance(seconds, Mapping) else seconds
-    if isinstance(total, int | float) and not isinstance(total, bool):
-        entry["seconds"] = round(float(total), 3)
-    if isinstance(result.get("gbps"), int | float):
-        entry["gbps"] = round(float(result["gbps"]), 3)
-    for key in ("device", "cache", "version"):
-        if result.get(key):
-            entry[key] = str(result[key])
-    if progress.reason:
-        entry["reason"] = progress.reason
-    if progress.message:
-        entry["message"] = progress.message[:1000]
-    if progress.finished_at:
-        entry["finishedAt"] = progress.finished_at
-    return entry
-
-
-def _blocked_status(
-    old: Mapping[str, Any], spec_uri: str, node_count: int, *, reason: str, message: str,
-    now: datetime.datetime, generation: int | None, keep_nodes: bool,
-) -> dict[str, Any]:
-    conditions = list(old.get("conditions") or [])
-    conditions = set_condition(conditions, type=READY, status=FALSE, reason=reason, message=message,
-                               now=now, generation=generation)
-    conditions = set_condition(conditions, type=PROGRESSING, status=FALSE, reason=REASON_BLOCKED, message=message,
-                               now=now, generation=generation)
-    conditions = set_condition(conditions, type=DEGRADED, status=TRUE, reason=reason, message=message,
-                               now=now, generation=generation)
-    nodes = list(old.get("nodes") or []) if keep_nodes else []
-    invalid = reason in (REASON_INVALID_SPEC, REASON_UNSUPPORTED_URI, REASON_MULTIPLE_URIS)
-    return {
-        "phase": FAILED if invalid else PENDING,
-        "desiredNodes": node_count,
-        "warmNodes": sum(1 for n in nodes if n.get("phase") == WARM),
-        "qualifyingNodes": None,
-        "storageUri": spec_uri,
-        "modelVersion": old.get("modelVersion") if keep_nodes else None,
-        "nodes": nodes,
-        "conditions": conditions,
-        "observedGeneration": generation,
-    }
-
-
-def _transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[EventPlan]:
-    events: list[EventPlan] = []
-    old_ready = find_condition(list(old.get("conditions") or []), READY) or {}
-    new_ready = find_condition(list(new.get("conditions") or []), READY) or {}
-    blocking = (REASON_INVALID_SPEC, REASON_UNSUPPORTED_URI, REASON_MULTIPLE_URIS, REASON_NO_ACCOUNT,
-                REASON_NO_SECRET, REASON_NO_NODES)
-    if new_ready.get("reason") in blocking and (
-        old_ready.get("reason") != new_ready.get("reason") or old_ready.get("message") != new_ready.get("message")
-    ):
-        events.append(EventPlan(WARNING, str(new_ready["reason"]), str(new_ready.get("message", ""))))
-    if new.get("phase") == WARM and old.get("phase") != WARM:
-        figures = ", ".join(
-            f"{n['name']}: {n.get('bytes', 0)} bytes in {n.get('seconds', 0)}s ({n.get('gbps', 0)} GB/s, "
-            f"cache {n.get('cache', '?')})" for n in new.get("nodes") or []
-        )
-        events.append(EventPlan(NORMAL, EVENT_WARM, f"warm on {new.get('warmNodes')} node(s): {figures}"))
-    old_failed = {(n.get("name"), n.get("job")) for n in old.get("nodes") or [] if n.get("phase") == FAILED}
-    for node in new.get("nodes") or []:
-        if node.get("phase") == FAILED and (node.get("name"), node.get("job")) not in old_failed:
-            events.append(EventPlan(WARNING, EVENT_NODE_FAILED,
-                                    f"node {node['name']}: {node.get('reason', '')}: {node.get('message', '')}"))
-    return events
-
-
 def plan_prewarm(
-    observed: Observed, *, image: str, now: datetime.datetime, key_names: S3KeyNames = DEFAULT_KEY_NAMES,
-    s3_defaults: Mapping[str, str] | None = None,
+    observed: Observed, *, platform: PrewarmPlatform, now: datetime.datetime,
+    key_names: S3KeyNames = DEFAULT_KEY_NAMES, s3_defaults: Mapping[str, str] | None = None,
 ) -> PrewarmPlan:
     body = observed.prewarm
     meta = ObjectMeta.parse(body.get("metadata"))
@@ -217,9 +160,10 @@ def plan_prewarm(
                      if not (j.get("metadata") or {}).get("deletionTimestamp"))
 
     def blocked(reason: str, message: str, outcome: str, *, keep: bool) -> PrewarmPlan:
-        status = _blocked_status(old, uri, int(count), reason=reason, message=message, now=now,
-                                 generation=generation, keep_nodes=keep)
-        return PrewarmPlan((), () if keep else all_jobs, status, tuple(_transition_events(old, status)), outcome)
+        status = blocked_status(old, uri, int(count), reason=reason, message=message, now=now,
+                                generation=generation, keep_nodes=keep)
+        return PrewarmPlan((), () if keep else all_jobs, status, tuple(transition_events(old, status)), outcome,
+                           drop_credentials=not keep)
 
     unsupported = meta.annotations.get(ANNOTATION_UNSUPPORTED)
     if unsupported:
@@ -243,11 +187,15 @@ def plan_prewarm(
         where = f"of service account {account} " if credentials.missing_kind == "Secret" else ""
         return blocked(reason, f"{credentials.missing_kind} {credentials.missing_name} {where}not found in "
                        f"namespace {meta.namespace}", WAITING, keep=True)
-
-    template = JobTemplate(namespace=str(meta.namespace), prewarm=meta.name,
-                           owner=meta.controller_reference_for(MODEL_PREWARM), spec=spec, image=image,
-                           env=credentials.env)
-    return _plan_jobs(observed, spec, template, meta, old, now)
+    copy_name = credentials_name(meta.name, meta.uid or "")
+    relocated = relocate_credentials(credentials.env, observed.secrets, copy_name)
+    if relocated.missing is not None:
+        return blocked(REASON_NO_SECRET_KEY, f"{relocated.missing} not found in namespace {meta.namespace}",
+                       WAITING, keep=True)
+    template = JobTemplate(owner_namespace=str(meta.namespace), prewarm=meta.name, owner_uid=meta.uid or "",
+                           spec=spec, platform=platform, env=relocated.env)
+    copy = CredentialCopy(copy_name, relocated.data) if relocated.data else None
+    return _plan_jobs(observed, spec, template, meta, old, now, copy)
 
 
 def _records(observed: Observed, template: JobTemplate, spec_hash: str, old: Mapping[str, Any]) -> list[_Record]:
@@ -257,48 +205,88 @@ def _records(observed: Observed, template: JobTemplate, spec_hash: str, old: Map
     seen: set[str] = set()
     for job in observed.jobs:
         job_meta = job.get("metadata") or {}
+        annotations = job_meta.get("annotations") or {}
         name = str(job_meta.get("name"))
-        node = str((job_meta.get("annotations") or {}).get(ANNOTATION_NODE, ""))
-        target = str((job_meta.get("annotations") or {}).get(ANNOTATION_TARGET_VERSION, ""))
+        node = str(annotations.get(ANNOTATION_NODE, ""))
+        target = str(annotations.get(ANNOTATION_TARGET_VERSION, ""))
+        attempt_text = str(annotations.get(ANNOTATION_ATTEMPT, "0"))
+        attempt = int(attempt_text) if attempt_text.isdigit() else 0
         if job_meta.get("deletionTimestamp") or (job_meta.get("labels") or {}).get(LABEL_SPEC_HASH) != spec_hash:
             continue
-        if not node or job_name(prewarm, node, spec_hash, target) != name:
+        if not node or job_name(prewarm, node, spec_hash, target, attempt) != name:
             continue
-        records.append(_Record(node, name, target, node_progress(job, observed.pods.get(name, ()))))
+        records.append(_Record(node, name, target, attempt, node_progress(job, observed.pods.get(name, ()))))
         seen.add(name)
     versions = {""} | {str(n.get("version")) for n in old.get("nodes") or [] if n.get("version")}
     for entry in old.get("nodes") or []:
         node, remembered = str(entry.get("name", "")), str(entry.get("job", ""))
         if remembered in seen or entry.get("phase") not in (WARM, FAILED):
             continue  # only a finished Job's outcome outlives the Job
-        found = next((v for v in versions if job_name(prewarm, node, spec_hash, v) == remembered), None)
+        tries = entry.get("attempts")
+        attempt = tries - 1 if isinstance(tries, int) and tries > 0 else 0
+        found = next((v for v in versions if job_name(prewarm, node, spec_hash, v, attempt) == remembered), None)
         if found is None:
             continue  # a former spec's Job
         progress = NodeProgress(str(entry["phase"]), result={"version": entry.get("version", "")},
+                                reason=str(entry.get("reason", "")), message=str(entry.get("message", "")),
                                 finished_at=str(entry.get("finishedAt", "")))
-        records.append(_Record(node, remembered, found, progress, entry=entry))
+        records.append(_Record(node, remembered, found, attempt, progress, entry=entry))
     return records
+
+
+def _retry_at(record: _Record, old_nodes: Sequence[Mapping[str, Any]], uid: str, platform: PrewarmPlatform,
+              now: datetime.datetime) -> datetime.datetime:
+    """When a failed node's next attempt is due: backoff from when its Job failed, with a jitter
+    seeded by the node and attempt, so every reconcile computes the same moment."""
+    delay = backoff_delay(record.attempt, base=platform.retry_base_seconds, cap=platform.retry_max_seconds,
+                          rng=random.Random(f"{uid}/{record.node}/{record.attempt}"))
+    if record.progress.finished_at:
+        return parse_rfc3339(record.progress.finished_at) + datetime.timedelta(seconds=delay)
+    remembered = next((str(n["retryAt"]) for n in old_nodes
+                       if n.get("job") == record.job and n.get("retryAt")), None)
+    return parse_rfc3339(remembered) if remembered else now + datetime.timedelta(seconds=delay)
+
+
+def serving_nodes(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The nodes the predictor's live Pods are bound to, one entry per Pod."""
+    nodes: list[str] = []
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node:
+            nodes.append(str(node))
+    return nodes
 
 
 def _plan_jobs(
     observed: Observed, spec: PrewarmSpec, template: JobTemplate, meta: ObjectMeta, old: Mapping[str, Any],
-    now: datetime.datetime,
+    now: datetime.datetime, copy: CredentialCopy | None,
 ) -> PrewarmPlan:
     spec_hash = template.spec_hash()
     records = _records(observed, template, spec_hash, old)
-    finished = sorted((r for r in records if r.progress.phase == WARM and r.progress.version), key=_finished_sort_key)
+    finished = sorted((r for r in records if r.progress.phase == WARM and r.progress.version),
+                      key=lambda r: (r.progress.finished_at, r.progress.version))
     version = finished[-1].progress.version if finished else (
         str(old.get("modelVersion") or "") if old.get("storageUri") == spec.storage_uri else "")
     warm_before = {str(n.get("name")) for n in old.get("nodes") or []
                    if n.get("phase") == WARM and version and n.get("version") == version
                    and old.get("storageUri") == spec.storage_uri}
     warm_now = {r.node for r in records if r.progress.phase == WARM and r.progress.version in ("", version)}
+    follows = bool(meta.labels.get(LABEL_SOURCE))
+    serving = serving_nodes(observed.serving_pods) if follows else []
     qualification = qualify(observed.nodes, spec)
     chosen = choose_nodes(qualification.qualifying, spec.node_count, current={r.node for r in records},
-                          warm=warm_now | warm_before)
+                          warm=warm_now | warm_before, serving=serving)
+    request = meta.annotations.get(RETRY_ANNOTATION)
+    retry_now = request is not None and request != old.get("retryRequest")
+    old_nodes: Sequence[Mapping[str, Any]] = old.get("nodes") or []
 
     creates: list[dict[str, Any]] = []
     created_on: list[str] = []
+    retried: list[str] = []
     entries: list[dict[str, Any]] = []
     keep: set[str] = set()
     for node in chosen:
@@ -307,90 +295,49 @@ def _plan_jobs(
         targets = {r.target for r in mine}
         target = version if stale or (version and version in targets) else ("" if "" in targets or not targets
                                                                              else max(targets))
-        name = job_name(template.prewarm, node.name, spec_hash, target)
+        attempt = max((r.attempt for r in mine if r.target == target), default=0)
+        record = next((r for r in mine if r.target == target and r.attempt == attempt), None)
+        retry_at = ""
+        if record is not None and record.progress.phase == FAILED:
+            due = _retry_at(record, old_nodes, template.owner_uid, template.platform, now)
+            if retry_now or now >= due:
+                attempt, record = attempt + 1, None
+                retried.append(node.name)
+            else:
+                retry_at = rfc3339(due)
+        name = job_name(template.prewarm, node.name, spec_hash, target, attempt)
         keep.add(name)
-        record = next((r for r in mine if r.job == name), None)
         if record is None:
-            job_template = dataclasses.replace(template, target_version=target)
+            job_template = dataclasses.replace(template, target_version=target, attempt=attempt)
             creates.append(build_job(job_template, node=node.name, hostname=node.hostname))
             created_on.append(node.name)
-            entries.append(_entry(node.name, name, NodeProgress(PENDING)))
-        elif record.entry is not None:
-            entries.append(dict(record.entry))
+            entries.append(node_entry(node.name, node.hostname, name, NodeProgress(PENDING), attempts=attempt + 1
+                                      if attempt else 0))
         else:
-            entries.append(_entry(node.name, name, record.progress))
+            entries.append(node_entry(node.name, node.hostname, name, record.progress,
+                                      attempts=attempt + 1 if attempt or record.progress.phase == FAILED else 0,
+                                      retry_at=retry_at) if record.entry is None or retry_at
+                           else dict(record.entry))
     live = {str((j.get("metadata") or {}).get("name")): j for j in observed.jobs
             if not (j.get("metadata") or {}).get("deletionTimestamp")}
     deletes = tuple(sorted(name for name in live if name not in keep))
-    status = _status(spec, meta, old, entries, version, len(qualification.qualifying), qualification.summary(), now)
-    events = _transition_events(old, status)
+    warm_names = {e["name"] for e in entries if e["phase"] == WARM}
+    on_warm = sum(1 for n in serving if n in warm_names)
+    status = plan_status(spec, meta.generation, old, entries, version, len(qualification.qualifying),
+                         qualification.summary(), now, serving=(on_warm, len(serving)) if follows else None)
+    if request is not None:
+        status["retryRequest"] = request
+    events = transition_events(old, status)
+    if retried:
+        events.insert(0, EventPlan(NORMAL, EVENT_RETRY, f"retrying {', '.join(retried)}"
+                                   + (f" ({RETRY_ANNOTATION}={request})" if retry_now else " after backoff")))
     if creates:
         events.insert(0, EventPlan(NORMAL, EVENT_JOBS_CREATED,
                                    f"preloading {spec.storage_uri} on {', '.join(created_on)}"))
     if deletes:
         events.append(EventPlan(NORMAL, EVENT_JOBS_DELETED,
                                 f"removed {len(deletes)} stale Job(s): {', '.join(deletes)}"))
-    outcome = WAITING if status["phase"] in (PENDING, WARMING) else OK
-    return PrewarmPlan(tuple(creates), deletes, status, tuple(events), outcome)
-
-
-def _status(
-    spec: PrewarmSpec, meta: ObjectMeta, old: Mapping[str, Any], entries: list[dict[str, Any]], version: str,
-    qualifying: int, why_not: str, now: datetime.datetime,
-) -> dict[str, Any]:
-    generation = meta.generation
-    phases = [e["phase"] for e in entries]
-    warm = phases.count(WARM)
-    failed = [e for e in entries if e["phase"] == FAILED]
-    if not entries:
-        phase = PENDING
-    elif warm == len(entries):
-        phase = WARM
-    elif all(p in (WARM, FAILED) for p in phases):
-        phase = FAILED
-    elif all(p == PENDING for p in phases):
-        phase = PENDING
-    else:
-        phase = WARMING
-    conditions = list(old.get("conditions") or [])
-
-    def put(type: str, status: str, reason: str, message: str) -> None:
-        nonlocal conditions
-        conditions = set_condition(conditions, type=type, status=status, reason=reason, message=message,
-                                   now=now, generation=generation)
-
-    if not entries:
-        message = f"no node qualifies for {spec.storage_uri}: {why_not}"
-        put(READY, FALSE, REASON_NO_NODES, message)
-        put(PROGRESSING, FALSE, REASON_BLOCKED, message)
-    elif phase == WARM:
-        put(READY, TRUE, REASON_WARM, f"{spec.storage_uri} is warm on {warm} node(s)")
-        put(PROGRESSING, FALSE, REASON_SETTLED, "every chosen node is warm")
-    elif phase == FAILED:
-        message = "; ".join(f"{e['name']}: {e.get('reason', '')}: {e.get('message', '')}" for e in failed)
-        put(READY, FALSE, REASON_FAILED, message)
-        put(PROGRESSING, FALSE, REASON_SETTLED, "every Job finished")
-    else:
-        put(READY, FALSE, REASON_WARMING, f"{warm} of {len(entries)} node(s) warm")
-        put(PROGRESSING, TRUE, REASON_JOBS_RUNNING, f"{len(entries) - warm} preloader Job(s) to finish")
-    if failed:
-        put(DEGRADED, TRUE, REASON_NODES_FAILED, f"{len(failed)} of {len(entries)} node(s) failed")
-    elif entries and len(entries) < spec.node_count:
-        put(DEGRADED, TRUE, REASON_FEWER_NODES,
-            f"{qualifying} qualifying node(s) for nodeCount {spec.node_count}; others: {why_not}")
-    elif not entries:
-        put(DEGRADED, TRUE, REASON_NO_NODES, f"0 qualifying node(s) for nodeCount {spec.node_count}")
-    else:
-        put(DEGRADED, FALSE, REASON_AS_EXPECTED, f"{len(entries)} node(s) chosen for nodeCount {spec.node_count}")
-    status: dict[str, Any] = {
-        "phase": phase,
-        "desiredNodes": spec.node_count,
-        "warmNodes": warm,
-        "qualifyingNodes": qualifying,
-        "storageUri": spec.storage_uri,
-        "nodes": sorted(entries, key=lambda e: str(e["name"])),
-        "conditions": conditions,
-        "observedGeneration": generation,
-    }
-    status["modelVersion"] = version or None  # None: a merge patch removes a former version
-    return status
+    unfinished = bool(creates) or any(e["phase"] in (PENDING, WARMING) for e in entries)
+    outcome = WAITING if status["phase"] in (PENDING, WARMING) or status.get("nextRetryAt") else OK
+    return PrewarmPlan(tuple(creates), deletes, status, tuple(events), outcome,
+                       credentials=copy if unfinished else None, drop_credentials=not unfinished)

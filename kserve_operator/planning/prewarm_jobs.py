@@ -19,18 +19,22 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kserve_operator.resources.meta import OwnerRef
 from kserve_operator.resources.prewarm import (
+    ANNOTATION_ATTEMPT,
     ANNOTATION_NODE,
+    ANNOTATION_OWNER,
     ANNOTATION_TARGET_VERSION,
     FAILED,
     LABEL_HOSTNAME,
     LABEL_PREWARM,
+    LABEL_PREWARM_NAMESPACE,
+    LABEL_PREWARM_UID,
     LABEL_SPEC_HASH,
     MANAGED_BY,
     PENDING,
     WARM,
     WARMING,
+    PrewarmPlatform,
     PrewarmSpec,
 )
 
@@ -47,26 +51,39 @@ _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 
 @dataclasses.dataclass(frozen=True)
 class JobTemplate:
-    """Everything a Job runs except the node: hashed into its name."""
+    """Everything a Job runs except the node: hashed into its name.
 
-    namespace: str
+    The Job runs in the platform's namespace (`platform.namespace`), not the ModelPrewarm's: an
+    owner reference cannot cross namespaces, so whose it is lives in labels (namespace, name,
+    uid), and a finalizer on the ModelPrewarm deletes it."""
+
+    owner_namespace: str
     prewarm: str
-    owner: OwnerRef
+    owner_uid: str
     spec: PrewarmSpec
-    image: str
+    platform: PrewarmPlatform
     env: tuple[dict[str, Any], ...]
     target_version: str = ""  # set on a re-warm Job: the model version it should bring
+    attempt: int = 0  # the retry of a node whose earlier Jobs failed: 0 for the first
+
+    @property
+    def namespace(self) -> str:
+        return self.platform.namespace
+
+    def owner_labels(self) -> dict[str, str]:
+        return {**MANAGED_BY, LABEL_PREWARM: self.prewarm, LABEL_PREWARM_NAMESPACE: self.owner_namespace,
+                LABEL_PREWARM_UID: self.owner_uid}
 
     def pod_spec(self) -> dict[str, Any]:
-        spec = self.spec
+        spec, platform = self.spec, self.platform
         args = ["--device", spec.device, "--cache-dir", CACHE_MOUNT_PATH]
-        if spec.cache_max_bytes is not None:
-            args += ["--cache-max-bytes", str(spec.cache_max_bytes)]
+        if platform.cache_max_bytes is not None:
+            args += ["--cache-max-bytes", str(platform.cache_max_bytes)]
         # A cache hit is checked against S3's ETags first, so a re-warm brings a new version.
         args += ["--termination-log", TERMINATION_LOG, spec.storage_uri]
         container: dict[str, Any] = {
             "name": CONTAINER,
-            "image": self.image,
+            "image": platform.image,
             "args": args,
             "env": [dict(var) for var in self.env],
             "resources": spec.resources,
@@ -93,12 +110,11 @@ class JobTemplate:
             "containers": [container],
             "volumes": [
                 # The one exception to Pod Security's "restricted" profile: a node-local cache.
-                {"name": "cache", "hostPath": {"path": spec.cache_path, "type": "DirectoryOrCreate"}},
+                # The path is a platform setting; no tenant field reaches it.
+                {"name": "cache", "hostPath": {"path": platform.cache_path, "type": "DirectoryOrCreate"}},
                 {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
             ],
         }
-        if spec.service_account_name:
-            pod["serviceAccountName"] = spec.service_account_name  # IRSA-style credentials follow it
         if spec.tolerations:
             pod["tolerations"] = [t.to_dict() for t in spec.tolerations]
         return pod
@@ -115,15 +131,17 @@ class JobTemplate:
         # The owner's uid too: a ModelPrewarm deleted and created again under the same name never
         # meets its predecessor's Jobs (still being garbage-collected) under the same names.
         material = json.dumps(
-            {"pod": self.pod_spec(), "job": self.job_spec(), "revision": self.spec.revision, "owner": self.owner.uid},
+            {"pod": self.pod_spec(), "job": self.job_spec(), "revision": self.spec.revision, "owner": self.owner_uid},
             sort_keys=True, separators=(",", ":"),
         )
         return hashlib.sha256(material.encode()).hexdigest()[:10]
 
 
-def job_name(prewarm: str, node: str, spec_hash: str, target_version: str = "") -> str:
-    """`<prewarm>-<node>-<hash>`, cut to 63 characters, DNS-1123, unique per (node, spec, target)."""
-    digest = hashlib.sha256(f"{prewarm}\0{node}\0{spec_hash}\0{target_version}".encode()).hexdigest()[:10]
+def job_name(prewarm: str, node: str, spec_hash: str, target_version: str = "", attempt: int = 0) -> str:
+    """`<prewarm>-<node>-<hash>`, cut to 63 characters, DNS-1123, unique per (node, spec, target,
+    attempt); the spec hash covers the owner's uid, so two tenants' same names never meet."""
+    material = f"{prewarm}\0{node}\0{spec_hash}\0{target_version}" + (f"\0{attempt}" if attempt else "")
+    digest = hashlib.sha256(material.encode()).hexdigest()[:10]
     readable = _NOT_DNS.sub("-", f"{prewarm}-{node}".lower()).strip("-")
     prefix = readable[: MAX_NAME - len(digest) - 1].rstrip("-")
     return f"{prefix}-{digest}" if prefix else f"p-{digest}"
@@ -132,25 +150,26 @@ def job_name(prewarm: str, node: str, spec_hash: str, target_version: str = "") 
 def build_job(template: JobTemplate, *, node: str, hostname: str) -> dict[str, Any]:
     """The batch/v1 Job warming `node`, pinned there by its hostname label, owned by the ModelPrewarm."""
     spec_hash = template.spec_hash()
-    labels = {**MANAGED_BY, LABEL_PREWARM: template.prewarm, LABEL_SPEC_HASH: spec_hash}
+    labels = {**template.owner_labels(), LABEL_SPEC_HASH: spec_hash}
     pod = template.pod_spec()
     pod["nodeSelector"] = {LABEL_HOSTNAME: hostname}
-    annotations = {ANNOTATION_NODE: node}
+    annotations = {ANNOTATION_NODE: node, ANNOTATION_OWNER: f"{template.owner_namespace}/{template.prewarm}"}
     if template.target_version:
         annotations[ANNOTATION_TARGET_VERSION] = template.target_version
+    if template.attempt:
+        annotations[ANNOTATION_ATTEMPT] = str(template.attempt)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(template.prewarm, node, spec_hash, template.target_version),
+            "name": job_name(template.prewarm, node, spec_hash, template.target_version, template.attempt),
             "namespace": template.namespace,
             "labels": labels,
             "annotations": annotations,
-            "ownerReferences": [template.owner.to_dict()],
         },
         "spec": {
             **template.job_spec(),
-            "template": {"metadata": {"labels": {**MANAGED_BY, LABEL_PREWARM: template.prewarm}}, "spec": pod},
+            "template": {"metadata": {"labels": template.owner_labels()}, "spec": pod},
         },
     }
 

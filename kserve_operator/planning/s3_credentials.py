@@ -171,3 +171,37 @@ def listed_secrets(service_account: Mapping[str, Any]) -> tuple[str, ...]:
         if isinstance(ref, Mapping) and ref.get("name") and str(ref["name"]) not in names:
             names.append(str(ref["name"]))
     return tuple(names)
+
+
+@dataclasses.dataclass(frozen=True)
+class RelocatedCredentials:
+    """The environment pointed at one Secret of the Jobs' namespace, and that Secret's data.
+
+    The Jobs run in the platform's namespace, where the tenant's Secrets are out of reach: the
+    values the preloader needs are copied into a Secret there (keyed by variable name, so the
+    Job spec names no value and its hash never changes with a rotation). `missing` names a key
+    the tenant's Secret lacks."""
+
+    env: tuple[EnvVar, ...]
+    data: Mapping[str, str]  # variable name -> base64 value, as a Secret's `data`
+    missing: str | None = None
+
+
+def relocate_credentials(
+    env: Sequence[EnvVar], secrets: Mapping[str, Mapping[str, Any] | None], copy_name: str
+) -> RelocatedCredentials:
+    """Rewrite every `secretKeyRef` of `env` to key `<variable>` of Secret `copy_name`."""
+    out: list[EnvVar] = []
+    data: dict[str, str] = {}
+    for var in env:
+        ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+        if not isinstance(ref, Mapping):
+            out.append(dict(var))
+            continue
+        source = secrets.get(str(ref.get("name"))) or {}
+        value = (source.get("data") or {}).get(str(ref.get("key")))
+        if not isinstance(value, str):
+            return RelocatedCredentials((), {}, missing=f"key {ref.get('key')} of Secret {ref.get('name')}")
+        data[str(var["name"])] = value
+        out.append({"name": var["name"], "valueFrom": _ref(copy_name, str(var["name"]))})
+    return RelocatedCredentials(tuple(out), data)

@@ -16,12 +16,14 @@ from kserve_operator.resources.kinds import INFERENCE_SERVICE, MODEL_PREWARM
 from kserve_operator.resources.meta import ObjectMeta
 from kserve_operator.resources.prewarm import (
     DEVICE_ANNOTATION,
+    DEVICE_NONE,
     DEVICES,
     NODES_ANNOTATION,
     OPT_IN_ANNOTATION,
     OPT_IN_ANNOTATION_VALUE,
     OPT_IN_NAMESPACE_LABEL,
     OPT_IN_NAMESPACE_VALUE,
+    RETRY_ANNOTATION,
 )
 
 FRAMEWORKS = ("model", "sklearn", "xgboost", "tensorflow", "pytorch", "triton", "onnx", "huggingface", "pmml",
@@ -31,6 +33,10 @@ TOLERATION_FIELDS = ("key", "operator", "value", "effect", "tolerationSeconds")
 # ModelPrewarm controller turns it into its Ready condition (planning.prewarm reads the same key).
 ANNOTATION_UNSUPPORTED = "serving.serverless.xyz/prewarm-unsupported"
 LABEL_SOURCE = "serving.serverless.xyz/inferenceservice"  # on derived ModelPrewarms: the service's name
+# Runtimes that read the weights themselves (vLLM, Hugging Face TGI and KServe's huggingface
+# server): only the node cache helps them, so their ModelPrewarm warms the cache alone
+# (`device: none`) and its Jobs ask for no GPU.
+SELF_LOADING_FORMATS = ("huggingface", "vllm", "tgi")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,16 +48,22 @@ class Predictor:
     affinity: Mapping[str, Any] | None
     service_account_name: str | None
     min_replicas: int
+    self_loading: bool = False  # its runtime loads its own weights (see SELF_LOADING_FORMATS)
 
     @classmethod
     def parse(cls, isvc: Mapping[str, Any]) -> Predictor:
         predictor = (isvc.get("spec") or {}).get("predictor") or {}
         uris: list[str] = []
         resources: Mapping[str, Any] = {}
+        self_loading = False
         for field in FRAMEWORKS:
             section = predictor.get(field)
             if not isinstance(section, Mapping):
                 continue
+            model_format = str((section.get("modelFormat") or {}).get("name") or "").lower()
+            runtime = str(section.get("runtime") or "").lower()
+            self_loading = self_loading or field == "huggingface" or model_format in SELF_LOADING_FORMATS \
+                or any(name in runtime for name in SELF_LOADING_FORMATS)
             if section.get("storageUri"):
                 uris.append(str(section["storageUri"]))
             uris += _uris(section.get("storageUris"))
@@ -72,6 +84,7 @@ class Predictor:
             if isinstance(required, Mapping) else None,
             service_account_name=str(predictor["serviceAccountName"]) if predictor.get("serviceAccountName") else None,
             min_replicas=min_replicas if isinstance(min_replicas, int) and not isinstance(min_replicas, bool) else 1,
+            self_loading=self_loading,
         )
 
 
@@ -121,7 +134,9 @@ def desired_prewarm(isvc: Mapping[str, Any]) -> DesiredPrewarm:
     if device is not None and device.strip() in DEVICES:
         spec["device"] = device.strip()
     elif device is not None:
-        problems.append(f"annotation {DEVICE_ANNOTATION}={device!r} is not cuda or cpu; ignored")
+        problems.append(f"annotation {DEVICE_ANNOTATION}={device!r} is not one of {', '.join(DEVICES)}; ignored")
+    if "device" not in spec and predictor.self_loading:
+        spec["device"] = DEVICE_NONE
     if predictor.node_selector:
         spec["nodeSelector"] = dict(predictor.node_selector)
     if predictor.tolerations:
@@ -133,6 +148,8 @@ def desired_prewarm(isvc: Mapping[str, Any]) -> DesiredPrewarm:
     if predictor.service_account_name:
         spec["serviceAccountName"] = predictor.service_account_name
     annotations: dict[str, str] = {}
+    if meta.annotations.get(RETRY_ANNOTATION) is not None:
+        annotations[RETRY_ANNOTATION] = meta.annotations[RETRY_ANNOTATION]
     if len(predictor.storage_uris) > 1:
         annotations[ANNOTATION_UNSUPPORTED] = (
             f"pre-warm does not support several storageUris ({len(predictor.storage_uris)}: "

@@ -22,6 +22,12 @@ LABEL_PREWARM = "serving.serverless.xyz/modelprewarm"  # on Jobs and their Pods:
 LABEL_SPEC_HASH = "serving.serverless.xyz/prewarm-spec"  # on Jobs: the hash of what the Job runs
 ANNOTATION_NODE = "serving.serverless.xyz/prewarm-node"  # on Jobs: the node the Job is pinned to
 ANNOTATION_TARGET_VERSION = "serving.serverless.xyz/prewarm-target-version"  # on re-warm Jobs
+ANNOTATION_ATTEMPT = "serving.serverless.xyz/prewarm-attempt"  # on retry Jobs: 1, 2, ...
+ANNOTATION_OWNER = "serving.serverless.xyz/prewarm-owner"  # on Jobs: <namespace>/<ModelPrewarm>
+# On Jobs and copied credentials in the platform's namespace: whose they are. Labels, not owner
+# references, since an owner reference cannot cross namespaces.
+LABEL_PREWARM_NAMESPACE = "serving.serverless.xyz/prewarm-namespace"
+LABEL_PREWARM_UID = "serving.serverless.xyz/prewarm-uid"
 LABEL_JOB_NAME = "batch.kubernetes.io/job-name"  # set by the Job controller on its Pods
 LABEL_HOSTNAME = "kubernetes.io/hostname"
 MANAGED_BY = {"app.kubernetes.io/name": "model-preloader", "app.kubernetes.io/managed-by": "kserve-operator"}
@@ -35,18 +41,28 @@ NODES_ANNOTATION = "serverless.xyz/prewarm-nodes"
 # `cpu`: warm the node cache and host memory only (the serving pods hold the GPUs, or the node
 # pool has no working CUDA, as the dev cluster's simulated GPU nodes); default: the spec's rule.
 DEVICE_ANNOTATION = "serverless.xyz/prewarm-device"
+# Any new value retries the failed nodes at once instead of after their backoff.
+RETRY_ANNOTATION = "serverless.xyz/prewarm-retry"
+# KServe's labels on the predictor's Pods.
+LABEL_ISVC = "serving.kserve.io/inferenceservice"
+LABEL_COMPONENT = "component"
+PREDICTOR = "predictor"
 
 # Phases of the whole ModelPrewarm and of each node.
 PENDING = "Pending"
 WARMING = "Warming"
 WARM = "Warm"
+PARTIALLY_WARM = "PartiallyWarm"  # at least one node warm, at least one failed for good
 FAILED = "Failed"
 
 DEFAULT_CACHE_PATH = "/var/cache/kserve-prewarm"
+DEFAULT_JOB_NAMESPACE = "kserve-prewarm"
 DEFAULT_BACKOFF_LIMIT = 2
 DEFAULT_ACTIVE_DEADLINE_SECONDS = 3600
 DEFAULT_SERVICE_ACCOUNT = "default"
-DEVICES = ("cuda", "cpu")
+# `none`: fill the node cache only (runtimes that load their own weights): the Job asks for no GPU.
+DEVICE_NONE = "none"
+DEVICES = ("cuda", "cpu", DEVICE_NONE)
 
 _QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$")
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
@@ -126,8 +142,6 @@ class PrewarmSpec:
     requests: Mapping[str, str] = dataclasses.field(default_factory=dict)
     limits: Mapping[str, str] = dataclasses.field(default_factory=dict)
     service_account_name: str | None = None
-    cache_path: str = DEFAULT_CACHE_PATH
-    cache_max_bytes: int | None = None
     device: str = "cpu"
     backoff_limit: int = DEFAULT_BACKOFF_LIMIT
     active_deadline_seconds: int = DEFAULT_ACTIVE_DEADLINE_SECONDS
@@ -135,11 +149,12 @@ class PrewarmSpec:
 
     @property
     def resources(self) -> dict[str, dict[str, str]]:
+        """What the Job's container asks for: the predictor's, without GPUs for cache-only warming."""
         out: dict[str, dict[str, str]] = {}
-        if self.requests:
-            out["requests"] = dict(self.requests)
-        if self.limits:
-            out["limits"] = dict(self.limits)
+        for key, values in (("requests", self.requests), ("limits", self.limits)):
+            kept = {k: v for k, v in values.items() if not (self.device == DEVICE_NONE and k.endswith("/gpu"))}
+            if kept:
+                out[key] = kept
         return out
 
     def requested(self) -> dict[str, Decimal]:
@@ -231,14 +246,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PrewarmSpec:
     requests = _strings(resources.get("requests"), "resources.requests")
     device = spec.get("device") or ("cuda" if requests_gpu(limits, requests) else "cpu")
     if device not in DEVICES:
-        raise InvalidSpec(f"device must be cuda or cpu, got {device!r}")
-    cache = spec.get("cache") or {}
-    if not isinstance(cache, Mapping):
-        raise InvalidSpec("cache must be an object")
-    cache_path = str(cache.get("hostPath") or DEFAULT_CACHE_PATH)
-    if not cache_path.startswith("/"):
-        raise InvalidSpec(f"cache.hostPath must be an absolute path, got {cache_path!r}")
-    max_bytes = cache.get("maxBytes")
+        raise InvalidSpec(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     account = spec.get("serviceAccountName")
     parsed = PrewarmSpec(
         storage_uri=uri.strip(),
@@ -249,8 +257,6 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PrewarmSpec:
         requests=requests,
         limits=limits,
         service_account_name=str(account) if account else None,
-        cache_path=cache_path.rstrip("/") or "/",
-        cache_max_bytes=parse_size(max_bytes, field="cache.maxBytes") if max_bytes is not None else None,
         device=str(device),
         backoff_limit=required_int_field(spec, "backoffLimit", low=0, default=DEFAULT_BACKOFF_LIMIT),
         active_deadline_seconds=required_int_field(spec, "activeDeadlineSeconds", low=1,
@@ -259,6 +265,18 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PrewarmSpec:
     )
     parsed.requested()  # every quantity parses, or InvalidSpec now rather than mid-plan
     return parsed
+
+
+@dataclasses.dataclass(frozen=True)
+class PrewarmPlatform:
+    """What the platform team decides, never a tenant: where the Jobs run and the node cache."""
+
+    namespace: str = DEFAULT_JOB_NAMESPACE
+    cache_path: str = DEFAULT_CACHE_PATH
+    cache_max_bytes: int | None = None
+    image: str = ""  # the operator's PRELOADER_IMAGE
+    retry_base_seconds: float = 60.0
+    retry_max_seconds: float = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,10 @@ from devcluster import ClusterClient, EmulatedCluster
 NS = "default"
 ISVC = f"/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices"
 PREWARM = f"/apis/serving.serverless.xyz/v1alpha1/namespaces/{NS}/modelprewarms"
-JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
+# The preloader Jobs run in the platform's namespace (the operator's PREWARM_NAMESPACE default).
+JOB_NS = "kserve-prewarm"
+JOBS = f"/apis/batch/v1/namespaces/{JOB_NS}/jobs"
+JOB_PODS = f"/api/v1/namespaces/{JOB_NS}/pods"
 PODS = f"/api/v1/namespaces/{NS}/pods"
 EVENTS = f"/api/v1/namespaces/{NS}/events"
 ROOT = pathlib.Path(__file__).resolve().parents[3]

@@ -15,9 +15,9 @@ from devstack.simulated_gpu_pool import add_gpu_nodes, run_preloader_locally
 from tests.integration.operator.conftest import StartOperator
 from tests.integration.operator.prewarm_world import (
     ISVC,
+    JOB_PODS,
     JOBS,
     NS,
-    PODS,
     PREWARM,
     condition,
     events_for,
@@ -137,6 +137,6 @@ def test_a_failing_preload_marks_the_node_failed_with_the_preloaders_message(
     assert (node["name"], node["phase"], node["reason"]) == ("gpu-1", "Failed", "CorruptModel")
     assert "safetensors" in node["message"].lower()
     assert condition(failed, "Degraded")["reason"] == "NodesFailed"
-    assert len(kube.list(PODS)) == 2  # backoffLimit 1: one retry, then the Job gave up
+    assert len(kube.list(JOB_PODS)) == 2  # backoffLimit 1: one retry, then the Job gave up
     assert any(e["reason"] == "PreloadFailed" and "CorruptModel" in e["message"]
                for e in events_for(kube, "ModelPrewarm", "corrupt"))

@@ -19,6 +19,7 @@ from devstack.simulated_gpu_pool import add_gpu_nodes
 from tests.integration.operator.conftest import StartOperator
 from tests.integration.operator.prewarm_world import (
     ISVC,
+    JOB_PODS,
     JOBS,
     NS,
     PREWARM,
@@ -107,7 +108,7 @@ def test_deleting_the_inference_service_cleans_up(
     kube.wait_for(f"{PREWARM}/torch-mnist", lambda o: o["spec"]["nodeCount"] == 1, timeout=15)
     kube.delete(f"{ISVC}/torch-mnist")
     kube.wait_gone(f"{PREWARM}/torch-mnist", timeout=15)
-    cluster.wait_for(lambda: not kube.list(JOBS) and not kube.list(f"/api/v1/namespaces/{NS}/pods"), timeout=15)
+    cluster.wait_for(lambda: not kube.list(JOBS) and not kube.list(JOB_PODS), timeout=15)
 
 
 def test_namespace_label_opts_in_and_the_annotation_opts_out(

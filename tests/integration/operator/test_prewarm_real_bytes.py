@@ -59,11 +59,13 @@ def test_torch_mnist_is_warmed_with_real_bytes_and_rewarmed_on_a_new_uri(
         assert {"name": "cache", "hostPath": {"path": "/var/cache/kserve-prewarm", "type": "DirectoryOrCreate"}} \
             in pod["volumes"]
         env = {e["name"]: e for e in container["env"]}
-        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {
-            "secretKeyRef": {"name": "models-s3-keys", "key": "awsSecretAccessKey"}}
+        # In the platform's namespace: the tenant's keys come from a copy there, owned by the Jobs.
+        copy = env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]
+        assert copy["key"] == "AWS_SECRET_ACCESS_KEY" and copy["name"].startswith("torch-mnist-")
+        assert job["metadata"]["namespace"] == "kserve-prewarm"
         assert env["AWS_ENDPOINT_URL"]["value"] == f"http://{s3.endpoint}"
         assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-        assert job["metadata"]["ownerReferences"][0]["uid"] == prewarm["metadata"]["uid"]
+        assert job["metadata"]["labels"]["serving.serverless.xyz/prewarm-uid"] == prewarm["metadata"]["uid"]
 
     status = warm["status"]
     assert (status["warmNodes"], status["desiredNodes"]) == (2, 2)
@@ -90,3 +92,13 @@ def test_torch_mnist_is_warmed_with_real_bytes_and_rewarmed_on_a_new_uri(
     assert {n["name"] for n in rewarmed["status"]["nodes"]} == {"gpu-1", "gpu-2"}  # the same, warm nodes
     assert all(n["bytes"] == size_v2 and n["cache"] == "miss" for n in rewarmed["status"]["nodes"])
     assert rewarmed["status"]["modelVersion"] != status["modelVersion"]
+    # The copy of the tenant's keys lived only while a Job needed it.
+    copies = kube.list("/api/v1/namespaces/kserve-prewarm/secrets",
+                       label_selector=f"serving.serverless.xyz/prewarm-uid={prewarm['metadata']['uid']}")
+    assert copies == []
+
+    # Deleting the InferenceService removes its ModelPrewarm, whose finalizer removes the Jobs in the
+    # other namespace (no owner reference can reach them).
+    kube.delete(f"{ISVC}/torch-mnist")
+    kube.wait_gone(f"{PREWARM}/torch-mnist", timeout=20)
+    cluster.wait_for(lambda: not jobs_of(kube, "torch-mnist"), timeout=20)

@@ -6,37 +6,42 @@ import re
 from typing import Any
 
 from kserve_operator.planning.prewarm_jobs import JobTemplate, build_job, job_name, node_progress, parse_message
-from kserve_operator.resources.meta import OwnerRef
-from kserve_operator.resources.prewarm import parse_spec
+from kserve_operator.resources.prewarm import PrewarmPlatform, parse_spec
 from tests.unit.operator.prewarm_shapes import finished_job, pod, result
 
-OWNER = OwnerRef("serving.serverless.xyz/v1alpha1", "ModelPrewarm", "torch-mnist", "uid-1", controller=True)
-ENV = ({"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "awsAccessKeyID"}}},)
+PLATFORM = PrewarmPlatform(namespace="kserve-prewarm", cache_path="/mnt/nvme/models", cache_max_bytes=2**30,
+                           image="registry.local/preloader:gpu")
+ENV = ({"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "copy-s3", "key": "AWS_ACCESS_KEY_ID"}}},)
 
 
-def template(**spec: Any) -> JobTemplate:
+def template(platform: PrewarmPlatform = PLATFORM, **spec: Any) -> JobTemplate:
     full = {"storageUri": "s3://models/mnist", "resources": {"limits": {"nvidia.com/gpu": "1", "memory": "4Gi"}},
             **spec}
-    return JobTemplate(namespace="ml", prewarm="torch-mnist", owner=OWNER, spec=parse_spec(full),
-                       image="registry.local/preloader:gpu", env=ENV)
+    return JobTemplate(owner_namespace="ml", prewarm="torch-mnist", owner_uid="uid-1", spec=parse_spec(full),
+                       platform=platform, env=ENV)
 
 
-def test_job_runs_the_preloader_pinned_owned_and_locked_down() -> None:
-    job = build_job(template(serviceAccountName="models-s3", cache={"hostPath": "/mnt/nvme/models",
-                                                                    "maxBytes": "1Gi"},
+def test_job_runs_the_preloader_pinned_labelled_and_locked_down() -> None:
+    job = build_job(template(serviceAccountName="models-s3",
                              tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}]),
                     node="gpu-1", hostname="gpu-1.local")
     meta, spec = job["metadata"], job["spec"]
-    assert job["apiVersion"] == "batch/v1" and meta["namespace"] == "ml"
+    # In the platform's namespace, whose it is in labels: an owner reference cannot cross namespaces.
+    assert job["apiVersion"] == "batch/v1" and meta["namespace"] == "kserve-prewarm"
+    assert "ownerReferences" not in meta
     assert meta["labels"]["serving.serverless.xyz/modelprewarm"] == "torch-mnist"
-    assert meta["ownerReferences"] == [{"apiVersion": "serving.serverless.xyz/v1alpha1", "kind": "ModelPrewarm",
-                                        "name": "torch-mnist", "uid": "uid-1", "controller": True,
-                                        "blockOwnerDeletion": True}]
+    assert meta["labels"]["serving.serverless.xyz/prewarm-namespace"] == "ml"
+    assert meta["labels"]["serving.serverless.xyz/prewarm-uid"] == "uid-1"
+    assert meta["annotations"]["serving.serverless.xyz/prewarm-owner"] == "ml/torch-mnist"
+    pod_labels = spec["template"]["metadata"]["labels"]
+    assert pod_labels["serving.serverless.xyz/prewarm-namespace"] == "ml"
     assert spec["backoffLimit"] == 2 and spec["activeDeadlineSeconds"] == 3600
     assert spec["ttlSecondsAfterFinished"] >= 3600
     pod_spec = spec["template"]["spec"]
     assert pod_spec["nodeSelector"] == {"kubernetes.io/hostname": "gpu-1.local"}
-    assert pod_spec["restartPolicy"] == "Never" and pod_spec["serviceAccountName"] == "models-s3"
+    # The tenant's service account does not exist here; its credentials come as copied Secret keys.
+    assert pod_spec["restartPolicy"] == "Never" and "serviceAccountName" not in pod_spec
+    assert pod_spec["automountServiceAccountToken"] is False
     assert pod_spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
     assert pod_spec["securityContext"]["runAsNonRoot"] is True
     assert pod_spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -56,9 +61,25 @@ def test_job_runs_the_preloader_pinned_owned_and_locked_down() -> None:
 
 
 def test_cpu_device_without_a_gpu_and_no_size_bound() -> None:
-    job = build_job(template(resources={"requests": {"cpu": "1"}}), node="n", hostname="n")
+    job = build_job(template(PrewarmPlatform(image="p"), resources={"requests": {"cpu": "1"}}), node="n", hostname="n")
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:2] == ["--device", "cpu"] and "--cache-max-bytes" not in args
+    volumes = job["spec"]["template"]["spec"]["volumes"]
+    assert volumes[0]["hostPath"]["path"] == "/var/cache/kserve-prewarm"  # the platform's default
+
+
+def test_cache_only_warming_asks_for_no_gpu() -> None:
+    """`device: none` (a runtime that loads its own weights): the Job fills the node cache and
+    never competes with the serving pods for the GPU; the node is still chosen among GPU nodes."""
+    spec = template(device="none", resources={"limits": {"nvidia.com/gpu": "2", "memory": "8Gi"},
+                                              "requests": {"nvidia.com/gpu": "2", "cpu": "2"}}).spec
+    job = build_job(template(device="none", resources={"limits": {"nvidia.com/gpu": "2", "memory": "8Gi"},
+                                                       "requests": {"nvidia.com/gpu": "2", "cpu": "2"}}),
+                    node="n", hostname="n")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["--device", "none"]
+    assert container["resources"] == {"limits": {"memory": "8Gi"}, "requests": {"cpu": "2"}}
+    assert "nvidia.com/gpu" in {str(k) for k in spec.requested()}  # qualification still wants GPU nodes
 
 
 def test_names_are_deterministic_bounded_and_change_with_what_matters() -> None:
@@ -70,12 +91,14 @@ def test_names_are_deterministic_bounded_and_change_with_what_matters() -> None:
                               hostname="gpu-1")["metadata"]["name"]
     assert first != build_job(template(revision="2"), node="gpu-1", hostname="gpu-1")["metadata"]["name"]
     assert base.spec_hash() == template(nodeCount=5, nodeSelector={"a": "b"}).spec_hash()  # choice, not content
-    recreated = JobTemplate(namespace="ml", prewarm="torch-mnist", spec=base.spec, image=base.image, env=ENV,
-                            owner=OwnerRef(OWNER.api_version, OWNER.kind, OWNER.name, "uid-2", controller=True))
+    recreated = JobTemplate(owner_namespace="ml", prewarm="torch-mnist", owner_uid="uid-2", spec=base.spec,
+                            platform=PLATFORM, env=ENV)
     assert recreated.spec_hash() != base.spec_hash()  # a new incarnation never meets the old one's Jobs
     long = job_name("a-very-long-model-prewarm-name-" * 3, "ip-10-0-0-1.eu-west-1.compute.internal", "abc")
     assert len(long) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", long)
     assert job_name("m", "n", "abc") != job_name("m", "n", "abc", "v2")
+    assert job_name("m", "n", "abc") == job_name("m", "n", "abc", "", 0)
+    assert len({job_name("m", "n", "abc", "", attempt) for attempt in range(4)}) == 4  # each retry its own Job
 
 
 def test_progress_from_pods() -> None:

@@ -12,10 +12,12 @@ from kserve_operator.planning.diff import status_changes
 from kserve_operator.planning.node_selection import NodeView
 from kserve_operator.planning.prewarm import Observed, PrewarmPlan, plan_prewarm
 from kserve_operator.resources.conditions import find_condition
+from kserve_operator.resources.prewarm import PrewarmPlatform
 from tests.unit.operator.prewarm_shapes import finished_job, node, pod, result
 
 NOW = datetime.datetime(2026, 12, 2, 1, 0, tzinfo=datetime.UTC)
 GPU = {"limits": {"nvidia.com/gpu": "1"}}
+PLATFORM = PrewarmPlatform(namespace="kserve-prewarm", image="preloader:gpu")
 
 
 @dataclasses.dataclass
@@ -26,12 +28,14 @@ class World:
     pods: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
     account: dict[str, Any] | None = None
     secrets: dict[str, dict[str, Any] | None] = dataclasses.field(default_factory=dict)
+    serving: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    now: datetime.datetime = NOW
 
     def plan(self) -> PrewarmPlan:
         observed = Observed(prewarm=self.prewarm, nodes=[NodeView.parse(n) for n in self.nodes],
                             jobs=list(self.jobs.values()), pods=self.pods, service_account=self.account,
-                            secrets=self.secrets)
-        return plan_prewarm(observed, image="preloader:gpu", now=NOW)
+                            secrets=self.secrets, serving_pods=self.serving)
+        return plan_prewarm(observed, platform=PLATFORM, now=self.now)
 
     def reconcile(self) -> PrewarmPlan:
         plan = self.plan()
@@ -65,7 +69,8 @@ class World:
     def fail(self, node_name: str, error: dict[str, Any]) -> None:
         name = self.job_for(node_name)
         self.jobs[name] = finished_job(self.jobs[name], "Failed", reason="BackoffLimitExceeded")
-        self.pods[name] = [pod(name, phase="Failed", exit_code=int(error["exit_code"]), message=error)]
+        self.pods[name] = [pod(name, phase="Failed", exit_code=int(error["exit_code"]), message=error,
+                               finished=self.now.strftime("%Y-%m-%dT%H:%M:%SZ"))]
 
 
 def world(nodes: int = 3, **spec: Any) -> World:
@@ -162,6 +167,7 @@ def test_a_newer_model_version_rewarms_the_nodes_holding_the_old_one() -> None:
     assert w.prewarm["status"]["modelVersion"] == "v2"
     (rewarm,) = plan.create
     assert rewarm["metadata"]["annotations"] == {"serving.serverless.xyz/prewarm-node": "gpu-1",
+                                                 "serving.serverless.xyz/prewarm-owner": "ml/torch-mnist",
                                                  "serving.serverless.xyz/prewarm-target-version": "v2"}
     w.complete("gpu-1", version="v2", finished="2026-12-02T02:05:00Z")
     w.reconcile()
@@ -201,8 +207,15 @@ def test_a_failed_node_carries_the_preloaders_message() -> None:
     failed = next(n for n in status["nodes"] if n["name"] == "gpu-2")
     assert (failed["phase"], failed["reason"]) == ("Failed", "DeviceOutOfMemory")
     assert failed["message"] == "model needs 12.0 GiB, device has 8.0 GiB free"
-    assert status["phase"] == "Failed" and condition(w, "Degraded")["reason"] == "NodesFailed"
+    # Partial success reads as such: one of two warm, the failed node named with its reason and retry.
+    assert (status["phase"], status["warm"]) == ("PartiallyWarm", "1/2")
+    assert condition(w, "Ready")["status"] == "False" and condition(w, "Ready")["reason"] == "PartiallyWarm"
+    degraded = condition(w, "Degraded")
+    assert degraded["reason"] == "NodesFailed" and "gpu-2: DeviceOutOfMemory" in degraded["message"]
+    assert failed["attempts"] == 1 and failed["retryAt"] == status["nextRetryAt"]
+    assert "retried at " + failed["retryAt"] in degraded["message"]
     assert [e.reason for e in plan.events] == ["PreloadFailed"] and w.settled()
+    assert plan.outcome == "waiting"  # the retry is due later: the resync comes back for it
 
 
 def test_unsupported_uris_create_no_job_and_remove_existing_ones() -> None:
@@ -240,8 +253,85 @@ def test_missing_service_account_or_secret_is_named_and_blocks_jobs() -> None:
     plan = w.reconcile()
     assert len(plan.create) == 2
     env = plan.create[0]["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert env[1] == {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3",
-                                                                                      "key": "awsSecretAccessKey"}}}
+    # The Jobs run in the platform's namespace: the values come from a copy there, keyed by variable.
+    copy = plan.credentials
+    assert copy is not None and copy.name.startswith("torch-mnist-") and copy.name.endswith("-s3")
+    assert env[1] == {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {
+        "name": copy.name, "key": "AWS_SECRET_ACCESS_KEY"}}}
+    assert dict(copy.data) == {"AWS_ACCESS_KEY_ID": "eA==", "AWS_SECRET_ACCESS_KEY": "eA=="}
+    assert "eA==" not in json.dumps(plan.create)  # no value in a Job spec
+    w.complete("gpu-1")
+    w.complete("gpu-2")
+    plan = w.reconcile()
+    assert plan.credentials is None and plan.drop_credentials  # no Job needs them any more
+
+
+def test_a_secret_without_the_key_it_names_is_reported() -> None:
+    w = world(serviceAccountName="models-s3")
+    w.account = {"metadata": {"name": "models-s3"}, "secrets": [{"name": "s3"}]}
+    w.secrets = {"s3": {"metadata": {"name": "s3"}, "data": {"awsSecretAccessKey": "eA=="}}}
+    plan = w.reconcile()
+    assert not plan.create and condition(w, "Ready")["reason"] == "SecretKeyNotFound"
+    assert "key awsAccessKeyID of Secret s3" in condition(w, "Ready")["message"]
+
+
+def test_a_failed_node_is_retried_with_backoff_capped_and_at_once_on_request() -> None:
+    w = world()
+    w.reconcile()
+    w.complete("gpu-1")
+    error = {"model": "s3://models/mnist", "error": "AccessDenied", "message": "403", "exit_code": 3}
+    w.fail("gpu-2", error)
+    w.reconcile()
+    first = w.prewarm["status"]["nextRetryAt"]
+    delay = (datetime.datetime.fromisoformat(first) - NOW).total_seconds()
+    assert 30 <= delay <= 60  # 60 s base, equal jitter
+    failed_job = w.job_for("gpu-2")
+    w.now = datetime.datetime.fromisoformat(first) + datetime.timedelta(seconds=1)
+    plan = w.reconcile()
+    (retry,) = plan.create
+    assert plan.delete == (failed_job,) and "PreloadRetried" in [e.reason for e in plan.events]
+    assert retry["metadata"]["annotations"]["serving.serverless.xyz/prewarm-attempt"] == "1"
+    assert w.prewarm["status"]["nodes"][1]["attempts"] == 2 and w.prewarm["status"]["phase"] == "Warming"
+    delays = []
+    for _ in range(8):  # fail again and again: the delay doubles up to the platform's cap
+        w.fail("gpu-2", error)
+        w.reconcile()
+        due = datetime.datetime.fromisoformat(w.prewarm["status"]["nextRetryAt"])
+        delays.append((due - w.now).total_seconds())
+        w.now = due + datetime.timedelta(seconds=1)
+        w.reconcile()
+    assert delays[1] > delays[0] and max(delays) <= PLATFORM.retry_max_seconds
+    assert max(delays) >= PLATFORM.retry_max_seconds / 2
+    # A new value of the retry annotation retries at once, once.
+    w.fail("gpu-2", error)
+    w.reconcile()
+    assert not w.plan().create
+    w.prewarm["metadata"]["annotations"] = {"serverless.xyz/prewarm-retry": "now-1"}
+    plan = w.reconcile()
+    assert len(plan.create) == 1 and w.prewarm["status"]["retryRequest"] == "now-1"
+    w.fail("gpu-2", error)
+    w.reconcile()
+    assert not w.plan().create  # the same value again: back to the backoff
+
+
+def test_warming_follows_where_the_predictor_serves() -> None:
+    """The ModelPrewarm of an InferenceService prefers the nodes its Pods run on, and says how many
+    of them sit on warm nodes."""
+    w = world(nodes=4)
+    w.prewarm["metadata"]["labels"] = {"serving.serverless.xyz/inferenceservice": "torch-mnist"}
+    w.reconcile()
+    w.complete("gpu-1")
+    w.complete("gpu-2")
+    w.serving = [{"metadata": {"name": "p1"}, "spec": {"nodeName": "gpu-1"}, "status": {"phase": "Running"}},
+                 {"metadata": {"name": "p2"}, "spec": {"nodeName": "gpu-3"}, "status": {"phase": "Running"}}]
+    plan = w.reconcile()
+    assert [j["metadata"]["annotations"]["serving.serverless.xyz/prewarm-node"] for j in plan.create] == ["gpu-3"]
+    assert len(plan.delete) == 1 and w.prewarm["status"]["servingOnWarmNodes"] == "1/2"
+    w.complete("gpu-3")
+    w.reconcile()
+    status = w.prewarm["status"]
+    assert (status["servingOnWarmNodes"], status["servingPods"], status["warm"]) == ("2/2", 2, "2/2")
+    assert w.settled()
 
 
 def test_changing_node_count_keeps_warm_nodes() -> None:
