@@ -278,3 +278,77 @@ def test_a_model_too_large_for_the_device_is_still_cached_then_refused(
     # Without a cache there is nothing to keep: refused before anything is fetched, as before.
     with pytest.raises(DeviceOutOfMemory, match=r"needs \d+ bytes on cpu"):
         preload(make_config(f"s3://{bucket}/llm/", "--max-device-bytes", "1000"))
+
+
+class _FakeGpus:
+    """Two 'GPUs' for the placement wiring on a machine without CUDA: the copies stay on the CPU,
+    the free memory is ours to set (and to shrink as shards land, as a real GPU's would)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, free: list[int]) -> None:
+        import preloader.preload as module
+
+        self.free = free
+        self.copied: list[tuple[str, int]] = []
+        gpus = [torch.device("cuda", i) for i in range(len(free))]
+        monkeypatch.setattr(module, "resolve_device", lambda spec: gpus[0])
+        monkeypatch.setattr(module, "target_devices", lambda device, spec: gpus)
+        monkeypatch.setattr(module, "available_bytes", lambda d: self.free[d.index])
+        monkeypatch.setattr(module, "synchronize", lambda d: None)
+        monkeypatch.setattr(module, "memory_used", lambda d, ts: 0)
+        monkeypatch.setattr(module, "to_device", self.to_device)
+        monkeypatch.setattr(module, "pinned_allocate", module.host_allocate)
+
+    def to_device(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        size = tensor.numel() * tensor.element_size()
+        self.free[device.index] -= size
+        self.copied.append((str(device), size))
+        return tensor
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_shards_spread_over_gpus_each_checked_for_room_before_its_copy(
+    s3: Any, bucket: str, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: bool
+) -> None:
+    parts = shards()
+    upload(s3, bucket, parts)
+    size = max(len(safetensors_bytes(t)) for t in parts.values())
+    _FakeGpus(monkeypatch, [2 * size + size // 2, 2 * size + size // 2])  # two shards each
+    extra = ("--cache-dir", str(tmp_path / "c")) if cache else ()
+    out = preload(make_config(f"s3://{bucket}/llm/", "--device", "cuda", *extra))
+    figures = out.result.to_dict()
+    assert [s["device"] for s in figures["shards"]] == ["cuda:0", "cuda:0", "cuda:1"]
+    assert {k: v["shards"] for k, v in figures["devices"].items()} == {"cuda:0": 2, "cuda:1": 1}
+    for name, tensors in parts.items():
+        assert_bit_exact(tensors, out.tensors[name])
+
+
+def test_a_gpu_that_lost_its_room_meanwhile_sends_the_shard_to_the_next(
+    s3: Any, bucket: str, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parts = shards()
+    upload(s3, bucket, parts)
+    size = max(len(safetensors_bytes(t)) for t in parts.values())
+    gpus = _FakeGpus(monkeypatch, [4 * size, 4 * size])
+    real = gpus.to_device
+
+    def another_process_takes_gpu0(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        gpus.free[0] = min(gpus.free[0], size // 2)
+        return real(tensor, device)
+
+    monkeypatch.setattr("preloader.preload.to_device", another_process_takes_gpu0)
+    out = preload(make_config(f"s3://{bucket}/llm/", "--device", "cuda", "--cache-dir", str(tmp_path / "c")))
+    assert [s["device"] for s in out.result.to_dict()["shards"]] == ["cuda:0", "cuda:1", "cuda:1"]
+
+
+def test_a_model_for_no_combination_of_gpus_names_the_sizes_and_is_cached(
+    s3: Any, bucket: str, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parts = shards()
+    upload(s3, bucket, parts)
+    size = max(len(safetensors_bytes(t)) for t in parts.values())
+    _FakeGpus(monkeypatch, [size + size // 2, size + size // 2])
+    with pytest.raises(DeviceOutOfMemory, match=r"in 3 shard\(s\).* does not fit 2 GPU\(s\).*the model is in the node"):
+        preload(make_config(f"s3://{bucket}/llm/", "--device", "cuda", "--cache-dir", str(tmp_path / "c")))
+    assert [e.complete for e in ModelCache(tmp_path / "c").entries()] == [True]
+    with pytest.raises(DeviceOutOfMemory, match=r"does not fit 2 GPU\(s\)"):
+        preload(make_config(f"s3://{bucket}/llm/", "--device", "cuda"))  # no cache: refused before fetching
