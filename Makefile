@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit integration bench-operator bench-prewarm bench-canary bench-preload lock-operator lock-preloader clean controlplane test-realcluster
+.PHONY: install demo test lint typecheck unit integration bench-operator bench-prewarm bench-canary bench-placement bench-preload bench-preload-llm lock-operator lock-preloader clean controlplane test-realcluster
 
 # The real control plane (kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl) built
 # from Go modules into ~/.cache/kserve-operator/controlplane; `controlplane.build` prints that folder last.
@@ -61,9 +61,17 @@ bench-prewarm: install
 bench-canary: install
 	$(PY) -m bench.bench_canary
 
+bench-placement: install
+	$(PY) -m bench.bench_placement
+
 bench-preload: install
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[preloader,dev,bench]'
 	$(PY) -m bench.bench_preload
+
+# The preloader at LLM scale: peak RSS against model size, cache fill against disk and network, serving start
+bench-preload-llm: install
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[preloader,dev,bench]'
+	$(PY) -m bench.bench_preload_llm
 
 lock-operator: install
 	$(PY) -m devstack.lock_operator
