@@ -173,10 +173,8 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str, logger: logg
         except ApiError as exc:
             if not exc.conflict:
                 raise
-            # 409 AlreadyExists: created by a reconcile that died before it could record it.
-            existing = await api.get(JOB, job["metadata"]["name"], platform.namespace)
-            if existing is not None:
-                live.append(existing)
+            # 409 AlreadyExists: created by a reconcile that died before it could record it; the
+            # next reconcile lists it (and makes it an owner of the credential copy).
         logger.info("ModelPrewarm %s/%s: created Job %s/%s", namespace, name, platform.namespace,
                     job["metadata"]["name"])
     await apply_credentials(api, decided, body, live, platform, copy)

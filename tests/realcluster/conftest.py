@@ -29,8 +29,9 @@ from tests.controlplane_binaries import controlplane_bin
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_CRDS = sorted((ROOT / "tests" / "fixtures" / "crds").glob("*.yaml"))
-#: What docs/prewarm.md tells users to set on a namespace that runs pre-warm Jobs (hostPath).
-PREWARM_NAMESPACE_LABELS = {"pod-security.kubernetes.io/enforce": "privileged"}
+#: A tenant namespace that uses pre-warming: `baseline` is enough, since the preloader Jobs (and
+#: their hostPath) run in the platform's namespace `kserve-prewarm` (manifests/prewarm/).
+PREWARM_NAMESPACE_LABELS = {"pod-security.kubernetes.io/enforce": "baseline"}
 #: What a namespace with only Memcached caches and canaries can enforce.
 RESTRICTED_NAMESPACE_LABELS = {"pod-security.kubernetes.io/enforce": "restricted"}
 
@@ -152,5 +153,5 @@ def privileged_world(real_cluster: RealCluster, tmp_path: Path) -> Iterator[Worl
 
 @pytest.fixture
 def prewarm_world(real_cluster: RealCluster, tmp_path: Path) -> Iterator[World]:
-    """A namespace labelled as docs/prewarm.md tells users to label one that runs pre-warm Jobs."""
+    """A tenant namespace at Pod Security `baseline` whose InferenceServices are pre-warmed."""
     yield from make_world(real_cluster, tmp_path, PREWARM_NAMESPACE_LABELS)

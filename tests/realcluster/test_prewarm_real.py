@@ -2,8 +2,9 @@
 
 A data scientist applies torch-mnist through the KServe Python SDK (with their own admin
 credentials); the operator (its ServiceAccount, the shipped RBAC) keeps a ModelPrewarm and
-creates one preloader Job per chosen node; the REAL Job controller makes the pods, Pod Security
-admission checks them in a namespace labelled as docs/prewarm.md says, the REAL scheduler
+creates one preloader Job per chosen node in the platform's namespace `kserve-prewarm` (the shipped
+manifests label it privileged; the tenant's namespace stays `restricted`), with a copy of the
+tenant's S3 keys there while the Jobs run; the REAL Job controller makes the pods, the REAL scheduler
 places each on its GPU node (taint tolerated, `nvidia.com/gpu` requested against allocatable),
 and the process kubelet runs the REAL preloader, which pulls the model from moto's S3 with the
 Secret's keys (read with the node's identity, as a kubelet reads them). Then a node is lost (its
@@ -59,8 +60,18 @@ def inference_service(world: World, uri: str) -> Any:
                 resources=V1ResourceRequirements(limits={"nvidia.com/gpu": "1", "memory": "4Gi"})))))
 
 
-def test_an_inference_service_is_warmed_by_real_jobs_and_follows_a_lost_node(prewarm_world: World, s3: S3) -> None:
-    world, kube = prewarm_world, prewarm_world.kube
+JOB_NS = "kserve-prewarm"
+
+
+def jobs_of(world: World) -> list[dict[str, Any]]:
+    return world.kube.list(f"/apis/batch/v1/namespaces/{JOB_NS}/jobs",
+                           label_selector=f"serving.serverless.xyz/prewarm-namespace={world.namespace},"
+                                          "serving.serverless.xyz/modelprewarm=torch-mnist")
+
+
+def test_an_inference_service_is_warmed_by_real_jobs_and_follows_a_lost_node(world: World, s3: S3) -> None:
+    """The tenant's namespace enforces Pod Security `restricted`: pre-warming works all the same."""
+    kube = world.kube
     size = upload_model(s3, "mnist/model.safetensors", seed=1)
     gpu1, gpu2, gpu3 = world.add_gpu_nodes("gpu-1", "gpu-2", "gpu-3")
     world.add_node("cpu")
@@ -79,10 +90,13 @@ def test_an_inference_service_is_warmed_by_real_jobs_and_follows_a_lost_node(pre
     for node in status["nodes"]:  # the real preloader's own figures, per node
         assert node["phase"] == "Warm" and node["bytes"] == size and node["files"] == 1
         assert node["device"] == "cpu" and node["cache"] == "miss" and node["seconds"] > 0
-    jobs = kube.list(world.path("batch/v1", "jobs"), label_selector="serving.serverless.xyz/modelprewarm=torch-mnist")
+    jobs = jobs_of(world)
     assert len(jobs) == 2 and all(j["status"].get("succeeded") == 1 for j in jobs)  # counted by the real Job controller
+    assert kube.list(world.path("batch/v1", "jobs")) == []  # nothing privileged in the tenant's namespace
+    ns_labels = kube.get(f"/api/v1/namespaces/{world.namespace}")["metadata"]["labels"]
+    assert ns_labels["pod-security.kubernetes.io/enforce"] == "restricted"
     for job in jobs:
-        (pod,) = kube.list(world.path("v1", "pods"), label_selector=f"job-name={job['metadata']['name']}")
+        (pod,) = kube.list(f"/api/v1/namespaces/{JOB_NS}/pods", label_selector=f"job-name={job['metadata']['name']}")
         wanted = job["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"]
         assert pod["spec"]["nodeName"] == wanted  # placed by the real scheduler
         assert pod["status"]["phase"] == "Succeeded"
@@ -90,6 +104,11 @@ def test_an_inference_service_is_warmed_by_real_jobs_and_follows_a_lost_node(pre
         assert cached and cached[0].stat().st_size == size
     assert {"PrewarmCreated", "PreloadJobsCreated", "ModelWarm"} <= {
         e["reason"] for e in world.events_for("torch-mnist") if e["involvedObject"]["kind"] == "InferenceService"}
+    # The copy of the tenant's keys beside the Jobs lived only while they ran.
+    uid = warm["metadata"]["uid"]
+    world.cluster.wait_for(lambda: not kube.list(f"/api/v1/namespaces/{JOB_NS}/secrets",
+                                                 label_selector=f"serving.serverless.xyz/prewarm-uid={uid}"),
+                           30, message="the credential copy to be deleted")
 
     # Node loss: the kubelet of one warm node stops; kube-controller-manager marks it unreachable
     # (a NoExecute taint nobody tolerates), and the operator warms the spare node instead.
@@ -109,11 +128,11 @@ def test_an_inference_service_is_warmed_by_real_jobs_and_follows_a_lost_node(pre
                              and phase(o) == "Warm", timeout=180, interval=0.5)
     assert all(n["bytes"] == size_v2 for n in rewarmed["status"]["nodes"])
 
-    # Deleting the InferenceService: the real garbage collector takes its ModelPrewarm and the Jobs.
+    # Deleting the InferenceService: the real garbage collector takes its ModelPrewarm, whose
+    # finalizer deletes the Jobs in the other namespace (no owner reference can reach them).
     sdk.delete("torch-mnist", namespace=world.namespace)
     kube.wait_gone(prewarm_path, timeout=60, interval=0.5)
-    world.cluster.wait_for(lambda: not kube.list(world.path("batch/v1", "jobs")), 60,
-                           message="the Jobs to be collected")
+    world.cluster.wait_for(lambda: not jobs_of(world), 60, message="the Jobs to be deleted")
 
 
 def test_a_namespace_label_opts_in_and_an_annotation_opts_out(world: World) -> None:

@@ -3,8 +3,10 @@
 The API server audits every request of the operator's ServiceAccount during the tier (see
 RealCluster). Run after the end-to-end tests of the three controllers (the conftest orders it
 last): no request of the operator was refused (a missing grant), and every grant of
-manifests/rbac/cluster-role.yaml was used by some request (an excess grant fails here, and is
-fixed in the manifest or covered by a scenario, never in this test).
+manifests/rbac/cluster-role.yaml and of the namespaced Roles the manifests bind to it (the
+pre-warm namespace's, the webhook certificate's) was used by some request in that namespace (an
+excess grant fails here, and is fixed in the manifest or covered by a scenario, never in this
+test).
 """
 
 from __future__ import annotations
@@ -31,3 +33,12 @@ def test_the_operator_used_every_shipped_grant_and_was_never_refused(real_cluste
     assert not denied, f"the operator was refused (a grant missing from the shipped ClusterRole): {denied}"
     unused = unused_grants(role, events)
     assert not unused, f"the shipped ClusterRole grants what the operator never used: {unused}"
+    for path in sorted((conftest.ROOT / "manifests").rglob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if not isinstance(document, dict) or document.get("kind") != "Role":
+                continue
+            namespace = document["metadata"]["namespace"]
+            in_namespace = [e for e in events if (e.get("objectRef") or {}).get("namespace") == namespace]
+            unused = unused_grants(document, in_namespace)
+            assert not unused, f"Role {namespace}/{document['metadata']['name']} grants what the operator never " \
+                               f"used there: {unused}"
