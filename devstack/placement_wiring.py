@@ -78,7 +78,7 @@ def ca_bundle_set(kube: ClusterClient) -> bool:
 
 
 def set_webhook_configured(kube: ClusterClient, configured: bool) -> None:
-    """Take the configuration out (delete) or put it back as shipped (its caBundle is then the operator's job)."""
+    """Take the configuration out (delete), or put it back as shipped with the CA of the Secret."""
     import yaml
 
     from devstack.operator_process import ROOT
@@ -91,8 +91,11 @@ def set_webhook_configured(kube: ClusterClient, configured: bool) -> None:
                 raise
         return
     if not kube.exists(CONFIGURATION_PATH):
-        kube.create("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
-                    yaml.safe_load((ROOT / "manifests/webhook/mutating-webhook.yaml").read_text()))
+        body = yaml.safe_load((ROOT / "manifests/webhook/mutating-webhook.yaml").read_text())
+        if kube.exists(SECRET_PATH):  # what the operator sets at its start, set here for a running one
+            for webhook in body["webhooks"]:
+                webhook["clientConfig"]["caBundle"] = kube.get(SECRET_PATH)["data"]["ca.crt"]
+        kube.create("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", body)
 
 
 def predictor_deployment(namespace: str, isvc: str, uri: str | None, replicas: int, *,
