@@ -89,6 +89,27 @@ def upload_model_directory(s3: S3, prefix: str, seed: int = 0) -> int:
     return sum(len(body) for body in files.values())
 
 
+def upload_sharded_model(s3: S3, prefix: str, shards: int = 3, seed: int = 0) -> int:
+    """An LLM-style sharded checkpoint at `s3://models/<prefix>/`: `model-0000i-of-0000n.safetensors`
+    shards (one MLP layer each) and the `model.safetensors.index.json` naming which shard holds
+    which tensor, as Hugging Face writes them; returns the bytes uploaded."""
+    generator = torch.Generator().manual_seed(seed)
+    weight_map: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    for shard in range(1, shards + 1):
+        name = f"model-{shard:05d}-of-{shards:05d}.safetensors"
+        tensors = {f"layers.{shard}.weight": torch.randn(512, 512, generator=generator),
+                   f"layers.{shard}.bias": torch.zeros(512)}
+        files[name] = save(tensors)
+        weight_map.update(dict.fromkeys(tensors, name))
+    total = sum(len(body) for body in files.values())
+    files["model.safetensors.index.json"] = json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}).encode()
+    for name, body in files.items():
+        s3.client.upload_fileobj(io.BytesIO(body), BUCKET, f"{prefix.strip('/')}/{name}")
+    return sum(len(body) for body in files.values())
+
+
 def create_credentials(kube: ClusterClient, s3_endpoint: str, *, namespace: str = "default",
                        account: str = "models-s3", secret: str = "models-s3-keys") -> None:  # noqa: S107 (a Secret object's name)
     """KServe's convention: a Secret with awsAccessKeyID/awsSecretAccessKey and s3-* annotations,

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from devstack.local_s3 import S3, create_credentials, moto_s3, upload_model
+from devstack.local_s3 import S3, create_credentials, moto_s3, upload_model, upload_sharded_model
 from tests.realcluster.conftest import World
 
 kserve = pytest.importorskip("kserve")  # the `dev` extra carries it; the operator image does not
@@ -155,3 +155,34 @@ def test_a_namespace_label_opts_in_and_an_annotation_opts_out(world: World) -> N
     writes = [e for e in world.cluster.plane.audit_events() if (e.get("objectRef") or {}).get("resource")
               == "inferenceservices" and e.get("verb") not in ("get", "list", "watch")]
     assert writes == []
+
+
+def test_a_sharded_llm_checkpoint_is_cached_by_a_job_that_asks_for_no_gpu(world: World, s3: S3) -> None:
+    """Cache-only warming (`device: none`, what a vLLM-style runtime needs): the Job requests no
+    GPU, so it never competes with serving pods, yet runs on the GPU nodes the predictor would
+    use; the real preloader reads the sharded checkpoint's index and caches every shard."""
+    kube = world.kube
+    size = upload_sharded_model(s3, "llm-sharded", shards=3, seed=3)
+    (gpu,) = world.add_gpu_nodes("gpu-1")
+    world.add_node("cpu")
+    create_credentials(kube, s3.endpoint, namespace=world.namespace)
+    world.start_operator()
+    path = world.path("serving.serverless.xyz/v1alpha1", "modelprewarms")
+    kube.create(path, {"apiVersion": "serving.serverless.xyz/v1alpha1", "kind": "ModelPrewarm",
+                       "metadata": {"name": "llm", "namespace": world.namespace},
+                       "spec": {"storageUri": "s3://models/llm-sharded/", "nodeCount": 1, "device": "none",
+                                "serviceAccountName": "models-s3",
+                                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                 "effect": "NoSchedule"}],
+                                "resources": {"limits": {"nvidia.com/gpu": "1", "memory": "1Gi"}}}})
+    warm = kube.wait_for(f"{path}/llm", lambda o: phase(o) == "Warm", timeout=120, interval=0.5)
+    (node,) = warm["status"]["nodes"]
+    assert (node["name"], node["device"], node["files"]) == (gpu, "none", 4)  # three shards and the index
+    assert node["bytes"] == size and warm["status"]["warm"] == "1/1"
+    (job,) = kube.list(f"/apis/batch/v1/namespaces/{JOB_NS}/jobs",
+                       label_selector=f"serving.serverless.xyz/prewarm-uid={warm['metadata']['uid']}")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["--device", "none"]
+    assert container["resources"] == {"limits": {"memory": "1Gi"}}  # no GPU asked for
+    cached = sorted(p.name for p in (world.cluster.node_root(gpu) / "var/cache/kserve-prewarm").rglob("*.safetensors"))
+    assert cached == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
