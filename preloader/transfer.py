@@ -220,11 +220,10 @@ class Transfer:
         self._cancelled = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._futures: list[Future[None]] = []
-        self._scratch_lock = threading.Lock()
         self._scratch_free: list[mmap.mmap] = []
         self._scratch_made = 0
         self._scratch_limit = 0
-        self._scratch_ready = threading.Event()
+        self._scratch_ready = threading.Condition()  # guards the three above; notified when a buffer comes back
         self.buffers: list[FileBuffer] = []
         self.started_at = 0.0
         self.timings = Timings()
@@ -252,30 +251,28 @@ class Transfer:
                 self._futures.append(self._pool.submit(self._run_part, buf, index, rng))
         return self.buffers
 
-    def _take_scratch(self) -> mmap.mmap:
+    def _take_scratch(self, length: int) -> mmap.mmap:
         """A free scratch buffer: anonymous pages, page-aligned, so a streamed range can be written to
         the cache with O_DIRECT straight from it. At most ``connections + hook.holds_parts`` exist, so
         streaming holds that many parts in memory whatever the model's size; a connection waits for a
-        buffer the hook's writes hand back."""
-        with self._scratch_lock:
-            if self._scratch_free:
-                return self._scratch_free.pop()
-            if self._scratch_made < self._scratch_limit:
-                self._scratch_made += 1
-                return mmap.mmap(-1, self._part_size)
-        while True:
-            with self._scratch_lock:
-                if self._scratch_free:
-                    return self._scratch_free.pop()
-            if self._cancelled.is_set():
-                raise _Cancelled()
-            self._scratch_ready.wait(0.5)
-            self._scratch_ready.clear()
+        buffer the hook's writes hand back. A range longer than the part size (a cache entry written
+        with a larger ``--part-size``) replaces the buffer it gets with one of its length."""
+        with self._scratch_ready:
+            while not self._scratch_free:
+                if self._scratch_made < self._scratch_limit:
+                    self._scratch_made += 1
+                    return mmap.mmap(-1, max(length, self._part_size))
+                if self._cancelled.is_set():
+                    raise _Cancelled()
+                self._scratch_ready.wait()
+            scratch = self._scratch_free.pop()
+        # The smaller one is dropped, not closed: a finished range's memoryview may still reference it.
+        return scratch if len(scratch) >= length else mmap.mmap(-1, length)
 
     def _give_scratch(self, scratch: mmap.mmap) -> None:
-        with self._scratch_lock:
+        with self._scratch_ready:
             self._scratch_free.append(scratch)
-        self._scratch_ready.set()
+            self._scratch_ready.notify()
 
     def _run_part(self, buf: FileBuffer, index: int, rng: ByteRange) -> None:
         if self._cancelled.is_set():
@@ -291,7 +288,7 @@ class Transfer:
             if buf.in_memory:
                 dest = buf.buffer()[rng.start : rng.end + 1]
             else:
-                scratch = self._take_scratch()
+                scratch = self._take_scratch(rng.length)
                 dest = memoryview(scratch)[: rng.length]
             if isinstance(buf.owner, mmap.mmap):
                 _populate(buf.owner, rng)
@@ -323,6 +320,8 @@ class Transfer:
 
     def _fail(self, exc: BaseException) -> None:
         self._cancelled.set()
+        with self._scratch_ready:
+            self._scratch_ready.notify_all()  # connections waiting for a buffer give up
         for other in self.buffers:
             other.fail(exc)
 
@@ -337,6 +336,7 @@ class Transfer:
 
     def close(self) -> None:
         self._cancelled.set()
-        self._scratch_ready.set()
+        with self._scratch_ready:
+            self._scratch_ready.notify_all()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)

@@ -352,3 +352,17 @@ def test_a_model_for_no_combination_of_gpus_names_the_sizes_and_is_cached(
     assert [e.complete for e in ModelCache(tmp_path / "c").entries()] == [True]
     with pytest.raises(DeviceOutOfMemory, match=r"does not fit 2 GPU\(s\)"):
         preload(make_config(f"s3://{bucket}/llm/", "--device", "cuda"))  # no cache: refused before fetching
+
+
+@pytest.mark.parametrize("device", ["cpu", "none"])
+def test_a_hit_on_an_entry_written_with_larger_parts_streams_them_whole(
+    s3: Any, bucket: str, make_config: Any, tmp_path: Path, device: str
+) -> None:
+    """The entry's recorded chunks (1 MiB here) are longer than this run's --part-size (256 KiB): each is
+    read and CRC-checked whole, in a buffer of its length."""
+    parts = shards()
+    upload(s3, bucket, parts)
+    cache = tmp_path / "cache"
+    run(make_config, f"s3://{bucket}/llm/", device, cache, "--part-size", "1MiB")
+    hit = run(make_config, f"s3://{bucket}/llm/", device, cache, "--concurrency", "2")
+    assert hit.cache == "hit" and hit.to_dict()["shards"]
