@@ -52,5 +52,6 @@ NAMESPACE = Kind("", "v1", "namespaces", "Namespace", namespaced=False)
 SECRET = Kind("", "v1", "secrets", "Secret")
 SERVICE_ACCOUNT = Kind("", "v1", "serviceaccounts", "ServiceAccount")
 EVENT = Kind("", "v1", "events", "Event")
+LEASE = Kind("coordination.k8s.io", "v1", "leases", "Lease")  # leader election (clients/leader_election.py)
 MUTATING_WEBHOOK_CONFIGURATION = Kind("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
                                       "MutatingWebhookConfiguration", namespaced=False)
