@@ -37,6 +37,7 @@ import aiohttp.web
 import yaml
 
 from devcluster.client import ApiError, ClusterClient
+from devcluster.faults import FaultRule
 from devcluster.nodes import node_body, ready_condition
 from devcluster.requestlog import RequestLog, RequestRecord
 from devcluster.resources import load_crd_documents, resource_from_crd
@@ -205,6 +206,22 @@ class EmulatedCluster:
         return len(self.request_log.writes(user_agent=user_agent, since=since,
                                            exclude_resources=exclude_resources, resources=resources))
 
+    # ---- failures on demand ----------------------------------------------------------------------
+
+    def inject_fault(self, method: str, path: str, *, count: int = 1, status: int = 429,
+                     retry_after: int | None = None, user_agent: str | None = None) -> FaultRule:
+        """Fail the next ``count`` requests of ``method`` on exactly ``path`` (by a client whose
+        User-Agent starts with ``user_agent``, if given) with ``status`` and, if given, a
+        ``Retry-After`` of that many seconds. The rule's ``answered`` counts the failures so far."""
+        if self._emulator is None:
+            raise RuntimeError("The cluster is not started.")
+        return self._emulator.faults.add(FaultRule(method=method, path=path, count=count, status=status,
+                                                   retry_after=retry_after, user_agent=user_agent))
+
+    def clear_faults(self) -> None:
+        if self._emulator is not None:
+            self._emulator.faults.clear()
+
     # ---- simulated nodes -------------------------------------------------------------------------
 
     def add_node(self, name: str, *, labels: Mapping[str, str] | None = None,
@@ -302,6 +319,16 @@ class EmulatedCluster:
         async def run() -> Any:
             return fn(*args)
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=10)
+
+    def compact_watch_history(self, before: Callable[[ObjectStore], Any] | None = None) -> None:
+        """Force 410 Gone on every watch: run ``before`` on the store (writes that no open watch
+        will deliver), then compact the history and cut the streams (``ObjectStore.compact_history``),
+        in one turn of the server's loop."""
+        def compact() -> None:
+            if before is not None:
+                before(self._store())
+            self._store().compact_history()
+        self.call(compact)
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         """A kubeconfig for this cluster (plain http, a dummy token) that kopf and kubectl accept."""

@@ -9,7 +9,8 @@ isolation, garbage collection, PUT and validation, and its path parser fails on
 ``/api/v1/namespaces``. ``/apis`` and ``/apis/<group>`` are re-implemented to report the
 correct preferred version (kmock picks an arbitrary one).
 
-Every request is recorded in ``request_log``.
+Every request is recorded in ``request_log``. ``faults`` (faults.py) fails chosen requests on
+demand (a 429 with Retry-After, a 409, a 5xx) before they reach the store.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import attrs
 from kmock import KubernetesEmulator, KubernetesError, Payload, Request, ResourceInfo, resource
 
 from devcluster import errors, validation
+from devcluster.faults import FaultInjector
 from devcluster.label_selectors import FieldRequirement, Selector
 from devcluster.requestlog import RequestLog, RequestRecord, now
 from devcluster.resources import ALL_VERBS, ResourceDef, version_priority
@@ -76,6 +78,7 @@ class ApiServerEmulator(KubernetesEmulator):
 
     store: ObjectStore = attrs.field(factory=ObjectStore)
     request_log: RequestLog = attrs.field(factory=RequestLog)
+    faults: FaultInjector = attrs.field(factory=FaultInjector)
     bookmark_interval: float = 5.0
     #: Where ``GET .../pods/NAME/log`` reads a pod's log: (namespace, name) -> text, None if none ran.
     pod_logs: Callable[[str, str], str | None] | None = None
@@ -149,8 +152,12 @@ class ApiServerEmulator(KubernetesEmulator):
             subresource=route.subresource if route else None,
             watch=_is_true(raw_request.query.get("watch")),
         ))
+        fault = self.faults.match(raw_request.method, raw_request.path, record.user_agent)
+        response: aiohttp.web.StreamResponse
         try:
-            if route is None:
+            if fault is not None:
+                response = self._error_response(fault.error())
+            elif route is None:
                 response = await super().__call__(raw_request)
             else:
                 response = await self._serve(raw_request, route, record)

@@ -68,10 +68,11 @@ from kserve_operator.planning.virtualservice import (
 from kserve_operator.resources import canary as res
 from kserve_operator.resources.canary import CanarySpec, CanaryStatus, parse_spec
 from kserve_operator.resources.kinds import INFERENCE_SERVICE, MODEL_CANARY, MODEL_PREWARM, VIRTUAL_SERVICE
-from kserve_operator.settings import OperatorSettings
+from kserve_operator.settings import FINALIZER, OperatorSettings
 
 CONTROLLER = "modelcanary"
 CONFLICT_ATTEMPTS = 5  # re-read and re-plan on 409 this many times before the core's backoff takes over
+FINALIZER_WAIT_SECONDS = 1.0  # how soon to look again for kopf's finalizer (its event wakes a new canary sooner)
 # Resync passes run at most this many at a time; woken and due passes never wait for a slot, so a
 # percent change is not queued behind a burst of routine re-reads of hundreds of canaries.
 RESYNC_CONCURRENCY = 8
@@ -160,12 +161,18 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, 
         spec = parse_spec(body.get("spec"), namespace)
     except InvalidSpec as exc:
         await _report_problem(api, body, plan.REASON_INVALID_SPEC, str(exc), None)
-        logger.warning("ModelCanary %s/%s has an invalid spec: %s", namespace, name, exc)
+        ctx.core.warn_once(logger, (namespace, name), meta.get("generation"),
+                           f"ModelCanary {namespace}/{name} has an invalid spec: {exc}")
         return Outcome.INVALID
     refused = route_namespace_problem(spec, ctx.settings.canary_allowed_route_namespaces)
     if refused is not None:
         await _report_problem(api, body, plan.REASON_CROSS_NAMESPACE_NOT_ALLOWED, refused, spec)
         return Outcome.INVALID
+    if FINALIZER not in (meta.get("finalizers") or []):
+        # Only the finalizer's handler gives stable its traffic back: no weight before it is on.
+        logger.info("ModelCanary %s/%s: waiting for the finalizer before writing routes", namespace, name)
+        result.requeue_after = FINALIZER_WAIT_SECONDS
+        return Outcome.WAITING
 
     for isvc in spec.inference_services:
         if await api.get(INFERENCE_SERVICE, isvc, namespace) is None:

@@ -7,8 +7,12 @@
   (at least the server's Retry-After), any other `ApiError` a `kopf.PermanentError`. An
   unexpected exception is reported through the controller's `on_error` (so status says
   `Degraded`) and retried with backoff: no crash loop, no silent failure.
-- Reconciles started by child events (`from_child=True`) respect the same backoff: while an
-  object is backing off they are skipped, so a flapping child cannot bypass the delay.
+- Every path respects the backoff (a Retry-After included): while an object backs off, a
+  reconcile started by a child's event (`from_child=True`) is skipped, and any other (a timer
+  tick, a spec change, a woken daemon) raises `kopf.TemporaryError` for the time left, so kopf
+  calls again only once the delay has run out. Checked under the object's lock: a pass that
+  waited on the lock behind the failing one is held back too.
+- `warn_once` logs a problem that waits for a person once per generation, not on every resync.
 - `post_events` writes core/v1 Events through our client; `patch_status` writes only the
   top-level status keys that changed; `apply_child` creates a missing child or patches the
   managed fields that drifted (planning.diff), never a child someone else controls.
@@ -72,14 +76,29 @@ class ReconcileCore:
         self.locks: collections.defaultdict[ObjectKey, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.failures: dict[ObjectKey, int] = {}
         self.not_before: dict[ObjectKey, float] = {}
+        self.warned: dict[ObjectKey, tuple[int | None, str]] = {}
 
     def forget(self, key: ObjectKey) -> None:
         self.locks.pop(key, None)
         self.failures.pop(key, None)
         self.not_before.pop(key, None)
+        self.warned.pop(key, None)
 
     def backing_off(self, key: ObjectKey) -> bool:
-        return time.monotonic() < self.not_before.get(key, 0.0)
+        return self.backoff_left(key) > 0
+
+    def backoff_left(self, key: ObjectKey) -> float:
+        """Seconds until the object may be reconciled again (0 when it is not backing off)."""
+        return max(self.not_before.get(key, 0.0) - time.monotonic(), 0.0)
+
+    def warn_once(self, logger: logging.Logger | Any, key: ObjectKey, generation: int | None, message: str) -> None:
+        """A WARNING the first time `message` is seen for this generation of the object; DEBUG after:
+        a problem that waits for a person is in status and in one Event, not in the log every resync."""
+        if self.warned.get(key) == (generation, message):
+            logger.debug("%s (unchanged)", message)
+            return
+        self.warned[key] = (generation, message)
+        logger.warning("%s", message)
 
     async def run(
         self,
@@ -98,26 +117,51 @@ class ReconcileCore:
         not retry another resource's handler for us; the failure still counts for backoff.
         """
         key = (namespace, name)
-        if from_child and self.backing_off(key):
-            observability.RECONCILES.labels(controller=self.controller, result=Outcome.SKIPPED).inc()
+        if self.backing_off(key):
+            return self._held_back(key, from_child)
+        async with self.locks[key]:
+            if self.backing_off(key):  # the pass this one waited behind has just failed
+                return self._held_back(key, from_child)
+            return await self._attempt(key, reconcile, retry=retry, raise_permanent=raise_permanent,
+                                       from_child=from_child, on_error=on_error)
+
+    def _held_back(self, key: ObjectKey, from_child: bool) -> Outcome:
+        """The object backs off: a child's event is dropped (the pending retry covers it); any other
+        caller is told by kopf's TemporaryError to come back when the delay has run out."""
+        observability.RECONCILES.labels(controller=self.controller, result=Outcome.SKIPPED).inc()
+        if from_child:
             return Outcome.SKIPPED
+        left = self.backoff_left(key)
+        raise kopf.TemporaryError(f"backing off after {self.failures.get(key, 0)} failure(s); "
+                                  f"next attempt in {left:.1f}s", delay=left)
+
+    async def _attempt(
+        self,
+        key: ObjectKey,
+        reconcile: Callable[[], Awaitable[Outcome]],
+        *,
+        retry: int,
+        raise_permanent: bool,
+        from_child: bool,
+        on_error: Callable[[str], Awaitable[None]] | None,
+    ) -> Outcome:
+        """One reconcile, with the object's lock held; failures set the object's backoff."""
+        namespace, name = key
         started = time.perf_counter()
         try:
-            async with self.locks[key]:
-                outcome = await reconcile()
+            outcome = await reconcile()
         except ApiError as exc:
-            failures = self._failed(key, exc)
+            delay = self._failed(key, exc, retry)
             if from_child:
                 log.warning("%s %s/%s: reconcile after a child event failed: %s", self.controller, namespace, name, exc)
                 return Outcome.WAITING
             if exc.temporary or exc.not_found:
-                # kopf's `retry` restarts at 0 on every timer tick; the failure count does not.
-                raise kopf.TemporaryError(str(exc), delay=retry_delay(exc, max(retry + 1, failures))) from exc
+                raise kopf.TemporaryError(str(exc), delay=delay) from exc
             raise kopf.PermanentError(str(exc)) from exc
         except (kopf.TemporaryError, kopf.PermanentError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            failures = self._failed(key, None)
+            delay = self._failed(key, None, retry)
             log.exception("%s %s/%s: unexpected error", self.controller, namespace, name)
             if on_error is not None:
                 try:
@@ -126,8 +170,7 @@ class ReconcileCore:
                     log.exception("%s %s/%s: could not report the error in status", self.controller, namespace, name)
             if from_child:
                 return Outcome.WAITING
-            raise kopf.TemporaryError(f"unexpected {type(exc).__name__}: {exc}", delay=retry_delay(None, failures)) \
-                from exc
+            raise kopf.TemporaryError(f"unexpected {type(exc).__name__}: {exc}", delay=delay) from exc
         finally:
             observability.RECONCILE_SECONDS.labels(controller=self.controller).observe(time.perf_counter() - started)
         self.failures.pop(key, None)
@@ -139,11 +182,15 @@ class ReconcileCore:
             raise kopf.PermanentError("cannot proceed; see status.conditions")
         return outcome
 
-    def _failed(self, key: ObjectKey, exc: ApiError | None) -> int:
+    def _failed(self, key: ObjectKey, exc: ApiError | None, retry: int) -> float:
+        """Count the failure and set the object's backoff; the delay returned is the one every path
+        now waits (one jittered value: kopf's retry and the skip of the others agree)."""
         observability.RECONCILES.labels(controller=self.controller, result="error").inc()
         failures = self.failures[key] = self.failures.get(key, 0) + 1
-        self.not_before[key] = time.monotonic() + retry_delay(exc, failures)
-        return failures
+        # kopf's `retry` restarts at 0 on every timer tick; the failure count does not.
+        delay = retry_delay(exc, max(retry + 1, failures))
+        self.not_before[key] = time.monotonic() + delay
+        return delay
 
 
 def now() -> datetime.datetime:

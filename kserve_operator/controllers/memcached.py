@@ -33,7 +33,7 @@ from kserve_operator.planning.ownership import ownership_problem
 from kserve_operator.resources.conditions import rfc3339
 from kserve_operator.resources.kinds import DEPLOYMENT, MEMCACHED, SERVICE
 from kserve_operator.resources.memcached import Memcached, MemcachedSpec, name_problem
-from kserve_operator.settings import OperatorSettings
+from kserve_operator.settings import FINALIZER, OperatorSettings
 
 CONTROLLER = "memcached"
 DEPLOYMENT_EXACT = ("spec.replicas", "spec.selector", "spec.template")
@@ -78,26 +78,33 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: lo
         return Outcome.GONE
     cache = Memcached.parse(body)
     moment = now()
+    key, generation = (namespace, name), body["metadata"].get("generation")
 
     try:
         invalid_name = name_problem(name)
         if invalid_name is not None:
             await _report_problem(api, body, plan.REASON_INVALID_NAME, invalid_name, moment)
-            logger.warning("Memcached %s/%s: %s", namespace, name, invalid_name)
+            ctx.core.warn_once(logger, key, generation, f"Memcached {namespace}/{name}: {invalid_name}")
             return Outcome.INVALID
         spec = cache.spec()
     except InvalidSpec as exc:
         # Permanent until the user edits the spec: report it, touch nothing else.
         await _report_problem(api, body, plan.REASON_INVALID_SPEC, str(exc), moment)
-        logger.warning("Memcached %s/%s has an invalid spec: %s", namespace, name, exc)
+        ctx.core.warn_once(logger, key, generation, f"Memcached {namespace}/{name} has an invalid spec: {exc}")
         return Outcome.INVALID
+
+    if FINALIZER not in (body["metadata"].get("finalizers") or []):
+        # A delete before kopf's finalizer is on would skip the graceful scale-to-zero: no children
+        # until it is (kopf adds it; the event that brings it reconciles again).
+        logger.info("Memcached %s/%s: waiting for the finalizer before creating children", namespace, name)
+        return Outcome.WAITING
 
     deployment = await api.get(DEPLOYMENT, name, namespace)
     service = await api.get(SERVICE, name, namespace)
     conflict = ownership_problem(deployment, body, MEMCACHED) or ownership_problem(service, body, MEMCACHED)
     if conflict is not None:
         await _report_problem(api, body, plan.REASON_NAME_CONFLICT, conflict, moment)
-        logger.warning("Memcached %s/%s: %s", namespace, name, conflict)
+        ctx.core.warn_once(logger, key, generation, f"Memcached {namespace}/{name}: {conflict}")
         return Outcome.INVALID
     current = deployment["spec"].get("replicas") if deployment else None
 

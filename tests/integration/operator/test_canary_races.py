@@ -24,7 +24,7 @@ from kserve_operator.clients.kube import KubeApi, KubernetesApi, PatchType
 from kserve_operator.controllers import canary
 from kserve_operator.controllers.core import Outcome
 from kserve_operator.resources.kinds import VIRTUAL_SERVICE, Kind
-from kserve_operator.settings import OperatorSettings
+from kserve_operator.settings import FINALIZER, OperatorSettings
 from tests.integration.operator.canary_world import (
     MCANARY,
     NS,
@@ -82,6 +82,12 @@ async def api(kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     await client.close()
 
 
+def finalized(body: dict[str, Any]) -> dict[str, Any]:
+    """The canary as kopf leaves it before the first write (no route is written without it)."""
+    body["metadata"]["finalizers"] = [FINALIZER]
+    return body
+
+
 async def reconcile_once(api: KubeApi) -> Outcome:
     ctx = canary.new_context(OperatorSettings(), api, None)
     return await ctx.core.run(NS, "mnist", lambda: canary.reconcile(
@@ -97,7 +103,7 @@ async def test_a_409_is_re_read_and_retried_keeping_the_other_writers_edit(
     cluster: Any, kube: Any, api: KubernetesApi,
 ) -> None:
     install_world(kube)
-    kube.create(MCANARY, model_canary(percent=20, routes=["predict"]))
+    kube.create(MCANARY, finalized(model_canary(percent=20, routes=["predict"])))
     racing = RacingApi(api, kube, races=2)
     assert await reconcile_once(racing) is Outcome.OK
     assert len(conflicts(cluster)) == 2
@@ -111,7 +117,7 @@ async def test_a_writer_that_never_stops_leaves_the_retry_to_the_backoff(
     cluster: Any, kube: Any, api: KubernetesApi,
 ) -> None:
     install_world(kube)
-    kube.create(MCANARY, model_canary(percent=20, routes=["predict"]))
+    kube.create(MCANARY, finalized(model_canary(percent=20, routes=["predict"])))
     racing = RacingApi(api, kube, races=canary.CONFLICT_ATTEMPTS)
     with pytest.raises(kopf.TemporaryError):
         await reconcile_once(racing)

@@ -17,7 +17,7 @@ import pytest
 from kserve_operator.controllers import memcached
 from kserve_operator.controllers.core import Outcome, ReconcileCore
 from kserve_operator.errors import ApiError
-from kserve_operator.settings import OperatorSettings
+from kserve_operator.settings import FINALIZER, OperatorSettings
 
 
 class FailingKube:
@@ -60,6 +60,7 @@ def test_the_resync_timer_backs_off_too() -> None:
     m = memo(503)
     delays = []
     for _ in range(7):
+        m.memcached.core.not_before.clear()  # kopf waited the delay before this tick
         with pytest.raises(kopf.TemporaryError) as info:
             asyncio.run(memcached.memcached_resync("ns", "cache", m, logging.getLogger("t")))
         delays.append(info.value.delay)
@@ -98,7 +99,8 @@ class RecordingKube:
         self.status_patches: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.body = {"apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached",
-                     "metadata": {"name": "cache", "namespace": "ns", "uid": "u", "generation": 1},
+                     "metadata": {"name": "cache", "namespace": "ns", "uid": "u", "generation": 1,
+                                  "finalizers": [FINALIZER]},
                      "spec": {"size": 1}}
 
     async def get(self, kind: Any, name: str, namespace: str | None = None) -> Any:

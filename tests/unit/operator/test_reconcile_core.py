@@ -22,7 +22,7 @@ from kserve_operator.planning import memcached_status
 from kserve_operator.planning.diff import SERVER_DEFAULTED, child_patch, matches_exactly
 from kserve_operator.planning.ownership import merged_owner_references, owned_by
 from kserve_operator.resources.memcached import Memcached, MemcachedSpec, name_problem
-from kserve_operator.settings import OperatorSettings
+from kserve_operator.settings import FINALIZER, OperatorSettings
 from tests.unit.operator.test_building_blocks import TestPrometheusAnswers
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -126,7 +126,8 @@ class StatusWriteFails:
 
     def __init__(self) -> None:
         self.body = {"apiVersion": "cache.serverless.xyz/v1alpha1", "kind": "Memcached",
-                     "metadata": {"name": "c", "namespace": "ns", "uid": "u-1", "generation": 2},
+                     "metadata": {"name": "c", "namespace": "ns", "uid": "u-1", "generation": 2,
+                                  "finalizers": [FINALIZER]},
                      "spec": {"size": 3}}
         self.deployment = plan.build_deployment(Memcached.parse(self.body), 1, plan.MemcachedImages())
         self.deployment["metadata"]["resourceVersion"] = "5"
