@@ -659,6 +659,18 @@ class ObjectStore:
         if log is not None:
             log.watchers.discard(queue)
 
+    def compact_history(self) -> None:
+        """As an etcd compaction at the current revision with every watch stream cut: the history is
+        dropped and open streams end without delivering what they had queued, so a watcher resuming
+        from an older resourceVersion gets 410 Gone and must relist."""
+        for log in self.logs.values():
+            log.events.clear()
+            log.compacted_rv = self.rv
+            for queue in log.watchers:
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(None)
+
     def close_watchers(self) -> None:
         for log in self.logs.values():
             for queue in log.watchers:

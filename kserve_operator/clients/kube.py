@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -32,6 +32,7 @@ from kserve_operator.errors import ApiError
 from kserve_operator.resources.kinds import Kind
 
 Object = dict[str, Any]
+Objects = list[Object]  # spelled apart: inside KubernetesApi, `list` is the method
 
 
 class PatchType(enum.StrEnum):
@@ -188,28 +189,74 @@ class KubernetesApi:
         self, kind: Kind, namespace: str | None = None, *,
         label_selector: str | None = None, field_selector: str | None = None,
     ) -> list[Object]:
-        selectors: dict[str, Any] = {}
-        if label_selector:
-            selectors["label_selector"] = label_selector
-        if field_selector:
-            selectors["field_selector"] = field_selector
+        items, _ = await self.list_with_version(kind, namespace, label_selector=label_selector,
+                                               field_selector=field_selector)
+        return items
 
+    def _lister(self, kind: Kind, namespace: str | None, params: dict[str, Any]) -> Callable[[], Any]:
         def invoke() -> Any:
             if self._is_typed(kind):
                 api, snake = self._typed_api(kind), _snake(kind.kind)
                 if not kind.namespaced:
-                    return getattr(api, f"list_{snake}")(**selectors, **self._opts())
+                    return getattr(api, f"list_{snake}")(**params)
                 if namespace:
-                    return getattr(api, f"list_namespaced_{snake}")(namespace, **selectors, **self._opts())
-                return getattr(api, f"list_{snake}_for_all_namespaces")(**selectors, **self._opts())
+                    return getattr(api, f"list_namespaced_{snake}")(namespace, **params)
+                return getattr(api, f"list_{snake}_for_all_namespaces")(**params)
             if kind.namespaced and namespace:
                 return self._custom.list_namespaced_custom_object(
-                    kind.group, kind.version, namespace, kind.plural, **selectors, **self._opts())
-            return self._custom.list_cluster_custom_object(
-                kind.group, kind.version, kind.plural, **selectors, **self._opts())
+                    kind.group, kind.version, namespace, kind.plural, **params)
+            return self._custom.list_cluster_custom_object(kind.group, kind.version, kind.plural, **params)
+        return invoke
 
-        result = await self._call("LIST", kind, None, invoke)
-        return list(result.get("items") or [])
+    async def list_with_version(
+        self, kind: Kind, namespace: str | None = None, *,
+        label_selector: str | None = None, field_selector: str | None = None,
+    ) -> tuple[Objects, str]:
+        """The items and the list's resourceVersion (where an informer's watch starts)."""
+        params: dict[str, Any] = self._opts()
+        if label_selector:
+            params["label_selector"] = label_selector
+        if field_selector:
+            params["field_selector"] = field_selector
+        result = await self._call("LIST", kind, None, self._lister(kind, namespace, params))
+        return list(result.get("items") or []), str((result.get("metadata") or {}).get("resourceVersion") or "")
+
+    async def watch(
+        self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None,
+        resource_version: str, timeout_seconds: int,
+    ) -> AsyncIterator[Object]:
+        """One watch stream from `resource_version`, with bookmarks: its decoded events until the
+        server ends it (`timeout_seconds`) or the connection breaks (ApiError). An ERROR event (410
+        Gone: the version was compacted) is yielded as the server sent it; the caller relists."""
+        params: dict[str, Any] = {
+            "_preload_content": False, "_request_timeout": timeout_seconds + 30, "watch": True,
+            "allow_watch_bookmarks": True, "resource_version": resource_version, "timeout_seconds": timeout_seconds,
+        }
+        if label_selector:
+            params["label_selector"] = label_selector
+        where = kind.plural
+        code = "error"
+        try:
+            response = await self._lister(kind, namespace, params)()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            observability.API_REQUESTS.labels(method="WATCH", code=code).inc()
+            raise ApiError(0, type(exc).__name__, str(exc) or "no response", method="WATCH", path=where) from exc
+        code = str(response.status)
+        observability.API_REQUESTS.labels(method="WATCH", code=code).inc()
+        try:
+            if response.status >= 400:
+                text = await response.text()
+                if response.status == 401 and self._reconnect is not None:
+                    await self._relogin()
+                raise _api_error(response.status, text, response.headers, "WATCH", where)
+            try:
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise ApiError(0, type(exc).__name__, str(exc) or "watch cut", method="WATCH", path=where) from exc
+        finally:
+            response.release()
 
     async def create(self, kind: Kind, body: Mapping[str, Any]) -> Object:
         namespace = (body.get("metadata") or {}).get("namespace")

@@ -1,0 +1,170 @@
+"""`KubeApi` served from informers: reads from memory, writes to the API server and into the cache.
+
+Controllers keep calling `KubeApi`; this class answers
+
+- a GET of an informed kind whose informer's scope covers the namespace from the store (a miss
+  goes to the API server: the object may exist outside the informer's label selector, or be
+  newer than the watch, e.g. just created, and what comes back is offered to the store);
+- a LIST whose namespace and label selector are within an informer's scope from the store, the
+  selector evaluated in memory (`resources.label_selectors`), through a label index when the
+  request names one label value; a field selector always goes to the server;
+- everything else from the API server, as before.
+
+Writes go to the server; the object they return is offered to the matching informers (a newer
+resourceVersion wins), so a reconcile sees its own writes at once; a successful delete leaves
+the store at once. Objects handed out are copies: a caller may change them freely.
+
+Until an informer has listed (start-up, or relisting after a 410 Gone) its requests go to the
+server, so reads are never answered from a partial store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from kserve_operator.clients.informer import Backoff, IndexFunction, Informer, label_index_name
+from kserve_operator.clients.kube import KubernetesApi, Object, PatchType
+from kserve_operator.resources.kinds import Kind
+from kserve_operator.resources.label_selectors import LabelSelector
+
+log = logging.getLogger(__name__)
+
+
+class CachedKubeApi:
+    """`KubeApi` over `KubernetesApi` and the informers registered with `inform`."""
+
+    def __init__(self, api: KubernetesApi, *, backoff: Backoff) -> None:
+        self.api = api
+        self._backoff = backoff
+        self.informers: list[Informer] = []
+
+    def inform(
+        self, kinds: Kind | Sequence[Kind], *, namespace: str | None = None, label_selector: str | None = None,
+        indexes: Mapping[str, IndexFunction] | None = None,
+    ) -> Informer:
+        """Register (not start) an informer; the same scope asked for twice is one informer."""
+        candidates = (kinds,) if isinstance(kinds, Kind) else tuple(kinds)
+        for informer in self.informers:
+            if informer.kind == candidates[0] and informer.namespace == namespace \
+                    and informer.label_selector == (label_selector or None):
+                missing = [name for name in indexes or {} if not informer.has_index(name)]
+                if missing:
+                    raise ValueError(f"{informer} exists without the index(es) {', '.join(missing)}")
+                return informer
+        informer = Informer(self.api, candidates, backoff=self._backoff, namespace=namespace,
+                            label_selector=label_selector,
+                            indexes=indexes)
+        self.informers.append(informer)
+        return informer
+
+    def inform_namespaces(
+        self, kinds: Kind | Sequence[Kind], namespaces: Iterable[str], *, label_selector: str | None = None,
+        indexes: Mapping[str, IndexFunction] | None = None,
+    ) -> list[Informer]:
+        """One informer per namespace, or one for all when `namespaces` is empty (the operator's scope)."""
+        scopes: list[str | None] = list(namespaces) or [None]
+        return [self.inform(kinds, namespace=scope, label_selector=label_selector, indexes=indexes)
+                for scope in scopes]
+
+    async def start(self, *, wait: float = 30.0) -> None:
+        """Start every informer; wait (bounded) until each has tried its first listing."""
+        for informer in self.informers:
+            informer.start()
+        pending = [asyncio.ensure_future(informer.tried.wait()) for informer in self.informers]
+        if pending:
+            _, not_done = await asyncio.wait(pending, timeout=wait)
+            for future in not_done:
+                future.cancel()
+        unsynced = [repr(i) for i in self.informers if not i.synced.is_set()]
+        if unsynced:
+            log.warning("not yet listed (reads go to the API server meanwhile): %s", ", ".join(unsynced))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(informer.stop() for informer in self.informers))
+
+    async def close(self) -> None:
+        await self.stop()
+        await self.api.close()
+
+    # --- reads --------------------------------------------------------------------------------------
+
+    def _scoped(self, kind: Kind, namespace: str | None) -> list[Informer]:
+        """Listed informers of `kind` whose namespace includes `namespace` (whatever their selector)."""
+        return [i for i in self.informers
+                if i.kind == kind and i.synced.is_set() and (i.namespace is None or i.namespace == namespace)]
+
+    async def get(self, kind: Kind, name: str, namespace: str | None = None) -> Object | None:
+        for informer in self._scoped(kind, namespace):
+            found = informer.get(namespace if kind.namespaced else None, name)
+            if found is not None:
+                return copy.deepcopy(found)
+        fetched = await self.api.get(kind, name, namespace)
+        if fetched is not None:
+            self._offer(kind, fetched)
+        return fetched
+
+    async def list(
+        self, kind: Kind, namespace: str | None = None, *,
+        label_selector: str | None = None, field_selector: str | None = None,
+    ) -> list[Object]:
+        if not field_selector:
+            selector = LabelSelector.parse(label_selector)
+            for informer in self.informers:
+                if informer.covers(kind, namespace, selector):
+                    return [copy.deepcopy(obj) for obj in _candidates(informer, selector)
+                            if _in_namespace(obj, kind, namespace) and
+                            selector.matches((obj.get("metadata") or {}).get("labels"))]
+        return await self.api.list(kind, namespace, label_selector=label_selector, field_selector=field_selector)
+
+    # --- writes ---------------------------------------------------------------------------------------
+
+    def _offer(self, kind: Kind, obj: Mapping[str, Any]) -> None:
+        for informer in self.informers:
+            if informer.kind == kind:
+                informer.offer(obj)
+
+    async def create(self, kind: Kind, body: Mapping[str, Any]) -> Object:
+        created = await self.api.create(kind, body)
+        self._offer(kind, created)
+        return created
+
+    async def patch(
+        self, kind: Kind, name: str, patch: Mapping[str, Any] | Sequence[Mapping[str, Any]], *,
+        namespace: str | None = None, patch_type: PatchType = PatchType.MERGE, status: bool = False,
+    ) -> Object:
+        patched = await self.api.patch(kind, name, patch, namespace=namespace, patch_type=patch_type, status=status)
+        self._offer(kind, patched)
+        return patched
+
+    async def delete(
+        self, kind: Kind, name: str, *, namespace: str | None = None,
+        propagation: str = "Background", uid: str | None = None,
+    ) -> bool:
+        deleted = await self.api.delete(kind, name, namespace=namespace, propagation=propagation, uid=uid)
+        if deleted:
+            for informer in self.informers:
+                if informer.kind == kind:
+                    informer.discard(namespace if kind.namespaced else None, name)
+        return deleted
+
+    def remember(self, kind: Kind, obj: Mapping[str, Any]) -> None:
+        """An object the caller got elsewhere (kopf's watch): kept where newer than the cache's copy."""
+        self._offer(kind, copy.deepcopy(dict(obj)))
+
+
+def _candidates(informer: Informer, selector: LabelSelector) -> list[Object]:
+    """The store's objects, narrowed through a label index when the selector names values of one."""
+    for requirement in selector.requirements:
+        index = label_index_name(requirement.key)
+        values = selector.equal_values(requirement.key)
+        if values is not None and informer.has_index(index):
+            return [obj for value in sorted(values) for obj in informer.by_index(index, value)]
+    return informer.items()
+
+
+def _in_namespace(obj: Mapping[str, Any], kind: Kind, namespace: str | None) -> bool:
+    return not kind.namespaced or namespace is None or (obj.get("metadata") or {}).get("namespace") == namespace

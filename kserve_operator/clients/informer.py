@@ -1,0 +1,337 @@
+"""Informers: one kind, one scope (a namespace or all, a server-side label selector), kept in memory.
+
+An informer LISTs (keeping the list's resourceVersion), then WATCHes from it with bookmarks,
+resuming from the last resourceVersion seen whenever the server ends the stream or the
+connection breaks (backoff with jitter on failures: `planning.backoff`, handed in by the caller,
+as clients never import planning). A 410 Gone (the
+version was compacted away) costs ONE relist, and subscribers get synthetic ADDED / MODIFIED /
+DELETED events for what changed in the gap, nothing for what did not. The store is keyed by
+(namespace, name), with optional index functions (by a label value, by node...).
+
+Subscribers are async callbacks; the initial listing reaches them with `type=None` (as kopf
+reports a listing), so a handler can set its baseline. Writes of our own are `offer`ed by
+the cached client (clients/cached_kube.py): a newer resourceVersion replaces the stored copy
+at once, and the watch event of that very version is then not reported again.
+
+Requests go through `KubernetesApi` (same connection, same re-login, same metrics:
+`kserve_operator_api_requests_total{method="LIST"|"WATCH"}`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from kserve_operator.errors import ApiError
+from kserve_operator.resources.kinds import Kind
+from kserve_operator.resources.label_selectors import LabelSelector
+
+log = logging.getLogger(__name__)
+Object = dict[str, Any]
+ObjectKey = tuple[str, str]
+IndexFunction = Callable[[Mapping[str, Any]], Iterable[str]]
+Backoff = Callable[[int], float]  # the delay before the n-th retry (0-based): planning.backoff.backoff_delay
+WATCH_TIMEOUT_SECONDS = 290  # the server ends each stream about this often; the informer resumes
+
+
+class WatchSource(Protocol):
+    """What an informer needs of the client (KubernetesApi has it; tests use the emulated server)."""
+
+    async def list_with_version(
+        self, kind: Kind, namespace: str | None = None, *,
+        label_selector: str | None = None, field_selector: str | None = None,
+    ) -> tuple[list[Object], str]: ...
+
+    def watch(
+        self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None,
+        resource_version: str, timeout_seconds: int,
+    ) -> AsyncIterator[Object]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class InformerEvent:
+    """`type` is ADDED, MODIFIED or DELETED, or None for an object of the initial listing."""
+
+    type: str | None
+    obj: Mapping[str, Any]
+    old: Mapping[str, Any] | None = None
+
+
+Subscriber = Callable[[InformerEvent], Awaitable[None]]
+
+
+def label_index(key: str) -> IndexFunction:
+    """An index by the value of one label (objects without it are not indexed)."""
+
+    def values(obj: Mapping[str, Any]) -> Iterable[str]:
+        value = ((obj.get("metadata") or {}).get("labels") or {}).get(key)
+        return (str(value),) if value is not None else ()
+
+    return values
+
+
+def label_index_name(key: str) -> str:
+    return f"label:{key}"
+
+
+def key_of(obj: Mapping[str, Any]) -> ObjectKey:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def _version(obj: Mapping[str, Any] | None) -> str:
+    return str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
+
+
+def newer(candidate: str, stored: str) -> bool:
+    """resourceVersions are opaque, but both servers count up with integers: compare them so when
+    both are integers (an older watch event never overwrites a newer write response)."""
+    if candidate.isdigit() and stored.isdigit():
+        return int(candidate) > int(stored)
+    return candidate != stored
+
+
+class GoneError(Exception):
+    """The watch's resourceVersion was compacted away (410): relist."""
+
+
+class Informer:
+    """The objects of one kind in one scope, kept current by a watch."""
+
+    def __init__(
+        self, source: WatchSource, kinds: Sequence[Kind], *, backoff: Backoff, namespace: str | None = None,
+        label_selector: str | None = None, indexes: Mapping[str, IndexFunction] | None = None,
+        watch_timeout: int = WATCH_TIMEOUT_SECONDS,
+    ) -> None:
+        """`kinds`: the kind, then versions to fall back to where the first is not served (Istio's
+        VirtualService: v1, else v1beta1); the one that lists is `kind`."""
+        if not kinds:
+            raise ValueError("an informer needs a kind")
+        self._source = source
+        self._backoff = backoff
+        self._candidates = tuple(kinds)
+        self.kind = self._candidates[0]
+        self.namespace = namespace if self.kind.namespaced else None
+        self.label_selector = label_selector or None
+        self.selector = LabelSelector.parse(label_selector)
+        self._index_functions = dict(indexes or {})
+        self._indexes: dict[str, dict[str, set[ObjectKey]]] = {name: {} for name in self._index_functions}
+        self._store: dict[ObjectKey, Object] = {}
+        self._subscribers: list[Subscriber] = []
+        self._watch_timeout = watch_timeout
+        self._version = ""
+        self.synced = asyncio.Event()  # the store holds a complete listing
+        self.tried = asyncio.Event()  # the first listing was attempted (start-up need not wait longer)
+        self.relists = 0  # listings after the first one (410 Gone, or a failed first listing)
+        self._task: asyncio.Task[None] | None = None
+        self._listed_once = False
+
+    def __repr__(self) -> str:
+        scope = self.namespace or "all namespaces"
+        return f"Informer({self.kind.plural}.{self.kind.group or 'core'}, {scope}, {self.label_selector or '-'})"
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def get(self, namespace: str | None, name: str) -> Object | None:
+        return self._store.get((namespace or "", name))
+
+    def items(self) -> list[Object]:
+        return list(self._store.values())
+
+    def by_index(self, index: str, value: str) -> list[Object]:
+        keys = self._indexes[index].get(value, set())
+        return [self._store[key] for key in sorted(keys) if key in self._store]
+
+    def has_index(self, index: str) -> bool:
+        return index in self._index_functions
+
+    def covers(self, kind: Kind, namespace: str | None, selector: LabelSelector | None = None) -> bool:
+        """Whether every object a request for (kind, namespace, selector) can see is in this store."""
+        if kind != self.kind or not self.synced.is_set():
+            return False
+        if self.namespace is not None and (not kind.namespaced or namespace != self.namespace):
+            return False
+        return (selector is None and not self.selector.requirements) or \
+            (selector or LabelSelector()).implies(self.selector)
+
+    def admits(self, obj: Mapping[str, Any]) -> bool:
+        """Whether `obj` belongs in this store (its namespace and labels are in scope)."""
+        meta = obj.get("metadata") or {}
+        if self.namespace is not None and meta.get("namespace") != self.namespace:
+            return False
+        return self.selector.matches(meta.get("labels"))
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    # --- writes of our own --------------------------------------------------------------------------
+
+    def offer(self, obj: Mapping[str, Any]) -> None:
+        """A write's response (or an object the caller holds): kept when newer than the stored copy.
+        An object that left the scope (a label removed) leaves the store."""
+        key = key_of(obj)
+        stored = self._store.get(key)
+        if stored is not None and not newer(_version(obj), _version(stored)):
+            return
+        if self.admits(obj):
+            self._put(key, dict(obj))
+        elif stored is not None:
+            self._remove(key)
+
+    def discard(self, namespace: str | None, name: str) -> None:
+        """Deleted by us: gone from reads at once (the watch's DELETED event then changes nothing)."""
+        self._remove((namespace or "", name))
+
+    # --- the loop ---------------------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name=repr(self))
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def run(self) -> None:
+        """List, then watch for ever; relist only after a 410 (or when no listing succeeded yet)."""
+        failures = 0
+        while True:
+            try:
+                if not self.synced.is_set():
+                    await self._list()
+                started = asyncio.get_running_loop().time()
+                await self._watch()
+                if asyncio.get_running_loop().time() - started < 1.0:  # ended at once: do not spin
+                    failures += 1
+                    await asyncio.sleep(self._backoff(failures - 1))
+                else:
+                    failures = 0
+            except GoneError:
+                log.info("%s: resourceVersion %s expired (410 Gone); relisting once", self, self._version)
+                self.synced.clear()
+                failures = 0
+            except ApiError as exc:
+                self.tried.set()
+                failures += 1
+                delay = self._backoff(failures - 1)
+                if exc.retry_after is not None:
+                    delay = max(delay, exc.retry_after)
+                log.warning("%s: %s; again in %.1fs", self, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _list(self) -> None:
+        listed: list[Object] | None = None
+        last: ApiError | None = None
+        for kind in self._candidates:
+            try:
+                listed, version = await self._source.list_with_version(
+                    kind, self.namespace, label_selector=self.label_selector)
+            except ApiError as exc:
+                if exc.not_found and kind != self._candidates[-1]:  # this version is not served: the next
+                    last = exc
+                    continue
+                raise
+            self.kind = kind
+            break
+        if listed is None:
+            raise last or ApiError(404, "NotFound", "no served version", method="LIST", path=self.kind.plural)
+        initial = not self._listed_once
+        if not initial:
+            self.relists += 1
+        self._listed_once = True
+        self._version = version
+        events = self._replace(listed, initial=initial)
+        self.synced.set()
+        self.tried.set()
+        for event in events:
+            await self._notify(event)
+
+    def _replace(self, listed: list[Object], *, initial: bool) -> list[InformerEvent]:
+        """The new listing becomes the store; the events that tell subscribers what changed."""
+        fresh = {key_of(obj): obj for obj in listed}
+        events: list[InformerEvent] = []
+        for key, obj in fresh.items():
+            old = self._store.get(key)
+            if initial:
+                events.append(InformerEvent(None, obj))
+            elif old is None:
+                events.append(InformerEvent("ADDED", obj))
+            elif _version(old) != _version(obj):
+                events.append(InformerEvent("MODIFIED", obj, old))
+        for key in [key for key in self._store if key not in fresh]:
+            events.append(InformerEvent("DELETED", self._store[key]))
+            self._remove(key)
+        for key, obj in fresh.items():
+            self._put(key, obj)
+        return events
+
+    async def _watch(self) -> None:
+        stream = self._source.watch(self.kind, self.namespace, label_selector=self.label_selector,
+                                    resource_version=self._version, timeout_seconds=self._watch_timeout)
+        try:
+            async for event in stream:
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise GoneError(obj.get("message"))
+                    raise ApiError(int(obj.get("code") or 0), str(obj.get("reason") or ""),
+                                   str(obj.get("message") or ""), method="WATCH", path=self.kind.plural)
+                version = _version(obj)
+                if version:
+                    self._version = version
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    await self._apply(str(kind), obj)
+        except ApiError as exc:
+            if exc.status == 410:
+                raise GoneError(exc.message) from exc
+            raise
+
+    async def _apply(self, kind: str, obj: Object) -> None:
+        key = key_of(obj)
+        stored = self._store.get(key)
+        if kind == "DELETED":
+            self._remove(key)
+            await self._notify(InformerEvent("DELETED", obj, stored))
+            return
+        if stored is not None and not newer(_version(obj), _version(stored)):
+            return  # our own write, offered already, or an older event behind it
+        self._put(key, obj)
+        await self._notify(InformerEvent("ADDED" if stored is None else "MODIFIED", obj, stored))
+
+    async def _notify(self, event: InformerEvent) -> None:
+        for subscriber in self._subscribers:
+            try:
+                await subscriber(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one failing subscriber must not stop the watch or the others
+                log.exception("%s: a subscriber failed on %s %s", self, event.type, key_of(event.obj))
+
+    def _put(self, key: ObjectKey, obj: Object) -> None:
+        self._unindex(key)
+        self._store[key] = obj
+        for name, function in self._index_functions.items():
+            for value in function(obj):
+                self._indexes[name].setdefault(value, set()).add(key)
+
+    def _remove(self, key: ObjectKey) -> None:
+        self._unindex(key)
+        self._store.pop(key, None)
+
+    def _unindex(self, key: ObjectKey) -> None:
+        old = self._store.get(key)
+        if old is None:
+            return
+        for name, function in self._index_functions.items():
+            for value in function(old):
+                keys = self._indexes[name].get(value)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self._indexes[name][value]
