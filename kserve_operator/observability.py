@@ -1,12 +1,12 @@
 """The operator's own /metrics, /healthz and /readyz, served from its event loop.
 
-Liveness answers while the loop runs; readiness waits for kopf's ready flag (caches
-primed, watches started), so a rolling update keeps the old pod until the new one works.
+Liveness answers while the loop runs; readiness asks the replica (`__main__.Replica.readiness`):
+a standby is ready once it serves the webhook and has read the Lease, a leader once kopf's watches
+run, so a rolling update keeps the old pod until the new one works. The body says which it is.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 import prometheus_client
@@ -46,18 +46,17 @@ async def _metrics(_: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
 
-def _readyz(ready: asyncio.Event) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _readyz(readiness: Callable[[], tuple[bool, str]]) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(_: web.Request) -> web.Response:
-        if ready.is_set():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="starting\n")
+        ready, why = readiness()
+        return web.Response(status=200 if ready else 503, text=f"{why}\n")
     return handler
 
 
-async def serve_probes(host: str, port: int, ready: asyncio.Event) -> web.AppRunner:
+async def serve_probes(host: str, port: int, readiness: Callable[[], tuple[bool, str]]) -> web.AppRunner:
     app = web.Application()
     app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz(ready))
+    app.router.add_get("/readyz", _readyz(readiness))
     app.router.add_get("/metrics", _metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

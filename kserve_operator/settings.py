@@ -9,11 +9,13 @@ import argparse
 import dataclasses
 import os
 import re
+import secrets
 from collections.abc import Mapping, Sequence
 
 import kopf
 
 from kserve_operator.errors import InvalidSpec
+from kserve_operator.planning.leader_election import ElectionTimings
 from kserve_operator.planning.memcached import MemcachedImages
 from kserve_operator.resources.prewarm import DEFAULT_CACHE_PATH, DEFAULT_JOB_NAMESPACE, PrewarmPlatform, parse_size
 
@@ -51,6 +53,14 @@ class OperatorSettings:
     prewarm_cache_host_path: str = DEFAULT_CACHE_PATH  # PREWARM_CACHE_HOST_PATH
     prewarm_cache_max_bytes: int | None = None  # PREWARM_CACHE_MAX_BYTES
     prewarm_retry_max_seconds: float = 3600.0  # PREWARM_RETRY_MAX_SECONDS: cap of a failed node's backoff
+    # Leader election (docs/architecture.md, "High availability"): only the holder of the Lease runs the
+    # controllers; every replica serves the webhook. Off by default (one local process); the shipped
+    # Deployment turns it on. The identity is the pod's name plus a random suffix, unique per process.
+    leader_election: bool = False  # LEADER_ELECT / --leader-elect
+    lease_name: str = "kserve-operator"  # LEADER_ELECTION_ID
+    lease_namespace: str = "kserve-operator"  # LEADER_ELECTION_NAMESPACE, else POD_NAMESPACE
+    election: ElectionTimings = dataclasses.field(default_factory=ElectionTimings)  # LEASE_DURATION_SECONDS...
+    identity: str = ""  # POD_NAME (else the host name) + "_" + random hex
 
     @property
     def prewarm_platform(self) -> PrewarmPlatform:
@@ -105,6 +115,19 @@ def _namespace_list(raw: str, key: str) -> tuple[str, ...]:
     return names
 
 
+def _dns_name(raw: str, key: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?", raw):
+        raise SystemExit(f"{key}: {raw!r} is not a valid object name (lower-case DNS subdomain)")
+    return raw
+
+
+def _lease_namespace(env: Mapping[str, str]) -> str:
+    raw = env.get("LEADER_ELECTION_NAMESPACE") or env.get("POD_NAMESPACE") or OperatorSettings.lease_namespace
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", raw):
+        raise SystemExit(f"LEADER_ELECTION_NAMESPACE (or POD_NAMESPACE): {raw!r} is not a namespace name")
+    return raw
+
+
 def _port(env: Mapping[str, str], key: str, default: int) -> int:
     raw = env.get(key)
     if raw is None or raw == "":
@@ -112,6 +135,24 @@ def _port(env: Mapping[str, str], key: str, default: int) -> int:
     if not raw.isdigit() or int(raw) > 65535:
         raise SystemExit(f"{key}={raw!r} is not a port number (0 turns the endpoint off)")
     return int(raw)
+
+
+def _election(env: Mapping[str, str]) -> ElectionTimings:
+    timings = ElectionTimings(
+        lease_duration=_float(env, "LEASE_DURATION_SECONDS", ElectionTimings.lease_duration),
+        renew_deadline=_float(env, "RENEW_DEADLINE_SECONDS", ElectionTimings.renew_deadline),
+        retry_period=_float(env, "RETRY_PERIOD_SECONDS", ElectionTimings.retry_period),
+    )
+    problems = timings.problems()
+    if problems:
+        raise SystemExit("leader election (LEASE_DURATION_SECONDS, RENEW_DEADLINE_SECONDS, RETRY_PERIOD_SECONDS): "
+                         + "; ".join(problems))
+    return timings
+
+
+def _identity(env: Mapping[str, str]) -> str:
+    """client-go's shape: the pod (or host) name, then a random suffix, so a restarted pod is a new candidate."""
+    return f"{env.get('POD_NAME') or os.uname().nodename}_{secrets.token_hex(4)}"
 
 
 def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -135,6 +176,10 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     parser.add_argument("--canary-allowed-route-namespaces", default=env.get("CANARY_ALLOWED_ROUTE_NAMESPACES", ""),
                         help="namespaces (comma-separated, * for all) whose VirtualServices a ModelCanary in "
                              "another namespace may change (env CANARY_ALLOWED_ROUTE_NAMESPACES; default none)")
+    parser.add_argument("--leader-elect", action="store_true",
+                        default=env.get("LEADER_ELECT", "").lower() in ("1", "true", "yes"),
+                        help="run the controllers only while holding the Lease (env LEADER_ELECT); every replica "
+                             "serves the webhook")
     parser.add_argument("-v", "--verbose", action="store_true", default=env.get("LOG_LEVEL", "").upper() == "DEBUG")
     args = parser.parse_args(argv)
 
@@ -174,6 +219,11 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         prewarm_cache_host_path=_cache_path(env),
         prewarm_cache_max_bytes=_max_bytes(env),
         prewarm_retry_max_seconds=_float(env, "PREWARM_RETRY_MAX_SECONDS", 3600.0),
+        leader_election=args.leader_elect,
+        lease_name=_dns_name(env.get("LEADER_ELECTION_ID") or OperatorSettings.lease_name, "LEADER_ELECTION_ID"),
+        lease_namespace=_lease_namespace(env),
+        election=_election(env),
+        identity=_identity(env),
     )
 
 
