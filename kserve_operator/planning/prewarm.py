@@ -318,6 +318,20 @@ def _plan_jobs(
                                       attempts=attempt + 1 if attempt or record.progress.phase == FAILED else 0,
                                       retry_at=retry_at) if record.entry is None or retry_at
                            else dict(record.entry))
+    if any(e["phase"] != WARM for e in entries):
+        # Make before break: a warm node left for one where the predictor serves stays warm (its
+        # Job and entry kept) until every chosen node is, so the placement webhook always has
+        # somewhere to send new Pods.
+        chosen_names = {node.name for node in chosen}
+        still_qualifying = {node.name: node for node in qualification.qualifying}
+        for record in records:
+            if record.node not in chosen_names and record.node in still_qualifying and record.progress.phase == WARM \
+                    and record.progress.version in ("", version) and record.job not in keep:
+                keep.add(record.job)
+                entries.append(dict(record.entry) if record.entry is not None else node_entry(
+                    record.node, still_qualifying[record.node].hostname, record.job, record.progress,
+                    attempts=record.attempt + 1 if record.attempt else 0))
+                chosen_names.add(record.node)
     live = {str((j.get("metadata") or {}).get("name")): j for j in observed.jobs
             if not (j.get("metadata") or {}).get("deletionTimestamp")}
     deletes = tuple(sorted(name for name in live if name not in keep))

@@ -149,10 +149,11 @@ class PrewarmSpec:
 
     @property
     def resources(self) -> dict[str, dict[str, str]]:
-        """What the Job's container asks for: the predictor's, without GPUs for cache-only warming."""
+        """What the Job's container asks for: the predictor's, without GPUs unless it loads onto one
+        (`cpu` and `none` never touch a GPU, so they never wait for or hold one a serving pod needs)."""
         out: dict[str, dict[str, str]] = {}
         for key, values in (("requests", self.requests), ("limits", self.limits)):
-            kept = {k: v for k, v in values.items() if not (self.device == DEVICE_NONE and k.endswith("/gpu"))}
+            kept = {k: v for k, v in values.items() if not (self.device != "cuda" and k.endswith("/gpu"))}
             if kept:
                 out[key] = kept
         return out

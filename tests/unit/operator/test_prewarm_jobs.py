@@ -80,6 +80,10 @@ def test_cache_only_warming_asks_for_no_gpu() -> None:
     assert container["args"][:2] == ["--device", "none"]
     assert container["resources"] == {"limits": {"memory": "8Gi"}, "requests": {"cpu": "2"}}
     assert "nvidia.com/gpu" in {str(k) for k in spec.requested()}  # qualification still wants GPU nodes
+    cpu = build_job(template(device="cpu"), node="n", hostname="n")["spec"]["template"]["spec"]["containers"][0]
+    assert cpu["resources"] == {"limits": {"memory": "4Gi"}}  # host memory only: no GPU held either
+    cuda = build_job(template(), node="n", hostname="n")["spec"]["template"]["spec"]["containers"][0]
+    assert cuda["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
 def test_names_are_deterministic_bounded_and_change_with_what_matters() -> None:

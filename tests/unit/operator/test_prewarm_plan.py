@@ -326,11 +326,18 @@ def test_warming_follows_where_the_predictor_serves() -> None:
                  {"metadata": {"name": "p2"}, "spec": {"nodeName": "gpu-3"}, "status": {"phase": "Running"}}]
     plan = w.reconcile()
     assert [j["metadata"]["annotations"]["serving.serverless.xyz/prewarm-node"] for j in plan.create] == ["gpu-3"]
-    assert len(plan.delete) == 1 and w.prewarm["status"]["servingOnWarmNodes"] == "1/2"
+    # Make before break: gpu-2 stays warm (Job and entry kept) until gpu-3 is, so the placement
+    # webhook always has warm nodes to prefer.
+    assert plan.delete == () and w.prewarm["status"]["servingOnWarmNodes"] == "1/2"
+    assert w.prewarm["status"]["warm"] == "2/2" and {n["name"] for n in w.prewarm["status"]["nodes"]} == {
+        "gpu-1", "gpu-2", "gpu-3"}
+    assert w.settled()
     w.complete("gpu-3")
-    w.reconcile()
+    plan = w.reconcile()
+    assert len(plan.delete) == 1 and w.job_for("gpu-3")
     status = w.prewarm["status"]
     assert (status["servingOnWarmNodes"], status["servingPods"], status["warm"]) == ("2/2", 2, "2/2")
+    assert {n["name"] for n in status["nodes"]} == {"gpu-1", "gpu-3"}
     assert w.settled()
 
 
