@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit integration bench-operator bench-prewarm bench-canary bench-placement bench-preload bench-preload-llm lock-operator lock-preloader clean controlplane test-realcluster
+.PHONY: install demo test lint typecheck unit integration bench-operator bench-prewarm bench-canary bench-placement bench-failover bench-preload bench-preload-llm lock-operator lock-preloader clean controlplane test-realcluster
 
 # The real control plane (kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl) built
 # from Go modules into ~/.cache/kserve-operator/controlplane; `controlplane.build` prints that folder last.
@@ -63,6 +63,9 @@ bench-canary: install
 
 bench-placement: install
 	$(PY) -m bench.bench_placement
+
+bench-failover: install
+	$(PY) -m bench.bench_failover
 
 bench-preload: install
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[preloader,dev,bench]'

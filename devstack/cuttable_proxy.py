@@ -91,6 +91,8 @@ class CuttableProxy:
 
     def heal(self) -> None:
         """Forward again; the connections open during the cut are closed first (their TLS lost bytes)."""
+        if not self.cut_flag.is_set():
+            return
         done = threading.Event()
 
         def close_all() -> None:

@@ -18,7 +18,8 @@ from controlplane.cluster import RealCluster
 from controlplane.rbac_usage import unused_grants, used
 from tests.realcluster import conftest
 
-E2E_MODULES = {"test_memcached_real.py", "test_prewarm_real.py", "test_canary_real.py", "test_placement_real.py"}
+E2E_MODULES = {"test_memcached_real.py", "test_prewarm_real.py", "test_canary_real.py", "test_placement_real.py",
+               "test_leader_election_real.py"}  # the last: the leases Role (get, create, update)
 
 
 def test_the_operator_used_every_shipped_grant_and_was_never_refused(real_cluster: RealCluster) -> None:

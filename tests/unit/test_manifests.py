@@ -206,3 +206,34 @@ def test_kserve_integration_manifests(where: str, doc: dict[str, Any]) -> None:
     security = spec["container"]["securityContext"]
     assert security["runAsNonRoot"] is True and security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
+
+
+def test_two_replicas_one_leader_spread_across_nodes_with_a_disruption_budget() -> None:
+    docs = {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in BUILTIN}
+    deployment = docs[("Deployment", "kserve-operator")]
+    spec, pod = deployment["spec"], deployment["spec"]["template"]["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    [term] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= labels.items()
+    [container] = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["LEADER_ELECT"]["value"] == "true"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    budget = docs[("PodDisruptionBudget", "kserve-operator")]
+    assert budget["spec"]["minAvailable"] == 1 and budget["metadata"]["namespace"] == "kserve-operator"
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # The Lease: in the operator's namespace only, read and replaced by name, created once.
+    role = docs[("Role", "kserve-operator-leader-election")]
+    assert role["metadata"]["namespace"] == "kserve-operator"
+    assert [(r["apiGroups"], r["resources"], r["verbs"], r.get("resourceNames")) for r in role["rules"]] == [
+        (["coordination.k8s.io"], ["leases"], ["create"], None),
+        (["coordination.k8s.io"], ["leases"], ["get", "update"], ["kserve-operator"])]
+    binding = docs[("RoleBinding", "kserve-operator-leader-election")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
+                                    "namespace": "kserve-operator"}]
+    cluster_role = docs[("ClusterRole", "kserve-operator")]
+    assert not [r for r in cluster_role["rules"] if "leases" in r["resources"]], "leases in every namespace"
