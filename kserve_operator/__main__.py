@@ -23,6 +23,7 @@ from typing import Any
 import kopf
 
 from kserve_operator import observability
+from kserve_operator.clients.cached_kube import CachedKubeApi
 from kserve_operator.clients.connection import kopf_connection_info
 from kserve_operator.clients.kube import KubernetesApi
 from kserve_operator.clients.leader_election import LeaseStore
@@ -30,6 +31,7 @@ from kserve_operator.clients.prometheus import PrometheusClient
 from kserve_operator.controllers import canary, domain_metrics, inferenceservice, memcached, placement, prewarm
 from kserve_operator.controllers.core import ReconcileCore
 from kserve_operator.controllers.leader_election import LeaderElector
+from kserve_operator.planning.backoff import backoff_delay
 from kserve_operator.settings import OperatorSettings, kopf_settings, parse_settings
 
 logger = logging.getLogger("kserve_operator")
@@ -107,7 +109,8 @@ class OperatorThread:
 
 async def run_controllers(settings: OperatorSettings, stop_flag: threading.Event, ready_flag: threading.Event) -> None:
     """The controllers' operator, in its own thread and loop (its API clients belong to that loop)."""
-    api = await KubernetesApi.connect(user_agent="kserve-operator")
+    # Reads come from informers (clients/cached_kube.py), writes go through and into them.
+    api = CachedKubeApi(await KubernetesApi.connect(user_agent="kserve-operator"), backoff=backoff_delay)
     prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
     memo = kopf.Memo(
         memcached=memcached.MemcachedContext(
@@ -117,7 +120,10 @@ async def run_controllers(settings: OperatorSettings, stop_flag: threading.Event
             settings=settings, core=ReconcileCore(inferenceservice.CONTROLLER, api)),
         canary=canary.new_context(settings, api, prometheus),
     )
+    for controller in (memcached, prewarm, canary):
+        controller.watch_children(settings, api, memo)
     try:
+        await api.start()  # every informer lists before the first reconcile (bounded wait)
         await kopf.operator(
             registry=build_registry(settings),
             settings=kopf_settings(settings),

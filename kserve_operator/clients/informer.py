@@ -20,6 +20,7 @@ Requests go through `KubernetesApi` (same connection, same re-login, same metric
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -34,6 +35,7 @@ Object = dict[str, Any]
 ObjectKey = tuple[str, str]
 IndexFunction = Callable[[Mapping[str, Any]], Iterable[str]]
 Backoff = Callable[[int], float]  # the delay before the n-th retry (0-based): planning.backoff.backoff_delay
+TOMBSTONES = 10_000  # deleted keys remembered, oldest forgotten first
 WATCH_TIMEOUT_SECONDS = 290  # the server ends each stream about this often; the informer resumes
 
 
@@ -120,6 +122,9 @@ class Informer:
         self._index_functions = dict(indexes or {})
         self._indexes: dict[str, dict[str, set[ObjectKey]]] = {name: {} for name in self._index_functions}
         self._store: dict[ObjectKey, Object] = {}
+        # The resourceVersion each recently deleted object was deleted at: an older copy offered late
+        # (kopf's body of a MODIFIED event behind the DELETED one) must not bring it back.
+        self._tombstones: collections.OrderedDict[ObjectKey, str] = collections.OrderedDict()
         self._subscribers: list[Subscriber] = []
         self._watch_timeout = watch_timeout
         self._version = ""
@@ -175,6 +180,8 @@ class Informer:
         key = key_of(obj)
         stored = self._store.get(key)
         if stored is not None and not newer(_version(obj), _version(stored)):
+            return
+        if stored is None and key in self._tombstones and not newer(_version(obj), self._tombstones[key]):
             return
         if self.admits(obj):
             self._put(key, dict(obj))
@@ -246,13 +253,13 @@ class Informer:
             self.relists += 1
         self._listed_once = True
         self._version = version
-        events = self._replace(listed, initial=initial)
+        events = self._replace(listed, initial=initial, version=version)
         self.synced.set()
         self.tried.set()
         for event in events:
             await self._notify(event)
 
-    def _replace(self, listed: list[Object], *, initial: bool) -> list[InformerEvent]:
+    def _replace(self, listed: list[Object], *, initial: bool, version: str = "") -> list[InformerEvent]:
         """The new listing becomes the store; the events that tell subscribers what changed."""
         fresh = {key_of(obj): obj for obj in listed}
         events: list[InformerEvent] = []
@@ -267,6 +274,7 @@ class Informer:
         for key in [key for key in self._store if key not in fresh]:
             events.append(InformerEvent("DELETED", self._store[key]))
             self._remove(key)
+            self._bury(key, version)
         for key, obj in fresh.items():
             self._put(key, obj)
         return events
@@ -297,6 +305,7 @@ class Informer:
         stored = self._store.get(key)
         if kind == "DELETED":
             self._remove(key)
+            self._bury(key, _version(obj))
             await self._notify(InformerEvent("DELETED", obj, stored))
             return
         if stored is not None and not newer(_version(obj), _version(stored)):
@@ -312,6 +321,12 @@ class Informer:
                 raise
             except Exception:  # one failing subscriber must not stop the watch or the others
                 log.exception("%s: a subscriber failed on %s %s", self, event.type, key_of(event.obj))
+
+    def _bury(self, key: ObjectKey, version: str) -> None:
+        self._tombstones[key] = version
+        self._tombstones.move_to_end(key)
+        while len(self._tombstones) > TOMBSTONES:
+            self._tombstones.popitem(last=False)
 
     def _put(self, key: ObjectKey, obj: Object) -> None:
         self._unindex(key)

@@ -26,6 +26,7 @@ import asyncio
 import collections
 import dataclasses
 import datetime
+import functools
 import logging
 import random
 from collections.abc import Iterable
@@ -33,15 +34,17 @@ from typing import Any
 
 import kopf
 
+from kserve_operator.clients.cached_kube import CachedKubeApi
 from kserve_operator.clients.kube import KubeApi
 from kserve_operator.clients.prometheus import PrometheusClient
 from kserve_operator.clients.routers import IstioRouter, RouteTable, TrafficRouter
 from kserve_operator.controllers.canary_wakeups import (
-    canaries_by_prewarm,
+    BY_PREWARM,
+    BY_VIRTUAL_SERVICE,
     canaries_by_virtual_service,
     canary_event,
-    prewarm_event,
-    virtual_service_event,
+    informer_indexes,
+    referenced_object_changed,
 )
 from kserve_operator.controllers.core import (
     ObjectKey,
@@ -67,7 +70,13 @@ from kserve_operator.planning.virtualservice import (
 )
 from kserve_operator.resources import canary as res
 from kserve_operator.resources.canary import CanarySpec, CanaryStatus, parse_spec
-from kserve_operator.resources.kinds import INFERENCE_SERVICE, MODEL_CANARY, MODEL_PREWARM, VIRTUAL_SERVICE
+from kserve_operator.resources.kinds import (
+    INFERENCE_SERVICE,
+    MODEL_CANARY,
+    MODEL_PREWARM,
+    VIRTUAL_SERVICE,
+    VIRTUAL_SERVICE_V1BETA1,
+)
 from kserve_operator.settings import FINALIZER, OperatorSettings
 
 CONTROLLER = "modelcanary"
@@ -385,12 +394,21 @@ def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> Non
     """Attach the handlers; done at start-up (the resync interval comes from settings)."""
     canary = (MODEL_CANARY.group, MODEL_CANARY.version, MODEL_CANARY.plural)
     kopf.index(*canary, registry=registry)(canaries_by_virtual_service)
-    kopf.index(*canary, registry=registry)(canaries_by_prewarm)
     # Told to stop (deletion, operator exit), a waiting daemon is cancelled at once and returns.
     kopf.daemon(*canary, cancellation_timeout=10, registry=registry)(canary_daemon)
     kopf.on.event(*canary, registry=registry)(canary_event)
     kopf.on.delete(*canary, registry=registry)(canary_deleted)
-    # No version: kopf watches the served (preferred) one, v1 or v1beta1.
-    kopf.on.event(VIRTUAL_SERVICE.group, VIRTUAL_SERVICE.plural, registry=registry)(virtual_service_event)
-    kopf.on.event(MODEL_PREWARM.group, MODEL_PREWARM.version, MODEL_PREWARM.plural,
-                  registry=registry)(prewarm_event)
+    # VirtualServices and ModelPrewarms wake canaries through informers (watch_children), not kopf watches.
+
+
+def watch_children(settings: OperatorSettings, cached: CachedKubeApi, memo: Any) -> None:
+    """Informers for what a reconcile reads (the ModelCanary, its InferenceServices, VirtualService and
+    ModelPrewarm), so a settled canary reads nothing from the API server; a VirtualService or
+    ModelPrewarm event wakes the canaries the ModelCanary informer's indices name."""
+    canaries = cached.inform_namespaces(MODEL_CANARY, settings.namespaces, indexes=informer_indexes())
+    cached.inform_namespaces(INFERENCE_SERVICE, settings.namespaces)
+    # Every namespace: a canary may route in another one the platform allows. v1, else v1beta1.
+    routes = cached.inform([VIRTUAL_SERVICE, VIRTUAL_SERVICE_V1BETA1])
+    routes.subscribe(functools.partial(referenced_object_changed, memo, canaries, BY_VIRTUAL_SERVICE))
+    for prewarms in cached.inform_namespaces(MODEL_PREWARM, settings.namespaces):
+        prewarms.subscribe(functools.partial(referenced_object_changed, memo, canaries, BY_PREWARM))

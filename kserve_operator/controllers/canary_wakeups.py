@@ -1,19 +1,26 @@
-"""When a ModelCanary must look again at once: the kopf indices and event handlers that wake its daemon.
+"""When a ModelCanary must look again at once: the indices and event handlers that wake its daemon.
 
-Two indices map a VirtualService and a ModelPrewarm to the canaries that reference them (the
-VirtualService one also answers route claims). The handlers do no API work: they set the
+Two kopf indices map a VirtualService and a ModelPrewarm to the canaries that reference them (the
+VirtualService one also answers route claims). The ModelCanary informer keeps the same two
+maps as index functions (`informer_indexes`), which the informer subscriptions for VirtualServices
+and ModelPrewarms (`referenced_object_changed`) look up. The handlers do no API work: they set the
 canary's wake-up event (`memo.canary.wake`), and its daemon in controllers.canary reconciles.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import kopf
 
-from kserve_operator.controllers.core import ObjectKey
+from kserve_operator.clients.informer import IndexFunction, Informer, InformerEvent, key_of
+from kserve_operator.controllers.core import ObjectKey, remember
 from kserve_operator.planning import canary as plan
+from kserve_operator.resources.kinds import MODEL_CANARY
+
+BY_VIRTUAL_SERVICE = "virtual-service"
+BY_PREWARM = "prewarm"
 
 
 def canaries_by_virtual_service(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta,
@@ -47,23 +54,38 @@ async def canary_event(body: kopf.Body, namespace: str | None, name: str | None,
     """A spec change (generation ahead of what status observed): wake the canary's daemon."""
     if namespace is None or name is None or type is None:
         return
+    remember(memo.canary.api, MODEL_CANARY, body, type)  # the daemon reads it from the cache next
     generation = body.get("metadata", {}).get("generation")
     if generation != (body.get("status") or {}).get("observedGeneration"):
         memo.canary.wake([(namespace, name)])
 
 
-async def virtual_service_event(namespace: str | None, name: str | None, type: str | None, memo: Any,
-                                canaries_by_virtual_service: Any = None, **_: Any) -> None:
-    """A referenced VirtualService changed (a hand edit, created, deleted): its canaries look now."""
-    if namespace is None or name is None or type is None:
-        return
-    claimants = (canaries_by_virtual_service or {}).get((namespace, name), [])
-    memo.canary.wake([(c.namespace, c.name) for c in claimants])
+# --- the same maps on the ModelCanary informer, and its subscriptions -----------------------------
+
+def _as_index(mapper: Callable[..., Mapping[ObjectKey, Any]]) -> IndexFunction:
+    """A kopf index function above as an informer index: "namespace/name" of each key it maps."""
+
+    def keys(obj: Mapping[str, Any]) -> Iterable[str]:
+        meta: Any = obj.get("metadata") or {}
+        spec: Any = obj.get("spec") or {}
+        if not meta.get("namespace"):
+            return ()
+        return [f"{ns}/{name}" for ns, name in mapper(namespace=meta["namespace"], name=meta.get("name"),
+                                                        spec=spec, meta=meta)]
+
+    return keys
 
 
-async def prewarm_event(namespace: str | None, name: str | None, type: str | None, memo: Any,
-                        canaries_by_prewarm: Any = None, **_: Any) -> None:
-    """The ModelPrewarm a canary waits for changed (e.g. turned Warm): release without waiting."""
-    if namespace is None or name is None or type is None:
+def informer_indexes() -> dict[str, IndexFunction]:
+    return {BY_VIRTUAL_SERVICE: _as_index(canaries_by_virtual_service), BY_PREWARM: _as_index(canaries_by_prewarm)}
+
+
+async def referenced_object_changed(memo: Any, canaries: list[Informer], index: str, event: InformerEvent) -> None:
+    """A VirtualService (a hand edit, created, deleted) or a ModelPrewarm (e.g. turned Warm) that
+    canaries reference changed: those canaries look now."""
+    if event.type is None:  # the listing at start-up: every daemon runs its first pass anyway
         return
-    memo.canary.wake((canaries_by_prewarm or {}).get((namespace, name), []))
+    namespace, name = key_of(event.obj)
+    memo.canary.wake({key_of(canary) for informer in canaries for canary in informer.by_index(index,
+                                                                                               f"{namespace}/{name}")})
+

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import kopf
 
 from kserve_operator import observability
+from kserve_operator.clients.cached_kube import CachedKubeApi
 from kserve_operator.clients.kube import KubeApi, PatchType
 from kserve_operator.errors import ApiError
 from kserve_operator.planning.backoff import backoff_delay
@@ -272,3 +273,31 @@ async def cleanup_within(
             logger.warning("%s failed after %.0fs (%s); releasing anyway", what, runtime.total_seconds(), exc)
             return None
         raise kopf.TemporaryError(f"{what} failed: {exc}", delay=2) from exc
+
+
+# --- child watches (informers) -------------------------------------------------------------------
+
+_RUNNING: set[asyncio.Task[Any]] = set()
+
+
+def spawn(work: Awaitable[Any], name: str) -> None:
+    """Run a reconcile an informer's event asked for beside the watch, not inside it: a subscriber
+    that awaited it would hold every later event of that kind (and the cache) back meanwhile."""
+    async def guarded() -> None:
+        try:
+            await work
+        except (kopf.TemporaryError, kopf.PermanentError) as exc:  # from_child passes never raise these
+            log.warning("%s: %s", name, exc)
+        except Exception:
+            log.exception("%s failed", name)
+
+    task = asyncio.create_task(guarded(), name=name)
+    _RUNNING.add(task)
+    task.add_done_callback(_RUNNING.discard)
+
+
+def remember(api: KubeApi, kind: Kind, body: Mapping[str, Any], event: str | None = None) -> None:
+    """kopf's copy of an object can be newer than the informer's (two watches): the cache keeps the newer.
+    Not for a DELETED event's body (the informer forgets the object by its own watch)."""
+    if isinstance(api, CachedKubeApi) and event != "DELETED":
+        api.remember(kind, body)

@@ -20,7 +20,7 @@ from typing import Any
 import kopf
 
 from kserve_operator.clients.kube import KubeApi, PatchType
-from kserve_operator.controllers.core import Outcome, ReconcileCore, apply_child, post_events
+from kserve_operator.controllers.core import Outcome, ReconcileCore, apply_child, post_events, remember
 from kserve_operator.errors import ApiError
 from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
 from kserve_operator.planning.ownership import owned_by
@@ -139,9 +139,10 @@ async def _run(memo: Any, namespace: str, name: str, logger: Any) -> Outcome:
     return outcome
 
 
-async def service_event(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+async def service_event(body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Any event of an InferenceService, the initial listing included: reconcile it."""
     meta = body.get("metadata") or {}
+    remember(memo.inferenceservices.api, INFERENCE_SERVICE, body, type)  # the reconcile reads the cache
     if meta.get("namespace") and meta.get("name"):
         await _run(memo, str(meta["namespace"]), str(meta["name"]), logger)
 
@@ -150,6 +151,7 @@ async def prewarm_event(body: kopf.Body, type: str | None, memo: Any, logger: ko
     """A derived ModelPrewarm changed or went away (someone edited or deleted it): restore it."""
     if type is None:
         return
+    remember(memo.inferenceservices.api, MODEL_PREWARM, body, type)
     meta = body.get("metadata") or {}
     for ref in meta.get("ownerReferences") or []:
         if ref.get("controller") and ref.get("kind") == INFERENCE_SERVICE.kind and meta.get("namespace"):

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from kserve_operator import observability
+from kserve_operator.clients.cached_kube import CachedKubeApi
+from kserve_operator.clients.informer import InformerEvent
 from kserve_operator.clients.kube import KubeApi
 from kserve_operator.clients.prometheus import PrometheusClient
 from kserve_operator.controllers.core import (
@@ -25,6 +29,8 @@ from kserve_operator.controllers.core import (
     now,
     patch_status,
     post_events,
+    remember,
+    spawn,
 )
 from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable, NoSamples
 from kserve_operator.planning import memcached as plan
@@ -39,6 +45,8 @@ CONTROLLER = "memcached"
 DEPLOYMENT_EXACT = ("spec.replicas", "spec.selector", "spec.template")
 SERVICE_EXACT = ("spec.selector", "spec.ports")
 MERGED = ("metadata.labels", "metadata.annotations")
+CHILD_SELECTOR = f"app.kubernetes.io/managed-by={plan.MANAGED_BY}"  # the server filters the child watches
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -175,10 +183,13 @@ async def _run(memo: Any, namespace: str, name: str, logger: Any, retry: int, *,
 
 
 async def memcached_changed(
-    namespace: str | None, name: str, memo: Any, logger: kopf.Logger, retry: int, **_: Any
+    namespace: str | None, name: str, memo: Any, logger: kopf.Logger, retry: int, body: kopf.Body | None = None,
+    **_: Any,
 ) -> None:
     """Create, resume and spec changes: reconcile now."""
     assert namespace is not None  # the CRD is namespaced
+    if body is not None:
+        remember(memo.memcached.api, MEMCACHED, body)
     await _run(memo, namespace, name, logger, retry, raise_permanent=True)
 
 
@@ -189,7 +200,7 @@ async def memcached_resync(namespace: str | None, name: str, memo: Any, logger: 
 
 
 async def child_changed(
-    body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger, **_: Any
+    body: Mapping[str, Any], type: str | None, memo: Any, logger: logging.Logger | Any, **_: Any
 ) -> None:
     """A change of an owned Deployment or Service (readiness, someone editing it): reconcile its owner, unless
     that owner is backing off after failures (the core skips it then)."""
@@ -200,6 +211,22 @@ async def child_changed(
         if owner.get("controller") and owner.get("kind") == MEMCACHED.kind \
                 and owner.get("apiVersion") == MEMCACHED.api_version and namespace:
             await _run(memo, namespace, owner["name"], logger, 0, from_child=True)
+
+
+async def child_event(memo: Any, event: InformerEvent) -> None:
+    """The informers' subscription: `child_changed` beside the watch (controllers.core.spawn)."""
+    meta = event.obj.get("metadata") or {}
+    spawn(child_changed(event.obj, event.type, memo, LOGGER),
+          f"memcached child {meta.get('namespace')}/{meta.get('name')} {event.type}")
+
+
+def watch_children(settings: OperatorSettings, cached: CachedKubeApi, memo: Any) -> None:
+    """Informers (clients/informer.py): the Memcacheds, and their Deployments and Services selected on the
+    server by our label, so reconciles read them from memory; child events reach `child_changed`."""
+    cached.inform_namespaces(MEMCACHED, settings.namespaces)
+    for child in (DEPLOYMENT, SERVICE):
+        for informer in cached.inform_namespaces(child, settings.namespaces, label_selector=CHILD_SELECTOR):
+            informer.subscribe(functools.partial(child_event, memo))
 
 
 async def memcached_deleted(
@@ -242,6 +269,4 @@ def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> Non
     kopf.on.delete(*resource, registry=registry)(memcached_deleted)
     kopf.timer(*resource, interval=settings.resync_seconds, initial_delay=settings.resync_seconds,
                registry=registry)(memcached_resync)
-    ours = {"app.kubernetes.io/managed-by": plan.MANAGED_BY, "app.kubernetes.io/name": "memcached"}
-    for child in (DEPLOYMENT, SERVICE):
-        kopf.on.event(child.group, child.version, child.plural, labels=ours, registry=registry)(child_changed)
+    # Deployments and Services: informers with a server-side selector (watch_children), not kopf watches.

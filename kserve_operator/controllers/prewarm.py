@@ -15,13 +15,24 @@ import dataclasses
 import datetime
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import kopf
 
+from kserve_operator.clients.cached_kube import CachedKubeApi
+from kserve_operator.clients.informer import InformerEvent, Subscriber, label_index, label_index_name
 from kserve_operator.clients.kube import KubeApi
-from kserve_operator.controllers.core import Outcome, ReconcileCore, cleanup_within, now, patch_status, post_events
+from kserve_operator.controllers.core import (
+    Outcome,
+    ReconcileCore,
+    cleanup_within,
+    now,
+    patch_status,
+    post_events,
+    remember,
+    spawn,
+)
 from kserve_operator.errors import ApiError
 from kserve_operator.planning import prewarm as plan
 from kserve_operator.planning.node_selection import NodeView
@@ -43,6 +54,8 @@ from kserve_operator.resources.prewarm import (
 from kserve_operator.settings import FINALIZER, OperatorSettings
 
 CONTROLLER = "modelprewarm"
+LOGGER = logging.getLogger(__name__)
+PREDICTOR_SELECTOR = f"{LABEL_ISVC},{LABEL_COMPONENT}={PREDICTOR}"
 OUTCOMES = {plan.OK: Outcome.OK, plan.INVALID: Outcome.INVALID, plan.WAITING: Outcome.WAITING}
 
 
@@ -57,14 +70,34 @@ class PrewarmContext:
     # The resourceVersion each Job and Pod of ours was last seen at: a re-listing (after a watch
     # expired) reports every object again as "initial"; those that changed in the gap still count.
     child_versions: dict[tuple[str, str, str], str] = dataclasses.field(default_factory=dict)
+    # The tenant's service account and Secrets as last read, per ModelPrewarm uid: (generation,
+    # account, secrets). Secrets are never watched (that would need list/watch on Secrets in every
+    # namespace); a reconcile plans with these and reads fresh only when the plan acts on them.
+    credentials: dict[str, tuple[int | None, Mapping[str, Any] | None, dict[str, Mapping[str, Any] | None]]] = \
+        dataclasses.field(default_factory=dict)
 
     @property
     def api(self) -> KubeApi:
         return self.core.api
 
 
-async def observe(api: KubeApi, body: Mapping[str, Any], platform: PrewarmPlatform) -> plan.Observed:
-    """Everything the plan needs, read fresh: reconciles are level-based, not event-based."""
+async def read_credentials(api: KubeApi, body: Mapping[str, Any]) -> tuple[
+        Mapping[str, Any] | None, dict[str, Mapping[str, Any] | None]]:
+    """The tenant's service account and each Secret it lists, by name (get only: never watched)."""
+    namespace = body["metadata"]["namespace"]
+    account_name = (body.get("spec") or {}).get("serviceAccountName") or DEFAULT_SERVICE_ACCOUNT
+    account = await api.get(SERVICE_ACCOUNT, str(account_name), namespace)
+    secrets: dict[str, Mapping[str, Any] | None] = {}
+    for secret in listed_secrets(account or {}):
+        secrets[secret] = await api.get(SECRET, secret, namespace)
+    return account, secrets
+
+
+async def observe(api: KubeApi, body: Mapping[str, Any], platform: PrewarmPlatform,
+                  credentials: tuple[Mapping[str, Any] | None, dict[str, Mapping[str, Any] | None]] | None = None,
+                  ) -> plan.Observed:
+    """Everything the plan needs (from the informers' caches, through `api`): reconciles are level-based.
+    `credentials`: the account and Secrets as last read, or None to read them now."""
     meta = body["metadata"]
     namespace, uid = meta["namespace"], meta.get("uid", "")
     nodes = [NodeView.parse(n) for n in await api.list(NODE)]
@@ -72,15 +105,11 @@ async def observe(api: KubeApi, body: Mapping[str, Any], platform: PrewarmPlatfo
     pods: dict[str, list[dict[str, Any]]] = {}
     names = sorted(str(j["metadata"]["name"]) for j in jobs)
     if names:
-        selector = f"{LABEL_JOB_NAME} in ({','.join(names)})"
+        selector = f"{LABEL_PREWARM_UID}={uid},{LABEL_JOB_NAME} in ({','.join(names)})"
         for pod in await api.list(POD, platform.namespace, label_selector=selector):
             job = str(((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_JOB_NAME, ""))
             pods.setdefault(job, []).append(pod)
-    account_name = (body.get("spec") or {}).get("serviceAccountName") or DEFAULT_SERVICE_ACCOUNT
-    account = await api.get(SERVICE_ACCOUNT, str(account_name), namespace)
-    secrets: dict[str, Mapping[str, Any] | None] = {}
-    for secret in listed_secrets(account or {}):
-        secrets[secret] = await api.get(SECRET, secret, namespace)
+    account, secrets = credentials if credentials is not None else await read_credentials(api, body)
     serving: list[dict[str, Any]] = []
     source = (meta.get("labels") or {}).get(LABEL_SOURCE)
     if source:
@@ -154,8 +183,17 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str, logger: logg
     if body["metadata"].get("deletionTimestamp"):
         return Outcome.GONE  # the finalizer's handler cleans up
     ctx.known.add((namespace, name))
-    observed = await observe(api, body, platform)
+    uid, generation = str(body["metadata"].get("uid", "")), body["metadata"].get("generation")
+    memo = ctx.credentials.get(uid)
+    remembered = memo[1:] if memo is not None and memo[0] == generation else None
+    observed = await observe(api, body, platform, remembered)
     decided = plan.plan_prewarm(observed, platform=platform, now=now())
+    if remembered is None or decided.create or decided.credentials is not None or decided.outcome == plan.WAITING:
+        if remembered is not None:  # the plan acts on the credentials (or waits for them): read them fresh
+            account, secrets = await read_credentials(api, body)
+            observed = dataclasses.replace(observed, service_account=account, secrets=secrets)
+            decided = plan.plan_prewarm(observed, platform=platform, now=now())
+        ctx.credentials[uid] = (generation, observed.service_account, dict(observed.secrets))
     creates = decided.create
     if creates and FINALIZER not in (body["metadata"].get("finalizers") or []):
         # Jobs outside the namespace are cleaned up by the finalizer only: none before it is on.
@@ -163,8 +201,10 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str, logger: logg
         return Outcome.WAITING
     live = [j for j in observed.jobs if j["metadata"]["name"] not in decided.delete
             and not j["metadata"].get("deletionTimestamp")]
-    copy_name = plan.credentials_name(name, body["metadata"].get("uid", ""))
-    copy = await api.get(SECRET, copy_name, platform.namespace)
+    copy_name = plan.credentials_name(name, uid)
+    # Listed by our label (the informer of the pre-warm namespace's copies answers, also when there is none).
+    copy = next((s for s in await api.list(SECRET, platform.namespace, label_selector=f"{LABEL_PREWARM_UID}={uid}")
+                 if s["metadata"]["name"] == copy_name), None)
     if creates:
         copy = await apply_credentials(api, decided, body, live, platform, copy)
     for job in creates:
@@ -205,6 +245,7 @@ async def prewarm_deleted(body: kopf.Body, namespace: str | None, name: str, mem
                                    logger=logger)
     ctx.known.discard((namespace, name))
     ctx.core.forget((namespace, name))
+    ctx.credentials.pop(uid, None)
     if deleted:
         logger.info("ModelPrewarm %s/%s: deleted %d preloader Job(s) in %s", namespace, name, deleted,
                     platform.namespace)
@@ -218,9 +259,11 @@ async def _run(memo: Any, namespace: str, name: str, logger: Any, retry: int, *,
 
 
 async def prewarm_changed(namespace: str | None, name: str, memo: Any, logger: kopf.Logger, retry: int,
-                          **_: Any) -> None:
+                          body: kopf.Body | None = None, **_: Any) -> None:
     """Create, resume and changes of the spec or annotations: reconcile now."""
     assert namespace is not None  # the CRD is namespaced
+    if body is not None:
+        remember(memo.prewarm.api, MODEL_PREWARM, body)
     await _run(memo, namespace, name, logger, retry, raise_permanent=True)
 
 
@@ -230,7 +273,8 @@ async def prewarm_resync(namespace: str | None, name: str, memo: Any, logger: ko
     await _run(memo, namespace, name, logger, 0)
 
 
-async def job_or_pod_changed(body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+async def job_or_pod_changed(body: Mapping[str, Any], type: str | None, memo: Any, logger: logging.Logger | Any,
+                             **_: Any) -> None:
     """A Job of ours or one of its Pods changed: reconcile the ModelPrewarm its labels name.
 
     A listing (`type is None`: at start-up, or after a watch expired) reconciles only for objects
@@ -253,7 +297,7 @@ async def job_or_pod_changed(body: kopf.Body, type: str | None, memo: Any, logge
     await _run(memo, str(namespace), str(owner), logger, 0, from_child=True)
 
 
-async def predictor_pod_changed(body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger,
+async def predictor_pod_changed(body: Mapping[str, Any], type: str | None, memo: Any, logger: logging.Logger | Any,
                                 **_: Any) -> None:
     """A predictor Pod was bound, moved or went away: its ModelPrewarm follows where it serves."""
     ctx: PrewarmContext = memo.prewarm
@@ -281,7 +325,8 @@ def node_fingerprint(body: Mapping[str, Any]) -> str:
                       sort_keys=True)
 
 
-async def node_changed(body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+async def node_changed(body: Mapping[str, Any], type: str | None, memo: Any, logger: logging.Logger | Any,
+                       **_: Any) -> None:
     """A Node came, went, or changed what qualification reads: every ModelPrewarm looks again."""
     ctx: PrewarmContext = memo.prewarm
     name = str((body.get("metadata") or {}).get("name"))
@@ -299,8 +344,38 @@ async def node_changed(body: kopf.Body, type: str | None, memo: Any, logger: kop
         await _run(memo, namespace, prewarm, logger, 0, from_child=True)
 
 
+def _beside_the_watch(handler: Callable[..., Awaitable[None]], memo: Any) -> Subscriber:
+    """An informer subscription running `handler` as kopf's on.event ran it, beside the watch (core.spawn)."""
+
+    async def subscriber(event: InformerEvent) -> None:
+        meta = event.obj.get("metadata") or {}
+        spawn(handler(event.obj, event.type, memo, LOGGER),
+              f"{handler.__name__} {meta.get('namespace') or ''}/{meta.get('name')} {event.type}")
+
+    return subscriber
+
+
+def watch_children(settings: OperatorSettings, cached: CachedKubeApi, memo: Any) -> None:
+    """Informers, each selected on the server: the ModelPrewarms; in the pre-warm namespace only, the
+    Jobs, their Pods and the credential copies (labelled with a ModelPrewarm uid, indexed by it); the
+    predictors' Pods (labelled with their InferenceService and component=predictor); every Node.
+    Reconciles read them from memory; their events reach the handlers below. Tenant service accounts
+    and Secrets are not watched (reconcile reads them only when the plan acts on them)."""
+    platform = settings.prewarm_namespace
+    by_uid = {label_index_name(LABEL_PREWARM_UID): label_index(LABEL_PREWARM_UID)}
+    cached.inform_namespaces(MODEL_PREWARM, settings.namespaces)
+    for child in (JOB, POD):
+        cached.inform(child, namespace=platform, label_selector=LABEL_PREWARM_UID,
+                      indexes=by_uid).subscribe(_beside_the_watch(job_or_pod_changed, memo))
+    cached.inform(SECRET, namespace=platform, label_selector=LABEL_PREWARM_UID, indexes=by_uid)
+    for informer in cached.inform_namespaces(POD, settings.namespaces, label_selector=PREDICTOR_SELECTOR,
+                                             indexes={label_index_name(LABEL_ISVC): label_index(LABEL_ISVC)}):
+        informer.subscribe(_beside_the_watch(predictor_pod_changed, memo))
+    cached.inform(NODE).subscribe(_beside_the_watch(node_changed, memo))
+
+
 def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
-    """Attach the handlers. Nodes, Jobs and Pods are only watched (kopf.on.event writes nothing)."""
+    """Attach the handlers. Nodes, Jobs and Pods are watched by informers (watch_children)."""
     resource = (MODEL_PREWARM.group, MODEL_PREWARM.version, MODEL_PREWARM.plural)
     kopf.on.resume(*resource, registry=registry)(prewarm_changed)
     kopf.on.create(*resource, registry=registry)(prewarm_changed)
@@ -308,9 +383,3 @@ def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> Non
     kopf.on.delete(*resource, registry=registry)(prewarm_deleted)
     kopf.timer(*resource, interval=settings.resync_seconds, initial_delay=settings.resync_seconds,
                registry=registry)(prewarm_resync)
-    for child in (JOB, POD):
-        kopf.on.event(child.group, child.version, child.plural, labels={LABEL_PREWARM: kopf.PRESENT},
-                      registry=registry)(job_or_pod_changed)
-    kopf.on.event(POD.group, POD.version, POD.plural, labels={LABEL_ISVC: kopf.PRESENT, LABEL_COMPONENT: PREDICTOR},
-                  registry=registry)(predictor_pod_changed)
-    kopf.on.event(NODE.group, NODE.version, NODE.plural, registry=registry)(node_changed)
