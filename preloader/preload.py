@@ -132,7 +132,7 @@ class _Run(CachedRun[Preloaded]):
 
     def _room(self, target: torch.device, size: int) -> torch.device:
         """Check the planned GPU still has room right before a shard's copy; else the next one that has."""
-        if target.type != "cuda" or len(self.devices) == 1:
+        if target.type != "cuda":
             return target
         free = [available_bytes(d) for d in self.devices]
         return self.devices[room_for(size, self.devices.index(target), free)]
@@ -312,6 +312,8 @@ class _Figures:
     shards: list[dict[str, object]] = field(default_factory=list)
 
     def add(self, file: ModelFile, device: torch.device, tensors: int, seconds: float) -> None:
+        log.info("loaded %s (%d bytes, %d tensors) onto %s in %.2f s",
+                 file.path, file.obj.size, tensors, device, seconds)
         self.shards.append({"path": str(file.path), "bytes": file.obj.size, "tensors": tensors,
                             "device": str(device), "seconds": round(seconds, 4)})
 

@@ -97,6 +97,7 @@ class _Warm(CachedRun[Result]):
                     figures["tensors"] = len(specs)
                 done = buf.finished_at or time.perf_counter()
                 figures["seconds"] = round(done - transfer.started_at, 4)
+                log.info("cached %s (%d bytes) at %.2f s", file.path, file.obj.size, done - transfer.started_at)
                 shards.append(figures)
             download_seconds = transfer.finish()
             commit_start = time.perf_counter()
