@@ -230,3 +230,23 @@ async def test_unlisted_informer_passes_reads_through(cluster: EmulatedCluster, 
     assert not informer.covers(CONFIG_MAP, "default", LabelSelector.parse(OURS))
     assert [o["metadata"]["name"] for o in await cached.list(CONFIG_MAP, "default", label_selector=OURS)] == ["aaa-1"]
     assert len(requests(cluster, watch=False)) == 1
+
+
+async def test_a_late_copy_of_a_deleted_object_does_not_come_back(cluster: EmulatedCluster, kube: Any,
+                                                                  api: KubernetesApi) -> None:
+    """kopf's body of an event behind the DELETED one, offered to the cache (core.remember), is older
+    than the deletion: the object stays gone; a newer object of the same name is taken."""
+    old = kube.create("/api/v1/namespaces/default/configmaps", config_map("aaa-1"))
+    informer = Informer(api, [CONFIG_MAP], backoff=backoff_delay, label_selector=OURS)
+    informer.start()
+    try:
+        await asyncio.wait_for(informer.synced.wait(), 10)
+        kube.delete("/api/v1/namespaces/default/configmaps/aaa-1")
+        await eventually(lambda: informer.get("default", "aaa-1") is None)
+        informer.offer(old)
+        assert informer.get("default", "aaa-1") is None
+        again = kube.create("/api/v1/namespaces/default/configmaps", config_map("aaa-1", data="2"))
+        informer.offer(again)
+        assert (informer.get("default", "aaa-1") or {}).get("data") == {"k": "2"}
+    finally:
+        await informer.stop()
