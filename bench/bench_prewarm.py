@@ -23,6 +23,8 @@ import threading
 import time
 from typing import Any
 
+import yaml
+
 from bench.measure import operator_reads, operator_writes, peak_rss_bytes, percentile
 from devcluster.client import ClusterClient
 from devcluster.emulator import EmulatedCluster
@@ -32,7 +34,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NS = "bench"
 ISVC = f"/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices"
 PREWARM = f"/apis/serving.serverless.xyz/v1alpha1/namespaces/{NS}/modelprewarms"
-JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
+# The preloader Jobs live in the platform's pre-warm namespace (the operator's PREWARM_NAMESPACE).
+PREWARM_NAMESPACE = ROOT / "manifests" / "prewarm" / "namespace.yaml"
+JOBS = f"/apis/batch/v1/namespaces/{yaml.safe_load(PREWARM_NAMESPACE.read_text())['metadata']['name']}/jobs"
 RESULT = {"model": "s3://models/bench", "files": 1, "bytes": 1_000_000, "seconds": {"total": 0.5},
           "gbps": 0.002, "device": "cuda", "cache": "miss", "version": "0123456789abcdef"}
 
@@ -56,6 +60,7 @@ def run(count: int, gpu_nodes: int, nodes_per_model: int, quiet_seconds: float, 
     crds = [ROOT / "manifests" / "crds", ROOT / "tests" / "fixtures" / "crds"]
     with EmulatedCluster(crds, ready_delay=0.05) as cluster:
         kube = ClusterClient(cluster.url, user_agent="bench-client")
+        kube.create("/api/v1/namespaces", yaml.safe_load(PREWARM_NAMESPACE.read_text()))
         kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
             "name": NS, "labels": {"serverless.xyz/prewarm": "enabled"}}})
         for i in range(gpu_nodes):
