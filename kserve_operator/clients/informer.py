@@ -37,6 +37,7 @@ IndexFunction = Callable[[Mapping[str, Any]], Iterable[str]]
 Backoff = Callable[[int], float]  # the delay before the n-th retry (0-based): planning.backoff.backoff_delay
 TOMBSTONES = 10_000  # deleted keys remembered, oldest forgotten first
 WATCH_TIMEOUT_SECONDS = 290  # the server ends each stream about this often; the informer resumes
+NOT_SERVED_RETRY_SECONDS = 300.0  # a kind not served yet (Istio installed later): looked for again this often
 
 
 class WatchSource(Protocol):
@@ -229,6 +230,8 @@ class Informer:
                 delay = self._backoff(failures - 1)
                 if exc.retry_after is not None:
                     delay = max(delay, exc.retry_after)
+                if exc.not_found and not self._listed_once:  # the kind is not served (its CRD not installed)
+                    delay = max(delay, NOT_SERVED_RETRY_SECONDS)
                 log.warning("%s: %s; again in %.1fs", self, exc, delay)
                 await asyncio.sleep(delay)
 
