@@ -4,7 +4,7 @@
 sections are holes: a 6 GiB model costs a few kilobytes of disk and milliseconds to write, and nginx
 serves it at wire speed (the kernel reads zeros for holes). ``run_watched`` runs a command, samples
 its peak resident set (VmHWM) every few milliseconds and kills it the moment it passes a limit: the
-"memory limit the test enforces" where no cgroup can be created (CI containers, this machine).
+"memory limit the test enforces" without a cgroup of its own (a test does not own the runner's cgroup hierarchy).
 VmHWM is a high-water mark, so a sample misses nothing that happened before it; what happens after
 the last sample is in the preloader's own result (its ``peak_rss_bytes`` is VmHWM read at the end).
 ``ru_maxrss`` of the child is not used: it starts from the parent's peak when the child is spawned

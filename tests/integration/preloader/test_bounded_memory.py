@@ -1,6 +1,7 @@
 """Memory bounded by the parts in flight, not by the model: whole preloader processes against nginx,
 their peak resident set (VmHWM) sampled every 5 ms and the process killed the moment it passes the
-limit (no cgroup can be created in CI's containers; this is the measured peak with a hard stop).
+limit: the measured peak with a hard stop. No cgroup: a test would have to write into the host's (or the CI
+container's own) cgroup hierarchy, which it neither owns nor may assume is delegated.
 
 - A 6 GiB sharded checkpoint (sparse files: holes nginx serves as zeros) is cached with
   ``--device none`` under 1.5 GiB: S3 -> cache file through (connections + writer threads) x part
