@@ -58,24 +58,33 @@ class MappedFile:
     def view(self) -> memoryview:
         return memoryview(self.mapping) if self.mapping is not None else memoryview(bytearray())
 
-    def populate(self) -> None:
-        """Read every page in now (one call, not a fault per page); where the kernel lacks
+    def _pages(self, start: int, end: int | None) -> tuple[int, int]:
+        """[start, end) widened to whole pages (madvise wants a page-aligned start), within the file."""
+        end = self.size if end is None else min(end, self.size)
+        first = start - start % mmap.PAGESIZE
+        return first, max(end - first, 0)
+
+    def populate(self, start: int = 0, end: int | None = None) -> None:
+        """Read bytes [start, end) in now (one call, not a fault per page); where the kernel lacks
         MADV_POPULATE_READ, touch one byte per page."""
-        if self.mapping is None:
+        first, length = self._pages(start, end)
+        if self.mapping is None or not length:
             return
         try:
-            self.mapping.madvise(MADV_POPULATE_READ)
+            self.mapping.madvise(MADV_POPULATE_READ, first, length)
         except OSError:
             view = memoryview(self.mapping)
-            for offset in range(0, self.size, mmap.PAGESIZE):
+            for offset in range(first, first + length, mmap.PAGESIZE):
                 _ = view[offset]
             view.release()
 
-    def release_pages(self) -> None:
-        """Drop this process's resident pages of the file; the tensors stay valid (a touch reads them again)."""
-        if self.mapping is not None:
+    def release_pages(self, start: int = 0, end: int | None = None) -> None:
+        """Drop this process's resident pages of bytes [start, end); tensors made from them stay valid
+        (a touch reads them again from the page cache or the disk)."""
+        first, length = self._pages(start, end)
+        if self.mapping is not None and length:
             with contextlib.suppress(OSError):
-                self.mapping.madvise(mmap.MADV_DONTNEED)
+                self.mapping.madvise(mmap.MADV_DONTNEED, first, length)
 
 
 def read_through(path: Path, size: int) -> None:

@@ -10,6 +10,7 @@ any tensor is made from it.
 from __future__ import annotations
 
 import logging
+import mmap
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -326,41 +327,52 @@ class _Figures:
         return {"shards": self.shards, "devices": devices}
 
 
+RELEASE_EVERY = 256 << 20  # bytes of a mapped file read in before the ones already copied are released
+
+
 def _load_mapped(
     path: Path, file: ModelFile, layout: tuple[int, list[TensorSpec]] | None, device: torch.device, timings: _Timings
 ) -> dict[str, torch.Tensor]:
     """One cache file -> tensors on the device, through a private mapping of it.
 
-    On the CPU the tensors stay views of the mapping (file pages the kernel may drop and read again),
-    read through once and then released from this process; on a GPU they are copied and the pages
-    released. Either way the host holds one file's pages at a time.
+    Tensor by tensor, each read in with one call and copied to the device; every 256 MiB the pages
+    already copied are released from the process (on the CPU the tensors stay views of the mapping,
+    read again on use). So the host holds at most the largest tensor + 256 MiB of the file's pages,
+    whatever the shard's size. A PyTorch file is read whole (``torch.load`` needs its bytes).
     """
     name = str(file.obj.key)
     mapped = MappedFile(path, file.obj.size)
-    t = time.perf_counter()
-    mapped.populate()  # one sequential read of the shard, not a page fault per 4 KiB
-    timings.deserialise += time.perf_counter() - t
     loaded: dict[str, torch.Tensor] = {}
     if layout is not None:
         data_start, specs = layout
         empty = not file.obj.size
         base = torch.empty(0, dtype=torch.uint8) if empty else torch.frombuffer(mapped.view(), dtype=torch.uint8)
+        released = 0
         for spec in specs:
             t = time.perf_counter()
+            mapped.populate(data_start + spec.begin, data_start + spec.end)
             host = tensor_view(base, data_start, spec)
             t2 = time.perf_counter()
             loaded[spec.name] = to_device(host, device)
             timings.deserialise += t2 - t
             timings.to_device += time.perf_counter() - t2
-    elif file.obj.size >= 4 and is_torch_file(mapped.view()[:4]):
-        t = time.perf_counter()
-        host_tensors = load_torch(mapped.view(), name)
-        t2 = time.perf_counter()
-        loaded = {k: to_device(v, device) for k, v in host_tensors.items()}
-        timings.deserialise += t2 - t
-        timings.to_device += time.perf_counter() - t2
+            done = data_start + spec.end
+            if done - released >= RELEASE_EVERY:
+                synchronize(device)  # the copies out of these pages are complete
+                keep = done - done % mmap.PAGESIZE  # the page the next tensor starts in stays
+                mapped.release_pages(released, keep)
+                released = keep
     else:
-        log.info("%s is not a PyTorch file (no zip or pickle header); kept as a plain file", name)
+        mapped.populate()
+        if file.obj.size >= 4 and is_torch_file(mapped.view()[:4]):
+            t = time.perf_counter()
+            host_tensors = load_torch(mapped.view(), name)
+            t2 = time.perf_counter()
+            loaded = {k: to_device(v, device) for k, v in host_tensors.items()}
+            timings.deserialise += t2 - t
+            timings.to_device += time.perf_counter() - t2
+        else:
+            log.info("%s is not a PyTorch file (no zip or pickle header); kept as a plain file", name)
     synchronize(device)
     mapped.release_pages()
     return loaded
