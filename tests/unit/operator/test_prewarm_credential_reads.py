@@ -13,7 +13,7 @@ from typing import Any
 from kserve_operator.clients.kube import Object, PatchType
 from kserve_operator.controllers import prewarm
 from kserve_operator.controllers.core import ReconcileCore
-from kserve_operator.resources.kinds import JOB, POD, SERVICE_ACCOUNT, Kind
+from kserve_operator.resources.kinds import JOB, MODEL_PREWARM, NODE, POD, SERVICE_ACCOUNT, Kind
 from kserve_operator.resources.label_selectors import LabelSelector
 from kserve_operator.resources.prewarm import LABEL_PREWARM_UID
 from kserve_operator.settings import FINALIZER, OperatorSettings
@@ -72,12 +72,12 @@ def credential_reads(cluster: Cluster) -> list[str]:
 
 
 def test_the_account_is_read_while_jobs_are_wanted_or_running_and_not_at_rest() -> None:
-    body = {"apiVersion": "serving.serverless.xyz/v1alpha1", "kind": "ModelPrewarm",
+    body: dict[str, Any] = {"apiVersion": "serving.serverless.xyz/v1alpha1", "kind": "ModelPrewarm",
             "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 1, "finalizers": [FINALIZER]},
             "spec": {"storageUri": "s3://models/mnist", "nodeCount": 1, "device": "cpu"}}
     account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": NS}}
-    cluster = Cluster([(prewarm.MODEL_PREWARM, body), (SERVICE_ACCOUNT, account),
-                       (prewarm.NODE, node("gpu-1", gpus=0))])
+    cluster = Cluster([(MODEL_PREWARM, body), (SERVICE_ACCOUNT, account),
+                       (NODE, node("gpu-1", gpus=0))])
     settings = OperatorSettings()
     ctx = prewarm.PrewarmContext(settings=settings, core=ReconcileCore(prewarm.CONTROLLER, cluster))
     log = logging.getLogger("test")
