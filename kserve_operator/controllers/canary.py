@@ -54,6 +54,7 @@ from kserve_operator.controllers.core import (
     now,
     patch_status,
     post_events,
+    remember,
 )
 from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable
 from kserve_operator.planning import canary as plan
@@ -345,6 +346,8 @@ async def canary_deleted(body: kopf.Body, namespace: str | None, name: str, memo
     """Stable gets 100% again and the candidate destination we appended goes; then kopf releases."""
     assert namespace is not None
     ctx: CanaryContext = memo.canary
+    # Its deletionTimestamp, in the cache before any reconcile a child's event starts reads it there.
+    remember(ctx.api, MODEL_CANARY, body)
     status = CanaryStatus.parse(body.get("status"))
     ctx.core.forget((namespace, name))
     if not status.managed_routes:

@@ -236,6 +236,8 @@ async def memcached_deleted(
     """Graceful termination: scale to zero, wait (bounded) for the pods to go, then release."""
     assert namespace is not None
     ctx: MemcachedContext = memo.memcached
+    # Its deletionTimestamp, in the cache before any reconcile a child's event starts reads it there.
+    remember(ctx.api, MEMCACHED, body)
 
     async def scale_to_zero() -> dict[str, Any] | None:
         deployment = await ctx.api.get(DEPLOYMENT, name, namespace)

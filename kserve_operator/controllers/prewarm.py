@@ -236,6 +236,8 @@ async def prewarm_deleted(body: kopf.Body, namespace: str | None, name: str, mem
     collector's reach from here (owner references cannot cross namespaces)."""
     assert namespace is not None
     ctx: PrewarmContext = memo.prewarm
+    # Its deletionTimestamp, in the cache before any reconcile a child's event starts reads it there.
+    remember(ctx.api, MODEL_PREWARM, body)
     platform = ctx.settings.prewarm_platform
     uid = str((body.get("metadata") or {}).get("uid", ""))
     deleted = await cleanup_within(f"deleting the preloader Jobs of {namespace}/{name}",
