@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit integration bench-operator bench-prewarm bench-canary bench-placement bench-failover bench-preload bench-preload-llm lock-operator lock-preloader clean controlplane test-realcluster
+.PHONY: install demo test lint typecheck unit integration bench-operator bench-prewarm bench-canary bench-placement bench-failover bench-scale bench-preload bench-preload-llm lock-operator lock-preloader clean controlplane test-realcluster
 
 # The real control plane (kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl) built
 # from Go modules into ~/.cache/kserve-operator/controlplane; `controlplane.build` prints that folder last.
@@ -66,6 +66,10 @@ bench-placement: install
 
 bench-failover: install
 	$(PY) -m bench.bench_failover
+
+# One operator, 4,000 objects, 10,000 unrelated Pods (issue 17); SCALE=0.1 for a quick run
+bench-scale: install
+	$(PY) -m bench.bench_scale --scale $(or $(SCALE),1)
 
 bench-preload: install
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[preloader,dev,bench]'
