@@ -4,7 +4,10 @@ Controllers keep calling `KubeApi`; this class answers
 
 - a GET of an informed kind whose informer's scope covers the namespace from the store (a miss
   goes to the API server: the object may exist outside the informer's label selector, or be
-  newer than the watch, e.g. just created, and what comes back is offered to the store);
+  newer than the watch, e.g. just created, and what comes back is offered to the store), except
+  for an informer registered as `authoritative` (no label selector; a newer object's event wakes
+  its reader): there a miss is the answer, and the operator needs no `get` on that kind; nor
+  for a version of a kind that an informer found not served (its fallback version answers);
 - a LIST whose namespace and label selector are within an informer's scope from the store, the
   selector evaluated in memory (`resources.label_selectors`), through a label index when the
   request names one label value; a field selector always goes to the server;
@@ -21,6 +24,7 @@ server, so reads are never answered from a partial store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +36,7 @@ from kserve_operator.resources.kinds import Kind
 from kserve_operator.resources.label_selectors import LabelSelector
 
 log = logging.getLogger(__name__)
+FIRST_LISTING_WAIT_SECONDS = 10.0
 
 
 class CachedKubeApi:
@@ -41,34 +46,41 @@ class CachedKubeApi:
         self.api = api
         self._backoff = backoff
         self.informers: list[Informer] = []
+        self._authoritative: set[int] = set()  # id() of the informers whose misses are answers
 
     def inform(
         self, kinds: Kind | Sequence[Kind], *, namespace: str | None = None, label_selector: str | None = None,
-        indexes: Mapping[str, IndexFunction] | None = None,
+        indexes: Mapping[str, IndexFunction] | None = None, authoritative: bool = False,
     ) -> Informer:
         """Register (not start) an informer; the same scope asked for twice is one informer."""
         candidates = (kinds,) if isinstance(kinds, Kind) else tuple(kinds)
+        if authoritative and label_selector:
+            raise ValueError("only an informer of every object in its namespace can answer a miss")
         for informer in self.informers:
             if informer.kind == candidates[0] and informer.namespace == namespace \
                     and informer.label_selector == (label_selector or None):
                 missing = [name for name in indexes or {} if not informer.has_index(name)]
                 if missing:
                     raise ValueError(f"{informer} exists without the index(es) {', '.join(missing)}")
+                if authoritative:
+                    self._authoritative.add(id(informer))
                 return informer
         informer = Informer(self.api, candidates, backoff=self._backoff, namespace=namespace,
                             label_selector=label_selector,
                             indexes=indexes)
         self.informers.append(informer)
+        if authoritative:
+            self._authoritative.add(id(informer))
         return informer
 
     def inform_namespaces(
         self, kinds: Kind | Sequence[Kind], namespaces: Iterable[str], *, label_selector: str | None = None,
-        indexes: Mapping[str, IndexFunction] | None = None,
+        indexes: Mapping[str, IndexFunction] | None = None, authoritative: bool = False,
     ) -> list[Informer]:
         """One informer per namespace, or one for all when `namespaces` is empty (the operator's scope)."""
         scopes: list[str | None] = list(namespaces) or [None]
-        return [self.inform(kinds, namespace=scope, label_selector=label_selector, indexes=indexes)
-                for scope in scopes]
+        return [self.inform(kinds, namespace=scope, label_selector=label_selector, indexes=indexes,
+                            authoritative=authoritative) for scope in scopes]
 
     async def start(self, *, wait: float = 30.0) -> None:
         """Start every informer; wait (bounded) until each has tried its first listing."""
@@ -98,10 +110,26 @@ class CachedKubeApi:
                 if i.kind == kind and i.synced.is_set() and (i.namespace is None or i.namespace == namespace)]
 
     async def get(self, kind: Kind, name: str, namespace: str | None = None) -> Object | None:
+        answering = [i for i in self.informers if id(i) in self._authoritative and i.kind == kind
+                     and (i.namespace is None or i.namespace == namespace)]
+        for informer in answering:  # start-up: wait (bounded) for its first listing rather than ask
+            if not informer.synced.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(informer.synced.wait(), FIRST_LISTING_WAIT_SECONDS)
         for informer in self._scoped(kind, namespace):
             found = informer.get(namespace if kind.namespaced else None, name)
             if found is not None:
                 return copy.deepcopy(found)
+            if id(informer) in self._authoritative:
+                return None
+        for other in self.informers:  # an informer of another version of the same kind
+            if kind not in other.candidates or other.kind == kind or not other.synced.is_set() or \
+                    (other.namespace is not None and other.namespace != namespace):
+                continue
+            if other.candidates.index(kind) < other.candidates.index(other.kind):
+                return None  # this version is not served: the informer fell back to another
+            if id(other) in self._authoritative and other.get(namespace if kind.namespaced else None, name) is None:
+                return None  # not there at any version
         fetched = await self.api.get(kind, name, namespace)
         if fetched is not None:
             self._offer(kind, fetched)

@@ -115,8 +115,8 @@ class Informer:
             raise ValueError("an informer needs a kind")
         self._source = source
         self._backoff = backoff
-        self._candidates = tuple(kinds)
-        self.kind = self._candidates[0]
+        self.candidates = tuple(kinds)
+        self.kind = self.candidates[0]
         self.namespace = namespace if self.kind.namespaced else None
         self.label_selector = label_selector or None
         self.selector = LabelSelector.parse(label_selector)
@@ -129,7 +129,8 @@ class Informer:
         self._subscribers: list[Subscriber] = []
         self._watch_timeout = watch_timeout
         self._version = ""
-        self.synced = asyncio.Event()  # the store holds a complete listing
+        self.synced = asyncio.Event()  # the store holds a complete listing (kept while a relist runs)
+        self._stale = False  # a 410 Gone: relist at the next turn, serving the old listing meanwhile
         self.tried = asyncio.Event()  # the first listing was attempted (start-up need not wait longer)
         self.relists = 0  # listings after the first one (410 Gone, or a failed first listing)
         self._task: asyncio.Task[None] | None = None
@@ -211,8 +212,9 @@ class Informer:
         failures = 0
         while True:
             try:
-                if not self.synced.is_set():
+                if not self.synced.is_set() or self._stale:
                     await self._list()
+                    self._stale = False
                 started = asyncio.get_running_loop().time()
                 await self._watch()
                 if asyncio.get_running_loop().time() - started < 1.0:  # ended at once: do not spin
@@ -222,7 +224,7 @@ class Informer:
                     failures = 0
             except GoneError:
                 log.info("%s: resourceVersion %s expired (410 Gone); relisting once", self, self._version)
-                self.synced.clear()
+                self._stale = True
                 failures = 0
             except ApiError as exc:
                 self.tried.set()
@@ -238,12 +240,12 @@ class Informer:
     async def _list(self) -> None:
         listed: list[Object] | None = None
         last: ApiError | None = None
-        for kind in self._candidates:
+        for kind in self.candidates:
             try:
                 listed, version = await self._source.list_with_version(
                     kind, self.namespace, label_selector=self.label_selector)
             except ApiError as exc:
-                if exc.not_found and kind != self._candidates[-1]:  # this version is not served: the next
+                if exc.not_found and kind != self.candidates[-1]:  # this version is not served: the next
                     last = exc
                     continue
                 raise

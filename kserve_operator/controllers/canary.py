@@ -298,7 +298,8 @@ async def _run(ctx: CanaryContext, namespace: str, name: str, claims: Any, logge
 # --- kopf handlers ----------------------------------------------------------------------------
 
 async def canary_daemon(stopped: kopf.DaemonStopped, namespace: str | None, name: str, memo: Any,
-                        logger: kopf.Logger, canaries_by_virtual_service: Any = None, **_: Any) -> None:
+                        logger: kopf.Logger, canaries_by_virtual_service: Any = None, body: kopf.Body | None = None,
+                        **_: Any) -> None:
     """Every reconcile of one ModelCanary: now, on a wake-up, when a step is due, at the resync."""
     assert namespace is not None
     ctx: CanaryContext = memo.canary
@@ -307,6 +308,8 @@ async def canary_daemon(stopped: kopf.DaemonStopped, namespace: str | None, name
     urgent = True  # created, resumed, woken by an event, or a step due: not a routine resync
     while not stopped:
         wake.clear()
+        if body is not None:  # kopf's live view: the cache answers misses of ModelCanaries from its informer
+            remember(ctx.api, MODEL_CANARY, body)
         # +-10% so that canaries created together do not resync together for ever.
         delay = ctx.settings.resync_seconds * random.uniform(0.9, 1.1)
         timed = False
@@ -408,10 +411,13 @@ def watch_children(settings: OperatorSettings, cached: CachedKubeApi, memo: Any)
     """Informers for what a reconcile reads (the ModelCanary, its InferenceServices, VirtualService and
     ModelPrewarm), so a settled canary reads nothing from the API server; a VirtualService or
     ModelPrewarm event wakes the canaries the ModelCanary informer's indices name."""
-    canaries = cached.inform_namespaces(MODEL_CANARY, settings.namespaces, indexes=informer_indexes())
+    # Misses are answers for these two (no `get` in the ClusterRole): the daemon puts kopf's body in the
+    # cache, and a VirtualService that appears wakes the canaries that named it.
+    canaries = cached.inform_namespaces(MODEL_CANARY, settings.namespaces, indexes=informer_indexes(),
+                                        authoritative=True)
     cached.inform_namespaces(INFERENCE_SERVICE, settings.namespaces)
     # Every namespace: a canary may route in another one the platform allows. v1, else v1beta1.
-    routes = cached.inform([VIRTUAL_SERVICE, VIRTUAL_SERVICE_V1BETA1])
+    routes = cached.inform([VIRTUAL_SERVICE, VIRTUAL_SERVICE_V1BETA1], authoritative=True)
     routes.subscribe(functools.partial(referenced_object_changed, memo, canaries, BY_VIRTUAL_SERVICE))
     for prewarms in cached.inform_namespaces(MODEL_PREWARM, settings.namespaces):
         prewarms.subscribe(functools.partial(referenced_object_changed, memo, canaries, BY_PREWARM))

@@ -70,7 +70,9 @@ def test_weights_move_with_a_concurrent_writer_and_the_finalizer_restores(world:
         thread.join(timeout=5)
     vs = kube.get(vs_path)
     assert vs["spec"]["http"][0]["timeout"] == f"{edits[0]}s"  # every edit of the other writer landed
-    assert edits[0] > 10
+    # The writer ran beside every move (three moves take well under a second now that the operator reads
+    # the VirtualService from its informer, so a handful of edits, not dozens).
+    assert edits[0] >= 3
     canary = kube.wait_for(canary_path, lambda o: (o.get("status") or {}).get("phase") == "Active", timeout=30)
     assert canary["status"]["percent"] == 75 and canary["metadata"]["finalizers"]
 

@@ -250,3 +250,26 @@ async def test_a_late_copy_of_a_deleted_object_does_not_come_back(cluster: Emula
         assert (informer.get("default", "aaa-1") or {}).get("data") == {"k": "2"}
     finally:
         await informer.stop()
+
+
+async def test_an_authoritative_informer_answers_misses_and_a_relist_keeps_serving(
+        cluster: EmulatedCluster, kube: Any, api: KubernetesApi) -> None:
+    """An informer of every object (no selector) registered as authoritative: a name it does not hold
+    is not there (no GET; the operator needs no `get` on that kind). While a 410 relist runs, the
+    previous listing keeps answering (no pass-through)."""
+    kube.create("/api/v1/namespaces/default/configmaps", config_map("aaa-1"))
+    cached = CachedKubeApi(api, backoff=backoff_delay)
+    informer = cached.inform(CONFIG_MAP, namespace="default", authoritative=True)
+    await cached.start(wait=10)
+    try:
+        before = len(requests(cluster, watch=False))
+        assert await cached.get(CONFIG_MAP, "missing", "default") is None
+        assert (await cached.get(CONFIG_MAP, "aaa-1", "default") or {})["data"] == {"k": "1"}
+        assert len(requests(cluster, watch=False)) == before
+        cluster.compact_watch_history(store_writes([], {"aaa-1": "2"}, []))
+        await eventually(lambda: informer.relists == 1)
+        assert informer.synced.is_set()
+        await eventually(lambda: (informer.get("default", "aaa-1") or {}).get("data") == {"k": "2"})
+        assert len(requests(cluster, watch=False)) == before + 1  # the relist, and no read passed through
+    finally:
+        await cached.stop()
