@@ -330,16 +330,6 @@ class EmulatedCluster:
             self._store().compact_history()
         self.call(compact)
 
-    def compact_watch_history(self, before: Callable[[ObjectStore], Any] | None = None) -> None:
-        """Force 410 Gone on every watch: run ``before`` on the store (writes that no open watch
-        will deliver), then compact the history and cut the streams (``ObjectStore.compact_history``),
-        in one turn of the server's loop."""
-        def compact() -> None:
-            if before is not None:
-                before(self._store())
-            self._store().compact_history()
-        self.call(compact)
-
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         """A kubeconfig for this cluster (plain http, a dummy token) that kopf and kubectl accept."""
         config = {
