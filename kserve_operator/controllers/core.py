@@ -77,6 +77,7 @@ class ReconcileCore:
         self.locks: collections.defaultdict[ObjectKey, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.failures: dict[ObjectKey, int] = {}
         self.not_before: dict[ObjectKey, float] = {}
+        self.queued: set[ObjectKey] = set()  # a child-event pass waits for the object's lock
         self.warned: dict[ObjectKey, tuple[int | None, str]] = {}
 
     def forget(self, key: ObjectKey) -> None:
@@ -120,11 +121,26 @@ class ReconcileCore:
         key = (namespace, name)
         if self.backing_off(key):
             return self._held_back(key, from_child)
-        async with self.locks[key]:
+        if from_child and key in self.queued:
+            # A child-event pass already waits for the lock; it reads the (informer-kept) world once
+            # it runs, this event's change included: one pass for a burst of child events.
+            observability.RECONCILES.labels(controller=self.controller, result=Outcome.SKIPPED).inc()
+            return Outcome.SKIPPED
+        if from_child:
+            self.queued.add(key)
+        lock = self.locks[key]  # forget() may drop it from the map while this pass runs
+        try:
+            await lock.acquire()
+        finally:
+            if from_child:
+                self.queued.discard(key)
+        try:
             if self.backing_off(key):  # the pass this one waited behind has just failed
                 return self._held_back(key, from_child)
             return await self._attempt(key, reconcile, retry=retry, raise_permanent=raise_permanent,
                                        from_child=from_child, on_error=on_error)
+        finally:
+            lock.release()
 
     def _held_back(self, key: ObjectKey, from_child: bool) -> Outcome:
         """The object backs off: a child's event is dropped (the pending retry covers it); any other

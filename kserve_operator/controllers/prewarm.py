@@ -71,10 +71,11 @@ class PrewarmContext:
     # expired) reports every object again as "initial"; those that changed in the gap still count.
     child_versions: dict[tuple[str, str, str], str] = dataclasses.field(default_factory=dict)
     # The tenant's service account and Secrets as last read, per ModelPrewarm uid: (generation,
-    # account, secrets). Secrets are never watched (that would need list/watch on Secrets in every
-    # namespace); a reconcile plans with these and reads fresh only when the plan acts on them.
-    credentials: dict[str, tuple[int | None, Mapping[str, Any] | None, dict[str, Mapping[str, Any] | None]]] = \
-        dataclasses.field(default_factory=dict)
+    # account, secrets, whether that plan was at rest). Secrets are never watched (that would need
+    # list/watch on Secrets in every namespace); a reconcile at rest plans with these and reads fresh
+    # only when the plan acts on them; one that was not at rest reads fresh at once (one plan).
+    credentials: dict[str, tuple[int | None, Mapping[str, Any] | None, dict[str, Mapping[str, Any] | None], bool]] \
+        = dataclasses.field(default_factory=dict)
 
     @property
     def api(self) -> KubeApi:
@@ -185,15 +186,16 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str, logger: logg
     ctx.known.add((namespace, name))
     uid, generation = str(body["metadata"].get("uid", "")), body["metadata"].get("generation")
     memo = ctx.credentials.get(uid)
-    remembered = memo[1:] if memo is not None and memo[0] == generation else None
+    remembered = (memo[1], memo[2]) if memo is not None and memo[0] == generation and memo[3] else None
     observed = await observe(api, body, platform, remembered)
     decided = plan.plan_prewarm(observed, platform=platform, now=now())
-    if remembered is None or decided.create or decided.credentials is not None or decided.outcome == plan.WAITING:
-        if remembered is not None:  # the plan acts on the credentials (or waits for them): read them fresh
-            account, secrets = await read_credentials(api, body)
-            observed = dataclasses.replace(observed, service_account=account, secrets=secrets)
-            decided = plan.plan_prewarm(observed, platform=platform, now=now())
-        ctx.credentials[uid] = (generation, observed.service_account, dict(observed.secrets))
+    acts = bool(decided.create) or decided.credentials is not None or decided.outcome == plan.WAITING
+    if remembered is not None and acts:  # the plan acts on the credentials (or waits for them): read fresh
+        account, secrets = await read_credentials(api, body)
+        observed = dataclasses.replace(observed, service_account=account, secrets=secrets)
+        decided = plan.plan_prewarm(observed, platform=platform, now=now())
+        acts = bool(decided.create) or decided.credentials is not None or decided.outcome == plan.WAITING
+    ctx.credentials[uid] = (generation, observed.service_account, dict(observed.secrets), not acts)
     creates = decided.create
     if creates and FINALIZER not in (body["metadata"].get("finalizers") or []):
         # Jobs outside the namespace are cleaned up by the finalizer only: none before it is on.

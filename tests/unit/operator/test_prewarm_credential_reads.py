@@ -1,7 +1,8 @@
 """A ModelPrewarm reads its tenant's service account and Secrets only when the plan acts on them
 (controllers/prewarm.py): they are never watched (that would need list/watch on Secrets in every
-namespace), so a reconcile plans with the ones it read last for this uid and generation, and reads
-them again when the plan creates Jobs, keeps a credential copy, or waits. At rest: no read."""
+namespace), so a reconcile after one at rest plans with the ones it read last for this uid and
+generation, and reads them again when the plan creates Jobs, keeps a credential copy, or waits.
+At rest: no read."""
 
 from __future__ import annotations
 
@@ -98,9 +99,10 @@ def test_the_account_is_read_while_jobs_are_wanted_or_running_and_not_at_rest() 
     finished["metadata"]["namespace"] = settings.prewarm_namespace
     finished["metadata"]["labels"][LABEL_PREWARM_UID] = UID
     cluster.put(POD, finished)
-    assert reconcile() == []  # Warm: planned with the account read last
+    # The pass after a waiting one reads fresh at once (one plan, not a plan and a re-plan) and finds it Warm.
+    assert reconcile() == ["get serviceaccounts/default"]
     assert (cluster.objects[("modelprewarms", NS, NAME)].get("status") or {}).get("phase") == "Warm"
-    assert reconcile() == [] and reconcile() == []  # at rest: never
+    assert reconcile() == [] and reconcile() == [] and reconcile() == []  # at rest: never
 
     body["metadata"]["generation"] = 2  # a spec change: what was read for generation 1 is not used
     assert reconcile() == ["get serviceaccounts/default"]
