@@ -16,7 +16,8 @@ Per server, in this order:
    the time until every object has converged (Memcached Running; ModelPrewarm Warm on the emulator,
    where the Jobs are completed by its status-only Job simulation; on the real control plane no
    preloader image is registered, so its pods are status-only and never end: there a ModelPrewarm
-   has converged once its Job exists and its status is observed, Warming; ModelCanary Active);
+   has converged once its Job exists and its status is observed: Warming where the Job's pod got
+   a GPU, Pending where it waits for one; ModelCanary Active);
    the operator's peak API request rate per second while the objects are created.
 4. Settled: API requests per settled object per minute over a quiet window (target 0).
 5. Restart with everything present: a fresh operator process (as after a failover); its peak
@@ -145,6 +146,7 @@ class Server:
     operator_kubeconfig: pathlib.Path
     traffic: Callable[[float, float], Traffic]
     request_times: Callable[[float, float], list[float]]  # arrival (time.time()) of each operator request
+    breakdown: Callable[[float, float], Counter[str]]  # "VERB resource" of each operator request
     add_gpu_node: Callable[[str], object]
     add_plain_node: Callable[[str], object]
     remove_node: Callable[[str], object]
@@ -166,24 +168,44 @@ def emulated_server(workdir: pathlib.Path) -> Iterator[Server]:
             kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                "metadata": {"name": name, "labels": labels}})
 
+        def breakdown(since: float, until: float) -> Counter[str]:
+            return Counter(f"{'WATCH' if r.watch else r.method} {resource_of(r.path)}"
+                           for r in cluster.request_log.snapshot()
+                           if since <= r.timestamp < until and client_of(r.user_agent) is not None)
+
         yield Server("emulated", kube, cluster.write_kubeconfig(workdir / "kubeconfig"),
-                     lambda since, until: emulated_traffic(cluster, since, until), times,
+                     lambda since, until: emulated_traffic(cluster, since, until), times, breakdown,
                      lambda name: cluster.add_node(name, gpus=GPUS_PER_NODE, labels=GPU_LABELS)
                     ,
                      lambda name: cluster.add_node(name, capacity={"pods": PODS_PER_NODE}),
                      cluster.remove_node, namespace)
 
 
-def _audit_times(log: pathlib.Path, since: float, until: float) -> list[float]:
-    found = []
+def resource_of(path: str) -> str:
+    """The resource a request path names: /api/v1/namespaces/NS/pods/NAME -> pods."""
+    parts = path.split("?")[0].strip("/").split("/")
+    if "namespaces" in parts and len(parts) > parts.index("namespaces") + 2:
+        return parts[parts.index("namespaces") + 2]
+    return parts[2] if parts[0] == "api" and len(parts) > 2 else parts[3] if len(parts) > 3 else path
+
+
+def _audit_events(log: pathlib.Path, since: float, until: float) -> Iterator[tuple[float, dict[str, Any]]]:
     for line in log.read_text().splitlines():
         event = json.loads(line)
         if event.get("stage") != "ResponseComplete" or event["user"].get("username") != OPERATOR_USER:
             continue
         stamp = datetime.datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
         if since <= stamp < until:
-            found.append(stamp)
-    return found
+            yield stamp, event
+
+
+def _audit_times(log: pathlib.Path, since: float, until: float) -> list[float]:
+    return [stamp for stamp, _ in _audit_events(log, since, until)]
+
+
+def _audit_breakdown(log: pathlib.Path, since: float, until: float) -> Counter[str]:
+    return Counter(f"{e['verb'].upper()} {(e.get('objectRef') or {}).get('resource', '?')}"
+                   for _, e in _audit_events(log, since, until))
 
 
 def bare_node(name: str) -> dict[str, Any]:
@@ -209,6 +231,7 @@ def real_server(workdir: pathlib.Path, bin_dir: pathlib.Path) -> Iterator[Server
         yield Server("real", kube, cluster.service_account_kubeconfig(workdir / "operator.kubeconfig"),
                      lambda since, until: audit_traffic(workdir / "audit" / "audit.log", OPERATOR_USER, since, until),
                      lambda since, until: _audit_times(workdir / "audit" / "audit.log", since, until),
+                     lambda since, until: _audit_breakdown(workdir / "audit" / "audit.log", since, until),
                      lambda name: cluster.add_node(name, gpus=GPUS_PER_NODE, labels=GPU_LABELS)
                     ,
                      lambda name: cluster.add_node(name, capacity={"cpu": "256", "memory": "1024Gi",
@@ -430,7 +453,7 @@ def scale_run(server: Server, workdir: pathlib.Path, counts: dict[str, int], cre
                 if server.name == "emulated":
                     done_pw += status.get("phase") == "Warm"
                 else:
-                    done_pw += (status.get("phase") in ("Warming", "Warm") and jobs[o["metadata"]["name"]] >= 1
+                    done_pw += (bool(status.get("phase")) and jobs[o["metadata"]["name"]] >= 1
                                 and status.get("observedGeneration") == o["metadata"].get("generation"))
             active = sum(1 for o in client.call("GET", mcy_path)["items"]
                          if (o.get("status") or {}).get("phase") == "Active")
@@ -443,6 +466,7 @@ def scale_run(server: Server, workdir: pathlib.Path, counts: dict[str, int], cre
             raise TimeoutError(f"{exc}: {converged.last}") from None  # type: ignore[attr-defined]
         converge_s = all_done - begun
         creating_times = server.request_times(first, creating_until)
+        creating_breakdown = server.breakdown(first, creating_until)
         converging_times = server.request_times(first, time.time())
         time.sleep(3)
         latencies: dict[str, list[float]] = {}
@@ -467,6 +491,7 @@ def scale_run(server: Server, workdir: pathlib.Path, counts: dict[str, int], cre
         time.sleep(restart_seconds)
         restart_times = server.request_times(restarted, time.time())
         restart_traffic = server.traffic(restarted, time.time())
+        restart_breakdown = server.breakdown(restarted, time.time())
         peak_second = peak_rss_bytes(op2.proc.pid)
     client.close()
     time.sleep(0.5)
@@ -487,6 +512,8 @@ def scale_run(server: Server, workdir: pathlib.Path, counts: dict[str, int], cre
         "restart_ready_s": restart_ready_s, "restart_peak": peak_rate(restart_times),
         "restart_reads": restart_traffic.total_reads, "restart_writes": restart_traffic.total_writes,
         "restart_watches": restart_traffic.watches, "restart_s": restart_seconds,
+        "restart_breakdown": dict(restart_breakdown.most_common(8)),
+        "creating_breakdown": dict(creating_breakdown.most_common(10)),
         "rss_ready_mib": rss_ready / 2**20, "peak_rss_mib": peak_first / 2**20, "final_rss_mib": final_first / 2**20,
         "restart_peak_rss_mib": peak_second / 2**20, "cpu_s": cpu_first,
         "load_before": load_before, "load_converged": load_converged,
@@ -552,6 +579,8 @@ def report(r: dict[str, Any]) -> None:
     print(f"  restart with everything present: ready in {r['restart_ready_s']:.1f} s; requests/s peak {rp[0]},"
           f" mean {rp[1]:.1f}; over {r['restart_s']:.0f} s: {r['restart_reads']} reads, {r['restart_writes']} writes,"
           f" {r['restart_watches']} watches")
+    print(f"    restart's requests: {r['restart_breakdown']}")
+    print(f"    requests while creating: {r['creating_breakdown']}")
     print(f"  operator RSS: ready {r['rss_ready_mib']:.0f} MiB, peak {r['peak_rss_mib']:.0f} MiB,"
           f" settled {r['final_rss_mib']:.0f} MiB; restarted process peak {r['restart_peak_rss_mib']:.0f} MiB"
           f" (target < 400); CPU {r['cpu_s']:.0f} s")
