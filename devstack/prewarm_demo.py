@@ -16,8 +16,9 @@ from devstack.torch_mnist_sdk import kserve_client, torch_mnist
 
 PREWARMS = f"/apis/serving.serverless.xyz/v1alpha1/namespaces/{NS}/modelprewarms"
 PREWARM_CRD = "modelprewarms.serving.serverless.xyz"
-JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
-PODS = f"/api/v1/namespaces/{NS}/pods"
+JOB_NS = "kserve-prewarm"  # the operator's PREWARM_NAMESPACE: every preloader Job runs there
+JOBS = f"/apis/batch/v1/namespaces/{JOB_NS}/jobs"
+PODS = f"/api/v1/namespaces/{JOB_NS}/pods"
 GPU_NODES = ("gpu-1", "gpu-2")
 # The sample warms max(1, minReplicas) = 1 node on CUDA; the demo asks for two nodes, on the CPU.
 DEMO_ANNOTATIONS = {"serverless.xyz/prewarm": "true", "serverless.xyz/prewarm-nodes": "2",
@@ -74,20 +75,22 @@ def follow_prewarm(kube: ClusterClient, name: str, started: float, timeout: floa
 
 def describe_jobs(world: DemoWorld, prewarm: str) -> None:
     """What the operator ran: one pinned Job per node, and the first lines of the preloader's log."""
-    jobs = world.kube.list(JOBS, label_selector=f"serving.serverless.xyz/modelprewarm={prewarm}")
+    jobs = world.kube.list(JOBS, label_selector=f"serving.serverless.xyz/prewarm-namespace={NS},"
+                                                f"serving.serverless.xyz/modelprewarm={prewarm}")
     for job in sorted(jobs, key=lambda j: str(j["metadata"]["name"])):
         pod = job["spec"]["template"]["spec"]
         container = pod["containers"][0]
         secrets = sorted({e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env") or []
                           if "secretKeyRef" in (e.get("valueFrom") or {})})
         cache = next(v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v)
-        say(f"  Job {job['metadata']['name']}: pinned to {pod['nodeSelector']['kubernetes.io/hostname']}, "
+        say(f"  Job {JOB_NS}/{job['metadata']['name']}: pinned to {pod['nodeSelector']['kubernetes.io/hostname']}, "
             f"image {container['image']}, args {' '.join(container['args'])}")
         say(f"    limits {container['resources'].get('limits')}, cache hostPath {cache}, "
-            f"S3 keys from Secret {', '.join(secrets)} (secretKeyRef, never copied)")
+            f"S3 keys from Secret {', '.join(secrets)} (the tenant's values copied beside the Jobs while they run, "
+            "owned by them, deleted once they finished)")
     first = min(jobs, key=lambda j: str(j["metadata"]["name"]))
     pods = world.kube.list(PODS, label_selector=f"batch.kubernetes.io/job-name={first['metadata']['name']}")
-    log = world.cluster.pod_log(NS, pods[0]["metadata"]["name"]) if pods else None
+    log = world.cluster.pod_log(JOB_NS, pods[0]["metadata"]["name"]) if pods else None
     if log:
         say(f"  the preloader's log in pod {pods[0]['metadata']['name']}:")
         say_lines([f"| {line}" for line in log.splitlines() if not line.startswith("{")][:3], indent="    ")

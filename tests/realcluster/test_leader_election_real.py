@@ -190,9 +190,11 @@ def test_a_leader_cut_off_the_api_exits_before_its_lease_can_expire_and_writes_n
     time.sleep(2)
 
     a_events = audited(world, a)
+    # Its last successful write of the Lease: the acquisition (create or update) or a renewal.
     last_renewal = max(received(e) for e in a_events
-                       if e.get("verb") == "update" and (e.get("objectRef") or {}).get("resource") == "leases"
-                       and (e.get("responseStatus") or {}).get("code") == 200)
+                       if e.get("verb") in ("create", "update")
+                       and (e.get("objectRef") or {}).get("resource") == "leases"
+                       and (e.get("responseStatus") or {}).get("code") in (200, 201))
     assert exited_wall < last_renewal + datetime.timedelta(seconds=LEASE), "the cut leader outlived its lease"
     b_writes = writes(audited(world, b))
     assert b_writes, "the new leader wrote nothing"
