@@ -480,6 +480,7 @@ def scale_run(server: Server, workdir: pathlib.Path, counts: dict[str, int], cre
         since = time.time()
         time.sleep(quiet_seconds)
         settled = server.traffic(since, time.time())
+        settled_breakdown = server.breakdown(since, time.time())
         peak_first = peak_rss_bytes(op.proc.pid)
         final_first = rss_bytes(op.proc.pid)
         cpu_first = cpu_seconds(op.proc.pid)
@@ -513,6 +514,7 @@ def scale_run(server: Server, workdir: pathlib.Path, counts: dict[str, int], cre
         "restart_reads": restart_traffic.total_reads, "restart_writes": restart_traffic.total_writes,
         "restart_watches": restart_traffic.watches, "restart_s": restart_seconds,
         "restart_breakdown": dict(restart_breakdown.most_common(8)),
+        "settled_breakdown": dict(settled_breakdown.most_common(8)),
         "creating_breakdown": dict(creating_breakdown.most_common(10)),
         "rss_ready_mib": rss_ready / 2**20, "peak_rss_mib": peak_first / 2**20, "final_rss_mib": final_first / 2**20,
         "restart_peak_rss_mib": peak_second / 2**20, "cpu_s": cpu_first,
@@ -579,6 +581,7 @@ def report(r: dict[str, Any]) -> None:
     print(f"  restart with everything present: ready in {r['restart_ready_s']:.1f} s; requests/s peak {rp[0]},"
           f" mean {rp[1]:.1f}; over {r['restart_s']:.0f} s: {r['restart_reads']} reads, {r['restart_writes']} writes,"
           f" {r['restart_watches']} watches")
+    print(f"    settled requests: {r['settled_breakdown']}")
     print(f"    restart's requests: {r['restart_breakdown']}")
     print(f"    requests while creating: {r['creating_breakdown']}")
     print(f"  operator RSS: ready {r['rss_ready_mib']:.0f} MiB, peak {r['peak_rss_mib']:.0f} MiB,"
