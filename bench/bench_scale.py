@@ -88,6 +88,7 @@ FULL = {"pods": 10_000, "memcacheds": 2_000, "prewarms": 1_000, "canaries": 1_00
 GPU_NODES = 4
 GPUS_PER_NODE = 8
 PODS_PER_NODE = 250
+EXTRA_SERVICE_CIDR = "10.96.0.0/16"
 
 
 def ns_path(prefix: str, namespace: str, resource: str) -> str:
@@ -224,9 +225,11 @@ def real_server(workdir: pathlib.Path, bin_dir: pathlib.Path) -> Iterator[Server
     with cluster:
         cluster.install_manifests(extra_crds=sorted((ROOT / "tests" / "fixtures" / "crds").glob("*.yaml")))
         kube = cluster.client("bench-client")
-
-        def plain(name: str) -> None:
-            kube.create("/api/v1/nodes", bare_node(name))
+        # The control plane's service range is a /24 (controlplane/launch.py): 2,000 Memcached
+        # Services need a second range (a ServiceCIDR, served since v1.33).
+        kube.create("/apis/networking.k8s.io/v1/servicecidrs", {
+            "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+            "metadata": {"name": "bench-scale"}, "spec": {"cidrs": [EXTRA_SERVICE_CIDR]}})
 
         yield Server("real", kube, cluster.service_account_kubeconfig(workdir / "operator.kubeconfig"),
                      lambda since, until: audit_traffic(workdir / "audit" / "audit.log", OPERATOR_USER, since, until),
