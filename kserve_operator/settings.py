@@ -35,7 +35,7 @@ class OperatorSettings:
     webhook_port: int = 9443  # WEBHOOK_PORT
     webhook_namespace: str = "kserve-operator"  # WEBHOOK_NAMESPACE: the Service's and the Secret's
     webhook_service: str = "kserve-operator-webhook"  # WEBHOOK_SERVICE
-    webhook_secret: str = "kserve-operator-webhook-tls"  # WEBHOOK_CERT_SECRET
+    webhook_secret: str = "kserve-operator-webhook-tls"  # noqa: S105 (a Secret's name) WEBHOOK_CERT_SECRET
     webhook_configuration: str = "kserve-operator-placement"  # WEBHOOK_CONFIGURATION (Mutating...)
     resync_seconds: float = 30.0
     finalizer_timeout_seconds: float = 60.0

@@ -99,4 +99,5 @@ def test_device_annotation_picks_the_preloader_device() -> None:
     cpu = desired_prewarm(isvc(gpu, {"serverless.xyz/prewarm-device": "cpu"})).body
     assert cpu is not None and parse_spec(cpu["spec"]).device == "cpu"
     bad = desired_prewarm(isvc(gpu, {"serverless.xyz/prewarm-device": "tpu"}))
-    assert bad.body is not None and "device" not in bad.body["spec"] and "is not one of cuda, cpu, none" in bad.problems[0]
+    assert bad.body is not None and "device" not in bad.body["spec"]
+    assert "is not one of cuda, cpu, none" in bad.problems[0]
