@@ -4,6 +4,7 @@ CRD's `additionalPrinterColumns` (what kubectl shows), the rows the objects as l
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,10 +29,21 @@ def human_age(seconds: float) -> str:
     return f"{hours}h{minutes}m" if hours < 8 and minutes else f"{hours}h"
 
 
+_STEP = re.compile(r"[^.\[]+(?:\[[^\]]*\])?")  # `.a.b[?(@.x=="y")].c` -> a, b[?(@.x=="y")], c
+_FILTER = re.compile(r'^(?P<key>[^\[]+)\[\?\(@\.(?P<field>\w+)==["\'](?P<value>[^"\']*)["\']\)\]$')
+
+
 def _lookup(obj: Mapping[str, Any], json_path: str) -> Any:
-    """A printer column's simple JSONPath (`.a.b.c`), as the columns here use."""
+    """A printer column's JSONPath as the CRDs here use it: `.a.b.c`, and a list filtered by one
+    field (`.status.conditions[?(@.type=="Ready")].status`, the first match, as kubectl shows it)."""
     value: Any = obj
-    for key in json_path.lstrip(".").split("."):
+    for key in _STEP.findall(json_path):
+        found = _FILTER.match(key)
+        if found is not None:
+            items = value.get(found["key"]) if isinstance(value, Mapping) else None
+            value = next((item for item in items or () if isinstance(item, Mapping)
+                          and str(item.get(found["field"])) == found["value"]), None)
+            continue
         if not isinstance(value, Mapping):
             return None
         value = value.get(key)

@@ -32,7 +32,7 @@ def test_the_demo_shows_prewarm_and_canary_and_exits_0() -> None:
     assert re.search(r"end-to-end pre-warm: InferenceService applied -> Warm on 2 nodes in [\d.]+ s", out)
     assert re.search(r"gpu-1: Warm, 14\.9 MB in 2 file\(s\), [\d.]+ s, [\d.]+ GB/s, device cpu, cache miss", out)
     assert re.search(r"gpu-2: Warm, 14\.9 MB in 2 file\(s\), [\d.]+ s, [\d.]+ GB/s, device cpu, cache hit", out)
-    assert re.search(r"torch-mnist\s+s3://models/mnist\s+Warm\s+2\s+2\s+\d+s", out), "the kubectl get prewarm row"
+    assert re.search(r"torch-mnist\s+s3://models/mnist\s+Warm\s+2/2\s+True\s+\d+s", out), "the kubectl get prewarm row"
 
     # Canary: held while cold, released once warm, stepped to 50%.
     assert "ModelCanary mnist WaitingForModel (WaitingForModel:" in out

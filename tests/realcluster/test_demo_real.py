@@ -32,15 +32,15 @@ def test_demo_real_exits_0_and_the_real_kubectl_shows_the_story() -> None:
     assert "the operator's kubeconfig: a TokenRequest token of ServiceAccount kserve-operator:kserve-operator" in out
 
     tables = out[out.index("$ kubectl get prewarm,mcanary,mc -A"):out.index("$ kubectl describe prewarm torch-mnist")]
-    assert re.search(r"^NAMESPACE\s+NAME\s+MODEL\s+PHASE\s+WARM\s+DESIRED\s+AGE$", tables, re.M)
+    assert re.search(r"^NAMESPACE\s+NAME\s+MODEL\s+PHASE\s+WARM\s+READY\s+AGE$", tables, re.M)
     for name, uri in (("torch-mnist", "mnist"), ("mnist-gpu-pool", "mnist"), ("torch-mnist-v2", "torch-mnist-v2")):
         assert re.search(rf"^default\s+modelprewarm\.serving\.serverless\.xyz/{name}\s+s3://models/{uri}\s+"
-                         r"Warm\s+2\s+2\s+\d+s$", tables, re.M), f"the {name} row:\n{tables}"
-    assert re.search(r"^NAMESPACE\s+NAME\s+STABLE\s+CANDIDATE\s+WANTED\s+IN-FORCE\s+PHASE\s+AGE$", tables, re.M)
-    canary = (r"100\s+0\s+RolledBack" if metrics_stack.have_binaries() else r"50\s+50\s+Active")
+                         r"Warm\s+2/2\s+True\s+\d+s$", tables, re.M), f"the {name} row:\n{tables}"
+    assert re.search(r"^NAMESPACE\s+NAME\s+STABLE\s+CANDIDATE\s+WANTED\s+IN-FORCE\s+PHASE\s+READY\s+AGE$", tables, re.M)
+    canary = (r"100\s+0\s+RolledBack\s+False" if metrics_stack.have_binaries() else r"50\s+50\s+Active\s+True")
     assert re.search(rf"^default\s+modelcanary\.serving\.serverless\.xyz/mnist\s+torch-mnist\s+torch-mnist-v2\s+"
                      rf"{canary}\s+\d+s$", tables, re.M), f"the canary row:\n{tables}"
-    assert re.search(r"^NAMESPACE\s+NAME\s+SIZE\s+READY\s+PHASE\s+CONNECTIONS\s+AGE$", tables, re.M)
+    assert re.search(r"^NAMESPACE\s+NAME\s+SIZE\s+REPLICAS\s+PHASE\s+READY\s+CONNECTIONS\s+AGE$", tables, re.M)
     assert re.search(r"^default\s+memcached\.cache\.serverless\.xyz/memcached-sample\s+\d+\s+[1-9]\d*\s+Running\s",
                      tables, re.M), f"the Memcached row:\n{tables}"
 
