@@ -47,7 +47,7 @@ from preloader.errors import (
 )
 from preloader.files import FileSink, FileSystem, safe_join
 from preloader.plan import ByteRange, ModelFile, S3Location, total_bytes
-from preloader.result import Phases, Result, peak_rss_bytes
+from preloader.result import Result
 from preloader.s3 import RangeFetcher
 from preloader.session import CachedEntry, CachedRun
 from preloader.store import Store
@@ -333,27 +333,10 @@ class _Fill(CachedRun[Result]):
         model: str | None = None,
         unpacked: int | None = None,
     ) -> Result:
-        total = total_bytes(files)
-        return Result(
-            model=model or str(self.location),
-            files=len(files),
-            bytes=total,
-            seconds=Phases(
-                list=self.list_seconds,
-                download=download_seconds,
-                total=time.perf_counter() - self.started,
-                hash=transfer.timings.hash,
-                cache_write=store.write_seconds if store else 0.0,
-                commit=commit_seconds,
-                fill=fill_seconds,
-            ),
-            device="none",
-            cache=cache_state,
-            peak_rss_bytes=peak_rss_bytes(),
-            cache_path=cache_path,
-            version=version,
-            fetched_bytes=0 if cache_state == "hit" else total,
-            verified=verified,
+        return self.cache_only_result(
+            model=model or str(self.location), files=files, cache_state=cache_state, transfer=transfer,
+            store=store, download_seconds=download_seconds, commit_seconds=commit_seconds,
+            fill_seconds=fill_seconds, cache_path=cache_path, version=version, verified=verified,
             extra={
                 "dest": str(self.dest),
                 "linked": bool(self.linkable and cache_state != "off"),

@@ -18,13 +18,14 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Generic, TextIO, TypeVar
+from typing import Any, Generic, Literal, TextIO, TypeVar
 
 from preloader.cache import CacheCorrupt, EntryWriter, Manifest, ModelCache, is_current
 from preloader.config import Config
 from preloader.errors import ShardIndexInvalid
 from preloader.plan import ByteRange, ModelFile, S3Location, check_key, parse_s3_uri, select_files, total_bytes
 from preloader.progress import Progress
+from preloader.result import Phases, Result, peak_rss_bytes
 from preloader.s3 import S3Client
 from preloader.shards import MAX_INDEX_BYTES, ShardIndex, check_index, find_index, parse_index
 from preloader.store import Store
@@ -93,6 +94,37 @@ class CachedRun(ABC, Generic[T]):
         self.listed: tuple[S3Location, list[ModelFile]] | None = None  # what list() found
         self.described: list[ModelFile] | None = None  # the listed files with their HEADs (describe())
         self.rejected: Path | None = None  # an entry that failed verification in this run
+
+    def cache_only_result(
+        self, *, model: str, files: Sequence[ModelFile], cache_state: Literal["hit", "miss", "off"],
+        transfer: Transfer, store: Store | None, download_seconds: float, commit_seconds: float,
+        fill_seconds: float, cache_path: str | None, version: str, verified: str, extra: dict[str, Any],
+    ) -> Result:
+        """The Result of a run that loads nothing onto a device (the cache-only Job, the storage
+        initializer): the phases this run measured, and the bytes fetched unless the cache served them."""
+        total = total_bytes(files)
+        return Result(
+            model=model,
+            files=len(files),
+            bytes=total,
+            seconds=Phases(
+                list=self.list_seconds,
+                download=download_seconds,
+                total=time.perf_counter() - self.started,
+                hash=transfer.timings.hash,
+                cache_write=store.write_seconds if store else 0.0,
+                commit=commit_seconds,
+                fill=fill_seconds,
+            ),
+            device="none",
+            cache=cache_state,
+            peak_rss_bytes=peak_rss_bytes(),
+            cache_path=cache_path,
+            version=version,
+            fetched_bytes=0 if cache_state == "hit" else total,
+            verified=verified,
+            extra=extra,
+        )
 
     @contextlib.contextmanager
     def transferring(self, source: PartSource, files: Sequence[ModelFile], label: str, store: Store | None, *,

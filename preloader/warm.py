@@ -24,7 +24,7 @@ from preloader.config import Config
 from preloader.files import FileSystem
 from preloader.mapped import read_layout, read_through
 from preloader.plan import ByteRange, ModelFile, S3Location, total_bytes
-from preloader.result import Phases, Result, peak_rss_bytes
+from preloader.result import Result
 from preloader.s3 import RangeFetcher
 from preloader.session import CachedEntry, CachedRun, shard_index_of
 from preloader.shards import check_shard_header
@@ -111,26 +111,9 @@ class _Warm(CachedRun[Result]):
             for file in files:
                 read_through(cache.file_path(entry, file.path), file.obj.size)
             fill_seconds = time.perf_counter() - t
-        total = total_bytes(files)
-        return Result(
-            model=model,
-            files=len(files),
-            bytes=total,
-            seconds=Phases(
-                list=self.list_seconds,
-                download=download_seconds,
-                total=time.perf_counter() - self.started,
-                hash=transfer.timings.hash,
-                cache_write=store.write_seconds if store else 0.0,
-                commit=commit_seconds,
-                fill=fill_seconds,
-            ),
-            device="none",
-            cache=cache_state,
-            peak_rss_bytes=peak_rss_bytes(),
-            cache_path=cache_path,
-            version=version,
-            fetched_bytes=0 if cache_state == "hit" else total,
-            verified=store.summary() if store else "cache",
+        return self.cache_only_result(
+            model=model, files=files, cache_state=cache_state, transfer=transfer, store=store,
+            download_seconds=download_seconds, commit_seconds=commit_seconds, fill_seconds=fill_seconds,
+            cache_path=cache_path, version=version, verified=store.summary() if store else "cache",
             extra={"shards": shards, "page_cache": self.config.page_cache},
         )
