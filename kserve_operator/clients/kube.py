@@ -142,7 +142,7 @@ class KubernetesApi:
                         await self._relogin()
                         continue
                     if response.status >= 400:
-                        raise _api_error(response.status, text, response.headers, method, where)
+                        raise api_error(response.status, text, response.headers, method, where)
                     return json.loads(text) if text else {}
                 finally:
                     response.release()
@@ -248,7 +248,7 @@ class KubernetesApi:
                 text = await response.text()
                 if response.status == 401 and self._reconnect is not None:
                     await self._relogin()
-                raise _api_error(response.status, text, response.headers, "WATCH", where)
+                raise api_error(response.status, text, response.headers, "WATCH", where)
             try:
                 async for line in response.content:
                     if line.strip():
@@ -333,7 +333,8 @@ class KubernetesApi:
         return True
 
 
-def _api_error(status: int, text: str, headers: Mapping[str, str], method: str, where: str) -> ApiError:
+def api_error(status: int, text: str, headers: Mapping[str, str], method: str, where: str) -> ApiError:
+    """An error answer as ApiError: the Status body's reason and message, and any Retry-After."""
     try:
         payload = json.loads(text)
         reason = str(payload.get("reason") or "")

@@ -20,6 +20,7 @@ from kubernetes.aio import client as k8s
 
 from kserve_operator import observability
 from kserve_operator.clients.connection import new_api_client
+from kserve_operator.clients.kube import api_error
 from kserve_operator.errors import ApiError
 from kserve_operator.resources.kinds import LEASE
 
@@ -54,6 +55,7 @@ class LeaseStore:
                 response = await invoke({"_preload_content": False, "_request_timeout": within})
                 try:
                     code = str(response.status)
+                    headers = response.headers
                     text = await response.text()
                 finally:
                     response.release()
@@ -62,12 +64,7 @@ class LeaseStore:
         finally:
             observability.API_REQUESTS.labels(method=method, code=code).inc()
         if int(code) >= 400:
-            try:
-                payload = json.loads(text)
-                reason, message = str(payload.get("reason") or ""), str(payload.get("message") or "")
-            except (ValueError, AttributeError):
-                reason, message = "", text[:300]
-            raise ApiError(int(code), reason, message, method=method, path=where)
+            raise api_error(int(code), text, headers, method, where)
         lease: Lease = json.loads(text)
         return lease
 
