@@ -30,30 +30,16 @@ import time
 from controlplane.cluster import RealCluster
 from devcluster.client import ApiError, ClusterClient
 from devstack.cuttable_proxy import CuttableProxy, point_kubeconfig_at
+from devstack.leader_lease import LEASE_PATH, wait_for_holder
 from devstack.operator_process import OperatorProcess, start_operator
 from tests.controlplane_binaries import controlplane_bin
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/kserve-operator/leases/kserve-operator"
 FAULTS = ("kill", "sigterm", "partition")
 
 
-def holder(kube: ClusterClient) -> str:
-    try:
-        return str(kube.get(LEASE_PATH).get("spec", {}).get("holderIdentity") or "")
-    except ApiError as exc:
-        if exc.status == 404:
-            return ""
-        raise
-
-
 def wait_holder(kube: ClusterClient, name: str, timeout: float) -> float:
-    deadline = time.monotonic() + timeout
-    while not holder(kube).startswith(f"{name}_"):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{name} did not take the Lease within {timeout} s")
-        time.sleep(0.02)
-    return time.monotonic()
+    return wait_for_holder(kube, name, timeout, poll=0.02)
 
 
 class Replicas:

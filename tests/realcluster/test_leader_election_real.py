@@ -19,10 +19,10 @@ import pytest
 
 from devcluster.client import ApiError
 from devstack.cuttable_proxy import CuttableProxy, point_kubeconfig_at
+from devstack.leader_lease import LEASE_PATH, wait_for_holder
 from devstack.operator_process import OperatorProcess, start_operator
 from tests.realcluster.conftest import World
 
-LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/kserve-operator/leases/kserve-operator"
 WRITES = {"create", "update", "patch", "delete", "deletecollection"}
 EXIT_LEADERSHIP_LOST = 3  # kserve_operator.__main__
 LEASE, RENEW_DEADLINE, RETRY = 15.0, 10.0, 2.0
@@ -79,23 +79,9 @@ def start(world: World, started: list[Replica], name: str, ip: str) -> Replica:
     return replica
 
 
-def holder(world: World) -> str:
-    try:
-        return str(world.kube.get(LEASE_PATH).get("spec", {}).get("holderIdentity") or "")
-    except ApiError as exc:
-        if exc.status == 404:
-            return ""
-        raise
-
-
 def wait_holder(world: World, replica: Replica, timeout: float) -> float:
     """Poll the Lease every 50 ms until `replica` holds it; the monotonic time it was seen."""
-    deadline = time.monotonic() + timeout
-    while not holder(world).startswith(f"{replica.name}_"):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{replica.name} did not take the Lease within {timeout} s (holder {holder(world)!r})")
-        time.sleep(0.05)
-    return time.monotonic()
+    return wait_for_holder(world.kube, replica.name, timeout, poll=0.05)
 
 
 def leader_and_standby(world: World, started: list[Replica]) -> tuple[Replica, Replica]:
