@@ -314,7 +314,11 @@ class Informer:
             await self._notify(InformerEvent("DELETED", obj, stored))
             return
         if stored is not None and not newer(_version(obj), _version(stored)):
-            return  # our own write, offered already, or an older event behind it
+            if _version(obj) == _version(stored):
+                # Stored already (a write's answer, or kopf's copy from its own watch, offered first),
+                # but the subscribers have not heard of this version: tell them, once, as the watch does.
+                await self._notify(InformerEvent("MODIFIED", obj, stored))
+            return  # an older event behind a newer copy
         self._put(key, obj)
         await self._notify(InformerEvent("ADDED" if stored is None else "MODIFIED", obj, stored))
 

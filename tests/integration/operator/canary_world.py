@@ -53,10 +53,14 @@ def set_prewarm_phase(kube: Any, name: str, phase: str, warm_nodes: int | None =
     (by default one warm node when Warm, none otherwise), for the model the spec asks for.
 
     The operator's own ModelPrewarm controller runs too (it finds no nodes here and reports
-    Pending); wait for its first status so it cannot land after ours.
+    Pending); wait until kopf has handled the object (finalizer on, creation recorded) and the
+    controller's status is written, so no pass of it can land after ours.
     """
     body = kube.wait_for(f"{PREWARM}/{name}", lambda o: (o.get("status") or {}).get("observedGeneration")
-                         == o["metadata"].get("generation"))
+                         == o["metadata"].get("generation")
+                         and "serverless.xyz/kserve-operator" in (o["metadata"].get("finalizers") or [])
+                         and "kserve-operator.serverless.xyz/last-handled-configuration"
+                         in (o["metadata"].get("annotations") or {}))
     warm = warm_nodes if warm_nodes is not None else int(phase == "Warm")
     kube.patch(f"{PREWARM}/{name}/status", {"status": {"phase": phase, "warmNodes": warm,
                                                        "storageUri": body["spec"]["storageUri"]}})
