@@ -31,6 +31,12 @@ API_LATENCY = prometheus_client.Histogram(
     "kserve_operator_api_request_duration_seconds", "Kubernetes API call latency.",
     ["method"], registry=REGISTRY,
 )
+API_THROTTLE_SECONDS = prometheus_client.Histogram(
+    "kserve_operator_api_rate_limiter_wait_seconds",
+    "Time a Kubernetes API call of the operator's own client waited for a token (KUBE_API_QPS/KUBE_API_BURST).",
+    ["method"], registry=REGISTRY,
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 SCALES = prometheus_client.Counter(
     "kserve_operator_memcached_scale_total", "Replica changes applied to Memcached Deployments.",
     ["direction"], registry=REGISTRY,

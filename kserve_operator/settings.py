@@ -61,6 +61,10 @@ class OperatorSettings:
     lease_namespace: str = "kserve-operator"  # LEADER_ELECTION_NAMESPACE, else POD_NAMESPACE
     election: ElectionTimings = dataclasses.field(default_factory=ElectionTimings)  # LEASE_DURATION_SECONDS...
     identity: str = ""  # POD_NAME (else the host name) + "_" + random hex
+    # The operator's own client (not kopf's watches, not the Lease): a token bucket as client-go's, KUBE_API_QPS
+    # requests per second after a burst of KUBE_API_BURST (clients/rate_limiter.py; the figures: README).
+    kube_api_qps: float = 50.0  # KUBE_API_QPS
+    kube_api_burst: int = 100  # KUBE_API_BURST
 
     @property
     def prewarm_platform(self) -> PrewarmPlatform:
@@ -150,6 +154,15 @@ def _election(env: Mapping[str, str]) -> ElectionTimings:
     return timings
 
 
+def _burst(env: Mapping[str, str]) -> int:
+    raw = env.get("KUBE_API_BURST")
+    if raw is None or raw == "":
+        return OperatorSettings.kube_api_burst
+    if not raw.isdigit() or int(raw) < 1:
+        raise SystemExit(f"KUBE_API_BURST={raw!r} must be a whole number of requests, at least 1")
+    return int(raw)
+
+
 def _identity(env: Mapping[str, str]) -> str:
     """client-go's shape: the pod (or host) name, then a random suffix, so a restarted pod is a new candidate."""
     return f"{env.get('POD_NAME') or os.uname().nodename}_{secrets.token_hex(4)}"
@@ -224,6 +237,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         lease_namespace=_lease_namespace(env),
         election=_election(env),
         identity=_identity(env),
+        kube_api_qps=_float(env, "KUBE_API_QPS", OperatorSettings.kube_api_qps),
+        kube_api_burst=_burst(env),
     )
 
 

@@ -13,7 +13,9 @@ send merge-patch for a JSON-patch list on custom objects).
 
 The cluster is found the way kubectl finds it (connection.py); kopf logs in through the same
 function, so both always talk to the same server as the same user. Every call is counted in
-/metrics with its method and status code.
+/metrics with its method and status code, and first takes a token of the client's `TokenBucket`
+(clients/rate_limiter.py: KUBE_API_QPS, KUBE_API_BURST), its wait observed in
+`kserve_operator_api_rate_limiter_wait_seconds`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import aiohttp
 from kubernetes.aio import client as k8s
 
 from kserve_operator import observability
+from kserve_operator.clients.rate_limiter import TokenBucket
 from kserve_operator.errors import ApiError
 from kserve_operator.resources.kinds import Kind
 
@@ -97,15 +100,20 @@ class KubernetesApi:
     def __init__(
         self, api_client: k8s.ApiClient, *,
         reconnect: Callable[[], Awaitable[k8s.ApiClient]] | None = None, timeout: float = 30.0,
+        limiter: TokenBucket | None = None,
     ) -> None:
+        """`limiter`: every request takes a token first (None: no client-side limit)."""
         self._client = api_client
         self._reconnect = reconnect
         self._timeout = timeout
+        self._limiter = limiter
         self._typed: dict[tuple[str, str], Any] = {}
         self._custom = k8s.CustomObjectsApi(api_client)
 
     @classmethod
-    async def connect(cls, *, user_agent: str = "kserve-operator", request_timeout: float = 30.0) -> KubernetesApi:
+    async def connect(
+        cls, *, user_agent: str = "kserve-operator", request_timeout: float = 30.0, limiter: TokenBucket | None = None,
+    ) -> KubernetesApi:
         from kserve_operator.clients.connection import new_api_client
 
         async def build() -> k8s.ApiClient:
@@ -113,7 +121,7 @@ class KubernetesApi:
             api_client.user_agent = user_agent
             return api_client
 
-        return cls(await build(), reconnect=build, timeout=request_timeout)
+        return cls(await build(), reconnect=build, timeout=request_timeout, limiter=limiter)
 
     async def close(self) -> None:
         await self._client.close()
@@ -127,10 +135,16 @@ class KubernetesApi:
     def _is_typed(self, kind: Kind) -> bool:
         return (kind.group, kind.version) in _TYPED_APIS
 
+    async def _throttle(self, method: str) -> None:
+        """Take a token (arrival order: a write never waits behind reads that came after it)."""
+        if self._limiter is not None:
+            observability.API_THROTTLE_SECONDS.labels(method=method).observe(await self._limiter.wait())
+
     async def _call(self, method: str, kind: Kind, name: str | None, invoke: Callable[[], Any]) -> Any:
         """One API call: count it, read the JSON, turn failures into ApiError; re-login once on 401."""
         where = f"{kind.plural}/{name}" if name else kind.plural
         for attempt in (0, 1):
+            await self._throttle(method)
             started = time.perf_counter()
             code = "error"
             try:
@@ -236,6 +250,7 @@ class KubernetesApi:
             params["label_selector"] = label_selector
         where = kind.plural
         code = "error"
+        await self._throttle("WATCH")
         try:
             response = await self._lister(kind, namespace, params)()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
