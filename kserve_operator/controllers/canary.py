@@ -56,8 +56,9 @@ from kserve_operator.controllers.core import (
     post_events,
     remember,
 )
-from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable
+from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable, NoSamples
 from kserve_operator.planning import canary as plan
+from kserve_operator.planning.canary_checks import AnalysisResult, CheckReading, check_queries, judge
 from kserve_operator.planning.canary_gates import route_namespace_problem, warm_state
 from kserve_operator.planning.events import NORMAL, EventPlan
 from kserve_operator.planning.virtualservice import (
@@ -134,13 +135,22 @@ async def _warm_state(api: KubeApi, spec: CanarySpec) -> plan.WarmState:
     return warm_state(prewarm, f"ModelPrewarm {spec.namespace}/{spec.model_prewarm}")
 
 
-async def _analyse(ctx: CanaryContext, query: str) -> plan.AnalysisResult:
+async def _read_check(ctx: CanaryContext, query: str) -> CheckReading:
     if ctx.prometheus is None:
-        return plan.AnalysisResult(error="PROMETHEUS_URL is not set")
+        return CheckReading(error="PROMETHEUS_URL is not set")
     try:
-        return plan.AnalysisResult(value=await ctx.prometheus.query_scalar(query))
+        return CheckReading(value=await ctx.prometheus.query_scalar(query))
+    except NoSamples as exc:
+        return CheckReading(error=str(exc), no_data=True)
     except MetricsUnavailable as exc:
-        return plan.AnalysisResult(error=str(exc))
+        return CheckReading(error=str(exc))
+
+
+async def _analyse(ctx: CanaryContext, spec: CanarySpec) -> AnalysisResult:
+    """Every check of the analysis, queried together; none raises (an error is an inconclusive check)."""
+    queries = check_queries(spec)
+    readings = await asyncio.gather(*(_read_check(ctx, query) for _, query in queries))
+    return judge([check for check, _ in queries], readings)
 
 
 def _conflict_pause(attempt: int) -> float:
@@ -211,8 +221,7 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, 
     warm = await _warm_state(api, spec) if spec.require_warm else None
     decision = plan.next_step(spec, CanaryStatus.parse(body.get("status")), generation, warm, None, moment)
     if decision.wants_analysis:
-        assert spec.steps is not None and spec.steps.analysis is not None
-        analysis = await _analyse(ctx, spec.steps.analysis.query)
+        analysis = await _analyse(ctx, spec)
         decision = plan.next_step(spec, CanaryStatus.parse(body.get("status")), generation, warm, analysis, moment)
 
     try:

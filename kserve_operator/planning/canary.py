@@ -11,8 +11,9 @@ The step walk: with steps, the candidate's share climbs the ladder (each step we
 traffic to analyse before it. Every later step waits `interval` since the last step or check,
 then needs the analysis to pass. A check out of bounds `failureLimit` times in a row rolls the
 candidate back to 0%, and it stays there until the spec changes (tracked by metadata.generation).
-A query that errors is inconclusive: held, not stepped, not counted as a failure. Going down
-(a lower `percent`, `percent: 0`) is always immediate.
+Each pass evaluates every check (planning/canary_checks.py): one out of bounds fails the pass;
+else a query that errors or finds no data is inconclusive: held, not stepped, not counted as a
+failure; else the pass steps. Going down (a lower `percent`, `percent: 0`) is always immediate.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kserve_operator.errors import InvalidSpec
+from kserve_operator.planning.canary_checks import (
+    RESULT_FAILED,
+    RESULT_METRICS_UNAVAILABLE,
+    RESULT_NO_DATA,
+    RESULT_PASSED,
+    AnalysisResult,
+    analysis_status,
+)
 from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
 from kserve_operator.planning.virtualservice import RoutingProblem, WeightPlan, managed_routes, route_key
 from kserve_operator.resources import canary as res
@@ -34,7 +43,8 @@ REASON_WEIGHTS_APPLIED = "WeightsApplied"
 REASON_WAITING_FOR_MODEL = "WaitingForModel"
 REASON_STEPPING = "Stepping"
 REASON_ANALYSIS_PENDING = "AnalysisPending"
-REASON_ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+REASON_NO_DATA = RESULT_NO_DATA  # held: a check found no data (no candidate traffic in the window)
+REASON_METRICS_UNAVAILABLE = RESULT_METRICS_UNAVAILABLE  # held: a check's query errored or Prometheus is away
 REASON_ANALYSIS_FAILED = "AnalysisFailed"
 REASON_SETTLED = "Settled"
 REASON_PROMOTED = "Promoted"
@@ -62,14 +72,6 @@ class WarmState:
 
 
 @dataclasses.dataclass(frozen=True)
-class AnalysisResult:
-    """One evaluation of the analysis query: a value, or why there is none (inconclusive)."""
-
-    value: float | None = None
-    error: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
 class StepDecision:
     percent: int  # the candidate's share to put in force
     phase: str
@@ -80,8 +82,8 @@ class StepDecision:
     last_check_time: datetime.datetime | None
     failed_checks: int
     rolled_back_generation: int | None
-    last_value: float | None = None
-    wants_analysis: bool = False  # a check is due: evaluate the query and decide again with its result
+    analysis: AnalysisResult | None = None  # the checks evaluated by this pass
+    wants_analysis: bool = False  # a check is due: evaluate the checks and decide again with their result
     requeue_after: float | None = None  # seconds until the next check is due
 
 
@@ -159,31 +161,29 @@ def next_step(
     if analysis is None:
         return replace(hold, reason=REASON_ANALYSIS_PENDING, wants_analysis=True,
                        message=f"at {current}%, checking the analysis before {upcoming}%")
-    if analysis.error is not None or analysis.value is None:
-        return replace(hold, reason=REASON_ANALYSIS_INCONCLUSIVE, last_check_time=stamp,
-                       requeue_after=wait_from(stamp),
-                       message=(f"held at {current}%: the analysis query gave no answer ({analysis.error}); "
-                                "not counted as a pass"))
-    failure = check.out_of_bounds(analysis.value)
-    if failure is None:
-        return replace(step_to(upcoming, f"analysis passed ({analysis.value:g}); stepped to {upcoming}%"),
-                       failed_checks=0, last_check_time=stamp, last_value=analysis.value)
+    verdict, summary = analysis.result, analysis.summary()
+    if verdict == RESULT_PASSED:
+        return replace(step_to(upcoming, f"analysis passed ({summary}); stepped to {upcoming}%"),
+                       failed_checks=0, last_check_time=stamp, analysis=analysis)
+    if verdict != RESULT_FAILED:  # inconclusive: neither a pass nor a failure
+        return replace(hold, reason=verdict, last_check_time=stamp, requeue_after=wait_from(stamp), analysis=analysis,
+                       message=f"held at {current}%: the analysis is inconclusive ({summary}); not counted as a pass")
     failed = status.failed_checks + 1
     if failed >= check.failure_limit:
         return replace(hold, percent=0, step=0, phase=res.PHASE_ROLLED_BACK, reason=REASON_ROLLED_BACK,
-                       message=f"rolled back to 0%: analysis failed {failed} time(s) in a row, {failure}",
+                       message=f"rolled back to 0%: analysis failed {failed} time(s) in a row: {summary}",
                        last_step_time=stamp, last_check_time=stamp, failed_checks=failed,
-                       rolled_back_generation=generation, last_value=analysis.value)
+                       rolled_back_generation=generation, analysis=analysis)
     return replace(hold, reason=REASON_ANALYSIS_FAILED, last_check_time=stamp, failed_checks=failed,
-                   last_value=analysis.value, requeue_after=wait_from(stamp),
-                   message=f"held at {current}%: analysis failed ({failed} of {check.failure_limit}), {failure}")
+                   analysis=analysis, requeue_after=wait_from(stamp),
+                   message=f"held at {current}%: analysis failed ({failed} of {check.failure_limit}): {summary}")
 
 
 def _progress_so_far(status: CanaryStatus, current: int, upcoming: int) -> tuple[str, str]:
     """While waiting between checks, keep what the last decision said: no status write per tick."""
     previous = cond.find_condition(list(status.conditions), cond.PROGRESSING)
     if status.phase == res.PHASE_PROGRESSING and previous and previous.get("reason") in (
-            REASON_STEPPING, REASON_ANALYSIS_FAILED, REASON_ANALYSIS_INCONCLUSIVE):
+            REASON_STEPPING, REASON_ANALYSIS_FAILED, REASON_NO_DATA, REASON_METRICS_UNAVAILABLE):
         return str(previous.get("reason")), str(previous.get("message"))
     return REASON_STEPPING, f"at {current}%, next step {upcoming}%"
 
@@ -222,13 +222,9 @@ def plan_status(
         message=(f"the candidate's {spec.percent}% is in force" if ready
                  else f"{decision.percent}% in force of {spec.percent}% wanted: {decision.message}"),
         now=now, generation=generation)
-    analysis: dict[str, Any] = {"failedChecks": decision.failed_checks}
-    if decision.last_check_time is not None:
-        analysis["lastCheckTime"] = cond.rfc3339(decision.last_check_time)
-    last_value = decision.last_value if decision.last_value is not None else (old.get("analysis") or {}).get(
-        "lastValue")
-    if last_value is not None:
-        analysis["lastValue"] = last_value
+    analysis = analysis_status(
+        old.get("analysis"), failed_checks=decision.failed_checks, evaluated=decision.analysis,
+        last_check=cond.rfc3339(decision.last_check_time) if decision.last_check_time is not None else None)
     status: dict[str, Any] = {
         "phase": decision.phase,
         **_backend_names(spec),
@@ -328,7 +324,7 @@ def plan_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[E
                                 f"{new.get('candidate')} {new.get('candidateWeight')}% on "
                                 f"{', '.join(new.get('managedRoutes') or [])}"))
     old_progress = cond.find_condition(list(old.get("conditions") or []), cond.PROGRESSING) or {}
-    if (progressing.get("reason") in (REASON_ANALYSIS_FAILED, REASON_ANALYSIS_INCONCLUSIVE)
+    if (progressing.get("reason") in (REASON_ANALYSIS_FAILED, REASON_NO_DATA, REASON_METRICS_UNAVAILABLE)
             and progressing.get("message") != old_progress.get("message")):
         events.append(EventPlan(WARNING, str(progressing.get("reason")), str(progressing.get("message"))))
     return events

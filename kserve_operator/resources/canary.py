@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import itertools
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,13 +64,54 @@ class Backend:
         name = self.inference_service or self.host
         return f"{name}/{self.subset}" if self.subset else name
 
+    @property
+    def service(self) -> tuple[str, str] | None:
+        """(namespace, name) of the cluster Service the host names, as Istio's destination_service_*
+        labels say it; None for a host outside the cluster."""
+        parts = self.host.split(".")
+        if len(parts) == 5 and parts[2:] == CLUSTER_DOMAIN.split("."):
+            return parts[1], parts[0]
+        return None
+
+
+# The analysis checks: two built in (from Istio's standard metrics for the candidate's Service,
+# the way Flagger's are) and custom PromQL under any other name.
+CHECK_SUCCESS_RATE = "request-success-rate"  # percent of the candidate's responses that are not 5xx
+CHECK_DURATION = "request-duration"  # p99 of the candidate's request duration, milliseconds
+BUILT_IN_CHECKS = (CHECK_SUCCESS_RATE, CHECK_DURATION)
+DEFAULT_MIN_SUCCESS_RATE = 99.0
+DEFAULT_MAX_DURATION_MS = 500.0
+SINGLE_QUERY_CHECK = "query"  # the name the one-query form (steps.analysis.query) is reported under
+DEFAULT_CHECK_WINDOW_SECONDS = 60.0
+MAX_CHECKS = 10
+_CHECK_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+# The analysis checks: two built in (from Istio's standard metrics for the candidate's Service,
+# the way Flagger's are) and custom PromQL under any other name.
+CHECK_SUCCESS_RATE = "request-success-rate"  # percent of the candidate's responses that are not 5xx
+CHECK_DURATION = "request-duration"  # p99 of the candidate's request duration, milliseconds
+BUILT_IN_CHECKS = (CHECK_SUCCESS_RATE, CHECK_DURATION)
+DEFAULT_MIN_SUCCESS_RATE = 99.0
+DEFAULT_MAX_DURATION_MS = 500.0
+SINGLE_QUERY_CHECK = "query"  # the name the one-query form (steps.analysis.query) is reported under
+DEFAULT_CHECK_WINDOW_SECONDS = 60.0
+MAX_CHECKS = 10
+_CHECK_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
 
 @dataclasses.dataclass(frozen=True)
-class AnalysisSpec:
-    query: str
+class CheckSpec:
+    """One analysis check: a built-in one (query None: built from the candidate's Service) or custom PromQL."""
+
+    name: str
+    query: str | None
     max: float | None
     min: float | None
-    failure_limit: int
+
+    @property
+    def built_in(self) -> bool:
+        return self.query is None
 
     def out_of_bounds(self, value: float) -> str | None:
         """Why `value` fails the check, or None when it passes."""
@@ -78,6 +120,18 @@ class AnalysisSpec:
         if self.min is not None and value < self.min:
             return f"{value:g} is below the minimum {self.min:g}"
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisSpec:
+    checks: tuple[CheckSpec, ...]  # all must pass for a step
+    failure_limit: int  # failed passes in a row that roll back
+    window_seconds: float  # the rate window of the built-in checks' queries
+
+    @property
+    def built_in(self) -> bool:
+        """Whether a check is built from the candidate's Service (it must be one Istio can name)."""
+        return any(check.built_in for check in self.checks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,21 +199,69 @@ def _backend(raw: Any, field: str, namespace: str) -> Backend:
     return Backend(canonical_host(host, namespace), subset, port)
 
 
+def _bounds(raw: Mapping[str, Any], where: str) -> tuple[float | None, float | None]:
+    high, low = _number(raw, "max", where), _number(raw, "min", where)
+    if high is not None and low is not None and low > high:
+        raise InvalidSpec(f"{where}min ({low:g}) is above max ({high:g})")
+    return high, low
+
+
+def _check(raw: Any, where: str) -> CheckSpec:
+    if not isinstance(raw, Mapping):
+        raise InvalidSpec(f"{where} must be an object")
+    name = _text(raw, "name", f"{where}.")
+    if name is None or not _CHECK_NAME.match(name) or len(name) > 63:
+        raise InvalidSpec(f"{where}.name must be a lowercase name such as {CHECK_SUCCESS_RATE}, got {name!r}")
+    query = _text(raw, "query", f"{where}.")
+    high, low = _bounds(raw, f"{where}.")
+    if name in (CHECK_SUCCESS_RATE, CHECK_DURATION):
+        if query is not None:
+            raise InvalidSpec(f"{where}: {name} is built in and takes no query; give a custom check another name")
+        if name == CHECK_SUCCESS_RATE:
+            if high is not None:
+                raise InvalidSpec(f"{where}: {name} takes a min (percent of non-5xx responses), not a max")
+            return CheckSpec(name, None, None, DEFAULT_MIN_SUCCESS_RATE if low is None else low)
+        if low is not None:
+            raise InvalidSpec(f"{where}: {name} takes a max (p99 in milliseconds), not a min")
+        return CheckSpec(name, None, DEFAULT_MAX_DURATION_MS if high is None else high, None)
+    if query is None:
+        raise InvalidSpec(f"{where}: check {name} needs a query (only {', '.join(BUILT_IN_CHECKS)} are built in)")
+    if high is None and low is None:
+        raise InvalidSpec(f"{where}: check {name} needs a max or a min bound")
+    return CheckSpec(name, query, high, low)
+
+
 def _analysis(raw: Any) -> AnalysisSpec | None:
+    """`checks`, or the one-query form (`query` with `max`/`min`), read as one custom check named "query"."""
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
         raise InvalidSpec("steps.analysis must be an object")
-    query = _text(raw, "query", "steps.analysis.")
-    if query is None:
-        raise InvalidSpec("steps.analysis.query is required")
-    high, low = _number(raw, "max", "steps.analysis."), _number(raw, "min", "steps.analysis.")
-    if high is None and low is None:
-        raise InvalidSpec("steps.analysis needs a max or a min bound")
-    if high is not None and low is not None and low > high:
-        raise InvalidSpec(f"steps.analysis.min ({low:g}) is above max ({high:g})")
-    limit = int_field(raw, "failureLimit", low=1, high=1000, where="steps.analysis.")
-    return AnalysisSpec(query=query, max=high, min=low, failure_limit=limit or 1)
+    where = "steps.analysis."
+    checks_raw, query = raw.get("checks"), _text(raw, "query", where)
+    if (checks_raw is None) == (query is None):
+        raise InvalidSpec("steps.analysis needs checks, or a query with max/min (not both)")
+    if query is not None:
+        high, low = _bounds(raw, where)
+        if high is None and low is None:
+            raise InvalidSpec("steps.analysis needs a max or a min bound")
+        checks: tuple[CheckSpec, ...] = (CheckSpec(SINGLE_QUERY_CHECK, query, high, low),)
+    else:
+        if "max" in raw or "min" in raw:
+            raise InvalidSpec("steps.analysis: max and min go on each check when checks are listed")
+        if not isinstance(checks_raw, list) or not 1 <= len(checks_raw) <= MAX_CHECKS:
+            raise InvalidSpec(f"steps.analysis.checks must list 1 to {MAX_CHECKS} checks")
+        checks = tuple(_check(item, f"{where}checks[{i}]") for i, item in enumerate(checks_raw))
+        names = [check.name for check in checks]
+        if len(set(names)) != len(names):
+            raise InvalidSpec(f"steps.analysis.checks names a check twice: {names}")
+    limit = int_field(raw, "failureLimit", low=1, high=1000, where=where)
+    window = DEFAULT_CHECK_WINDOW_SECONDS
+    if raw.get("interval") is not None:
+        window = parse_duration(raw.get("interval"), field="steps.analysis.interval")
+        if window <= 0:
+            raise InvalidSpec("steps.analysis.interval must be longer than 0s")
+    return AnalysisSpec(checks=checks, failure_limit=limit or 1, window_seconds=window)
 
 
 def _steps(raw: Any) -> StepsSpec | None:
@@ -181,6 +283,17 @@ def _steps(raw: Any) -> StepsSpec | None:
     if interval <= 0:
         raise InvalidSpec("steps.interval must be longer than 0s")
     return StepsSpec(weights=tuple(weights), interval_seconds=interval, analysis=_analysis(raw.get("analysis")))
+
+
+def _check_candidate_service(stable: Backend, candidate: Backend) -> None:
+    """The built-in checks read Istio's metrics of the candidate's Service: it must be one, and not stable's."""
+    builtin = " and ".join(BUILT_IN_CHECKS)
+    if candidate.service is None:
+        raise InvalidSpec(f"{builtin} measure the candidate's cluster Service; candidate host {candidate.host} is "
+                          "not one: use a custom check (name and query)")
+    if candidate.service == stable.service:
+        raise InvalidSpec(f"{builtin} measure the candidate's Service, and stable and candidate share "
+                          f"{candidate.host} (subsets): use a custom check (name and query)")
 
 
 def parse_spec(raw: Mapping[str, Any] | None, namespace: str) -> CanarySpec:
@@ -220,10 +333,13 @@ def parse_spec(raw: Mapping[str, Any] | None, namespace: str) -> CanarySpec:
     if require_warm and prewarm is None:
         raise InvalidSpec("requireWarm needs candidate.modelPrewarm when the candidate is a host, "
                           "not an inferenceService")
+    steps = _steps(raw.get("steps"))
+    if steps and steps.analysis and steps.analysis.built_in:
+        _check_candidate_service(stable, candidate)
     return CanarySpec(
         namespace=namespace, virtual_service=vs_name, virtual_service_namespace=vs_namespace, routes=routes,
         stable=stable, candidate=candidate, percent=percent, require_warm=require_warm,
-        model_prewarm=prewarm, steps=_steps(raw.get("steps")),
+        model_prewarm=prewarm, steps=steps,
     )
 
 

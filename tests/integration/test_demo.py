@@ -42,7 +42,7 @@ def test_the_demo_shows_prewarm_and_canary_and_exits_0() -> None:
     assert "torch-mnist-v2-predictor 100%" not in out
     assert "the VirtualService is otherwise exactly as written" in out
     if metrics_stack.have_binaries():  # the analysis, and the rollback when the error ratio goes over the bound
-        assert "analysis passed (0.01); stepped to 50%" in out
+        assert "analysis passed (query 0.01 <= 0.05); stepped to 50%" in out
         assert "event Warning/RolledBack on ModelCanary mnist" in out
         assert "torch-mnist-predictor 100% | torch-mnist-v2-predictor 0%; ModelCanary mnist RolledBack" in out
         assert re.search(r"mnist\s+torch-mnist\s+torch-mnist-v2\s+100\s+0\s+RolledBack", out)

@@ -1,5 +1,7 @@
-"""Stepping with a Prometheus analysis: a real Prometheus (Debian package) scraping a small
-exporter this test controls (devstack/error_ratio_exporter.py), and the real operator process.
+"""Stepping with the single-query form of the analysis (one custom check named "query"): a real
+Prometheus (Debian package) scraping a small exporter this test controls
+(devstack/error_ratio_exporter.py), and the real operator process. The built-in checks on
+Istio-shaped series: test_canary_checks.py.
 
 Three canaries on three VirtualServices: one whose error ratio stays under the bound (steps
 10 -> 50), one over it (rolled back after failureLimit checks in a row, and it stays rolled
@@ -74,13 +76,17 @@ def test_steps_with_a_passing_a_failing_and_an_inconclusive_analysis(
 
         passed = wait_phase(kube, "mnist-pass", "Active", timeout=10)
         assert weights(kube.get(vs_path(name="mnist-pass"))) == [50, 50]
-        assert passed["status"]["analysis"]["lastValue"] == pytest.approx(0.01)
+        assert passed["status"]["analysis"]["result"] == "Passed"
+        [check] = passed["status"]["analysis"]["checks"]
+        assert (check["name"], check["passed"], check["max"]) == ("query", True, 0.05)
+        assert check["value"] == pytest.approx(0.01)
         assert passed["status"]["step"] == passed["status"]["steps"] == 2
         assert time.monotonic() - started >= 2, "the step waited its interval"
 
         failing = kube.wait_for(f"{MCANARY}/mnist-fail",
                                 lambda o: condition(o, "Progressing").get("reason") == "AnalysisFailed")
-        assert "analysis failed (1 of 2), 0.2 is above the maximum 0.05" in condition(failing, "Progressing")["message"]
+        assert "analysis failed (1 of 2): query 0.2 is above the maximum 0.05" in condition(
+            failing, "Progressing")["message"]
         assert weights(kube.get(vs_path(name="mnist-fail"))) == [90, 10]
         rolled = wait_phase(kube, "mnist-fail", "RolledBack", timeout=10)
         assert weights(kube.get(vs_path(name="mnist-fail"))) == [100, 0]
@@ -90,7 +96,7 @@ def test_steps_with_a_passing_a_failing_and_an_inconclusive_analysis(
 
         quiet = kube.get(f"{MCANARY}/mnist-quiet")
         assert quiet["status"]["phase"] == "Progressing"
-        assert condition(quiet, "Progressing")["reason"] == "AnalysisInconclusive"
+        assert condition(quiet, "Progressing")["reason"] == "NoData"
         assert "no samples" in condition(quiet, "Progressing")["message"]
         assert quiet["status"]["analysis"]["failedChecks"] == 0
         assert weights(kube.get(vs_path(name="mnist-quiet"))) == [90, 10]

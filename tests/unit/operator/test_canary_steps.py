@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from kserve_operator.planning import canary as plan
 from kserve_operator.planning.canary import AnalysisResult, StepDecision, WarmState, next_step
+from kserve_operator.planning.canary_checks import CheckReading, judge
 from kserve_operator.resources import canary as res
 from kserve_operator.resources.canary import CanarySpec, CanaryStatus
 from tests.unit.operator.canary_shapes import canary_spec
@@ -35,6 +36,12 @@ def after(decision: StepDecision, status: CanaryStatus | None = None) -> CanaryS
         failed_checks=decision.failed_checks, rolled_back_generation=decision.rolled_back_generation,
         conditions=conditions,
     )
+
+
+def read(spec: CanarySpec, value: float | None = None, error: str | None = None) -> AnalysisResult:
+    """The analysis pass of a one-query spec whose query answered `value` (or `error`)."""
+    assert spec.steps is not None and spec.steps.analysis is not None
+    return judge(spec.steps.analysis.checks, [CheckReading(value=value, error=error)])
 
 
 def minutes(n: float) -> datetime.datetime:
@@ -71,7 +78,7 @@ def test_steps_walk_up_with_passing_checks() -> None:
     assert (early.percent, early.wants_analysis, early.requeue_after) == (10, False, 30)
     due = next_step(spec, status, 1, None, None, minutes(1))
     assert due.wants_analysis and due.percent == 10
-    passed = next_step(spec, status, 1, None, AnalysisResult(value=0.01), minutes(1))
+    passed = next_step(spec, status, 1, None, read(spec, 0.01), minutes(1))
     assert (passed.percent, passed.phase, passed.step, passed.failed_checks) == (50, res.PHASE_ACTIVE, 2, 0)
     settled = next_step(spec, after(passed), 1, None, None, minutes(30))
     assert settled.percent == 50 and not settled.wants_analysis and settled.requeue_after is None
@@ -80,15 +87,15 @@ def test_steps_walk_up_with_passing_checks() -> None:
 def test_failing_checks_roll_back_and_stay_rolled_back_until_the_spec_changes() -> None:
     spec = stepped()
     status = after(next_step(spec, CanaryStatus(), 7, None, None, T0))
-    once = next_step(spec, status, 7, None, AnalysisResult(value=0.2), minutes(1))
+    once = next_step(spec, status, 7, None, read(spec, 0.2), minutes(1))
     assert (once.percent, once.phase, once.reason, once.failed_checks) == (
         10, res.PHASE_PROGRESSING, plan.REASON_ANALYSIS_FAILED, 1)
     assert "0.2 is above the maximum 0.05" in once.message
     waiting = next_step(spec, after(once), 7, None, None, minutes(1.5))
     assert waiting.reason == plan.REASON_ANALYSIS_FAILED and waiting.message == once.message  # no write per tick
-    twice = next_step(spec, after(once), 7, None, AnalysisResult(value=0.3), minutes(2))
+    twice = next_step(spec, after(once), 7, None, read(spec, 0.3), minutes(2))
     assert (twice.percent, twice.phase, twice.rolled_back_generation) == (0, res.PHASE_ROLLED_BACK, 7)
-    stuck = next_step(spec, after(twice), 7, None, AnalysisResult(value=0.0), minutes(60))
+    stuck = next_step(spec, after(twice), 7, None, read(spec, 0.0), minutes(60))
     assert (stuck.percent, stuck.phase) == (0, res.PHASE_ROLLED_BACK)
     again = next_step(spec, after(twice), 8, None, None, minutes(61))  # the spec changed
     assert (again.percent, again.phase, again.rolled_back_generation) == (10, res.PHASE_PROGRESSING, None)
@@ -97,19 +104,19 @@ def test_failing_checks_roll_back_and_stay_rolled_back_until_the_spec_changes() 
 def test_only_consecutive_failures_count() -> None:
     spec = stepped(steps={**STEPS, "weights": [10, 20, 30, 50]})
     status = after(next_step(spec, CanaryStatus(), 1, None, None, T0))
-    status = after(next_step(spec, status, 1, None, AnalysisResult(value=1.0), minutes(1)))
+    status = after(next_step(spec, status, 1, None, read(spec, 1.0), minutes(1)))
     assert status.failed_checks == 1 and status.percent == 10
-    status = after(next_step(spec, status, 1, None, AnalysisResult(value=0.0), minutes(2)))
+    status = after(next_step(spec, status, 1, None, read(spec, 0.0), minutes(2)))
     assert status.failed_checks == 0 and status.percent == 20
-    status = after(next_step(spec, status, 1, None, AnalysisResult(value=1.0), minutes(3)))
+    status = after(next_step(spec, status, 1, None, read(spec, 1.0), minutes(3)))
     assert status.failed_checks == 1 and status.phase == res.PHASE_PROGRESSING
 
 
 def test_an_erroring_query_holds_without_passing_or_failing() -> None:
     spec = stepped()
     status = after(next_step(spec, CanaryStatus(), 1, None, None, T0))
-    held = next_step(spec, status, 1, None, AnalysisResult(error="Prometheus is unreachable"), minutes(1))
-    assert (held.percent, held.reason, held.failed_checks) == (10, plan.REASON_ANALYSIS_INCONCLUSIVE, 0)
+    held = next_step(spec, status, 1, None, read(spec, error="Prometheus is unreachable"), minutes(1))
+    assert (held.percent, held.reason, held.failed_checks) == (10, plan.REASON_METRICS_UNAVAILABLE, 0)
     assert "not counted as a pass" in held.message
     assert held.last_check_time == minutes(1) and held.requeue_after == 60
     assert not next_step(spec, after(held), 1, None, None, minutes(1.5)).wants_analysis
@@ -118,7 +125,7 @@ def test_an_erroring_query_holds_without_passing_or_failing() -> None:
 def test_min_bound_and_no_analysis() -> None:
     spec = stepped(steps={"weights": [10, 50], "interval": "30s", "analysis": {"query": "q", "min": 0.99}})
     status = after(next_step(spec, CanaryStatus(), 1, None, None, T0))
-    failed = next_step(spec, status, 1, None, AnalysisResult(value=0.9), minutes(1))
+    failed = next_step(spec, status, 1, None, read(spec, 0.9), minutes(1))
     assert failed.phase == res.PHASE_ROLLED_BACK and "below the minimum 0.99" in failed.message  # failureLimit 1
     blind = stepped(steps={"weights": [10, 50], "interval": "30s"})
     status = after(next_step(blind, CanaryStatus(), 1, None, None, T0))
@@ -156,7 +163,7 @@ def test_the_share_is_always_on_the_ladder_and_rollback_sticks(
         now = minutes(minute)
         decision = next_step(spec, status, 1, None, None, now)
         if decision.wants_analysis:
-            result = AnalysisResult(error="down") if outcome is None else AnalysisResult(value=outcome)
+            result = read(spec, error="down") if outcome is None else read(spec, outcome)
             decision = next_step(spec, status, 1, None, result, now)
         assert decision.percent in allowed and decision.percent <= percent
         assert decision.percent >= status.percent or decision.phase == res.PHASE_ROLLED_BACK
