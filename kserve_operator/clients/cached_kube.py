@@ -13,6 +13,11 @@ Controllers keep calling `KubeApi`; this class answers
   request names one label value; a field selector always goes to the server;
 - everything else from the API server, as before.
 
+Each informer keeps objects through its kind's transform (clients/stored_objects.py: no
+managedFields, no kubectl last-applied copy; Nodes without their image list, Pods with only
+`spec.nodeName` of their spec), so reads answered from memory carry what the reconciles read and a
+conditional write needs (resourceVersion, uid), not the rest.
+
 Writes go to the server; the object they return is offered to the matching informers (a newer
 resourceVersion wins), so a reconcile sees its own writes at once; a successful delete leaves
 the store at once. Objects handed out are copies: a caller may change them freely.
@@ -32,6 +37,7 @@ from typing import Any
 
 from kserve_operator.clients.informer import Backoff, IndexFunction, Informer, label_index_name
 from kserve_operator.clients.kube import KubernetesApi, Object, PatchType
+from kserve_operator.clients.stored_objects import transform_for
 from kserve_operator.resources.kinds import Kind
 from kserve_operator.resources.label_selectors import LabelSelector
 
@@ -66,8 +72,7 @@ class CachedKubeApi:
                     self._authoritative.add(id(informer))
                 return informer
         informer = Informer(self.api, candidates, backoff=self._backoff, namespace=namespace,
-                            label_selector=label_selector,
-                            indexes=indexes)
+                            label_selector=label_selector, indexes=indexes, transform=transform_for(candidates[0]))
         self.informers.append(informer)
         if authoritative:
             self._authoritative.add(id(informer))

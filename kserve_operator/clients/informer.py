@@ -6,7 +6,9 @@ connection breaks (backoff with jitter on failures: `planning.backoff`, handed i
 as clients never import planning). A 410 Gone (the
 version was compacted away) costs ONE relist, and subscribers get synthetic ADDED / MODIFIED /
 DELETED events for what changed in the gap, nothing for what did not. The store is keyed by
-(namespace, name), with optional index functions (by a label value, by node...).
+(namespace, name), with optional index functions (by a label value, by node...). Every object
+passes the informer's transform before it is stored or reported (clients/stored_objects.py: the
+API server's managedFields and kubectl's last-applied copy never stay in memory).
 
 Subscribers are async callbacks; the initial listing reaches them with `type=None` (as kopf
 reports a listing), so a handler can set its baseline. Writes of our own are `offer`ed by
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 Object = dict[str, Any]
 ObjectKey = tuple[str, str]
 IndexFunction = Callable[[Mapping[str, Any]], Iterable[str]]
+Transform = Callable[[Mapping[str, Any]], Object]  # what of an object is kept: clients/stored_objects.py
 Backoff = Callable[[int], float]  # the delay before the n-th retry (0-based): planning.backoff.backoff_delay
 TOMBSTONES = 10_000  # deleted keys remembered, oldest forgotten first
 WATCH_TIMEOUT_SECONDS = 290  # the server ends each stream about this often; the informer resumes
@@ -107,10 +110,11 @@ class Informer:
     def __init__(
         self, source: WatchSource, kinds: Sequence[Kind], *, backoff: Backoff, namespace: str | None = None,
         label_selector: str | None = None, indexes: Mapping[str, IndexFunction] | None = None,
-        watch_timeout: int = WATCH_TIMEOUT_SECONDS,
+        watch_timeout: int = WATCH_TIMEOUT_SECONDS, transform: Transform = dict,
     ) -> None:
         """`kinds`: the kind, then versions to fall back to where the first is not served (Istio's
-        VirtualService: v1, else v1beta1); the one that lists is `kind`."""
+        VirtualService: v1, else v1beta1); the one that lists is `kind`. `transform`: what of each
+        object is kept (a new dict; the object handed in is never changed)."""
         if not kinds:
             raise ValueError("an informer needs a kind")
         self._source = source
@@ -120,6 +124,7 @@ class Informer:
         self.namespace = namespace if self.kind.namespaced else None
         self.label_selector = label_selector or None
         self.selector = LabelSelector.parse(label_selector)
+        self.transform = transform
         self._index_functions = dict(indexes or {})
         self._indexes: dict[str, dict[str, set[ObjectKey]]] = {name: {} for name in self._index_functions}
         self._store: dict[ObjectKey, Object] = {}
@@ -186,7 +191,7 @@ class Informer:
         if stored is None and key in self._tombstones and not newer(_version(obj), self._tombstones[key]):
             return
         if self.admits(obj):
-            self._put(key, dict(obj))
+            self._put(key, self.transform(obj))
         elif stored is not None:
             self._remove(key)
 
@@ -258,7 +263,7 @@ class Informer:
             self.relists += 1
         self._listed_once = True
         self._version = version
-        events = self._replace(listed, initial=initial, version=version)
+        events = self._replace([self.transform(obj) for obj in listed], initial=initial, version=version)
         self.synced.set()
         self.tried.set()
         for event in events:
@@ -299,7 +304,7 @@ class Informer:
                 if version:
                     self._version = version
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    await self._apply(str(kind), obj)
+                    await self._apply(str(kind), self.transform(obj))
         except ApiError as exc:
             if exc.status == 410:
                 raise GoneError(exc.message) from exc
