@@ -28,6 +28,7 @@ from kserve_operator.clients.connection import kopf_connection_info
 from kserve_operator.clients.kube import KubernetesApi
 from kserve_operator.clients.leader_election import LeaseStore
 from kserve_operator.clients.prometheus import PrometheusClient
+from kserve_operator.clients.rate_limiter import TokenBucket
 from kserve_operator.controllers import canary, domain_metrics, inferenceservice, memcached, placement, prewarm
 from kserve_operator.controllers.core import ReconcileCore
 from kserve_operator.controllers.leader_election import LeaderElector
@@ -110,7 +111,9 @@ class OperatorThread:
 async def run_controllers(settings: OperatorSettings, stop_flag: threading.Event, ready_flag: threading.Event) -> None:
     """The controllers' operator, in its own thread and loop (its API clients belong to that loop)."""
     # Reads come from informers (clients/cached_kube.py), writes go through and into them.
-    api = CachedKubeApi(await KubernetesApi.connect(user_agent="kserve-operator"), backoff=backoff_delay)
+    limiter = TokenBucket(settings.kube_api_qps, settings.kube_api_burst)  # every request of ours takes a token
+    api = CachedKubeApi(await KubernetesApi.connect(user_agent="kserve-operator", limiter=limiter),
+                        backoff=backoff_delay)
     prometheus = PrometheusClient(settings.prometheus_url) if settings.prometheus_url else None
     memo = kopf.Memo(
         memcached=memcached.MemcachedContext(
@@ -120,7 +123,7 @@ async def run_controllers(settings: OperatorSettings, stop_flag: threading.Event
             settings=settings, core=ReconcileCore(inferenceservice.CONTROLLER, api)),
         canary=canary.new_context(settings, api, prometheus),
     )
-    for controller in (memcached, prewarm, canary):
+    for controller in (memcached, prewarm, inferenceservice, canary):
         controller.watch_children(settings, api, memo)
     try:
         await api.start()  # every informer lists before the first reconcile (bounded wait)

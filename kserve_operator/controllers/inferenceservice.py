@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -19,8 +20,10 @@ from typing import Any
 
 import kopf
 
+from kserve_operator.clients.cached_kube import CachedKubeApi
+from kserve_operator.clients.informer import InformerEvent
 from kserve_operator.clients.kube import KubeApi, PatchType
-from kserve_operator.controllers.core import Outcome, ReconcileCore, apply_child, post_events, remember
+from kserve_operator.controllers.core import Outcome, ReconcileCore, apply_child, post_events, remember, spawn
 from kserve_operator.errors import ApiError
 from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
 from kserve_operator.planning.ownership import owned_by
@@ -34,6 +37,7 @@ from kserve_operator.resources.prewarm import (
 from kserve_operator.settings import OperatorSettings
 
 CONTROLLER = "inferenceservice-prewarm"
+LOGGER = logging.getLogger(__name__)
 EXACT = ("spec",)
 MERGED = ("metadata.labels", "metadata.annotations")
 
@@ -158,7 +162,8 @@ async def prewarm_event(body: kopf.Body, type: str | None, memo: Any, logger: ko
             await _run(memo, str(meta["namespace"]), str(ref.get("name")), logger)
 
 
-async def namespace_event(body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+async def namespace_event(body: Mapping[str, Any], type: str | None, memo: Any, logger: logging.Logger | Any,
+                          **_: Any) -> None:
     """A namespace's opt-in label changed: look at its InferenceServices again."""
     ctx: ServiceWatchContext = memo.inferenceservices
     namespace = str((body.get("metadata") or {}).get("name"))
@@ -183,10 +188,24 @@ async def namespace_event(body: kopf.Body, type: str | None, memo: Any, logger: 
         await _run(memo, namespace, str(isvc["metadata"]["name"]), logger)
 
 
+async def namespace_changed(memo: Any, event: InformerEvent) -> None:
+    """The Namespace informer's subscription: `namespace_event` beside the watch (controllers.core.spawn).
+    The informer stored the namespace before telling, so the reconciles it starts read the new labels."""
+    spawn(namespace_event(event.obj, event.type, memo, LOGGER),
+          f"namespace {(event.obj.get('metadata') or {}).get('name')} {event.type}")
+
+
+def watch_children(settings: OperatorSettings, cached: CachedKubeApi, memo: Any) -> None:
+    """Every Namespace in an informer (a reconcile reads its namespace's opt-in label from memory, not by a
+    GET; its answers are authoritative, so the ClusterRole has no `get` on namespaces): a namespace's label
+    change, or one that appears after its InferenceServices were reconciled, reaches `namespace_event`."""
+    cached.inform(NAMESPACE, authoritative=True).subscribe(functools.partial(namespace_changed, memo))
+
+
 def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
-    """Watch only: kopf.on.event keeps no annotations or finalizers on the watched objects."""
+    """Watch only: kopf.on.event keeps no annotations or finalizers on the watched objects. Namespaces are
+    watched by an informer (watch_children)."""
     kopf.on.event(INFERENCE_SERVICE.group, INFERENCE_SERVICE.version, INFERENCE_SERVICE.plural,
                   registry=registry)(service_event)
     kopf.on.event(MODEL_PREWARM.group, MODEL_PREWARM.version, MODEL_PREWARM.plural,
                   registry=registry)(prewarm_event)
-    kopf.on.event(NAMESPACE.group, NAMESPACE.version, NAMESPACE.plural, registry=registry)(namespace_event)

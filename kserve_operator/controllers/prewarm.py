@@ -84,7 +84,7 @@ class PrewarmContext:
 
 async def read_credentials(api: KubeApi, body: Mapping[str, Any]) -> tuple[
         Mapping[str, Any] | None, dict[str, Mapping[str, Any] | None]]:
-    """The tenant's service account and each Secret it lists, by name (get only: never watched)."""
+    """The tenant's service account (from its informer) and each Secret it lists, by name (a GET: never watched)."""
     namespace = body["metadata"]["namespace"]
     account_name = (body.get("spec") or {}).get("serviceAccountName") or DEFAULT_SERVICE_ACCOUNT
     account = await api.get(SERVICE_ACCOUNT, str(account_name), namespace)
@@ -348,6 +348,19 @@ async def node_changed(body: Mapping[str, Any], type: str | None, memo: Any, log
         await _run(memo, namespace, prewarm, logger, 0, from_child=True)
 
 
+async def account_changed(body: Mapping[str, Any], type: str | None, memo: Any, logger: logging.Logger | Any,
+                          **_: Any) -> None:
+    """A tenant's ServiceAccount came, changed or went (its informer answers every read of one): the
+    ModelPrewarms of its namespace look again; one waiting for it reads it now (the others plan at rest)."""
+    if type is None:  # the listing: the ModelPrewarms' own listing covers them
+        return
+    ctx: PrewarmContext = memo.prewarm
+    namespace = (body.get("metadata") or {}).get("namespace")
+    for owner_namespace, prewarm in sorted(ctx.known):
+        if owner_namespace == namespace:
+            await _run(memo, owner_namespace, prewarm, logger, 0, from_child=True)
+
+
 def _beside_the_watch(handler: Callable[..., Awaitable[None]], memo: Any) -> Subscriber:
     """An informer subscription running `handler` as kopf's on.event ran it, beside the watch (core.spawn)."""
 
@@ -363,8 +376,9 @@ def watch_children(settings: OperatorSettings, cached: CachedKubeApi, memo: Any)
     """Informers, each selected on the server: the ModelPrewarms; in the pre-warm namespace only, the
     Jobs, their Pods and the credential copies (labelled with a ModelPrewarm uid, indexed by it); the
     predictors' Pods (labelled with their InferenceService and component=predictor); every Node.
-    Reconciles read them from memory; their events reach the handlers below. Tenant service accounts
-    and Secrets are not watched (reconcile reads them only when the plan acts on them)."""
+    Reconciles read them from memory; their events reach the handlers below. The tenants' service
+    accounts (the watched namespaces; authoritative: no `get`) too, so a pre-warm whose Job waits
+    reads nothing; their Secrets are never watched (read by name only when the plan acts on them)."""
     platform = settings.prewarm_namespace
     by_uid = {label_index_name(LABEL_PREWARM_UID): label_index(LABEL_PREWARM_UID)}
     cached.inform_namespaces(MODEL_PREWARM, settings.namespaces)
@@ -372,6 +386,8 @@ def watch_children(settings: OperatorSettings, cached: CachedKubeApi, memo: Any)
         cached.inform(child, namespace=platform, label_selector=LABEL_PREWARM_UID,
                       indexes=by_uid).subscribe(_beside_the_watch(job_or_pod_changed, memo))
     cached.inform(SECRET, namespace=platform, label_selector=LABEL_PREWARM_UID, indexes=by_uid)
+    for accounts in cached.inform_namespaces(SERVICE_ACCOUNT, settings.namespaces, authoritative=True):
+        accounts.subscribe(_beside_the_watch(account_changed, memo))
     for informer in cached.inform_namespaces(POD, settings.namespaces, label_selector=PREDICTOR_SELECTOR,
                                              indexes={label_index_name(LABEL_ISVC): label_index(LABEL_ISVC)}):
         informer.subscribe(_beside_the_watch(predictor_pod_changed, memo))
