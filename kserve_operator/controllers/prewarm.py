@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import kopf
 
 from kserve_operator.clients.cached_kube import CachedKubeApi
-from kserve_operator.clients.informer import InformerEvent, Subscriber, label_index, label_index_name
+from kserve_operator.clients.informer import Informer, InformerEvent, Subscriber, label_index, label_index_name
 from kserve_operator.clients.kube import KubeApi
 from kserve_operator.controllers.core import (
     Outcome,
@@ -33,9 +32,11 @@ from kserve_operator.controllers.core import (
     remember,
     spawn,
 )
+from kserve_operator.controllers.prewarm_nodes import candidate_nodes, node_fingerprint
 from kserve_operator.errors import ApiError
 from kserve_operator.planning import prewarm as plan
-from kserve_operator.planning.node_selection import NodeView
+from kserve_operator.planning.node_interest import NodeInterest, is_short, nodes_in_status
+from kserve_operator.planning.node_selection import EXTENDED_RESOURCE_INDEX, offered_extended_resources
 from kserve_operator.planning.s3_credentials import listed_secrets
 from kserve_operator.resources.inferenceservice import LABEL_SOURCE
 from kserve_operator.resources.kinds import INFERENCE_SERVICE, JOB, MODEL_PREWARM, NODE, POD, SECRET, SERVICE_ACCOUNT
@@ -67,6 +68,8 @@ class PrewarmContext:
     core: ReconcileCore
     known: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # ModelPrewarms reconciled
     node_fingerprints: dict[str, str] = dataclasses.field(default_factory=dict)
+    nodes: Informer | None = None  # every Node, indexed by the extended resources it offers
+    node_interest: NodeInterest = dataclasses.field(default_factory=NodeInterest)
     # The resourceVersion each Job and Pod of ours was last seen at: a re-listing (after a watch
     # expired) reports every object again as "initial"; those that changed in the gap still count.
     child_versions: dict[tuple[str, str, str], str] = dataclasses.field(default_factory=dict)
@@ -96,12 +99,12 @@ async def read_credentials(api: KubeApi, body: Mapping[str, Any]) -> tuple[
 
 async def observe(api: KubeApi, body: Mapping[str, Any], platform: PrewarmPlatform,
                   credentials: tuple[Mapping[str, Any] | None, dict[str, Mapping[str, Any] | None]] | None = None,
-                  ) -> plan.Observed:
+                  node_informer: Informer | None = None) -> plan.Observed:
     """Everything the plan needs (from the informers' caches, through `api`): reconciles are level-based.
     `credentials`: the account and Secrets as last read, or None to read them now."""
     meta = body["metadata"]
     namespace, uid = meta["namespace"], meta.get("uid", "")
-    nodes = [NodeView.parse(n) for n in await api.list(NODE)]
+    nodes, excluded = await candidate_nodes(api, node_informer, body)
     jobs = await api.list(JOB, platform.namespace, label_selector=f"{LABEL_PREWARM_UID}={uid}")
     pods: dict[str, list[dict[str, Any]]] = {}
     names = sorted(str(j["metadata"]["name"]) for j in jobs)
@@ -116,7 +119,7 @@ async def observe(api: KubeApi, body: Mapping[str, Any], platform: PrewarmPlatfo
     if source:
         serving = await api.list(POD, namespace, label_selector=f"{LABEL_ISVC}={source},{LABEL_COMPONENT}={PREDICTOR}")
     return plan.Observed(prewarm=body, nodes=nodes, jobs=jobs, pods=pods, service_account=account, secrets=secrets,
-                         serving_pods=serving)
+                         serving_pods=serving, nodes_excluded=excluded)
 
 
 async def apply_credentials(api: KubeApi, decided: plan.PrewarmPlan, body: Mapping[str, Any],
@@ -178,6 +181,7 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str, logger: logg
     body = await api.get(MODEL_PREWARM, name, namespace)
     if body is None:
         ctx.known.discard((namespace, name))
+        ctx.node_interest.forget((namespace, name))
         # Gone without its finalizer (removed by hand): its Jobs in the platform's namespace are orphans.
         await delete_jobs(api, platform, f"{LABEL_PREWARM_NAMESPACE}={namespace},{LABEL_PREWARM}={name}")
         return Outcome.GONE
@@ -187,7 +191,7 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str, logger: logg
     uid, generation = str(body["metadata"].get("uid", "")), body["metadata"].get("generation")
     memo = ctx.credentials.get(uid)
     remembered = (memo[1], memo[2]) if memo is not None and memo[0] == generation and memo[3] else None
-    observed = await observe(api, body, platform, remembered)
+    observed = await observe(api, body, platform, remembered, ctx.nodes)
     decided = plan.plan_prewarm(observed, platform=platform, now=now())
     acts = bool(decided.create) or decided.credentials is not None or decided.outcome == plan.WAITING
     if remembered is not None and acts:  # the plan acts on the credentials (or waits for them): read fresh
@@ -224,6 +228,8 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str, logger: logg
         await api.delete(JOB, job_name, namespace=platform.namespace, propagation="Background")
         logger.info("ModelPrewarm %s/%s: deleted stale Job %s", namespace, name, job_name)
     await patch_status(api, MODEL_PREWARM, body, decided.status)
+    ctx.node_interest.record((namespace, name), nodes_in_status(decided.status),
+                             short=is_short(decided.status, body.get("spec")))
     if decided.events:
         await post_events(api, body, decided.events)
         service = _owning_service(body)
@@ -248,6 +254,7 @@ async def prewarm_deleted(body: kopf.Body, namespace: str | None, name: str, mem
                                    runtime=runtime, give_up_after=ctx.settings.finalizer_timeout_seconds,
                                    logger=logger)
     ctx.known.discard((namespace, name))
+    ctx.node_interest.forget((namespace, name))
     ctx.core.forget((namespace, name))
     ctx.credentials.pop(uid, None)
     if deleted:
@@ -321,17 +328,10 @@ async def predictor_pod_changed(body: Mapping[str, Any], type: str | None, memo:
     await _run(memo, str(namespace), str(service), logger, 0, from_child=True)
 
 
-def node_fingerprint(body: Mapping[str, Any]) -> str:
-    """What qualification reads of a Node; heartbeats and conditions leave it unchanged."""
-    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
-    return json.dumps([meta.get("labels"), spec.get("taints"), spec.get("unschedulable"),
-                       (body.get("status") or {}).get("allocatable"), bool(meta.get("deletionTimestamp"))],
-                      sort_keys=True)
-
-
 async def node_changed(body: Mapping[str, Any], type: str | None, memo: Any, logger: logging.Logger | Any,
                        **_: Any) -> None:
-    """A Node came, went, or changed what qualification reads: every ModelPrewarm looks again."""
+    """A Node came, went, or changed what qualification reads: the ModelPrewarms it can affect
+    (those with a Job or an entry on it, those short of Nodes) look again; the others keep theirs."""
     ctx: PrewarmContext = memo.prewarm
     name = str((body.get("metadata") or {}).get("name"))
     if type == "DELETED":
@@ -344,8 +344,9 @@ async def node_changed(body: Mapping[str, Any], type: str | None, memo: Any, log
         # still reports a node that changed in the gap.
         if previous == fingerprint or (type is None and previous is None):
             return
-    for namespace, prewarm in sorted(ctx.known):
-        await _run(memo, namespace, prewarm, logger, 0, from_child=True)
+    for namespace, prewarm in ctx.node_interest.affected(name):
+        if (namespace, prewarm) in ctx.known:
+            await _run(memo, namespace, prewarm, logger, 0, from_child=True)
 
 
 async def account_changed(body: Mapping[str, Any], type: str | None, memo: Any, logger: logging.Logger | Any,
@@ -391,7 +392,8 @@ def watch_children(settings: OperatorSettings, cached: CachedKubeApi, memo: Any)
     for informer in cached.inform_namespaces(POD, settings.namespaces, label_selector=PREDICTOR_SELECTOR,
                                              indexes={label_index_name(LABEL_ISVC): label_index(LABEL_ISVC)}):
         informer.subscribe(_beside_the_watch(predictor_pod_changed, memo))
-    cached.inform(NODE).subscribe(_beside_the_watch(node_changed, memo))
+    memo.prewarm.nodes = cached.inform(NODE, indexes={EXTENDED_RESOURCE_INDEX: offered_extended_resources})
+    memo.prewarm.nodes.subscribe(_beside_the_watch(node_changed, memo))
 
 
 def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> None:

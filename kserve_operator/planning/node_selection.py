@@ -4,7 +4,11 @@ A node qualifies when the nodeSelector matches its labels, every NoSchedule/NoEx
 tolerated (an unschedulable node counts as tainted `node.kubernetes.io/unschedulable:NoSchedule`,
 as the scheduler's NodeUnschedulable plugin treats it), one required node-affinity term matches,
 and every requested resource fits its allocatable (an extended resource the node does not list,
-such as `nvidia.com/gpu` on a CPU node, has 0). Pure: the controller passes the Nodes it listed.
+such as `nvidia.com/gpu` on a CPU node, has 0). Pure: the controller passes the Nodes it read.
+
+A reconcile's cost must not grow with the cluster's Nodes: the Node informer indexes each Node
+by the extended resources it offers (`offered_extended_resources`), and a ModelPrewarm that asks
+for one reads only the Nodes offering it (`narrowing_resource`); the others are counted, not read.
 """
 
 from __future__ import annotations
@@ -26,6 +30,32 @@ from kserve_operator.resources.prewarm import (
 
 UNSCHEDULABLE_TAINT_KEY = "node.kubernetes.io/unschedulable"
 BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
+EXTENDED_RESOURCE_INDEX = "offered-extended-resources"  # the Node informer's index: resource name -> Nodes
+
+
+def is_extended_resource(name: str) -> bool:
+    """A domain-prefixed resource a device plugin advertises (nvidia.com/gpu), not cpu or memory."""
+    return "/" in name and not name.startswith(("kubernetes.io/", "requests.", "limits."))
+
+
+def offered_extended_resources(raw: Mapping[str, Any]) -> list[str]:
+    """The extended resources a Node has more than 0 of allocatable (the informer's index function)."""
+    allocatable = (raw.get("status") or {}).get("allocatable") or {}
+    offered = []
+    for name, value in allocatable.items():
+        if not is_extended_resource(str(name)):
+            continue
+        try:
+            if parse_quantity(value, field=f"allocatable {name}") > 0:
+                offered.append(str(name))
+        except InvalidSpec:
+            continue
+    return offered
+
+
+def narrowing_resources(spec: PrewarmSpec) -> tuple[str, ...]:
+    """The extended resources the spec asks for: a Node that offers none of one of them cannot qualify."""
+    return tuple(sorted(name for name in spec.requested() if is_extended_resource(name)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,17 +184,19 @@ def why_not(node: NodeView, spec: PrewarmSpec, requested: Mapping[str, Decimal])
 class Qualification:
     qualifying: tuple[NodeView, ...]
     rejected: Mapping[str, str]  # node name -> why not
+    excluded: Mapping[str, int] = dataclasses.field(default_factory=dict)  # why not -> Nodes not read
 
     def summary(self) -> str:
         """`3 nodes: 2 nodeSelector gpu=a100 does not match; 1 no nvidia.com/gpu allocatable`."""
-        counts: dict[str, int] = {}
+        counts: dict[str, int] = dict(self.excluded)
         for reason in self.rejected.values():
             counts[reason] = counts.get(reason, 0) + 1
         parts = [f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
         return "; ".join(parts) if parts else "no nodes in the cluster"
 
 
-def qualify(nodes: Iterable[NodeView], spec: PrewarmSpec) -> Qualification:
+def qualify(nodes: Iterable[NodeView], spec: PrewarmSpec, excluded: Mapping[str, int] | None = None) -> Qualification:
+    """`nodes`: those read; `excluded`: Nodes not read because an index ruled them out, counted by why."""
     requested = spec.requested()
     qualifying, rejected = [], {}
     for node in sorted(nodes, key=lambda n: n.name):
@@ -173,7 +205,7 @@ def qualify(nodes: Iterable[NodeView], spec: PrewarmSpec) -> Qualification:
             qualifying.append(node)
         else:
             rejected[node.name] = reason
-    return Qualification(tuple(qualifying), rejected)
+    return Qualification(tuple(qualifying), rejected, {k: v for k, v in (excluded or {}).items() if v})
 
 
 def choose_nodes(

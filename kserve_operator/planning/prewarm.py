@@ -92,6 +92,7 @@ class Observed:
     service_account: Mapping[str, Any] | None
     secrets: Mapping[str, Mapping[str, Any] | None]  # every Secret the account lists
     serving_pods: Sequence[Mapping[str, Any]] = ()  # the predictor's Pods, for a derived ModelPrewarm
+    nodes_excluded: Mapping[str, int] = dataclasses.field(default_factory=dict)  # why not -> Nodes not read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,7 +278,7 @@ def _plan_jobs(
     warm_now = {r.node for r in records if r.progress.phase == WARM and r.progress.version in ("", version)}
     follows = bool(meta.labels.get(LABEL_SOURCE))
     serving = serving_nodes(observed.serving_pods) if follows else []
-    qualification = qualify(observed.nodes, spec)
+    qualification = qualify(observed.nodes, spec, observed.nodes_excluded)
     chosen = choose_nodes(qualification.qualifying, spec.node_count, current={r.node for r in records},
                           warm=warm_now | warm_before, serving=serving)
     request = meta.annotations.get(RETRY_ANNOTATION)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import copy
 
-from kserve_operator.controllers.prewarm import _owning_service, node_fingerprint
+from kserve_operator.controllers.prewarm import _owning_service
+from kserve_operator.controllers.prewarm_nodes import node_fingerprint
 from tests.unit.operator.prewarm_shapes import node
 
 
