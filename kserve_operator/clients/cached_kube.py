@@ -65,9 +65,7 @@ class CachedKubeApi:
         for informer in self.informers:
             if informer.kind == candidates[0] and informer.namespace == namespace \
                     and informer.label_selector == (label_selector or None):
-                missing = [name for name in indexes or {} if not informer.has_index(name)]
-                if missing:
-                    raise ValueError(f"{informer} exists without the index(es) {', '.join(missing)}")
+                informer.add_indexes({name: f for name, f in (indexes or {}).items() if not informer.has_index(name)})
                 if authoritative:
                     self._authoritative.add(id(informer))
                 return informer

@@ -160,6 +160,16 @@ class Informer:
     def has_index(self, index: str) -> bool:
         return index in self._index_functions
 
+    def add_indexes(self, indexes: Mapping[str, IndexFunction]) -> None:
+        """More indexes, before the first listing (two controllers asking for one informer, in any order)."""
+        if self._store or self._task is not None:
+            raise ValueError(f"{self} has started: indexes are added before it lists")
+        for name, function in indexes.items():
+            if self._index_functions.get(name, function) is not function:
+                raise ValueError(f"{self} has another index named {name}")
+            self._index_functions[name] = function
+            self._indexes.setdefault(name, {})
+
     def covers(self, kind: Kind, namespace: str | None, selector: LabelSelector | None = None) -> bool:
         """Whether every object a request for (kind, namespace, selector) can see is in this store."""
         if kind != self.kind or not self.synced.is_set():

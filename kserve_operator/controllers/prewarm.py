@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
@@ -32,23 +32,32 @@ from kserve_operator.controllers.core import (
     remember,
     spawn,
 )
+from kserve_operator.controllers.prewarm_capacity import affected_prewarms, read_demands
+from kserve_operator.controllers.prewarm_credentials import apply_credentials, read_credentials
 from kserve_operator.controllers.prewarm_nodes import candidate_nodes, node_fingerprint
 from kserve_operator.errors import ApiError
 from kserve_operator.planning import prewarm as plan
 from kserve_operator.planning.node_interest import NodeInterest, is_short, nodes_in_status
 from kserve_operator.planning.node_selection import EXTENDED_RESOURCE_INDEX, offered_extended_resources
-from kserve_operator.planning.s3_credentials import listed_secrets
+from kserve_operator.planning.warm_capacity import BY_CANDIDATE_PREWARM, candidate_prewarm_keys
 from kserve_operator.resources.inferenceservice import LABEL_SOURCE
-from kserve_operator.resources.kinds import INFERENCE_SERVICE, JOB, MODEL_PREWARM, NODE, POD, SECRET, SERVICE_ACCOUNT
+from kserve_operator.resources.kinds import (
+    INFERENCE_SERVICE,
+    JOB,
+    MODEL_CANARY,
+    MODEL_PREWARM,
+    NODE,
+    POD,
+    SECRET,
+    SERVICE_ACCOUNT,
+)
 from kserve_operator.resources.prewarm import (
-    DEFAULT_SERVICE_ACCOUNT,
     LABEL_COMPONENT,
     LABEL_ISVC,
     LABEL_JOB_NAME,
     LABEL_PREWARM,
     LABEL_PREWARM_NAMESPACE,
     LABEL_PREWARM_UID,
-    MANAGED_BY,
     PREDICTOR,
     PrewarmPlatform,
 )
@@ -70,6 +79,8 @@ class PrewarmContext:
     node_fingerprints: dict[str, str] = dataclasses.field(default_factory=dict)
     nodes: Informer | None = None  # every Node, indexed by the extended resources it offers
     node_interest: NodeInterest = dataclasses.field(default_factory=NodeInterest)
+    canaries: list[Informer] = dataclasses.field(default_factory=list)  # indexed by the ModelPrewarm they name
+    demands_seen: dict[tuple[str, str], tuple[str | None, int]] = dataclasses.field(default_factory=dict)
     # The resourceVersion each Job and Pod of ours was last seen at: a re-listing (after a watch
     # expired) reports every object again as "initial"; those that changed in the gap still count.
     child_versions: dict[tuple[str, str, str], str] = dataclasses.field(default_factory=dict)
@@ -83,18 +94,6 @@ class PrewarmContext:
     @property
     def api(self) -> KubeApi:
         return self.core.api
-
-
-async def read_credentials(api: KubeApi, body: Mapping[str, Any]) -> tuple[
-        Mapping[str, Any] | None, dict[str, Mapping[str, Any] | None]]:
-    """The tenant's service account (from its informer) and each Secret it lists, by name (a GET: never watched)."""
-    namespace = body["metadata"]["namespace"]
-    account_name = (body.get("spec") or {}).get("serviceAccountName") or DEFAULT_SERVICE_ACCOUNT
-    account = await api.get(SERVICE_ACCOUNT, str(account_name), namespace)
-    secrets: dict[str, Mapping[str, Any] | None] = {}
-    for secret in listed_secrets(account or {}):
-        secrets[secret] = await api.get(SECRET, secret, namespace)
-    return account, secrets
 
 
 async def observe(api: KubeApi, body: Mapping[str, Any], platform: PrewarmPlatform,
@@ -120,37 +119,6 @@ async def observe(api: KubeApi, body: Mapping[str, Any], platform: PrewarmPlatfo
         serving = await api.list(POD, namespace, label_selector=f"{LABEL_ISVC}={source},{LABEL_COMPONENT}={PREDICTOR}")
     return plan.Observed(prewarm=body, nodes=nodes, jobs=jobs, pods=pods, service_account=account, secrets=secrets,
                          serving_pods=serving, nodes_excluded=excluded)
-
-
-async def apply_credentials(api: KubeApi, decided: plan.PrewarmPlan, body: Mapping[str, Any],
-                            jobs: Sequence[Mapping[str, Any]], platform: PrewarmPlatform,
-                            live: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The copy of the tenant's S3 values beside the Jobs: owned by each Job that uses it (the
-    garbage collector removes it with the last), deleted as soon as no Job needs it. Written
-    before new Jobs (their Pods start without waiting for it), its owners completed after.
-    Values are compared, never logged. Returns the copy as it now stands."""
-    copy = decided.credentials
-    if copy is None:
-        if live is not None and decided.drop_credentials:
-            await api.delete(SECRET, live["metadata"]["name"], namespace=platform.namespace)
-            return None
-        return dict(live) if live is not None else None
-    owners = [{"apiVersion": "batch/v1", "kind": "Job", "name": j["metadata"]["name"], "uid": j["metadata"]["uid"]}
-              for j in jobs if j["metadata"].get("uid")]
-    meta = body["metadata"]
-    if live is None:
-        return await api.create(SECRET, {
-            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": copy.name, "namespace": platform.namespace, "ownerReferences": owners,
-                         "labels": {**MANAGED_BY, LABEL_PREWARM_NAMESPACE: meta["namespace"],
-                                    LABEL_PREWARM_UID: meta.get("uid", "")}},
-            "data": dict(copy.data),
-        })
-    if live.get("data") != dict(copy.data) or \
-            {o.get("uid") for o in live["metadata"].get("ownerReferences") or []} != {o["uid"] for o in owners}:
-        return await api.patch(SECRET, copy.name, {"data": dict(copy.data), "metadata": {"ownerReferences": owners}},
-                               namespace=platform.namespace)
-    return dict(live)
 
 
 async def delete_jobs(api: KubeApi, platform: PrewarmPlatform, selector: str, copy: str | None = None) -> int:
@@ -192,6 +160,7 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str, logger: logg
     memo = ctx.credentials.get(uid)
     remembered = (memo[1], memo[2]) if memo is not None and memo[0] == generation and memo[3] else None
     observed = await observe(api, body, platform, remembered, ctx.nodes)
+    observed = dataclasses.replace(observed, demands=read_demands(ctx.canaries, namespace, name))
     decided = plan.plan_prewarm(observed, platform=platform, now=now())
     acts = bool(decided.create) or decided.credentials is not None or decided.outcome == plan.WAITING
     if remembered is not None and acts:  # the plan acts on the credentials (or waits for them): read fresh
@@ -362,6 +331,14 @@ async def account_changed(body: Mapping[str, Any], type: str | None, memo: Any, 
             await _run(memo, owner_namespace, prewarm, logger, 0, from_child=True)
 
 
+async def canary_demand_changed(event: InformerEvent, memo: Any) -> None:
+    """A canary now asks for more (or fewer) warm nodes: the ModelPrewarm it names looks again."""
+    ctx: PrewarmContext = memo.prewarm
+    for namespace, prewarm in affected_prewarms(event, ctx.demands_seen):
+        if (namespace, prewarm) in ctx.known:
+            spawn(_run(memo, namespace, prewarm, LOGGER, 0, from_child=True), f"capacity {namespace}/{prewarm}")
+
+
 def _beside_the_watch(handler: Callable[..., Awaitable[None]], memo: Any) -> Subscriber:
     """An informer subscription running `handler` as kopf's on.event ran it, beside the watch (core.spawn)."""
 
@@ -392,6 +369,10 @@ def watch_children(settings: OperatorSettings, cached: CachedKubeApi, memo: Any)
     for informer in cached.inform_namespaces(POD, settings.namespaces, label_selector=PREDICTOR_SELECTOR,
                                              indexes={label_index_name(LABEL_ISVC): label_index(LABEL_ISVC)}):
         informer.subscribe(_beside_the_watch(predictor_pod_changed, memo))
+    memo.prewarm.canaries = cached.inform_namespaces(MODEL_CANARY, settings.namespaces,
+                                                     indexes={BY_CANDIDATE_PREWARM: candidate_prewarm_keys})
+    for canaries in memo.prewarm.canaries:
+        canaries.subscribe(lambda event: canary_demand_changed(event, memo))
     memo.prewarm.nodes = cached.inform(NODE, indexes={EXTENDED_RESOURCE_INDEX: offered_extended_resources})
     memo.prewarm.nodes.subscribe(_beside_the_watch(node_changed, memo))
 

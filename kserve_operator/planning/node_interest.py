@@ -24,9 +24,10 @@ def nodes_in_status(status: Mapping[str, Any] | None) -> frozenset[str]:
 
 
 def is_short(status: Mapping[str, Any] | None, spec: Mapping[str, Any] | None) -> bool:
-    """Fewer qualifying Nodes than `nodeCount` (a Node that starts to qualify would be used)."""
+    """Fewer qualifying Nodes than wanted (`nodeCount`, or more for a canary): a Node that starts
+    to qualify would be used."""
     qualifying = (status or {}).get("qualifyingNodes")
-    wanted = (spec or {}).get("nodeCount", 1)
+    wanted = (status or {}).get("desiredNodes") or (spec or {}).get("nodeCount", 1)  # raised by a canary
     return isinstance(qualifying, int) and isinstance(wanted, int) and qualifying < wanted
 
 

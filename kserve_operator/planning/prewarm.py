@@ -56,6 +56,7 @@ from kserve_operator.planning.s3_credentials import (
     derive_credentials,
     relocate_credentials,
 )
+from kserve_operator.planning.warm_capacity import CapacityDemand
 from kserve_operator.resources.conditions import parse_rfc3339, rfc3339
 from kserve_operator.resources.inferenceservice import ANNOTATION_UNSUPPORTED, LABEL_SOURCE
 from kserve_operator.resources.meta import ObjectMeta
@@ -93,6 +94,7 @@ class Observed:
     secrets: Mapping[str, Mapping[str, Any] | None]  # every Secret the account lists
     serving_pods: Sequence[Mapping[str, Any]] = ()  # the predictor's Pods, for a derived ModelPrewarm
     nodes_excluded: Mapping[str, int] = dataclasses.field(default_factory=dict)  # why not -> Nodes not read
+    demands: Sequence[CapacityDemand] = ()  # canaries asking for more warm nodes, largest first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +178,11 @@ def plan_prewarm(
     problem = storage_uri_problem(spec.storage_uri)
     if problem is not None:
         return blocked(REASON_UNSUPPORTED_URI, problem, INVALID, keep=False)
+    # A canary stepping its candidate up needs more warm nodes than nodeCount: keep that many.
+    demand = observed.demands[0] if observed.demands else None
+    raised = demand if demand is not None and demand.nodes > spec.node_count else None
+    if raised is not None:
+        spec = dataclasses.replace(spec, node_count=raised.nodes)
 
     account = spec.service_account_name or DEFAULT_SERVICE_ACCOUNT
     credentials = derive_credentials(
@@ -196,7 +203,9 @@ def plan_prewarm(
     template = JobTemplate(owner_namespace=str(meta.namespace), prewarm=meta.name, owner_uid=meta.uid or "",
                            spec=spec, platform=platform, env=relocated.env)
     copy = CredentialCopy(copy_name, relocated.data) if relocated.data else None
-    return _plan_jobs(observed, spec, template, meta, old, now, copy)
+    planned = _plan_jobs(observed, spec, template, meta, old, now, copy)
+    planned.status["capacityDemand"] = {"nodes": raised.nodes, "from": raised.source} if raised else None
+    return planned
 
 
 def _records(observed: Observed, template: JobTemplate, spec_hash: str, old: Mapping[str, Any]) -> list[_Record]:

@@ -11,6 +11,7 @@ from typing import Any
 from kserve_operator.planning.diff import status_changes
 from kserve_operator.planning.node_selection import NodeView
 from kserve_operator.planning.prewarm import Observed, PrewarmPlan, plan_prewarm
+from kserve_operator.planning.warm_capacity import CapacityDemand
 from kserve_operator.resources.conditions import find_condition
 from kserve_operator.resources.prewarm import PrewarmPlatform
 from tests.unit.operator.prewarm_shapes import finished_job, node, pod, result
@@ -29,12 +30,13 @@ class World:
     account: dict[str, Any] | None = None
     secrets: dict[str, dict[str, Any] | None] = dataclasses.field(default_factory=dict)
     serving: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    demands: list[CapacityDemand] = dataclasses.field(default_factory=list)
     now: datetime.datetime = NOW
 
     def plan(self) -> PrewarmPlan:
         observed = Observed(prewarm=self.prewarm, nodes=[NodeView.parse(n) for n in self.nodes],
                             jobs=list(self.jobs.values()), pods=self.pods, service_account=self.account,
-                            secrets=self.secrets, serving_pods=self.serving)
+                            secrets=self.secrets, serving_pods=self.serving, demands=self.demands)
         return plan_prewarm(observed, platform=PLATFORM, now=self.now)
 
     def reconcile(self) -> PrewarmPlan:
