@@ -1,12 +1,15 @@
 """The canary part of `make demo`: a ModelCanary on an Istio-shaped VirtualService whose candidate
 (torch-mnist-v2) is held at 0% while its model is cold (WaitingForModel), released the moment its
-ModelPrewarm turns Warm (the real preloader warms it), stepped 0 -> 10 -> 50 while a real
-Prometheus says its error ratio is under the bound, and rolled back automatically (Warning event,
-RolledBack, weights 100/0) when the ratio goes over it before the last step.
+ModelPrewarm turns Warm (the real preloader warms it), stepped 0 -> 10 -> 50 while the built-in
+checks pass (request-success-rate at least 99%, request-duration p99 at most 500 ms, read by the
+operator from a real Prometheus), and rolled back automatically (Warning event, RolledBack,
+weights 100/0) when the candidate starts answering 10% 503s before the last step.
 
-The error ratio is a number the demo sets on a tiny exporter (devstack/error_ratio_exporter.py)
-that the real Prometheus scrapes: no inference traffic runs here. Without Prometheus installed
-the canary steps on its interval alone and the analysis and rollback are skipped, and said so.
+The requests are described, not sent: an exporter (devstack/istio_metrics_exporter.py) serves
+Istio's `istio_requests_total` and `istio_request_duration_milliseconds` for the predictor
+Services as their sidecars would report them, and the real Prometheus scrapes it. Without
+Prometheus installed the canary steps on its interval alone and the analysis and rollback are
+skipped, and said so.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 from devstack.demo_world import NS, DemoFailed, DemoWorld, EventLog, say, say_lines
-from devstack.error_ratio_exporter import wait_for_value
+from devstack.error_ratio_exporter import query
+from devstack.istio_metrics_exporter import Traffic
 from devstack.local_s3 import BUCKET, upload_model_directory
 from devstack.mnist_virtualservice import virtual_service
 from devstack.prewarm_demo import DEMO_ANNOTATIONS, follow_prewarm, node_figures
 from devstack.torch_mnist_sdk import kserve_client, torch_mnist
+from kserve_operator.planning.canary_checks import success_rate_query
 
 MCANARIES = f"/apis/serving.serverless.xyz/v1alpha1/namespaces/{NS}/modelcanaries"
 MCANARY_CRD = "modelcanaries.serving.serverless.xyz"
@@ -29,9 +34,11 @@ VIRTUAL_SERVICES = f"/apis/networking.istio.io/v1/namespaces/{NS}/virtualservice
 CANARY = "mnist"
 CANDIDATE = "torch-mnist-v2"
 ROUTE = "predict"
-ANALYSIS_QUERY = f'max(model_error_ratio{{canary="{CANDIDATE}"}})'
 INTERVAL = "4s"
-HEALTHY_RATIO, FAILING_RATIO, MAX_RATIO = 0.01, 0.2, 0.05
+WINDOW = "5s"  # the checks' rate window (the sample's is 1m): five of the demo Prometheus's 1 s scrapes
+STABLE_TRAFFIC = Traffic(requests_per_second=90, error_ratio=0.0005, p99_ms=95)
+HEALTHY, FAILING = Traffic(error_ratio=0.001, p99_ms=120), Traffic(error_ratio=0.1, p99_ms=120)
+MIN_SUCCESS = 99.0
 STEP_TIMEOUT = 30.0
 
 Weights = tuple[tuple[str, int], ...]
@@ -56,7 +63,8 @@ def model_canary(with_analysis: bool) -> dict[str, Any]:
     at 100% (steps 10, 50, 100), so a check still runs after 50% and can roll back."""
     steps: dict[str, Any] = {"weights": [10, 50], "interval": INTERVAL}
     if with_analysis:
-        steps["analysis"] = {"query": ANALYSIS_QUERY, "max": MAX_RATIO, "failureLimit": 2}
+        steps["analysis"] = {"interval": WINDOW, "failureLimit": 2, "checks": [
+            {"name": "request-success-rate", "min": MIN_SUCCESS}, {"name": "request-duration", "max": 500}]}
     return {"apiVersion": "serving.serverless.xyz/v1alpha1", "kind": "ModelCanary",
             "metadata": {"name": CANARY, "namespace": NS},
             "spec": {"virtualService": {"name": "mnist"}, "routes": [ROUTE],
@@ -115,9 +123,25 @@ def untouched_apart_from_weights(original: dict[str, Any], live: dict[str, Any])
     return comparable(original) == comparable(live)
 
 
+def success_rate(prometheus: str) -> float | None:
+    """The candidate's success rate as the built-in check reads it (None: no data yet)."""
+    result = query(prometheus, success_rate_query(NS, f"{CANDIDATE}-predictor", WINDOW))
+    return float(result[0]["value"][1]) if result else None
+
+
+def wait_for_success_rate(prometheus: str, reached: Callable[[float], bool], what: str) -> float:
+    deadline = time.monotonic() + STEP_TIMEOUT
+    while time.monotonic() < deadline:
+        value = success_rate(prometheus)
+        if value is not None and reached(value):
+            return value
+        time.sleep(0.2)
+    raise DemoFailed(f"Prometheus never saw the candidate's success rate {what}")
+
+
 def run(world: DemoWorld) -> None:
     kube = world.kube
-    analysis = world.error_ratios is not None and world.prometheus_url is not None
+    analysis = world.istio_metrics is not None and world.prometheus_url is not None
     say("\nCanary: torch-mnist-v2 gets traffic only once its model is warm, stepped up on metrics.")
     original = kube.create(VIRTUAL_SERVICES, virtual_service())
     routes = [r.get("name", "(unnamed)") for r in original["spec"]["http"]]
@@ -130,11 +154,13 @@ def run(world: DemoWorld) -> None:
     say(f"  InferenceService {CANDIDATE} created through the SDK (s3://{BUCKET}/{CANDIDATE}, {size / 1e6:.1f} MB), "
         "not opted in to pre-warming yet: its model is on no node")
     if analysis:
-        assert world.error_ratios is not None and world.prometheus_url is not None
-        world.error_ratios.values[CANDIDATE] = HEALTHY_RATIO
-        wait_for_value(world.prometheus_url, ANALYSIS_QUERY, HEALTHY_RATIO)
-        say(f"  Prometheus ({world.prometheus_url}) scrapes the candidate's error ratio: {HEALTHY_RATIO} "
-            f"(analysis: {ANALYSIS_QUERY} at most {MAX_RATIO}, 2 failures in a row roll back)")
+        assert world.istio_metrics is not None and world.prometheus_url is not None
+        world.istio_metrics.traffic.update({"torch-mnist-predictor": STABLE_TRAFFIC, f"{CANDIDATE}-predictor": HEALTHY})
+        rate = wait_for_success_rate(world.prometheus_url, lambda v: v >= MIN_SUCCESS, f"at {MIN_SUCCESS}% or more")
+        say(f"  Prometheus ({world.prometheus_url}) scrapes Istio's request metrics of {CANDIDATE}-predictor "
+            f"(istio_requests_total, istio_request_duration_milliseconds; reporter=destination): success rate "
+            f"{rate:.1f}%, p99 {HEALTHY.p99_ms:g} ms. Checks: request-success-rate >= {MIN_SUCCESS:g}, "
+            "request-duration <= 500 ms; 2 failed passes in a row roll back")
     else:
         say("  Prometheus is not installed (apt-get install prometheus): the canary steps on its interval "
             "alone; the analysis and the automatic rollback are skipped")
@@ -163,11 +189,11 @@ def run(world: DemoWorld) -> None:
     follow.until(lambda _, w: candidate_weight(w) == top, f"{CANDIDATE} at {top}%",
                  never=lambda _, w: f"{CANDIDATE} went past {top}%" if candidate_weight(w) > top else None)
     if analysis:
-        assert world.error_ratios is not None and world.prometheus_url is not None
-        world.error_ratios.values[CANDIDATE] = FAILING_RATIO
-        wait_for_value(world.prometheus_url, ANALYSIS_QUERY, FAILING_RATIO)
-        say(f"\nAt 50% the candidate's error ratio rises to {FAILING_RATIO} (over {MAX_RATIO}); "
-            "the check before the next step fails:")
+        assert world.istio_metrics is not None and world.prometheus_url is not None
+        world.istio_metrics.traffic[f"{CANDIDATE}-predictor"] = FAILING
+        rate = wait_for_success_rate(world.prometheus_url, lambda v: v < MIN_SUCCESS, f"under {MIN_SUCCESS}%")
+        say(f"\nAt 50% the candidate starts answering {FAILING.error_ratio:.0%} of requests with 503 (success rate "
+            f"{rate:.1f}% and falling, under {MIN_SUCCESS:g}); the check before the next step fails:")
         follow.until(lambda c, w: phase_is("RolledBack")(c, w) and candidate_weight(w) == 0,
                      "the automatic rollback",
                      never=lambda _, w: "promoted despite a failing analysis" if candidate_weight(w) > top else None)

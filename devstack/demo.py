@@ -7,8 +7,9 @@
    real client connections through a real Prometheus; without them, a spec change.
 3. Pre-warm (prewarm_demo.py): torch-mnist through the KServe SDK, warmed by the real preloader
    on two simulated GPU nodes.
-4. Canary (canary_demo.py): a candidate held until its model is warm, stepped on a Prometheus
-   analysis, rolled back when its error ratio goes over the bound.
+4. Canary (canary_demo.py): a candidate held until its model is warm, stepped on the built-in
+   checks (Istio's request metrics through a real Prometheus), rolled back when its success rate
+   falls under the bound.
 5. Runs the preloader alone against a local S3 holding a small real model (a miss, then a hit).
 
 Exits 0 when everything shown happened, 1 with the reason otherwise.
@@ -34,7 +35,7 @@ from devcluster.client import ClusterClient
 from devcluster.emulator import EmulatedCluster
 from devstack import canary_demo, metrics_stack, prewarm_demo
 from devstack.demo_world import Cluster, DemoFailed, DemoWorld, say
-from devstack.error_ratio_exporter import ErrorRatioExporter
+from devstack.istio_metrics_exporter import IstioMetricsExporter
 from devstack.local_s3 import moto_s3
 from devstack.operator_process import running_operator
 
@@ -136,16 +137,16 @@ def demo_world(workdir: pathlib.Path, cluster: Cluster | None = None,
         say(f"  API server at {cluster.url}; kubeconfig {kubeconfig}")
         s3 = stack.enter_context(moto_s3())
         say(f"  S3: moto's server at {s3.url}")
-        memcached_port = prometheus_url = error_ratios = None
+        memcached_port = prometheus_url = istio_metrics = None
         if metrics_stack.have_binaries():
-            say("Starting a real memcached, its stats exporter, the canary's error-ratio exporter and a real "
-                "Prometheus (1 s scrapes)...")
+            say("Starting a real memcached, its stats exporter, an exporter of Istio's request metrics for the "
+                "canary and a real Prometheus (1 s scrapes)...")
             memcached_port = stack.enter_context(metrics_stack.memcached_server())
             stats = stack.enter_context(metrics_stack.stats_exporter(memcached_port))
-            error_ratios = ErrorRatioExporter()
-            stack.callback(error_ratios.close)
+            istio_metrics = IstioMetricsExporter("default")
+            stack.callback(istio_metrics.close)
             targets = {stats: {"namespace": "default", "pod": f"{MEMCACHED_SAMPLE}-6d9f7b8c4d-x7k2p"},
-                       error_ratios.port: {"namespace": "default"}}
+                       istio_metrics.port: {}}
             prometheus_url = stack.enter_context(metrics_stack.prometheus_server(targets))
             metrics_stack.wait_for_first_sample(prometheus_url)
             say(f"  memcached on 127.0.0.1:{memcached_port}, Prometheus at {prometheus_url}")
@@ -157,7 +158,7 @@ def demo_world(workdir: pathlib.Path, cluster: Cluster | None = None,
             f"log {operator.log_path}")
         yield DemoWorld(cluster=cluster, kube=cluster.client("demo"), kubeconfig=kubeconfig, workdir=workdir,
                         s3=s3, operator=operator, memcached_port=memcached_port, prometheus_url=prometheus_url,
-                        error_ratios=error_ratios)
+                        istio_metrics=istio_metrics)
 
 
 PARTS = ("memcached", "prewarm", "canary", "preloader")

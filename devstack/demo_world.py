@@ -12,7 +12,7 @@ from typing import Any
 
 from controlplane.cluster import RealCluster
 from devcluster import ClusterClient, EmulatedCluster
-from devstack.error_ratio_exporter import ErrorRatioExporter
+from devstack.istio_metrics_exporter import IstioMetricsExporter
 from devstack.kubectl_table import get_table
 from devstack.local_s3 import S3
 from devstack.operator_process import OperatorProcess
@@ -39,7 +39,7 @@ class DemoWorld:
     operator: OperatorProcess
     memcached_port: int | None = None  # with a real memcached and Prometheus
     prometheus_url: str | None = None
-    error_ratios: ErrorRatioExporter | None = None  # scraped by that Prometheus
+    istio_metrics: IstioMetricsExporter | None = None  # Istio-shaped request series, scraped by that Prometheus
 
     def kubectl_get(self, crd: str, list_path: str) -> list[str]:
         """`kubectl get` of a custom resource in NS: the real kubectl on the real control plane, else

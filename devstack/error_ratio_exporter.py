@@ -1,8 +1,9 @@
 """A tiny Prometheus exporter whose numbers the caller sets: `model_error_ratio{canary=...}`.
 
 A real Prometheus (metrics_stack.prometheus_server) scrapes it, and the operator's canary analysis
-queries that Prometheus, so the whole path is real except the traffic behind the number: the
-canary tests and `make demo` decide the candidate's error ratio instead of sending requests.
+(a custom check's query) queries that Prometheus, so the whole path is real except the traffic
+behind the number: the canary tests decide the candidate's error ratio instead of sending
+requests. The built-in checks read Istio's metrics instead (istio_metrics_exporter.py).
 """
 
 from __future__ import annotations

@@ -41,9 +41,11 @@ def test_the_demo_shows_prewarm_and_canary_and_exits_0() -> None:
     assert "torch-mnist-predictor 50% | torch-mnist-v2-predictor 50%" in out
     assert "torch-mnist-v2-predictor 100%" not in out
     assert "the VirtualService is otherwise exactly as written" in out
-    if metrics_stack.have_binaries():  # the analysis, and the rollback when the error ratio goes over the bound
-        assert "analysis passed (query 0.01 <= 0.05); stepped to 50%" in out
-        assert "event Warning/RolledBack on ModelCanary mnist" in out
+    if metrics_stack.have_binaries():  # the built-in checks, and the rollback when the success rate falls
+        assert re.search(r"analysis passed \(request-success-rate 99\.9\d* >= 99; request-duration 1[12]\d(\.\d+)? "
+                         r"<= 500\); stepped to 50%", out)
+        assert re.search(r"event Warning/RolledBack on ModelCanary mnist: rolled back to 0%: analysis failed "
+                         r"2 time\(s\) in a row: request-success-rate \d\d(\.\d+)? is below the minimum 99", out)
         assert "torch-mnist-predictor 100% | torch-mnist-v2-predictor 0%; ModelCanary mnist RolledBack" in out
         assert re.search(r"mnist\s+torch-mnist\s+torch-mnist-v2\s+100\s+0\s+RolledBack", out)
     else:
