@@ -3,19 +3,20 @@
 One kopf daemon per ModelCanary runs every reconcile: at start, on a wake-up, when a step's
 interval ends and at the resync interval. Wake-ups come from watch events without API
 work in kopf's handlers: a spec change of the ModelCanary (generation ahead of
-observedGeneration), any event of a VirtualService a ModelCanary references (a hand edit
-is put back at once) and any event of the ModelPrewarm a `requireWarm` canary waits for
-(released the moment it reports a warm node). Two kopf indices map those objects to canaries; the
-VirtualService one also answers route claims.
+observedGeneration), any event of the routing object a ModelCanary references (a VirtualService
+or an HTTPRoute: a hand edit is put back at once) and any event of the ModelPrewarm a `requireWarm`
+canary waits for (released the moment it reports a warm node). Two kopf indices map those objects to
+canaries; the routing one also answers route claims.
 
-A canary changes VirtualServices in its own namespace only, unless the platform lists the
+A canary changes routing objects in its own namespace only, unless the platform lists the
 other namespace (CANARY_ALLOWED_ROUTE_NAMESPACES): otherwise Ready=False/CrossNamespaceNotAllowed,
 one Warning event, and nothing is read or written there, not even on deletion.
 
-A reconcile reads the ModelCanary, its InferenceServices, the VirtualService (v1, else
-v1beta1), the ModelPrewarm and, when a check is due, Prometheus; `planning.canary` decides
-the candidate's share and `planning.virtualservice` the new `spec.http`; the write is
-conditional (409: re-read, plan again, retry with backoff). A settled canary writes nothing.
+A reconcile reads the ModelCanary, its InferenceServices, the routing object (through the traffic
+router of the kind `spec.route` names, controllers/canary_routing.py), the ModelPrewarm and, when a
+check is due, Prometheus; `planning.canary` decides the candidate's share and the router puts it in
+the object; the write is conditional (409: re-read, plan again, retry with backoff). A settled
+canary writes nothing.
 Deletion (the only reason for a finalizer) gives stable everything again and removes the
 candidate destination the controller appended.
 """
@@ -37,11 +38,12 @@ import kopf
 from kserve_operator.clients.cached_kube import CachedKubeApi
 from kserve_operator.clients.kube import KubeApi
 from kserve_operator.clients.prometheus import PrometheusClient
-from kserve_operator.clients.routers import IstioRouter, RouteTable, TrafficRouter
+from kserve_operator.controllers.canary_routing import CONFLICT_ATTEMPTS, TrafficRouter, conflict_pause, traffic_routers
 from kserve_operator.controllers.canary_wakeups import (
+    BY_HTTP_ROUTE,
     BY_PREWARM,
     BY_VIRTUAL_SERVICE,
-    canaries_by_virtual_service,
+    canaries_by_route,
     canary_event,
     informer_indexes,
     referenced_object_changed,
@@ -61,28 +63,21 @@ from kserve_operator.planning import canary as plan
 from kserve_operator.planning.canary_checks import AnalysisResult, CheckReading, check_queries, judge
 from kserve_operator.planning.canary_gates import route_namespace_problem, warm_state
 from kserve_operator.planning.events import NORMAL, EventPlan
-from kserve_operator.planning.virtualservice import (
-    REASON_FOREIGN_OWNER,
-    RoutingProblem,
-    WeightPlan,
-    foreign_owner,
-    plan_release,
-    plan_weights,
-    weights_patch,
-)
+from kserve_operator.planning.routes.weights import RoutingProblem, WeightPlan
 from kserve_operator.resources import canary as res
 from kserve_operator.resources.canary import CanarySpec, CanaryStatus, parse_spec
 from kserve_operator.resources.kinds import (
+    HTTP_ROUTE,
     INFERENCE_SERVICE,
     MODEL_CANARY,
     MODEL_PREWARM,
     VIRTUAL_SERVICE,
     VIRTUAL_SERVICE_V1BETA1,
 )
+from kserve_operator.resources.routes import ObservedRoutes, RouteTarget
 from kserve_operator.settings import FINALIZER, OperatorSettings
 
 CONTROLLER = "modelcanary"
-CONFLICT_ATTEMPTS = 5  # re-read and re-plan on 409 this many times before the core's backoff takes over
 FINALIZER_WAIT_SECONDS = 1.0  # how soon to look again for kopf's finalizer (its event wakes a new canary sooner)
 # Resync passes run at most this many at a time; woken and due passes never wait for a slot, so a
 # percent change is not queued behind a burst of routine re-reads of hundreds of canaries.
@@ -92,11 +87,11 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class CanaryContext:
-    """What the handlers share (kopf's memo): settings, the core, the router, Prometheus, wake-ups."""
+    """What the handlers share (kopf's memo): settings, the core, a router per kind, Prometheus, wake-ups."""
 
     settings: OperatorSettings
     core: ReconcileCore
-    router: TrafficRouter
+    routers: dict[str, TrafficRouter]
     prometheus: PrometheusClient | None
     wakeups: collections.defaultdict[ObjectKey, asyncio.Event] = dataclasses.field(
         default_factory=lambda: collections.defaultdict(asyncio.Event))
@@ -111,9 +106,12 @@ class CanaryContext:
         for key in keys:
             self.wakeups[key].set()
 
+    def router(self, target: RouteTarget) -> TrafficRouter:
+        return self.routers[target.kind]
+
 
 def new_context(settings: OperatorSettings, api: KubeApi, prometheus: PrometheusClient | None) -> CanaryContext:
-    return CanaryContext(settings=settings, core=ReconcileCore(CONTROLLER, api), router=IstioRouter(api),
+    return CanaryContext(settings=settings, core=ReconcileCore(CONTROLLER, api), routers=traffic_routers(api),
                          prometheus=prometheus)
 
 
@@ -153,13 +151,8 @@ async def _analyse(ctx: CanaryContext, spec: CanarySpec) -> AnalysisResult:
     return judge([check for check, _ in queries], readings)
 
 
-def _conflict_pause(attempt: int) -> float:
-    """A short jittered pause before re-reading after a 409 (the other writer is mid-change)."""
-    return float(min(0.05 * 2 ** attempt, 0.5) * (0.5 + random.random()))
-
-
 def _others(index: Any, spec: CanarySpec) -> list[plan.Claimant]:
-    return list(index.get((spec.virtual_service_namespace, spec.virtual_service), []) if index else [])
+    return list(index.get((spec.route.kind, spec.route.namespace, spec.route.name), []) if index else [])
 
 
 @dataclasses.dataclass
@@ -199,23 +192,21 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, 
             await _report_problem(api, body, plan.REASON_INFERENCE_SERVICE_NOT_FOUND,
                                   f"InferenceService {namespace}/{isvc} does not exist", spec)
             return Outcome.WAITING
-    table = await ctx.router.get_routes(spec.virtual_service_namespace, spec.virtual_service)
-    if table is None:
-        await _report_problem(api, body, plan.REASON_VIRTUAL_SERVICE_NOT_FOUND,
-                              f"VirtualService {spec.virtual_service_namespace}/{spec.virtual_service} "
-                              "does not exist", spec)
+    router = ctx.router(spec.route)
+    observed = await router.observe(spec.route)
+    if observed is None:
+        await _report_problem(api, body, *plan.missing_route(spec.route, await router.served(spec.route)), spec)
         return Outcome.WAITING
-    owner = foreign_owner(table.obj)
-    if owner is not None:
-        await _report_problem(api, body, REASON_FOREIGN_OWNER, owner, spec)
+    if observed.owner_problem is not None:
+        await _report_problem(api, body, observed.owner_problem.reason, observed.owner_problem.message, spec)
         return Outcome.INVALID
     me = plan.Claimant(namespace, name, str(meta.get("creationTimestamp") or ""), dict(body.get("spec") or {}))
-    claimed = plan.first_claim(me, _others(claims, spec), table.obj, spec)
+    claimed = plan.first_claim(me, _others(claims, spec), observed.obj, spec)
     if claimed is not None:
         await _report_problem(api, body, plan.REASON_ROUTE_CLAIMED, plan.claim_message(*claimed, spec), spec)
         return Outcome.INVALID
 
-    await _release_previous_service(ctx, body, spec, logger)
+    await _release_previous_route(ctx, body, spec, logger)
     generation = meta.get("generation")
     moment = now()
     warm = await _warm_state(api, spec) if spec.require_warm else None
@@ -225,68 +216,65 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, 
         decision = plan.next_step(spec, CanaryStatus.parse(body.get("status")), generation, warm, analysis, moment)
 
     try:
-        weights, table = await _apply_weights(ctx, body, spec, table, decision.percent)
+        weights, observed = await _apply_weights(ctx, body, spec, observed, decision.percent)
     except RoutingProblem as problem:
         await _report_problem(api, body, problem.reason, problem.message, spec)
         return Outcome.INVALID
     except ApiError as exc:
         if not exc.temporary and not exc.not_found:  # forbidden, refused by a webhook: a person must act
             await _report_problem(api, body, plan.REASON_APPLY_FAILED,
-                                  f"writing VirtualService {spec.virtual_service_namespace}/"
-                                  f"{spec.virtual_service} failed: {exc}", spec)
+                                  f"writing {spec.route.display} failed: {exc}", spec)
         raise
     old = body.get("status") or {}
     status = plan.plan_status(old, spec, decision, weights, generation=generation, now=moment,
-                              vs_version=table.version)
+                              route_version=observed.version)
     if await patch_status(api, MODEL_CANARY, body, status):
         await post_events(api, body, plan.plan_events(old, status))
     result.requeue_after = decision.requeue_after
     return Outcome.WAITING if decision.phase == res.PHASE_WAITING_FOR_MODEL else Outcome.OK
 
 
-async def _release_previous_service(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec,
-                                    logger: logging.Logger | Any) -> None:
-    """The spec moved to another VirtualService: the one managed so far gets stable 100% back."""
+async def _release_previous_route(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec,
+                                  logger: logging.Logger | Any) -> None:
+    """The spec moved to another routing object: the one managed so far gets stable 100% back."""
     status = CanaryStatus.parse(body.get("status"))
-    if not status.virtual_service or status.virtual_service == plan.virtual_service_ref(spec) \
-            or not status.managed_routes:
+    previous = status.route_target()
+    if previous is None or previous.same_object(spec.route) or not status.managed_routes:
         return
-    vs_namespace, vs_name = status.virtual_service.split("/", 1)
-    previous = dataclasses.replace(spec, virtual_service=vs_name, virtual_service_namespace=vs_namespace)
-    await _release(ctx, body, previous, status)
-    logger.info("ModelCanary %s/%s moved from VirtualService %s to %s; the first got stable 100%% back",
-                body["metadata"]["namespace"], body["metadata"]["name"], status.virtual_service,
-                plan.virtual_service_ref(spec))
+    await _release(ctx, body, dataclasses.replace(spec, route=previous), status)
+    logger.info("ModelCanary %s/%s moved from %s to %s; the first got stable 100%% back",
+                body["metadata"]["namespace"], body["metadata"]["name"], previous.display, spec.route.display)
 
 
-async def _apply_weights(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec, table: RouteTable,
-                         percent: int) -> tuple[WeightPlan, RouteTable]:
-    """Write the split if the VirtualService does not carry it; on 409 re-read and plan again."""
-    for attempt in range(CONFLICT_ATTEMPTS):
-        status = CanaryStatus.parse(body.get("status"))
-        same_service = status.virtual_service in (None, plan.virtual_service_ref(spec))
-        weights = plan_weights(table.obj, spec, percent,
-                               previously=status.managed_routes if same_service else (),
-                               added=status.added_candidate_routes if same_service else ())
-        if not weights.changed:
-            return weights, table
+async def _apply_weights(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec, observed: ObservedRoutes,
+                         percent: int) -> tuple[WeightPlan, ObservedRoutes]:
+    """Write the split if the routing object does not carry it; on 409 re-read and plan again."""
+    router = ctx.router(spec.route)
+
+    async def record_intent(weights: WeightPlan) -> None:
         intent = plan.intent_status(body.get("status"), spec, weights)
         if intent is not None:  # recorded first: the release must know what we appended
             meta = body["metadata"]
             await ctx.api.patch(MODEL_CANARY, meta["name"], {"status": intent}, namespace=meta["namespace"],
                                 status=True)
             body["status"] = {**(body.get("status") or {}), **intent}
+
+    for attempt in range(CONFLICT_ATTEMPTS):
+        status = CanaryStatus.parse(body.get("status"))
+        same = status.route in (None, (spec.route.kind, spec.route.ref))
         try:
-            return weights, await ctx.router.set_routes(table, weights_patch(table.obj, weights.http))
+            return await router.set_weights(observed, spec, percent,
+                                            previously=status.managed_routes if same else (),
+                                            added=status.added_candidate_routes if same else (),
+                                            before_write=record_intent)
         except ApiError as exc:
             if not exc.conflict or attempt == CONFLICT_ATTEMPTS - 1:
                 raise
-        await asyncio.sleep(_conflict_pause(attempt))
-        fresh = await ctx.router.get_routes(spec.virtual_service_namespace, spec.virtual_service)
+        await asyncio.sleep(conflict_pause(attempt))
+        fresh = await router.observe(spec.route)
         if fresh is None:
-            raise ApiError(404, "NotFound", f"VirtualService {spec.virtual_service_namespace}/"
-                                            f"{spec.virtual_service} disappeared while being written")
-        table = fresh
+            raise ApiError(404, "NotFound", f"{spec.route.display} disappeared while being written")
+        observed = fresh
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
@@ -307,7 +295,7 @@ async def _run(ctx: CanaryContext, namespace: str, name: str, claims: Any, logge
 # --- kopf handlers ----------------------------------------------------------------------------
 
 async def canary_daemon(stopped: kopf.DaemonStopped, namespace: str | None, name: str, memo: Any,
-                        logger: kopf.Logger, canaries_by_virtual_service: Any = None, body: kopf.Body | None = None,
+                        logger: kopf.Logger, canaries_by_route: Any = None, body: kopf.Body | None = None,
                         **_: Any) -> None:
     """Every reconcile of one ModelCanary: now, on a wake-up, when a step is due, at the resync."""
     assert namespace is not None
@@ -324,10 +312,10 @@ async def canary_daemon(stopped: kopf.DaemonStopped, namespace: str | None, name
         timed = False
         try:
             if urgent:
-                due = await _run(ctx, namespace, name, canaries_by_virtual_service, logger)
+                due = await _run(ctx, namespace, name, canaries_by_route, logger)
             else:
                 async with ctx.resync_slots:
-                    due = await _run(ctx, namespace, name, canaries_by_virtual_service, logger)
+                    due = await _run(ctx, namespace, name, canaries_by_route, logger)
             if due is not None and due < delay:
                 delay, timed = max(due, 0.05), True
         except kopf.TemporaryError as exc:
@@ -370,63 +358,52 @@ async def canary_deleted(body: kopf.Body, namespace: str | None, name: str, memo
         logger.warning("ModelCanary %s/%s: cannot restore stable with an invalid spec (%s); releasing",
                        namespace, name, exc)
         return
-    if status.virtual_service:  # the one the managed routes belong to, even if the spec moved on
-        vs_namespace, vs_name = status.virtual_service.split("/", 1)
-        spec = dataclasses.replace(spec, virtual_service=vs_name, virtual_service_namespace=vs_namespace)
+    previous = status.route_target()  # the one the managed routes belong to, even if the spec moved on
+    if previous is not None:
+        spec = dataclasses.replace(spec, route=previous)
     await cleanup_within(f"restoring stable for ModelCanary {namespace}/{name}",
                          lambda: _release(ctx, dict(body), spec, status), runtime=runtime,
                          give_up_after=ctx.settings.finalizer_timeout_seconds, logger=logger)
 
 
 async def _release(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec, status: CanaryStatus) -> None:
-    # status.virtualService names where we wrote; a forged or since-disallowed one is not written.
+    # status.route names where we wrote; a forged or since-disallowed one is not written.
     refused = route_namespace_problem(spec, ctx.settings.canary_allowed_route_namespaces)
     if refused is not None:
         LOGGER.warning("ModelCanary %s/%s: not restoring stable: %s",
                        body["metadata"]["namespace"], body["metadata"]["name"], refused)
         return
-    for attempt in range(CONFLICT_ATTEMPTS):
-        table = await ctx.router.get_routes(spec.virtual_service_namespace, spec.virtual_service)
-        if table is None or foreign_owner(table.obj) is not None:
-            return
-        release = plan_release(table.obj, spec, status.managed_routes, status.added_candidate_routes)
-        if not release.changed:
-            return
-        try:
-            await ctx.router.set_routes(table, weights_patch(table.obj, release.http))
-        except ApiError as exc:
-            if not exc.conflict or attempt == CONFLICT_ATTEMPTS - 1:
-                raise
-            await asyncio.sleep(_conflict_pause(attempt))
-            continue
+    release = await ctx.router(spec.route).restore(spec, status.managed_routes, status.added_candidate_routes)
+    if release is not None and release.changed:
         await post_events(ctx.api, body, [EventPlan(
-            NORMAL, REASON_RELEASED,
-            f"stable {spec.stable.display} gets 100% again on {', '.join(release.managed)}")])
-        return
+            NORMAL, REASON_RELEASED, f"stable {spec.stable.display} gets 100% again on {', '.join(release.managed)}")])
 
 
 def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
     """Attach the handlers; done at start-up (the resync interval comes from settings)."""
     canary = (MODEL_CANARY.group, MODEL_CANARY.version, MODEL_CANARY.plural)
-    kopf.index(*canary, registry=registry)(canaries_by_virtual_service)
+    kopf.index(*canary, registry=registry)(canaries_by_route)
     # Told to stop (deletion, operator exit), a waiting daemon is cancelled at once and returns.
     kopf.daemon(*canary, cancellation_timeout=10, registry=registry)(canary_daemon)
     kopf.on.event(*canary, registry=registry)(canary_event)
     kopf.on.delete(*canary, registry=registry)(canary_deleted)
-    # VirtualServices and ModelPrewarms wake canaries through informers (watch_children), not kopf watches.
+    # Routing objects and ModelPrewarms wake canaries through informers (watch_children), not kopf watches.
 
 
 def watch_children(settings: OperatorSettings, cached: CachedKubeApi, memo: Any) -> None:
-    """Informers for what a reconcile reads (the ModelCanary, its InferenceServices, VirtualService and
-    ModelPrewarm), so a settled canary reads nothing from the API server; a VirtualService or
+    """Informers for what a reconcile reads (the ModelCanary, its InferenceServices, routing object and
+    ModelPrewarm), so a settled canary reads nothing from the API server; a VirtualService, HTTPRoute or
     ModelPrewarm event wakes the canaries the ModelCanary informer's indices name."""
-    # Misses are answers for these two (no `get` in the ClusterRole): the daemon puts kopf's body in the
-    # cache, and a VirtualService that appears wakes the canaries that named it.
+    # Misses are answers for these (no `get` in the ClusterRole): the daemon puts kopf's body in the
+    # cache, and a routing object that appears wakes the canaries that named it.
     canaries = cached.inform_namespaces(MODEL_CANARY, settings.namespaces, indexes=informer_indexes(),
                                         authoritative=True)
     cached.inform_namespaces(INFERENCE_SERVICE, settings.namespaces)
     # Every namespace: a canary may route in another one the platform allows. v1, else v1beta1.
     routes = cached.inform([VIRTUAL_SERVICE, VIRTUAL_SERVICE_V1BETA1], authoritative=True)
     routes.subscribe(functools.partial(referenced_object_changed, memo, canaries, BY_VIRTUAL_SERVICE))
+    # The Gateway API's, where installed (else looked for again every few minutes, as Istio's).
+    http_routes = cached.inform(HTTP_ROUTE, authoritative=True)
+    http_routes.subscribe(functools.partial(referenced_object_changed, memo, canaries, BY_HTTP_ROUTE))
     for prewarms in cached.inform_namespaces(MODEL_PREWARM, settings.namespaces):
         prewarms.subscribe(functools.partial(referenced_object_changed, memo, canaries, BY_PREWARM))

@@ -1,10 +1,11 @@
 """When a ModelCanary must look again at once: the indices and event handlers that wake its daemon.
 
-Two kopf indices map a VirtualService and a ModelPrewarm to the canaries that reference them (the
-VirtualService one also answers route claims). The ModelCanary informer keeps the same two
-maps as index functions (`informer_indexes`), which the informer subscriptions for VirtualServices
-and ModelPrewarms (`referenced_object_changed`) look up. The handlers do no API work: they set the
-canary's wake-up event (`memo.canary.wake`), and its daemon in controllers.canary reconciles.
+Two kopf indices map a routing object (a VirtualService or an HTTPRoute) and a ModelPrewarm to the
+canaries that reference them (the routing one also answers route claims). The ModelCanary informer
+keeps the same maps as index functions (`informer_indexes`: one per routing kind), which the informer
+subscriptions for VirtualServices, HTTPRoutes and ModelPrewarms (`referenced_object_changed`) look up.
+The handlers do no API work: they set the canary's wake-up event (`memo.canary.wake`), and its daemon
+in controllers.canary reconciles.
 """
 
 from __future__ import annotations
@@ -18,19 +19,21 @@ from kserve_operator.clients.informer import IndexFunction, Informer, InformerEv
 from kserve_operator.controllers.core import ObjectKey, remember
 from kserve_operator.planning import canary as plan
 from kserve_operator.resources.kinds import MODEL_CANARY
+from kserve_operator.resources.routes import KIND_HTTP_ROUTE, KIND_VIRTUAL_SERVICE, route_key_of
 
 BY_VIRTUAL_SERVICE = "virtual-service"
+BY_HTTP_ROUTE = "http-route"
 BY_PREWARM = "prewarm"
+RouteKey = tuple[str, str, str]  # (kind, namespace, name) of a routing object
 
 
-def canaries_by_virtual_service(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta,
-                                **_: Any) -> dict[ObjectKey, plan.Claimant]:
-    """(VirtualService namespace, name) -> the canaries that reference it, for wake-ups and claims."""
+def canaries_by_route(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta,
+                      **_: Any) -> dict[RouteKey, plan.Claimant]:
+    """(kind, namespace, name) of the routing object -> the canaries that reference it, for claims."""
     assert namespace is not None
-    vs = spec.get("virtualService") or {}
-    if not isinstance(vs, Mapping) or not vs.get("name"):
+    key = route_key_of(spec, namespace)
+    if key is None:
         return {}
-    key = (str(vs.get("namespace") or namespace), str(vs["name"]))
     return {key: plan.Claimant(namespace, name, str(meta.get("creationTimestamp") or ""), dict(spec),
                                deleting=bool(meta.get("deletionTimestamp")))}
 
@@ -76,12 +79,25 @@ def _as_index(mapper: Callable[..., Mapping[ObjectKey, Any]]) -> IndexFunction:
     return keys
 
 
+def _route_index(kind: str) -> IndexFunction:
+    """"namespace/name" of the routing object of `kind` a canary names."""
+
+    def keys(obj: Mapping[str, Any]) -> Iterable[str]:
+        meta: Any = obj.get("metadata") or {}
+        spec: Any = obj.get("spec") or {}
+        key = route_key_of(spec, meta["namespace"]) if meta.get("namespace") and isinstance(spec, Mapping) else None
+        return [f"{key[1]}/{key[2]}"] if key is not None and key[0] == kind else []
+
+    return keys
+
+
 def informer_indexes() -> dict[str, IndexFunction]:
-    return {BY_VIRTUAL_SERVICE: _as_index(canaries_by_virtual_service), BY_PREWARM: _as_index(canaries_by_prewarm)}
+    return {BY_VIRTUAL_SERVICE: _route_index(KIND_VIRTUAL_SERVICE), BY_HTTP_ROUTE: _route_index(KIND_HTTP_ROUTE),
+            BY_PREWARM: _as_index(canaries_by_prewarm)}
 
 
 async def referenced_object_changed(memo: Any, canaries: list[Informer], index: str, event: InformerEvent) -> None:
-    """A VirtualService (a hand edit, created, deleted) or a ModelPrewarm (e.g. turned Warm) that
+    """A routing object (a hand edit, created, deleted) or a ModelPrewarm (e.g. turned Warm) that
     canaries reference changed: those canaries look now."""
     if event.type is None:  # the listing at start-up: every daemon runs its first pass anyway
         return

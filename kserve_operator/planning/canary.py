@@ -3,8 +3,9 @@ analysis, rollback), the status with its conditions, the events, and route claim
 
 Pure: callers pass what they read (spec, last status, whether the model is warm, the analysis
 query's result) and `now`. What holds or refuses a canary before any weight moves (its
-ModelPrewarm, the VirtualService's namespace) is decided in planning/canary_gates.py; the
-VirtualService editing itself is in planning/virtualservice.py.
+ModelPrewarm, the routing object's namespace) is decided in planning/canary_gates.py; the
+editing of the routing object itself (an Istio VirtualService or a Gateway API HTTPRoute) in
+planning/routes/.
 
 The step walk: with steps, the candidate's share climbs the ladder (each step weight capped at
 `percent`, ending at `percent`). The first step (from 0%) is taken at once: there is no candidate
@@ -33,10 +34,12 @@ from kserve_operator.planning.canary_checks import (
     analysis_status,
 )
 from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
-from kserve_operator.planning.virtualservice import RoutingProblem, WeightPlan, managed_routes, route_key
+from kserve_operator.planning.routes.planners import planner_for
+from kserve_operator.planning.routes.weights import RoutingProblem, WeightPlan
 from kserve_operator.resources import canary as res
 from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.canary import CanarySpec, CanaryStatus
+from kserve_operator.resources.routes import KIND_HTTP_ROUTE, KIND_VIRTUAL_SERVICE, RouteTarget, recorded_route
 
 # Condition reasons and event reasons: the controller's vocabulary.
 REASON_WEIGHTS_APPLIED = "WeightsApplied"
@@ -53,14 +56,29 @@ REASON_AS_EXPECTED = "AsExpected"
 REASON_WEIGHTS_CHANGED = "WeightsChanged"
 REASON_MODEL_WARM = "ModelWarm"
 REASON_WEIGHT_IN_FORCE = "WeightInForce"  # Ready: the share the spec asks for is in force
-# Problems: each leaves the VirtualService untouched.
+# Problems: each leaves the routing object untouched.
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_VIRTUAL_SERVICE_NOT_FOUND = "VirtualServiceNotFound"
+REASON_HTTP_ROUTE_NOT_FOUND = "HTTPRouteNotFound"
+REASON_ROUTE_KIND_NOT_SERVED = "RouteKindNotServed"  # the kind's CRD is not installed (no Istio, no Gateway API)
 REASON_INFERENCE_SERVICE_NOT_FOUND = "InferenceServiceNotFound"
 REASON_ROUTE_CLAIMED = "RouteClaimed"
 REASON_APPLY_FAILED = "ApplyFailed"
 REASON_RECONCILE_ERROR = "ReconcileError"
 REASON_CROSS_NAMESPACE_NOT_ALLOWED = "CrossNamespaceNotAllowed"
+
+
+_NOT_FOUND = {KIND_VIRTUAL_SERVICE: REASON_VIRTUAL_SERVICE_NOT_FOUND, KIND_HTTP_ROUTE: REASON_HTTP_ROUTE_NOT_FOUND}
+_API_GROUPS = {KIND_VIRTUAL_SERVICE: "Istio's networking.istio.io",
+               KIND_HTTP_ROUTE: "the Gateway API's gateway.networking.k8s.io/v1"}
+
+
+def missing_route(target: RouteTarget, served: bool) -> tuple[str, str]:
+    """(reason, message) for a routing object that is not there, or whose kind the cluster does not serve."""
+    if served:
+        return _NOT_FOUND[target.kind], f"{target.display} does not exist"
+    return REASON_ROUTE_KIND_NOT_SERVED, (f"the API server does not serve {target.kind}s ({_API_GROUPS[target.kind]}):"
+                                          f" install its CRDs; {target.display} is looked for again at the resync")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +212,7 @@ def _backend_names(spec: CanarySpec) -> dict[str, str]:
 
 def plan_status(
     old: Mapping[str, Any] | None, spec: CanarySpec, decision: StepDecision, weights: WeightPlan, *,
-    generation: int | None, now: datetime.datetime, vs_version: str,
+    generation: int | None, now: datetime.datetime, route_version: str,
 ) -> dict[str, Any]:
     """The whole status after the weights of `weights` are in force."""
     old = old or {}
@@ -202,7 +220,7 @@ def plan_status(
     routes = ", ".join(weights.managed)
     conditions = cond.set_condition(
         conditions, type=cond.AVAILABLE, status=cond.TRUE, reason=REASON_WEIGHTS_APPLIED,
-        message=(f"VirtualService {spec.virtual_service_namespace}/{spec.virtual_service} carries stable "
+        message=(f"{spec.route.display} carries stable "
                  f"{weights.stable_weight}% / candidate {weights.candidate_weight}% on {routes}"),
         now=now, generation=generation)
     moving = decision.phase in (res.PHASE_WAITING_FOR_MODEL, res.PHASE_PROGRESSING)
@@ -237,24 +255,27 @@ def plan_status(
         "lastTransitionTime": _transition(old, decision.phase, now),
         "analysis": analysis if spec.steps and spec.steps.analysis else None,
         "rolledBackGeneration": decision.rolled_back_generation,
-        "virtualService": virtual_service_ref(spec),
+        **_route_fields(spec),
         "managedRoutes": list(weights.managed),
         "addedCandidateRoutes": sorted((_added_before(old, spec) - set(weights.removed)) | set(weights.appended)),
-        "virtualServiceVersion": vs_version,
+        "routeVersion": route_version,
+        "virtualServiceVersion": route_version if spec.route.kind == KIND_VIRTUAL_SERVICE else None,
         "observedGeneration": generation,
         "conditions": conditions,
     }
     return status
 
 
-def virtual_service_ref(spec: CanarySpec) -> str:
-    return f"{spec.virtual_service_namespace}/{spec.virtual_service}"
+def _route_fields(spec: CanarySpec) -> dict[str, Any]:
+    """Where the managed routes live; `virtualService` too for a VirtualService (its older readers)."""
+    return {"routeKind": spec.route.kind, "route": spec.route.ref,
+            "virtualService": spec.route.ref if spec.route.kind == KIND_VIRTUAL_SERVICE else None}
 
 
 def _added_before(old: Mapping[str, Any], spec: CanarySpec) -> set[str]:
-    """The routes where we appended the candidate, in the VirtualService the spec names now."""
-    recorded = old.get("virtualService")
-    if recorded and recorded != virtual_service_ref(spec):
+    """The routes where we appended the candidate, in the routing object the spec names now."""
+    recorded = recorded_route(old)
+    if recorded and recorded != (spec.route.kind, spec.route.ref):
         return set()
     return set(old.get("addedCandidateRoutes") or [])
 
@@ -265,14 +286,13 @@ def _transition(old: Mapping[str, Any], phase: str, now: datetime.datetime) -> s
 
 
 def intent_status(old: Mapping[str, Any] | None, spec: CanarySpec, weights: WeightPlan) -> dict[str, Any] | None:
-    """Written before a VirtualService write that appends the candidate destination, so the
-    release knows to remove it even if the status write after the VirtualService write is lost."""
+    """Written before a route write that appends the candidate destination, so the release
+    knows to remove it even if the status write after the route write is lost."""
     old = old or {}
     known = _added_before(old, spec)
-    if set(weights.appended) <= known and old.get("virtualService") == virtual_service_ref(spec):
+    if set(weights.appended) <= known and recorded_route(old) == (spec.route.kind, spec.route.ref):
         return None
-    changes: dict[str, Any] = {"addedCandidateRoutes": sorted(known | set(weights.appended)),
-                               "virtualService": virtual_service_ref(spec)}
+    changes: dict[str, Any] = {"addedCandidateRoutes": sorted(known | set(weights.appended)), **_route_fields(spec)}
     if not old.get("phase"):
         changes["phase"] = res.PHASE_PENDING
     return changes
@@ -288,7 +308,7 @@ def problem_status(
     conditions = cond.set_condition(conditions, type=cond.AVAILABLE, status=cond.FALSE, reason=reason,
                                     message=message, now=now, generation=generation)
     conditions = cond.set_condition(conditions, type=cond.PROGRESSING, status=cond.FALSE, reason=reason,
-                                    message="the VirtualService is not touched until this is fixed",
+                                    message="the routes are not touched until this is fixed",
                                     now=now, generation=generation)
     conditions = cond.set_condition(conditions, type=cond.DEGRADED, status=cond.TRUE, reason=reason,
                                     message=message, now=now, generation=generation)
@@ -345,18 +365,17 @@ class Claimant:
         return (self.created, self.namespace, self.name)
 
 
-def _claimed(vs: Mapping[str, Any], spec: CanarySpec) -> set[str]:
+def _claimed(obj: Mapping[str, Any], spec: CanarySpec) -> set[str]:
     try:
-        routes = (vs.get("spec") or {}).get("http") or []
-        return {route_key(routes[i], i) for i in managed_routes(vs, spec)}
+        return set(planner_for(spec.route.kind).managed_keys(obj, spec))
     except RoutingProblem:
         return set()
 
 
-def first_claim(me: Claimant, others: Iterable[Claimant], vs: Mapping[str, Any],
+def first_claim(me: Claimant, others: Iterable[Claimant], obj: Mapping[str, Any],
                 spec: CanarySpec) -> tuple[Claimant, str] | None:
     """The earlier ModelCanary that already claims one of our routes, and the route; else None."""
-    mine = _claimed(vs, spec)
+    mine = _claimed(obj, spec)
     for other in sorted(others, key=Claimant.order):
         if other.deleting or other.order() >= me.order() or (other.namespace, other.name) == (
                 me.namespace, me.name):
@@ -365,15 +384,15 @@ def first_claim(me: Claimant, others: Iterable[Claimant], vs: Mapping[str, Any],
             theirs = res.parse_spec(other.spec, other.namespace)
         except InvalidSpec:  # an invalid canary claims nothing
             continue
-        if (theirs.virtual_service_namespace, theirs.virtual_service) != (
-                spec.virtual_service_namespace, spec.virtual_service):
+        if not theirs.route.same_object(spec.route):
             continue
-        shared = sorted(mine & _claimed(vs, theirs))
+        shared = sorted(mine & _claimed(obj, theirs))
         if shared:
             return other, shared[0]
     return None
 
 
 def claim_message(other: Claimant, route: str, spec: CanarySpec) -> str:
-    return (f"HTTP route {route} of VirtualService {spec.virtual_service_namespace}/{spec.virtual_service} "
+    rule = "HTTP route" if spec.route.kind == KIND_VIRTUAL_SERVICE else "rule"
+    return (f"{rule} {route} of {spec.route.display} "
             f"is already managed by ModelCanary {other.namespace}/{other.name}; one route, one canary")

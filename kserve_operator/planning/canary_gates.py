@@ -1,4 +1,4 @@
-"""What holds or refuses a ModelCanary before any weight moves: the VirtualService's namespace
+"""What holds or refuses a ModelCanary before any weight moves: the routing object's namespace
 (a tenant moves traffic only where the platform lets it) and the candidate's ModelPrewarm
 (`requireWarm`). Pure: callers pass the spec, the ModelPrewarm as read and the setting.
 """
@@ -16,12 +16,12 @@ ROUTE_NAMESPACES_SETTING = "CANARY_ALLOWED_ROUTE_NAMESPACES"
 
 
 def route_namespace_problem(spec: CanarySpec, allowed: Collection[str]) -> str | None:
-    """Why this canary may not write its VirtualService, or None. A tenant moves traffic only in its
-    own namespace unless the platform lists the VirtualService's namespace (or `*`)."""
-    target = spec.virtual_service_namespace
+    """Why this canary may not write its routing object, or None. A tenant moves traffic only in its
+    own namespace unless the platform lists the object's namespace (or `*`)."""
+    target = spec.route.namespace
     if target == spec.namespace or ANY_NAMESPACE in allowed or target in allowed:
         return None
-    return (f"VirtualService {target}/{spec.virtual_service} is in another namespace than the ModelCanary "
+    return (f"{spec.route.display} is in another namespace than the ModelCanary "
             f"({spec.namespace}), and the platform does not allow canaries to route in {target} "
             f"(the operator's {ROUTE_NAMESPACES_SETTING}); nothing is written")
 

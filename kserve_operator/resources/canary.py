@@ -3,7 +3,8 @@
 The CRD schema rejects what a schema can say (ranges, types, unknown fields); `parse_spec`
 re-checks what it cannot: exactly one of `inferenceService` and `host` per backend,
 increasing step weights, a warm gate that has a ModelPrewarm to read, analysis bounds.
-Backends are resolved here to the host Istio routes to (KServe's predictor Service).
+Backends are resolved here to the host Istio routes to (KServe's predictor Service; an HTTPRoute
+backendRef names the same Service); the routing object is resources/routes.py's `RouteTarget`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from kserve_operator.errors import InvalidSpec
 from kserve_operator.resources.conditions import Condition, parse_rfc3339
 from kserve_operator.resources.durations import parse_duration
 from kserve_operator.resources.fields import int_field
+from kserve_operator.resources.routes import RouteTarget, parse_route_target, recorded_route
 
 CLUSTER_DOMAIN = "svc.cluster.local"
 
@@ -87,19 +89,6 @@ MAX_CHECKS = 10
 _CHECK_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
-# The analysis checks: two built in (from Istio's standard metrics for the candidate's Service,
-# the way Flagger's are) and custom PromQL under any other name.
-CHECK_SUCCESS_RATE = "request-success-rate"  # percent of the candidate's responses that are not 5xx
-CHECK_DURATION = "request-duration"  # p99 of the candidate's request duration, milliseconds
-BUILT_IN_CHECKS = (CHECK_SUCCESS_RATE, CHECK_DURATION)
-DEFAULT_MIN_SUCCESS_RATE = 99.0
-DEFAULT_MAX_DURATION_MS = 500.0
-SINGLE_QUERY_CHECK = "query"  # the name the one-query form (steps.analysis.query) is reported under
-DEFAULT_CHECK_WINDOW_SECONDS = 60.0
-MAX_CHECKS = 10
-_CHECK_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-
-
 @dataclasses.dataclass(frozen=True)
 class CheckSpec:
     """One analysis check: a built-in one (query None: built from the candidate's Service) or custom PromQL."""
@@ -144,9 +133,7 @@ class StepsSpec:
 @dataclasses.dataclass(frozen=True)
 class CanarySpec:
     namespace: str  # the ModelCanary's own namespace
-    virtual_service: str
-    virtual_service_namespace: str
-    routes: tuple[str, ...] | None  # None: every HTTP route that sends to the stable backend
+    route: RouteTarget  # the VirtualService or HTTPRoute whose weights move, and which of its rules
     stable: Backend
     candidate: Backend
     percent: int
@@ -300,22 +287,7 @@ def parse_spec(raw: Mapping[str, Any] | None, namespace: str) -> CanarySpec:
     """The typed spec of a ModelCanary in `namespace`, or InvalidSpec naming the field."""
     if not isinstance(raw, Mapping):
         raise InvalidSpec("spec is missing")
-    vs = raw.get("virtualService")
-    if not isinstance(vs, Mapping):
-        raise InvalidSpec("virtualService is required")
-    vs_name = _text(vs, "name", "virtualService.")
-    if vs_name is None:
-        raise InvalidSpec("virtualService.name is required")
-    vs_namespace = _text(vs, "namespace", "virtualService.") or namespace
-    routes_raw = raw.get("routes")
-    routes: tuple[str, ...] | None = None
-    if routes_raw is not None:
-        if not isinstance(routes_raw, list) or not routes_raw or not all(
-                isinstance(r, str) and r for r in routes_raw):
-            raise InvalidSpec("routes must list HTTP route names")
-        if len(set(routes_raw)) != len(routes_raw):
-            raise InvalidSpec(f"routes names a route twice: {routes_raw}")
-        routes = tuple(routes_raw)
+    route = parse_route_target(raw, namespace)
     stable = _backend(raw.get("stable"), "stable", namespace)
     candidate_raw = raw.get("candidate")
     candidate = _backend(candidate_raw, "candidate", namespace)
@@ -337,9 +309,8 @@ def parse_spec(raw: Mapping[str, Any] | None, namespace: str) -> CanarySpec:
     if steps and steps.analysis and steps.analysis.built_in:
         _check_candidate_service(stable, candidate)
     return CanarySpec(
-        namespace=namespace, virtual_service=vs_name, virtual_service_namespace=vs_namespace, routes=routes,
-        stable=stable, candidate=candidate, percent=percent, require_warm=require_warm,
-        model_prewarm=prewarm, steps=steps,
+        namespace=namespace, route=route, stable=stable, candidate=candidate, percent=percent,
+        require_warm=require_warm, model_prewarm=prewarm, steps=steps,
     )
 
 
@@ -367,7 +338,7 @@ class CanaryStatus:
     last_check_time: datetime.datetime | None = None
     failed_checks: int = 0
     rolled_back_generation: int | None = None
-    virtual_service: str | None = None  # "namespace/name" the routes below belong to
+    route: tuple[str, str] | None = None  # (kind, "namespace/name") of the object the routes below belong to
     managed_routes: tuple[str, ...] = ()
     added_candidate_routes: tuple[str, ...] = ()
     conditions: tuple[Condition, ...] = ()
@@ -390,8 +361,16 @@ class CanaryStatus:
             last_check_time=_time(analysis.get("lastCheckTime")),
             failed_checks=_count(analysis.get("failedChecks")),
             rolled_back_generation=rolled_back if isinstance(rolled_back, int) else None,
-            virtual_service=raw["virtualService"] if "/" in str(raw.get("virtualService") or "") else None,
+            route=recorded_route(raw),
             managed_routes=names(raw.get("managedRoutes")),
             added_candidate_routes=names(raw.get("addedCandidateRoutes")),
             conditions=tuple(dict(c) for c in raw.get("conditions") or [] if isinstance(c, Mapping)),
         )
+
+    def route_target(self) -> RouteTarget | None:
+        """The object the managed routes belong to, even if the spec has moved on since."""
+        if self.route is None:
+            return None
+        kind, ref = self.route
+        namespace, name = ref.split("/", 1)
+        return RouteTarget(kind, name, namespace)

@@ -37,10 +37,11 @@ MEMCACHED = Kind("cache.serverless.xyz", "v1alpha1", "memcacheds", "Memcached")
 MODEL_PREWARM = Kind(OPERATOR_GROUP, "v1alpha1", "modelprewarms", "ModelPrewarm")
 MODEL_CANARY = Kind(OPERATOR_GROUP, "v1alpha1", "modelcanaries", "ModelCanary")
 
-# Foreign custom resources we read (and, for VirtualServices, patch weights of).
+# Foreign custom resources we read (and, for VirtualServices and HTTPRoutes, patch weights of).
 INFERENCE_SERVICE = Kind("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
 VIRTUAL_SERVICE = Kind("networking.istio.io", "v1", "virtualservices", "VirtualService")
 VIRTUAL_SERVICE_V1BETA1 = VIRTUAL_SERVICE.at_version("v1beta1")
+HTTP_ROUTE = Kind("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")  # Gateway API, weights patched
 
 # Built-in kinds.
 DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")

@@ -2,7 +2,8 @@
 edits only the weights of a VirtualService the platform team owns, stored by the real API
 server under the fixture Istio CRD; a second writer edits the same object concurrently (the real
 server answers the operator's stale conditional patches with 409) and both edits survive;
-deletion runs the finalizer, which gives the stable model 100% back before it lets go. A canary
+deletion runs the finalizer, which gives the stable model 100% back before it lets go. The same
+for a Gateway API HTTPRoute (the fixture CRD, with its defaults and two parentRefs). A canary
 that names a VirtualService in another namespace is refused (Ready=False/CrossNamespaceNotAllowed)
 and that VirtualService is never written.
 """
@@ -14,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from devstack.mnist_httproute import http_route
 from devstack.mnist_virtualservice import virtual_service
 from tests.realcluster.conftest import RESTRICTED_NAMESPACE_LABELS, World
 
@@ -83,6 +85,66 @@ def test_weights_move_with_a_concurrent_writer_and_the_finalizer_restores(world:
     expected = copy.deepcopy(original["spec"])
     expected["http"][0]["timeout"] = f"{edits[0]}s"
     assert restored["spec"] == expected  # stable 100 as written, the appended destination gone, nothing else
+
+
+def test_an_http_route_moves_with_a_concurrent_writer_and_the_finalizer_restores(world: World) -> None:
+    """The operator under the shipped RBAC (httproutes: list, watch, patch) on an HTTPRoute."""
+    kube = world.kube
+    for name in ("torch-mnist", "torch-mnist-v2"):
+        kube.create(world.path("serving.kserve.io/v1beta1", "inferenceservices"), inference_service(world, name))
+    routes = world.path("gateway.networking.k8s.io/v1", "httproutes")
+    original = kube.create(routes, http_route(namespace=world.namespace))
+    path = f"{routes}/mnist"
+    canary_path = world.path("serving.serverless.xyz/v1alpha1", "modelcanaries", "mnist")
+
+    def rule_weights(obj: dict[str, Any], name: str = "predict") -> list[int]:
+        rule = next(r for r in obj["spec"]["rules"] if r.get("name") == name)
+        return [ref["weight"] for ref in rule["backendRefs"]]
+
+    world.start_operator(resync=30)
+    kube.create(world.path("serving.serverless.xyz/v1alpha1", "modelcanaries"), {
+        "apiVersion": "serving.serverless.xyz/v1alpha1", "kind": "ModelCanary",
+        "metadata": {"name": "mnist", "namespace": world.namespace},
+        "spec": {"route": {"kind": "HTTPRoute", "name": "mnist"}, "stable": {"inferenceService": "torch-mnist"},
+                 "candidate": {"inferenceService": "torch-mnist-v2"}, "percent": 10}})
+    moved = kube.wait_for(path, lambda o: rule_weights(o) == [90, 10], timeout=30)
+    appended = next(r for r in moved["spec"]["rules"] if r.get("name") == "predict")["backendRefs"][1]
+    assert appended == {"group": "", "kind": "Service", "name": "torch-mnist-v2-predictor", "port": 80, "weight": 10}
+    assert rule_weights(moved, "audited") == [20, 72, 8]
+    assert moved["spec"]["parentRefs"] == original["spec"]["parentRefs"]
+
+    stop, edits = threading.Event(), [0]
+
+    def writer() -> None:
+        while not stop.is_set():
+            edits[0] += 1
+            kube.patch(path, [{"op": "replace", "path": "/spec/rules/0/timeouts/request", "value": f"{edits[0]}s"}],
+                       "application/json-patch+json")
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        for percent in (25, 50, 75):
+            kube.patch(canary_path, {"spec": {"percent": percent}})
+            kube.wait_for(path, lambda o, p=percent: rule_weights(o) == [100 - p, p], timeout=30)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert kube.get(path)["spec"]["rules"][0]["timeouts"]["request"] == f"{edits[0]}s"
+    canary = kube.wait_for(canary_path, lambda o: (o.get("status") or {}).get("phase") == "Active", timeout=30)
+    assert (canary["status"]["routeKind"], canary["status"]["percent"]) == ("HTTPRoute", 75)
+
+    kube.delete(canary_path)
+    kube.wait_gone(canary_path, timeout=60, interval=0.25)
+    restored = kube.get(path)
+    expected = copy.deepcopy(original["spec"])
+    expected["rules"][0]["timeouts"]["request"] = f"{edits[0]}s"
+    for rule in expected["rules"]:  # stable written as 100 (it read 1 of 1: the same share)
+        for ref in rule.get("backendRefs") or []:
+            if ref["name"] == "torch-mnist-predictor" and len(rule["backendRefs"]) == 1:
+                ref["weight"] = 100
+    assert restored["spec"] == expected  # the appended backendRefs gone, nothing else changed
 
 
 def test_a_virtual_service_in_another_namespace_is_refused_and_not_written(world: World) -> None:

@@ -16,7 +16,7 @@ import pytest
 from kserve_operator.planning import canary as plan
 from kserve_operator.planning.canary import WarmState, next_step
 from kserve_operator.planning.canary_gates import route_namespace_problem, warm_state
-from kserve_operator.planning.virtualservice import plan_weights
+from kserve_operator.planning.routes.istio import plan_weights
 from kserve_operator.resources import canary as res
 from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.canary import CanaryStatus
@@ -119,7 +119,7 @@ def ready_of(old: dict[str, Any] | None, warm: WarmState | None = None, now: dat
     spec = canary_spec(**changes)
     decision = next_step(spec, status or CanaryStatus.parse(old), 1, warm, None, now)
     weights = plan_weights(mnist_vs(), spec, decision.percent)
-    written = plan.plan_status(old, spec, decision, weights, generation=1, now=now, vs_version="v1")
+    written = plan.plan_status(old, spec, decision, weights, generation=1, now=now, route_version="v1")
     ready = cond.find_condition(written["conditions"], cond.READY)
     assert ready is not None and ready["observedGeneration"] == 1
     return ready

@@ -13,6 +13,7 @@ from devcluster.validation import CustomResourceSchema, admit_custom
 from kserve_operator.errors import InvalidSpec
 from kserve_operator.resources.canary import canonical_host, parse_spec, predictor_host
 from kserve_operator.resources.kinds import MODEL_CANARY
+from kserve_operator.resources.routes import RouteTarget
 from tests.unit.operator.canary_shapes import CANDIDATE_HOST, NAMESPACE, STABLE_HOST, raw_spec
 
 CRD = pathlib.Path(__file__).resolve().parents[3] / "manifests" / "crds" / "modelcanary.yaml"
@@ -36,7 +37,9 @@ def test_the_crd_names_match_the_kind_descriptor() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["mcanary"]  # `canary` stays Flagger's
     assert [v["name"] for v in crd["spec"]["versions"]] == [MODEL_CANARY.version]
     columns = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert columns == ["Stable", "Candidate", "Wanted", "In-Force", "Phase", "Ready", "Age"]
+    assert columns == ["Stable", "Candidate", "Wanted", "In-Force", "Phase", "Ready", "Route", "Age"]
+    wide = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"] if c.get("priority")]
+    assert wide == ["Route"]  # kubectl get -o wide only: the default table stays as it was
 
 
 def test_a_good_spec_is_admitted_with_defaults() -> None:
@@ -44,6 +47,46 @@ def test_a_good_spec_is_admitted_with_defaults() -> None:
                                      "analysis": {"query": "q", "max": 0.05}}))
     assert admitted["spec"]["requireWarm"] is False
     assert admitted["spec"]["steps"]["analysis"]["failureLimit"] == 1
+
+
+def http_route_spec(**route: Any) -> dict[str, Any]:
+    spec = raw_spec(route={"kind": "HTTPRoute", "name": "mnist", **route})
+    del spec["virtualService"]
+    return spec
+
+
+def test_route_names_the_kind_and_the_older_form_reads_as_a_virtual_service() -> None:
+    admitted = admit(http_route_spec(namespace="gateways", rules=["predict"]))
+    assert parse_spec(admitted["spec"], NAMESPACE).route == RouteTarget("HTTPRoute", "mnist", "gateways", ("predict",))
+    assert parse_spec(http_route_spec(), NAMESPACE).route == RouteTarget("HTTPRoute", "mnist", NAMESPACE)
+    older = parse_spec(admit(raw_spec(routes=["predict"]))["spec"], NAMESPACE)
+    assert older.route == RouteTarget("VirtualService", "mnist", NAMESPACE, ("predict",))
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    (raw_spec(route={"kind": "HTTPRoute", "name": "mnist"}), "set one of route and virtualService"),
+    ({k: v for k, v in raw_spec().items() if k != "virtualService"}, "set one of route and virtualService"),
+    ({**http_route_spec(), "routes": ["predict"]}, "with route, name the rules in route.rules"),
+    (http_route_spec(kind="Ingress"), "supported values"),
+    (http_route_spec(rules=[]), "should have at least 1 items"),
+])
+def test_the_schema_rejects_a_route_it_cannot_use(spec: dict[str, Any], words: str) -> None:
+    with pytest.raises(ApiStatusError) as caught:
+        admit(spec)
+    assert words in str(caught.value.status_body())
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    (raw_spec(route={"kind": "HTTPRoute", "name": "mnist"}), "set one of route and virtualService"),
+    ({k: v for k, v in raw_spec().items() if k != "virtualService"}, "route is required"),
+    ({**http_route_spec(), "routes": ["predict"]}, "with route, name the rules in route.rules"),
+    (http_route_spec(kind="Ingress"), "route.kind must be one of VirtualService, HTTPRoute"),
+    (http_route_spec(rules=["a", "a"]), "names a route twice"),
+    (http_route_spec(name=""), "route.name must be a non-empty string"),
+])
+def test_parse_spec_rechecks_the_route(spec: dict[str, Any], words: str) -> None:
+    with pytest.raises(InvalidSpec, match=words):
+        parse_spec(spec, NAMESPACE)
 
 
 @pytest.mark.parametrize(("changes", "words"), [
@@ -66,13 +109,13 @@ def test_backends_resolve_to_kserve_predictor_hosts() -> None:
     spec = parse_spec(raw_spec(), NAMESPACE)
     assert spec.stable.host == STABLE_HOST == predictor_host("torch-mnist", NAMESPACE)
     assert spec.candidate.host == CANDIDATE_HOST
-    assert spec.virtual_service_namespace == NAMESPACE
+    assert spec.route == RouteTarget("VirtualService", "mnist", NAMESPACE)
     assert spec.model_prewarm == "torch-mnist-v2"
     assert spec.inference_services == ("torch-mnist", "torch-mnist-v2")
     other = parse_spec(raw_spec(virtualService={"name": "vs", "namespace": "gateways"},
                                 candidate={"host": "reviews.other", "modelPrewarm": "warm-v2"},
                                 requireWarm=True), NAMESPACE)
-    assert other.virtual_service_namespace == "gateways"
+    assert other.route.namespace == "gateways"
     assert other.candidate.host == "reviews.other.svc.cluster.local"
     assert other.model_prewarm == "warm-v2" and other.inference_services == ("torch-mnist",)
 

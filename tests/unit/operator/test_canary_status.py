@@ -10,7 +10,7 @@ from kserve_operator.planning.canary import Claimant, WarmState, first_claim, ne
 from kserve_operator.planning.canary_checks import CheckReading, judge
 from kserve_operator.planning.diff import status_changes
 from kserve_operator.planning.events import NORMAL, WARNING
-from kserve_operator.planning.virtualservice import plan_weights
+from kserve_operator.planning.routes.istio import plan_weights
 from kserve_operator.resources import canary as res
 from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.canary import CanaryStatus
@@ -25,7 +25,7 @@ def reconcile_once(old: dict[str, Any] | None, now: datetime.datetime, generatio
     spec = canary_spec(**changes)
     decision = next_step(spec, CanaryStatus.parse(old), generation, warm, None, now)
     weights = plan_weights(mnist_vs(), spec, decision.percent)
-    return plan.plan_status(old, spec, decision, weights, generation=generation, now=now, vs_version="v1")
+    return plan.plan_status(old, spec, decision, weights, generation=generation, now=now, route_version="v1")
 
 
 def strip_none(status: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def test_a_rollback_is_degraded_with_a_warning() -> None:
                          T0 + datetime.timedelta(minutes=1))
     old = strip_none(reconcile_once(None, T0, percent=10))
     status = plan.plan_status(old, spec, decision, plan_weights(mnist_vs(), spec, 0), generation=3,
-                              now=T0, vs_version="v1")
+                              now=T0, route_version="v1")
     assert status["phase"] == res.PHASE_ROLLED_BACK and status["rolledBackGeneration"] == 3
     assert status["analysis"] == {"failedChecks": 1, "lastCheckTime": "2026-01-01T00:01:00Z", "result": "Failed",
                                   "checks": [{"name": "query", "value": 0.5, "max": 0.1, "passed": False,
@@ -114,13 +114,14 @@ def test_the_intent_to_append_is_recorded_before_the_write() -> None:
     weights = plan_weights(mnist_vs(), canary_spec(), 20)
     assert plan.intent_status(None, canary_spec(), weights) == {
         "addedCandidateRoutes": ["audited", "http[5]", "predict"], "virtualService": "models/mnist",
-        "phase": res.PHASE_PENDING}
+        "routeKind": "VirtualService", "route": "models/mnist", "phase": res.PHASE_PENDING}
     recorded = {"phase": res.PHASE_ACTIVE, "addedCandidateRoutes": ["audited", "http[5]", "predict"],
                 "virtualService": "models/mnist"}
     assert plan.intent_status(recorded, canary_spec(), weights) is None
     moved = canary_spec(virtualService={"name": "other"})
     assert plan.intent_status(recorded, moved, weights) == {
-        "addedCandidateRoutes": ["audited", "http[5]", "predict"], "virtualService": "models/other"}
+        "addedCandidateRoutes": ["audited", "http[5]", "predict"], "virtualService": "models/other",
+        "routeKind": "VirtualService", "route": "models/other"}
 
 
 def claimant(name: str, created: str, **changes: Any) -> Claimant:

@@ -9,37 +9,37 @@ carried over from the live object as read. The write is a merge patch of `spec.h
 that live list, conditional on the resourceVersion read, so a concurrent edit gives 409 instead
 of being overwritten.
 
-Called by the ModelCanary planning and controller; no I/O here.
+Called through planning/routes/planners.py by the ModelCanary's router; no I/O here.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kserve_operator.planning.routes.weights import (
+    REASON_AMBIGUOUS_DESTINATION,
+    REASON_FOREIGN_OWNER,
+    REASON_ROUTE_NOT_FOUND,
+    REASON_STABLE_NOT_ROUTED,
+    REASON_WEIGHTS_OVERFLOW,
+    Route,
+    RoutingProblem,
+    WeightPlan,
+    share_of,
+)
 from kserve_operator.resources.canary import Backend, CanarySpec, canonical_host
+from kserve_operator.resources.routes import OwnerProblem
 
-REASON_ROUTE_NOT_FOUND = "RouteNotFound"
-REASON_STABLE_NOT_ROUTED = "StableNotRouted"
-REASON_WEIGHTS_OVERFLOW = "WeightsOverflow"
-REASON_AMBIGUOUS_DESTINATION = "AmbiguousDestination"
-REASON_FOREIGN_OWNER = "OwnedByKServe"
+__all__ = [
+    "REASON_AMBIGUOUS_DESTINATION", "REASON_FOREIGN_OWNER", "REASON_ROUTE_NOT_FOUND", "REASON_STABLE_NOT_ROUTED",
+    "REASON_WEIGHTS_OVERFLOW", "RoutingProblem", "WeightPlan", "foreign_owner", "managed_keys", "managed_routes",
+    "owner_problem", "plan_release", "plan_weights", "route_key", "share_of", "weights_in_force", "weights_patch",
+]
 
 KSERVE_GROUP = "serving.kserve.io"
 KNATIVE_NETWORKING_GROUP = "networking.internal.knative.dev"
-
-Route = dict[str, Any]
-
-
-class RoutingProblem(Exception):
-    """The VirtualService cannot carry the split as asked: reported in status, the object is not touched."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 def route_key(route: Mapping[str, Any], index: int) -> str:
@@ -91,8 +91,8 @@ def _vs_name(vs: Mapping[str, Any]) -> str:
 def managed_routes(vs: Mapping[str, Any], spec: CanarySpec) -> tuple[int, ...]:
     """Indices of the HTTP routes the canary manages; RoutingProblem when one cannot be managed."""
     routes = http_routes(vs)
-    namespace = spec.virtual_service_namespace
-    if spec.routes is None:
+    namespace = spec.route.namespace
+    if spec.route.rules is None:
         found = tuple(i for i, route in enumerate(routes)
                       if _find(route, spec.stable, namespace, route_key(route, i), "stable") is not None)
         if not found:
@@ -101,7 +101,7 @@ def managed_routes(vs: Mapping[str, Any], spec: CanarySpec) -> tuple[int, ...]:
                                  f"{spec.stable.host}")
         return found
     indices = []
-    for name in spec.routes:
+    for name in spec.route.rules:
         index = next((i for i, route in enumerate(routes) if route.get("name") == name), None)
         if index is None:
             raise RoutingProblem(REASON_ROUTE_NOT_FOUND,
@@ -117,17 +117,17 @@ def managed_routes(vs: Mapping[str, Any], spec: CanarySpec) -> tuple[int, ...]:
     return tuple(indices)
 
 
+def managed_keys(vs: Mapping[str, Any], spec: CanarySpec) -> tuple[str, ...]:
+    routes = http_routes(vs)
+    return tuple(route_key(routes[i], i) for i in managed_routes(vs, spec))
+
+
 def _weight(entry: Mapping[str, Any], count: int) -> int:
     """Istio's reading: an explicit weight, 100 for a sole destination without one, else 0."""
     weight = entry.get("weight")
     if isinstance(weight, int) and not isinstance(weight, bool):
         return weight
     return 100 if count == 1 else 0
-
-
-def share_of(remaining: int, percent: int) -> int:
-    """The candidate's integer weight out of what other destinations leave (half rounds up)."""
-    return (remaining * percent + 50) // 100
 
 
 def _with_weight(entry: Mapping[str, Any], weight: int, count: int) -> dict[str, Any]:
@@ -160,7 +160,7 @@ def split_weights(
     A missing candidate destination is appended (copying the stable one's port) only when it gets
     traffic; `remove_added_candidate` drops it again (release of a route where we appended it).
     """
-    namespace = spec.virtual_service_namespace
+    namespace = spec.route.namespace
     route: Route = {"route": list(destinations)}
     stable_at = _find(route, spec.stable, namespace, key, "stable")
     if stable_at is None:
@@ -190,19 +190,6 @@ def split_weights(
     if appended:
         result.append(_candidate_entry(spec.candidate, destinations[stable_at], candidate_weight))
     return result, appended, (stable_weight, candidate_weight)
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightPlan:
-    """The VirtualService's `spec.http` with the split applied, and what it means."""
-
-    http: list[Route]
-    changed: bool
-    managed: tuple[str, ...]  # route keys
-    appended: tuple[str, ...]  # route keys where this plan appends the candidate destination
-    stable_weight: int  # in the first managed route
-    candidate_weight: int
-    removed: tuple[str, ...] = ()  # route keys where this plan removes the candidate we appended
 
 
 def _release_route(live: list[Route], http: list[Route], spec: CanarySpec, key: str,
@@ -277,7 +264,7 @@ def weights_in_force(vs: Mapping[str, Any], spec: CanarySpec) -> tuple[int, int]
         return None
     route = http_routes(vs)[indices[0]]
     destinations = route.get("route") or []
-    namespace, key = spec.virtual_service_namespace, route_key(route, indices[0])
+    namespace, key = spec.route.namespace, route_key(route, indices[0])
     stable_at = _find(route, spec.stable, namespace, key, "stable")
     candidate_at = _find(route, spec.candidate, namespace, key, "candidate")
     count = len(destinations)
@@ -312,3 +299,9 @@ def foreign_owner(vs: Mapping[str, Any]) -> str | None:
                 return (f"VirtualService {_vs_name(vs)} carries the label {label} of a controller that rewrites "
                         "its routes; point the ModelCanary at a VirtualService the platform team owns")
     return None
+
+
+def owner_problem(vs: Mapping[str, Any]) -> OwnerProblem | None:
+    """`foreign_owner` as the router reports it (reason and message)."""
+    owner = foreign_owner(vs)
+    return OwnerProblem(REASON_FOREIGN_OWNER, owner) if owner is not None else None

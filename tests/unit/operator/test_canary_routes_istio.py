@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kserve_operator.planning import virtualservice as vsplan
-from kserve_operator.planning.virtualservice import RoutingProblem, plan_release, plan_weights
+from kserve_operator.planning.routes import istio as vsplan
+from kserve_operator.planning.routes.istio import RoutingProblem, plan_release, plan_weights
 from tests.unit.operator.canary_shapes import CANDIDATE_HOST, STABLE_HOST, canary_spec, mnist_vs
 
 STABLE_NAMED = ("predict", "audited", "http[5]")
@@ -35,7 +35,7 @@ def test_by_default_every_http_route_sending_to_stable_is_managed() -> None:
 def test_twenty_percent_in_each_managed_route() -> None:
     vs = mnist_vs()
     plan = plan_weights(vs, canary_spec(percent=20), 20)
-    predict, audited, catch_all = plan.http[1], plan.http[2], plan.http[5]
+    predict, audited, catch_all = plan.rules[1], plan.rules[2], plan.rules[5]
     assert predict["route"] == [
         {"destination": {"host": STABLE_HOST, "port": {"number": 80}}, "weight": 80,
          "headers": {"response": {"set": {"x-served-by": "stable"}}}},
@@ -52,7 +52,7 @@ def test_twenty_percent_in_each_managed_route() -> None:
 def test_everything_but_the_managed_weights_is_kept_whole_and_in_order() -> None:
     vs = mnist_vs()
     plan = plan_weights(vs, canary_spec(), 35)
-    after = applied(vs, plan.http)
+    after = applied(vs, plan.rules)
     assert {k: v for k, v in after.items() if k != "spec"} == {k: v for k, v in vs.items() if k != "spec"}
     assert {k: v for k, v in after["spec"].items() if k != "http"} == {
         k: v for k, v in vs["spec"].items() if k != "http"}
@@ -71,16 +71,16 @@ def test_named_routes_limit_what_is_managed() -> None:
     vs = mnist_vs()
     plan = plan_weights(vs, canary_spec(routes=["predict"]), 50)
     assert plan.managed == ("predict",)
-    assert [r for i, r in enumerate(plan.http) if i != 1] == [r for i, r in enumerate(vs["spec"]["http"]) if i != 1]
+    assert [r for i, r in enumerate(plan.rules) if i != 1] == [r for i, r in enumerate(vs["spec"]["http"]) if i != 1]
 
 
 def test_planning_the_weights_in_force_writes_nothing() -> None:
     vs = mnist_vs()
     for percent in (0, 1, 20, 50, 99, 100):
-        first = applied(vs, plan_weights(vs, canary_spec(), percent).http)
+        first = applied(vs, plan_weights(vs, canary_spec(), percent).rules)
         again = plan_weights(first, canary_spec(), percent)
         assert not again.changed, percent
-        assert again.http == first["spec"]["http"]
+        assert again.rules == first["spec"]["http"]
 
 
 def test_zero_percent_on_an_untouched_service_is_no_write() -> None:
@@ -94,29 +94,29 @@ def test_a_candidate_destination_already_there_is_weighted_not_duplicated() -> N
     vs["spec"]["http"][1]["route"].append(
         {"destination": {"host": "torch-mnist-v2-predictor", "port": {"number": 80}}, "weight": 0})
     plan = plan_weights(vs, canary_spec(routes=["predict"]), 30)
-    assert [d["weight"] for d in plan.http[1]["route"]] == [70, 30]
-    assert plan.http[1]["route"][1]["destination"]["host"] == "torch-mnist-v2-predictor"  # as written
+    assert [d["weight"] for d in plan.rules[1]["route"]] == [70, 30]
+    assert plan.rules[1]["route"][1]["destination"]["host"] == "torch-mnist-v2-predictor"  # as written
     assert plan.appended == ()
-    released = plan_release(applied(vs, plan.http), canary_spec(routes=["predict"]), ("predict",), ())
-    assert [d["weight"] for d in released.http[1]["route"]] == [100, 0]  # not ours to remove
+    released = plan_release(applied(vs, plan.rules), canary_spec(routes=["predict"]), ("predict",), ())
+    assert [d["weight"] for d in released.rules[1]["route"]] == [100, 0]  # not ours to remove
 
 
 def test_release_gives_stable_everything_and_removes_what_we_added() -> None:
     vs = mnist_vs()
     spec = canary_spec()
     plan = plan_weights(vs, spec, 40)
-    released = plan_release(applied(vs, plan.http), spec, plan.managed, plan.appended)
+    released = plan_release(applied(vs, plan.rules), spec, plan.managed, plan.appended)
     original = vs["spec"]["http"]
-    assert released.http[:5] == original[:5]
+    assert released.rules[:5] == original[:5]
     # The unnamed catch-all had one destination with Istio's implied 100: now written explicitly.
-    assert released.http[5] == {**original[5], "route": [{**original[5]["route"][0], "weight": 100}]}
+    assert released.rules[5] == {**original[5], "route": [{**original[5]["route"][0], "weight": 100}]}
     assert (released.stable_weight, released.candidate_weight) == (100, 0)
 
 
 def test_release_leaves_routes_it_cannot_recognise_alone() -> None:
     vs = mnist_vs()
     spec = canary_spec(routes=["predict"])
-    moved = applied(vs, plan_weights(vs, spec, 40).http)
+    moved = applied(vs, plan_weights(vs, spec, 40).rules)
     moved["spec"]["http"][1]["route"][0]["destination"]["host"] = "someone-else.models.svc.cluster.local"
     released = plan_release(moved, spec, ("predict",), ("predict",))
     assert not released.changed
@@ -129,7 +129,7 @@ def test_a_port_and_subset_on_the_backends() -> None:
     spec = canary_spec(routes=["predict"], stable={"host": "reviews", "subset": "v1"},
                        candidate={"host": "reviews", "subset": "v2", "port": 9090})
     plan = plan_weights(vs, spec, 25)
-    assert plan.http[1]["route"] == [
+    assert plan.rules[1]["route"] == [
         {"destination": {"host": "reviews", "subset": "v1", "port": {"number": 9080}}, "weight": 75},
         {"destination": {"host": "reviews.models.svc.cluster.local", "subset": "v2", "port": {"number": 9090}},
          "weight": 25},
@@ -160,14 +160,14 @@ def test_routes_that_cannot_carry_the_split(changes: dict[str, Any], edit: Any, 
 def test_the_patch_is_conditional_on_the_version_read() -> None:
     vs = mnist_vs()
     plan = plan_weights(vs, canary_spec(), 10)
-    assert vsplan.weights_patch(vs, plan.http) == {"metadata": {"resourceVersion": "4711"},
-                                                  "spec": {"http": plan.http}}
+    assert vsplan.weights_patch(vs, plan.rules) == {"metadata": {"resourceVersion": "4711"},
+                                                  "spec": {"http": plan.rules}}
 
 
 def test_weights_in_force_read_from_the_object() -> None:
     vs = mnist_vs()
     assert vsplan.weights_in_force(vs, canary_spec()) == (100, 0)
-    assert vsplan.weights_in_force(applied(vs, plan_weights(vs, canary_spec(), 10).http), canary_spec()) == (90, 10)
+    assert vsplan.weights_in_force(applied(vs, plan_weights(vs, canary_spec(), 10).rules), canary_spec()) == (90, 10)
     assert vsplan.weights_in_force(vs, canary_spec(routes=["nope"])) is None
 
 
@@ -217,7 +217,7 @@ def test_any_route_sums_to_100_and_keeps_every_other_field(
     vs["spec"]["http"] = [vs["spec"]["http"][0], _route(others, stable, candidate)]
     spec = canary_spec(routes=["r"])
     plan = plan_weights(vs, spec, percent)
-    route = plan.http[1]
+    route = plan.rules[1]
     weights = [vsplan._weight(d, len(route["route"])) for d in route["route"]]
     assert sum(weights) == 100
     assert all(isinstance(w, int) and w >= 0 for w in weights)
@@ -226,12 +226,12 @@ def test_any_route_sums_to_100_and_keeps_every_other_field(
     for i, d in enumerate(before):  # other destinations keep their weights exactly
         if d["destination"]["host"] not in (STABLE_HOST, CANDIDATE_HOST):
             assert route["route"][i] == d
-    assert plan.http[0] == vs["spec"]["http"][0]
+    assert plan.rules[0] == vs["spec"]["http"][0]
     remaining = 100 - sum(others)
     assert plan.candidate_weight == vsplan.share_of(remaining, percent)
     # Released: the candidate gets nothing and the sum still holds.
-    released = plan_release(applied(vs, plan.http), spec, plan.managed, plan.appended)
-    rel = released.http[1]["route"]
+    released = plan_release(applied(vs, plan.rules), spec, plan.managed, plan.appended)
+    rel = released.rules[1]["route"]
     assert sum(vsplan._weight(d, len(rel)) for d in rel) == 100
     assert len(rel) == len(before)
 
@@ -239,12 +239,12 @@ def test_any_route_sums_to_100_and_keeps_every_other_field(
 def test_a_route_dropped_from_the_spec_is_given_back() -> None:
     vs = mnist_vs()
     both = plan_weights(vs, canary_spec(routes=["predict", "audited"]), 30)
-    moved = applied(vs, both.http)
+    moved = applied(vs, both.rules)
     narrowed = plan_weights(moved, canary_spec(routes=["audited"]), 30, previously=both.managed,
                             added=both.appended)
     assert narrowed.managed == ("audited",) and narrowed.removed == ("predict",)
-    assert narrowed.http[1] == vs["spec"]["http"][1]  # predict exactly as before the canary
-    assert [d["weight"] for d in narrowed.http[2]["route"]] == [20, 56, 24]
-    again = plan_weights(applied(moved, narrowed.http), canary_spec(routes=["audited"]), 30,
+    assert narrowed.rules[1] == vs["spec"]["http"][1]  # predict exactly as before the canary
+    assert [d["weight"] for d in narrowed.rules[2]["route"]] == [20, 56, 24]
+    again = plan_weights(applied(moved, narrowed.rules), canary_spec(routes=["audited"]), 30,
                          previously=narrowed.managed, added=("audited",))
     assert not again.changed
