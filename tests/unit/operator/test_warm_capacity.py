@@ -18,8 +18,8 @@ from kserve_operator.planning.warm_capacity import (
     required_warm_nodes,
 )
 from kserve_operator.resources.kinds import MODEL_CANARY
-from tests.unit.operator.test_prewarm_plan import condition, world
 from tests.unit.operator.test_prewarm_node_index import NoServer
+from tests.unit.operator.test_prewarm_plan import condition, world
 
 
 @pytest.mark.parametrize(("percent", "replicas", "nodes"), [
