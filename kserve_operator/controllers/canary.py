@@ -64,6 +64,7 @@ from kserve_operator.planning.canary_checks import AnalysisResult, CheckReading,
 from kserve_operator.planning.canary_gates import route_namespace_problem, warm_state
 from kserve_operator.planning.events import NORMAL, EventPlan
 from kserve_operator.planning.routes.weights import RoutingProblem, WeightPlan
+from kserve_operator.planning.warm_capacity import Capacity
 from kserve_operator.resources import canary as res
 from kserve_operator.resources.canary import CanarySpec, CanaryStatus, parse_spec
 from kserve_operator.resources.kinds import (
@@ -71,9 +72,11 @@ from kserve_operator.resources.kinds import (
     INFERENCE_SERVICE,
     MODEL_CANARY,
     MODEL_PREWARM,
+    POD,
     VIRTUAL_SERVICE,
     VIRTUAL_SERVICE_V1BETA1,
 )
+from kserve_operator.resources.prewarm import LABEL_COMPONENT, LABEL_ISVC, PREDICTOR
 from kserve_operator.resources.routes import ObservedRoutes, RouteTarget
 from kserve_operator.settings import FINALIZER, OperatorSettings
 
@@ -131,6 +134,18 @@ async def _warm_state(api: KubeApi, spec: CanarySpec) -> plan.WarmState:
     assert spec.model_prewarm is not None  # parse_spec guarantees one when requireWarm is set
     prewarm = await api.get(MODEL_PREWARM, spec.model_prewarm, spec.namespace)
     return warm_state(prewarm, f"ModelPrewarm {spec.namespace}/{spec.model_prewarm}")
+
+
+async def _capacity(api: KubeApi, spec: CanarySpec, warm: plan.WarmState) -> Capacity:
+    """The candidate's warm nodes and the stable's serving replicas (its predictor Pods running, from
+    the predictor Pod informer: no request); a stable that is not an InferenceService counts 0."""
+    replicas = 0
+    if spec.stable.inference_service:
+        pods = await api.list(POD, spec.namespace, label_selector=f"{LABEL_ISVC}={spec.stable.inference_service},"
+                                                                f"{LABEL_COMPONENT}={PREDICTOR}")
+        replicas = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Running"
+                       and not (p.get("metadata") or {}).get("deletionTimestamp"))
+    return Capacity(warm_nodes=warm.nodes, stable_replicas=replicas)
 
 
 async def _read_check(ctx: CanaryContext, query: str) -> CheckReading:
@@ -210,10 +225,12 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, 
     generation = meta.get("generation")
     moment = now()
     warm = await _warm_state(api, spec) if spec.require_warm else None
-    decision = plan.next_step(spec, CanaryStatus.parse(body.get("status")), generation, warm, None, moment)
+    capacity = await _capacity(api, spec, warm) if warm is not None else None  # steps wait for warm capacity
+    decision = plan.next_step(spec, CanaryStatus.parse(body.get("status")), generation, warm, None, moment, capacity)
     if decision.wants_analysis:
         analysis = await _analyse(ctx, spec)
-        decision = plan.next_step(spec, CanaryStatus.parse(body.get("status")), generation, warm, analysis, moment)
+        decision = plan.next_step(spec, CanaryStatus.parse(body.get("status")), generation, warm, analysis, moment,
+                                  capacity)
 
     try:
         weights, observed = await _apply_weights(ctx, body, spec, observed, decision.percent)
@@ -227,11 +244,12 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, 
         raise
     old = body.get("status") or {}
     status = plan.plan_status(old, spec, decision, weights, generation=generation, now=moment,
-                              route_version=observed.version)
+                              route_version=observed.version, capacity=capacity)
     if await patch_status(api, MODEL_CANARY, body, status):
         await post_events(api, body, plan.plan_events(old, status))
     result.requeue_after = decision.requeue_after
-    return Outcome.WAITING if decision.phase == res.PHASE_WAITING_FOR_MODEL else Outcome.OK
+    waiting = decision.phase in (res.PHASE_WAITING_FOR_MODEL, res.PHASE_WAITING_FOR_CAPACITY)
+    return Outcome.WAITING if waiting else Outcome.OK
 
 
 async def _release_previous_route(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec,

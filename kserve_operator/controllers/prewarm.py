@@ -332,10 +332,13 @@ async def account_changed(body: Mapping[str, Any], type: str | None, memo: Any, 
 
 
 async def canary_demand_changed(event: InformerEvent, memo: Any) -> None:
-    """A canary now asks for more (or fewer) warm nodes: the ModelPrewarm it names looks again."""
+    """A canary now asks for more (or fewer) warm nodes than the ModelPrewarm it names keeps anyway
+    (nodeCount): that ModelPrewarm looks again (read from the informer: no request)."""
     ctx: PrewarmContext = memo.prewarm
-    for namespace, prewarm in affected_prewarms(event, ctx.demands_seen):
-        if (namespace, prewarm) in ctx.known:
+    for (namespace, prewarm), need in affected_prewarms(event, ctx.demands_seen):
+        body = await ctx.api.get(MODEL_PREWARM, prewarm, namespace) if (namespace, prewarm) in ctx.known else None
+        count = ((body or {}).get("spec") or {}).get("nodeCount") or 1
+        if body is not None and (not isinstance(count, int) or need > count):  # at or below nodeCount: no change
             spawn(_run(memo, namespace, prewarm, LOGGER, 0, from_child=True), f"capacity {namespace}/{prewarm}")
 
 

@@ -28,9 +28,10 @@ def read_demands(canaries: Sequence[Informer], namespace: str, prewarm: str) -> 
     return capacity_demands(named, namespace, prewarm)
 
 
-def affected_prewarms(event: InformerEvent, seen: dict[Key, tuple[str | None, int]]) -> list[Key]:
-    """The ModelPrewarms a canary's event concerns: the one it names (and the one it named before)
-    when its need changed; none for the start-up listing or a change elsewhere in the canary."""
+def affected_prewarms(event: InformerEvent, seen: dict[Key, tuple[str | None, int]]) -> list[tuple[Key, int]]:
+    """The ModelPrewarms a canary's event concerns, each with the larger of the canary's need before
+    and now: the one it names (and the one it named before) when its need changed; none for the
+    start-up listing or a change elsewhere in the canary."""
     meta: Mapping[str, Any] = event.obj.get("metadata") or {}
     namespace, key = str(meta.get("namespace") or ""), (str(meta.get("namespace") or ""), str(meta.get("name")))
     now = (None, 0) if event.type == "DELETED" else demand_fingerprint(event.obj)
@@ -39,4 +40,8 @@ def affected_prewarms(event: InformerEvent, seen: dict[Key, tuple[str | None, in
         seen[key] = now
     if event.type is None or now == before:
         return []
-    return sorted({(namespace, name) for name, need in (before, now) if name and need})
+    needs: dict[Key, int] = {}
+    for name, need in (before, now):
+        if name and need:
+            needs[(namespace, name)] = max(need, needs.get((namespace, name), 0))
+    return sorted(needs.items())

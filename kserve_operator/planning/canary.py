@@ -36,6 +36,7 @@ from kserve_operator.planning.canary_checks import (
 from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
 from kserve_operator.planning.routes.planners import planner_for
 from kserve_operator.planning.routes.weights import RoutingProblem, WeightPlan
+from kserve_operator.planning.warm_capacity import Capacity
 from kserve_operator.resources import canary as res
 from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.canary import CanarySpec, CanaryStatus
@@ -44,6 +45,7 @@ from kserve_operator.resources.routes import KIND_HTTP_ROUTE, KIND_VIRTUAL_SERVI
 # Condition reasons and event reasons: the controller's vocabulary.
 REASON_WEIGHTS_APPLIED = "WeightsApplied"
 REASON_WAITING_FOR_MODEL = "WaitingForModel"
+REASON_WAITING_FOR_CAPACITY = "WaitingForCapacity"  # a step waits for enough warm nodes for its share
 REASON_STEPPING = "Stepping"
 REASON_ANALYSIS_PENDING = "AnalysisPending"
 REASON_NO_DATA = RESULT_NO_DATA  # held: a check found no data (no candidate traffic in the window)
@@ -87,6 +89,7 @@ class WarmState:
 
     warm: bool
     detail: str
+    nodes: int = 0  # nodes warm with the model the ModelPrewarm asks for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +106,7 @@ class StepDecision:
     analysis: AnalysisResult | None = None  # the checks evaluated by this pass
     wants_analysis: bool = False  # a check is due: evaluate the checks and decide again with their result
     requeue_after: float | None = None  # seconds until the next check is due
+    capacity_percent: int = 0  # the share whose warm nodes are asked for now (the next step's, or this one's)
 
 
 def _whole_second_up(moment: datetime.datetime) -> datetime.datetime:
@@ -120,7 +124,20 @@ def _settled_phase(share: int) -> str:
 
 def next_step(
     spec: CanarySpec, status: CanaryStatus, generation: int | None, warm: WarmState | None,
-    analysis: AnalysisResult | None, now: datetime.datetime,
+    analysis: AnalysisResult | None, now: datetime.datetime, capacity: Capacity | None = None,
+) -> StepDecision:
+    """The candidate's share now, and the share whose warm nodes it asks for."""
+    decision = _walk(spec, status, generation, warm, analysis, now, capacity)
+    if decision.phase == res.PHASE_ROLLED_BACK:
+        return decision
+    ladder = spec.ladder() if spec.steps else ()
+    ahead = next((share for share in ladder if share > decision.percent), spec.percent)
+    return dataclasses.replace(decision, capacity_percent=max(decision.percent, min(ahead, spec.percent)))
+
+
+def _walk(
+    spec: CanarySpec, status: CanaryStatus, generation: int | None, warm: WarmState | None,
+    analysis: AnalysisResult | None, now: datetime.datetime, capacity: Capacity | None,
 ) -> StepDecision:
     """The candidate's share now; see the module docstring for the walk."""
     ladder = spec.ladder()
@@ -150,6 +167,10 @@ def next_step(
                        last_step_time=None, last_check_time=None, failed_checks=0)
 
     def step_to(share: int, message: str) -> StepDecision:
+        waits = capacity.holds(current, share) if capacity is not None else None
+        if waits is not None:  # woken when the ModelPrewarm reports more warm nodes
+            return replace(hold, phase=res.PHASE_WAITING_FOR_CAPACITY, reason=REASON_WAITING_FOR_CAPACITY,
+                           message=waits)
         phase = _settled_phase(share) if share == spec.percent else res.PHASE_PROGRESSING
         reason = {res.PHASE_PROMOTED: REASON_PROMOTED, res.PHASE_ACTIVE: REASON_SETTLED}.get(phase, REASON_STEPPING)
         requeue = wait_from(stamp) if spec.steps and phase == res.PHASE_PROGRESSING else None
@@ -212,7 +233,7 @@ def _backend_names(spec: CanarySpec) -> dict[str, str]:
 
 def plan_status(
     old: Mapping[str, Any] | None, spec: CanarySpec, decision: StepDecision, weights: WeightPlan, *,
-    generation: int | None, now: datetime.datetime, route_version: str,
+    generation: int | None, now: datetime.datetime, route_version: str, capacity: Capacity | None = None,
 ) -> dict[str, Any]:
     """The whole status after the weights of `weights` are in force."""
     old = old or {}
@@ -223,7 +244,7 @@ def plan_status(
         message=(f"{spec.route.display} carries stable "
                  f"{weights.stable_weight}% / candidate {weights.candidate_weight}% on {routes}"),
         now=now, generation=generation)
-    moving = decision.phase in (res.PHASE_WAITING_FOR_MODEL, res.PHASE_PROGRESSING)
+    moving = decision.phase in (res.PHASE_WAITING_FOR_MODEL, res.PHASE_WAITING_FOR_CAPACITY, res.PHASE_PROGRESSING)
     conditions = cond.set_condition(
         conditions, type=cond.PROGRESSING, status=cond.TRUE if moving else cond.FALSE,
         reason=decision.reason, message=decision.message, now=now, generation=generation)
@@ -255,6 +276,7 @@ def plan_status(
         "lastTransitionTime": _transition(old, decision.phase, now),
         "analysis": analysis if spec.steps and spec.steps.analysis else None,
         "rolledBackGeneration": decision.rolled_back_generation,
+        "capacity": capacity.status(decision.capacity_percent) if capacity is not None else None,
         **_route_fields(spec),
         "managedRoutes": list(weights.managed),
         "addedCandidateRoutes": sorted((_added_before(old, spec) - set(weights.removed)) | set(weights.appended)),

@@ -45,5 +45,5 @@ def warm_state(prewarm: Mapping[str, Any] | None, where: str) -> WarmState:
     if warmed_with and wanted and warmed_with != wanted:
         return WarmState(False, f"{where} to warm {wanted} (its {warm_nodes} warm node(s) hold {warmed_with})")
     if warm_nodes >= 1:
-        return WarmState(True, f"{where} has {warm_nodes} warm node(s) (phase {phase})")
+        return WarmState(True, f"{where} has {warm_nodes} warm node(s) (phase {phase})", warm_nodes)
     return WarmState(False, f"{where} to have a warm node (phase {phase}, 0 warm nodes)")

@@ -71,3 +71,27 @@ def candidate_prewarm_keys(canary: Mapping[str, Any]) -> list[str]:
     """The index function: the ModelPrewarm a canary's candidate is warmed by, as `namespace/name`."""
     name, namespace = candidate_prewarm(canary), (canary.get("metadata") or {}).get("namespace")
     return [f"{namespace}/{name}"] if name and namespace else []
+
+
+@dataclasses.dataclass(frozen=True)
+class Capacity:
+    """What a canary step is gated on: the candidate's warm nodes and the stable's serving replicas."""
+
+    warm_nodes: int
+    stable_replicas: int
+
+    def required(self, percent: int) -> int:
+        return required_warm_nodes(percent, self.stable_replicas)
+
+    def holds(self, current: int, share: int) -> str | None:
+        """Why raising the candidate from `current` to `share` must wait, or None."""
+        need = self.required(share)
+        if share <= current or self.warm_nodes >= need:
+            return None
+        return (f"held at {current}%: {share}% needs the candidate warm on {need} node(s) "
+                f"(ceil({share}% of {self.stable_replicas} stable replica(s)), at least 1); {self.warm_nodes} warm")
+
+    def status(self, percent: int) -> dict[str, int]:
+        """`status.capacity`: what the next share needs (the ModelPrewarm keeps that many warm)."""
+        return {FIELD_REQUIRED: self.required(percent), "warmNodes": self.warm_nodes,
+                "stableReplicas": self.stable_replicas, "forPercent": percent}

@@ -3,6 +3,8 @@ needs, how the canaries' needs reach the ModelPrewarm they name, and that it kee
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 from typing import Any
 
 import pytest
@@ -10,14 +12,20 @@ import pytest
 from kserve_operator.clients.informer import Informer, InformerEvent
 from kserve_operator.controllers.prewarm_capacity import affected_prewarms, read_demands
 from kserve_operator.planning.backoff import backoff_delay
+from kserve_operator.planning.canary import StepDecision, WarmState, next_step
 from kserve_operator.planning.warm_capacity import (
     BY_CANDIDATE_PREWARM,
+    Capacity,
     CapacityDemand,
     candidate_prewarm_keys,
     capacity_demands,
     required_warm_nodes,
 )
+from kserve_operator.resources import canary as res
+from kserve_operator.resources.canary import CanaryStatus
 from kserve_operator.resources.kinds import MODEL_CANARY
+from tests.unit.operator.canary_shapes import canary_spec
+from tests.unit.operator.test_canary_steps import T0, after
 from tests.unit.operator.test_prewarm_node_index import NoServer
 from tests.unit.operator.test_prewarm_plan import condition, world
 
@@ -65,9 +73,11 @@ def test_a_canary_wakes_its_prewarm_only_when_its_need_changes() -> None:
 
     assert event(None, canary("a", required=1)) == []  # the listing: the ModelPrewarms reconcile anyway
     assert event("MODIFIED", canary("a", required=1, rv="2")) == []  # another status field changed
-    assert event("MODIFIED", canary("a", required=2, rv="3")) == [("ml", "mnist-v2")]
-    assert event("MODIFIED", canary("a", prewarm="v3", required=2, rv="4")) == [("ml", "mnist-v2"), ("ml", "v3")]
-    assert event("DELETED", canary("a", prewarm="v3", required=2, rv="5")) == [("ml", "v3")]
+    assert event("MODIFIED", canary("a", required=2, rv="3")) == [(("ml", "mnist-v2"), 2)]
+    assert event("MODIFIED", canary("a", prewarm="v3", required=3, rv="4")) == [(("ml", "mnist-v2"), 2),
+                                                                                (("ml", "v3"), 3)]
+    assert event("MODIFIED", canary("a", prewarm="v3", required=1, rv="5")) == [(("ml", "v3"), 3)]  # 3 -> 1
+    assert event("DELETED", canary("a", prewarm="v3", required=1, rv="6")) == [(("ml", "v3"), 1)]
     assert event("ADDED", canary("b")) == []  # names one, asks for nothing
 
 
@@ -95,3 +105,46 @@ def test_the_prewarm_keeps_as_many_nodes_warm_as_the_largest_need_then_gives_the
     lowered = w.reconcile()
     assert len(lowered.delete) == 2 and w.prewarm["status"]["desiredNodes"] == 1
     assert "capacityDemand" not in w.prewarm["status"] and w.settled()
+
+
+def test_steps_wait_for_warm_capacity_for_their_share_of_4_stable_replicas() -> None:
+    """A stable of 4 replicas stepping 25 -> 50 -> 100: each step waits for ceil(w% x 4) warm nodes,
+    and status asks for the next step's nodes while the current one runs (so they warm meanwhile)."""
+    spec = canary_spec(percent=100, requireWarm=True, steps={"weights": [25, 50], "interval": "1m"})
+    status = CanaryStatus()
+
+    def decide(at: float, warm_nodes: int) -> StepDecision:
+        nonlocal status
+        capacity = Capacity(warm_nodes=warm_nodes, stable_replicas=4)
+        decision = next_step(spec, status, 1, WarmState(True, "warm", warm_nodes), None,
+                             T0 + datetime.timedelta(minutes=at), capacity)
+        status = after(decision, status)
+        return decision
+
+    first = decide(0, 1)
+    assert (first.percent, first.phase, first.capacity_percent) == (25, res.PHASE_PROGRESSING, 50)
+    assert Capacity(1, 4).status(first.capacity_percent) == {
+        "requiredWarmNodes": 2, "warmNodes": 1, "stableReplicas": 4, "forPercent": 50}
+    held = decide(1.5, 1)  # the interval is over, but 50% of 4 replicas needs 2 warm nodes
+    assert (held.percent, held.phase, held.reason) == (25, res.PHASE_WAITING_FOR_CAPACITY, "WaitingForCapacity")
+    assert "50% needs the candidate warm on 2 node(s)" in held.message and "1 warm" in held.message
+    assert held.capacity_percent == 50
+    second = decide(2, 2)  # the ModelPrewarm warmed a second node: the step is taken
+    assert (second.percent, second.phase, second.capacity_percent) == (50, res.PHASE_PROGRESSING, 100)
+    assert decide(3.5, 3).phase == res.PHASE_WAITING_FOR_CAPACITY  # 100% needs all 4
+    last = decide(4, 4)
+    assert (last.percent, last.phase, last.capacity_percent) == (100, res.PHASE_PROMOTED, 100)
+    lower = dataclasses.replace(spec, percent=25)
+    down = next_step(lower, status, 2, WarmState(True, "warm", 1), None, T0, Capacity(1, 4))
+    assert down.percent == 25  # going down never waits for capacity
+
+
+def test_without_steps_a_jump_waits_for_the_whole_share_and_a_warm_gate_asks_for_the_first_step() -> None:
+    jump = canary_spec(percent=50, requireWarm=True)
+    held = next_step(jump, CanaryStatus(), 1, WarmState(True, "warm", 1), None, T0, Capacity(1, 4))
+    assert (held.percent, held.phase, held.capacity_percent) == (0, res.PHASE_WAITING_FOR_CAPACITY, 50)
+    assert next_step(jump, CanaryStatus(), 1, WarmState(True, "warm", 2), None, T0, Capacity(2, 4)).percent == 50
+    cold = canary_spec(percent=100, requireWarm=True, steps={"weights": [25, 50], "interval": "1m"})
+    waiting = next_step(cold, CanaryStatus(), 1, WarmState(False, "cold"), None, T0, Capacity(0, 4))
+    assert (waiting.phase, waiting.capacity_percent) == (res.PHASE_WAITING_FOR_MODEL, 25)
+    assert Capacity(0, 0).holds(0, 10) is not None and Capacity(1, 0).holds(0, 100) is None  # no replicas: 1 node
