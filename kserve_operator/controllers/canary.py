@@ -60,6 +60,7 @@ from kserve_operator.controllers.core import (
 )
 from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable, NoSamples
 from kserve_operator.planning import canary as plan
+from kserve_operator.planning import canary_claims as route_claims
 from kserve_operator.planning.canary_checks import AnalysisResult, CheckReading, check_queries, judge
 from kserve_operator.planning.canary_gates import route_namespace_problem, warm_state
 from kserve_operator.planning.events import NORMAL, EventPlan
@@ -166,7 +167,7 @@ async def _analyse(ctx: CanaryContext, spec: CanarySpec) -> AnalysisResult:
     return judge([check for check, _ in queries], readings)
 
 
-def _others(index: Any, spec: CanarySpec) -> list[plan.Claimant]:
+def _others(index: Any, spec: CanarySpec) -> list[route_claims.Claimant]:
     return list(index.get((spec.route.kind, spec.route.namespace, spec.route.name), []) if index else [])
 
 
@@ -215,10 +216,10 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, 
     if observed.owner_problem is not None:
         await _report_problem(api, body, observed.owner_problem.reason, observed.owner_problem.message, spec)
         return Outcome.INVALID
-    me = plan.Claimant(namespace, name, str(meta.get("creationTimestamp") or ""), dict(body.get("spec") or {}))
-    claimed = plan.first_claim(me, _others(claims, spec), observed.obj, spec)
+    me = route_claims.Claimant(namespace, name, str(meta.get("creationTimestamp") or ""), dict(body.get("spec") or {}))
+    claimed = route_claims.first_claim(me, _others(claims, spec), observed.obj, spec)
     if claimed is not None:
-        await _report_problem(api, body, plan.REASON_ROUTE_CLAIMED, plan.claim_message(*claimed, spec), spec)
+        await _report_problem(api, body, plan.REASON_ROUTE_CLAIMED, route_claims.claim_message(*claimed, spec), spec)
         return Outcome.INVALID
 
     await _release_previous_route(ctx, body, spec, logger)

@@ -17,7 +17,7 @@ import kopf
 
 from kserve_operator.clients.informer import IndexFunction, Informer, InformerEvent, key_of
 from kserve_operator.controllers.core import ObjectKey, remember
-from kserve_operator.planning import canary as plan
+from kserve_operator.planning import canary_claims as route_claims
 from kserve_operator.resources.kinds import MODEL_CANARY
 from kserve_operator.resources.routes import KIND_HTTP_ROUTE, KIND_VIRTUAL_SERVICE, route_key_of
 
@@ -28,13 +28,13 @@ RouteKey = tuple[str, str, str]  # (kind, namespace, name) of a routing object
 
 
 def canaries_by_route(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta,
-                      **_: Any) -> dict[RouteKey, plan.Claimant]:
+                      **_: Any) -> dict[RouteKey, route_claims.Claimant]:
     """(kind, namespace, name) of the routing object -> the canaries that reference it, for claims."""
     assert namespace is not None
     key = route_key_of(spec, namespace)
     if key is None:
         return {}
-    return {key: plan.Claimant(namespace, name, str(meta.get("creationTimestamp") or ""), dict(spec),
+    return {key: route_claims.Claimant(namespace, name, str(meta.get("creationTimestamp") or ""), dict(spec),
                                deleting=bool(meta.get("deletionTimestamp")))}
 
 

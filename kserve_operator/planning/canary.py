@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from kserve_operator.errors import InvalidSpec
 from kserve_operator.planning.canary_checks import (
     RESULT_FAILED,
     RESULT_METRICS_UNAVAILABLE,
@@ -34,8 +33,7 @@ from kserve_operator.planning.canary_checks import (
     analysis_status,
 )
 from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
-from kserve_operator.planning.routes.planners import planner_for
-from kserve_operator.planning.routes.weights import RoutingProblem, WeightPlan
+from kserve_operator.planning.routes.weights import WeightPlan
 from kserve_operator.planning.warm_capacity import Capacity
 from kserve_operator.resources import canary as res
 from kserve_operator.resources import conditions as cond
@@ -166,11 +164,18 @@ def _walk(
                        message=f"the candidate gets 0% until its model is warm: waiting for {detail}",
                        last_step_time=None, last_check_time=None, failed_checks=0)
 
-    def step_to(share: int, message: str) -> StepDecision:
+    def short_of(share: int, **kept: Any) -> StepDecision | None:
+        """Held for capacity (woken when the ModelPrewarm reports more warm nodes), or None."""
         waits = capacity.holds(current, share) if capacity is not None else None
-        if waits is not None:  # woken when the ModelPrewarm reports more warm nodes
-            return replace(hold, phase=res.PHASE_WAITING_FOR_CAPACITY, reason=REASON_WAITING_FOR_CAPACITY,
-                           message=waits)
+        if waits is None:
+            return None
+        return replace(hold, phase=res.PHASE_WAITING_FOR_CAPACITY, reason=REASON_WAITING_FOR_CAPACITY,
+                       message=waits, **kept)
+
+    def step_to(share: int, message: str) -> StepDecision:
+        held = short_of(share)
+        if held is not None:
+            return held
         phase = _settled_phase(share) if share == spec.percent else res.PHASE_PROGRESSING
         reason = {res.PHASE_PROMOTED: REASON_PROMOTED, res.PHASE_ACTIVE: REASON_SETTLED}.get(phase, REASON_STEPPING)
         requeue = wait_from(stamp) if spec.steps and phase == res.PHASE_PROGRESSING else None
@@ -191,6 +196,9 @@ def _walk(
                        requeue_after=wait_from(stamp))
     due = max(anchors) + datetime.timedelta(seconds=interval)
     if now < due:
+        held = short_of(upcoming, requeue_after=(due - now).total_seconds())
+        if held is not None:
+            return held
         reason, message = _progress_so_far(status, current, upcoming)
         return replace(hold, reason=reason, message=message, requeue_after=(due - now).total_seconds())
 
@@ -202,6 +210,12 @@ def _walk(
                        message=f"at {current}%, checking the analysis before {upcoming}%")
     verdict, summary = analysis.result, analysis.summary()
     if verdict == RESULT_PASSED:
+        # Short of capacity: the pass is recorded and the analysis goes on at the interval (a candidate
+        # that starts failing while it waits is still rolled back); the step follows a later pass.
+        held = short_of(upcoming, failed_checks=0, last_check_time=stamp, analysis=analysis,
+                        requeue_after=wait_from(stamp))
+        if held is not None:
+            return held
         return replace(step_to(upcoming, f"analysis passed ({summary}); stepped to {upcoming}%"),
                        failed_checks=0, last_check_time=stamp, analysis=analysis)
     if verdict != RESULT_FAILED:  # inconclusive: neither a pass nor a failure
@@ -370,51 +384,3 @@ def plan_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[E
             and progressing.get("message") != old_progress.get("message")):
         events.append(EventPlan(WARNING, str(progressing.get("reason")), str(progressing.get("message"))))
     return events
-
-
-@dataclasses.dataclass(frozen=True)
-class Claimant:
-    """Another ModelCanary as the controller's index knows it."""
-
-    namespace: str
-    name: str
-    created: str  # creationTimestamp (RFC 3339, sortable)
-    spec: Mapping[str, Any]
-    deleting: bool = False  # on its way out: it gives its routes back, claims nothing
-
-    def order(self) -> tuple[str, str, str]:
-        """Earlier creation wins; same second: namespace/name decides, so both sides agree."""
-        return (self.created, self.namespace, self.name)
-
-
-def _claimed(obj: Mapping[str, Any], spec: CanarySpec) -> set[str]:
-    try:
-        return set(planner_for(spec.route.kind).managed_keys(obj, spec))
-    except RoutingProblem:
-        return set()
-
-
-def first_claim(me: Claimant, others: Iterable[Claimant], obj: Mapping[str, Any],
-                spec: CanarySpec) -> tuple[Claimant, str] | None:
-    """The earlier ModelCanary that already claims one of our routes, and the route; else None."""
-    mine = _claimed(obj, spec)
-    for other in sorted(others, key=Claimant.order):
-        if other.deleting or other.order() >= me.order() or (other.namespace, other.name) == (
-                me.namespace, me.name):
-            continue
-        try:
-            theirs = res.parse_spec(other.spec, other.namespace)
-        except InvalidSpec:  # an invalid canary claims nothing
-            continue
-        if not theirs.route.same_object(spec.route):
-            continue
-        shared = sorted(mine & _claimed(obj, theirs))
-        if shared:
-            return other, shared[0]
-    return None
-
-
-def claim_message(other: Claimant, route: str, spec: CanarySpec) -> str:
-    rule = "HTTP route" if spec.route.kind == KIND_VIRTUAL_SERVICE else "rule"
-    return (f"{rule} {route} of {spec.route.display} "
-            f"is already managed by ModelCanary {other.namespace}/{other.name}; one route, one canary")

@@ -14,7 +14,7 @@ from kserve_operator.controllers.canary_wakeups import (
     canaries_by_route,
     informer_indexes,
 )
-from kserve_operator.planning.canary import Claimant
+from kserve_operator.planning.canary_claims import Claimant
 
 CREATED = "2026-01-01T00:00:00Z"
 

@@ -6,8 +6,9 @@ import datetime
 from typing import Any
 
 from kserve_operator.planning import canary as plan
-from kserve_operator.planning.canary import Claimant, WarmState, first_claim, next_step
+from kserve_operator.planning.canary import WarmState, next_step
 from kserve_operator.planning.canary_checks import CheckReading, judge
+from kserve_operator.planning.canary_claims import Claimant, claim_message, first_claim
 from kserve_operator.planning.diff import status_changes
 from kserve_operator.planning.events import NORMAL, WARNING
 from kserve_operator.planning.routes.istio import plan_weights
@@ -135,7 +136,7 @@ def test_the_later_of_two_canaries_on_one_route_is_refused_naming_the_first() ->
     spec_b = canary_spec()
     found = first_claim(second, [first, second], vs, spec_b)
     assert found is not None and found[0] == first and found[1] == "predict"
-    assert "already managed by ModelCanary models/mnist-a" in plan.claim_message(found[0], found[1], spec_b)
+    assert "already managed by ModelCanary models/mnist-a" in claim_message(found[0], found[1], spec_b)
     assert first_claim(first, [first, second], vs, canary_spec(routes=["predict"])) is None
 
 

@@ -13,6 +13,7 @@ from kserve_operator.clients.informer import Informer, InformerEvent
 from kserve_operator.controllers.prewarm_capacity import affected_prewarms, read_demands
 from kserve_operator.planning.backoff import backoff_delay
 from kserve_operator.planning.canary import StepDecision, WarmState, next_step
+from kserve_operator.planning.canary_checks import CheckReading, judge
 from kserve_operator.planning.warm_capacity import (
     BY_CANDIDATE_PREWARM,
     Capacity,
@@ -148,3 +149,26 @@ def test_without_steps_a_jump_waits_for_the_whole_share_and_a_warm_gate_asks_for
     waiting = next_step(cold, CanaryStatus(), 1, WarmState(False, "cold"), None, T0, Capacity(0, 4))
     assert (waiting.phase, waiting.capacity_percent) == (res.PHASE_WAITING_FOR_MODEL, 25)
     assert Capacity(0, 0).holds(0, 10) is not None and Capacity(1, 0).holds(0, 100) is None  # no replicas: 1 node
+
+
+def test_while_short_of_capacity_the_analysis_goes_on_and_a_failing_candidate_is_still_rolled_back() -> None:
+    steps = {"weights": [25, 50], "interval": "1m", "analysis": {"query": "errors", "max": 0.05, "failureLimit": 1}}
+    spec = canary_spec(percent=100, requireWarm=True, steps=steps)
+    assert spec.steps is not None and spec.steps.analysis is not None
+    checks = spec.steps.analysis.checks
+    warm, short = WarmState(True, "warm", 1), Capacity(warm_nodes=1, stable_replicas=4)
+    first = next_step(spec, CanaryStatus(), 1, warm, None, T0, short)
+    status = after(first)
+    due = T0 + datetime.timedelta(minutes=1, seconds=1)
+    passed = next_step(spec, status, 1, warm, judge(checks, [CheckReading(value=0.01)]), due, short)
+    assert (passed.percent, passed.phase) == (25, res.PHASE_WAITING_FOR_CAPACITY)
+    assert passed.last_check_time is not None and passed.requeue_after == pytest.approx(60, abs=1)
+    status = after(passed, status)
+    early = next_step(spec, status, 1, warm, None, due + datetime.timedelta(seconds=10), short)
+    assert early.phase == res.PHASE_WAITING_FOR_CAPACITY and not early.wants_analysis  # the next check is not due
+    later = due + datetime.timedelta(minutes=1, seconds=1)
+    failed = next_step(spec, status, 1, warm, judge(checks, [CheckReading(value=0.5)]), later, short)
+    assert (failed.percent, failed.phase) == (0, res.PHASE_ROLLED_BACK)
+    enough = Capacity(warm_nodes=2, stable_replicas=4)
+    stepped = next_step(spec, status, 1, warm, judge(checks, [CheckReading(value=0.01)]), later, enough)
+    assert (stepped.percent, stepped.phase) == (50, res.PHASE_PROGRESSING)
