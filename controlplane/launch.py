@@ -156,6 +156,7 @@ class ControlPlane:
         self.timings = Timings()
         self.failure: str | None = None
         self._stopping = threading.Event()
+        self._paused: set[str] = set()  # components stopped on purpose (stop_apiserver): not a death
         self._watchdog: threading.Thread | None = None
         self._failure_callbacks: list[Callable[[str], None]] = []
         self.ca: CertificateAuthority | None = None
@@ -271,6 +272,39 @@ class ControlPlane:
         if self.failure:
             raise ControlPlaneError(self.failure)
 
+    def stop_apiserver(self, grace: float = 0.0) -> float:
+        """Stop kube-apiserver alone, leaving etcd, the controllers and every client running: they see
+        connections refused until ``start_apiserver``. SIGTERM, then SIGKILL after ``grace`` seconds
+        (0: SIGKILL at once, a crash; its graceful shutdown can take 30 s, waiting on open watches).
+        The watchdog does not count it as a death. Returns the seconds the process took to exit."""
+        component = self._component("kube-apiserver")
+        assert component.process is not None, "start() first"
+        self._paused.add(component.name)
+        began = time.monotonic()
+        if grace > 0:
+            component.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                component.process.wait(timeout=grace)
+        if component.process.poll() is None:
+            component.process.kill()
+        component.process.wait()
+        return time.monotonic() - began
+
+    def start_apiserver(self, timeout: float = 90) -> float:
+        """Start kube-apiserver again after ``stop_apiserver``: the same flags, port, etcd (so every
+        object and resourceVersion is kept) and certificates; the seconds until ``/readyz`` answers."""
+        component = self._component("kube-apiserver")
+        began = time.monotonic()
+        self._spawn(component)
+        try:
+            self._wait_healthy(component, timeout, began)
+        finally:
+            self._paused.discard(component.name)
+        return time.monotonic() - began
+
+    def _component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
     def pids(self) -> dict[str, int]:
         return {c.name: c.process.pid for c in self.components if c.process is not None}
 
@@ -374,11 +408,15 @@ class ControlPlane:
     # ---- processes --------------------------------------------------------------------------------
 
     def _start_component(self, component: Component) -> None:
+        self._spawn(component)
+        self.components.append(component)
+
+    @staticmethod
+    def _spawn(component: Component) -> None:
         with component.log.open("ab") as log:
             component.process = subprocess.Popen(component.argv, stdin=subprocess.DEVNULL, stdout=log,
                                                  stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         component.started_at = time.monotonic()
-        self.components.append(component)
 
     def _wait_healthy(self, component: Component, timeout: float, since: float) -> float:
         deadline = time.monotonic() + timeout
@@ -411,7 +449,7 @@ class ControlPlane:
             for component in self.components:
                 assert component.process is not None
                 code = component.process.poll()
-                if code is None:
+                if code is None or component.name in self._paused:
                     continue
                 if self._stopping.is_set():
                     return

@@ -26,6 +26,7 @@ class RequestRecord:
     user_agent: str
     resource: str | None = None  # the plural, for Kubernetes resource requests
     subresource: str | None = None
+    name: str | None = None  # the object's: from the path, or a create's body (its generateName + "*")
     watch: bool = False
     status: int | None = None
 

@@ -72,6 +72,17 @@ def _is_true(value: str | None) -> bool:
     return (value or "").lower() in ("true", "1")
 
 
+def _created_name(text: str) -> str | None:
+    """The name a create asks for (``generateName`` + "*"), for the request log; None when unreadable."""
+    try:
+        meta = json.loads(text).get("metadata") or {}
+    except (ValueError, AttributeError):
+        return None
+    if meta.get("name"):
+        return str(meta["name"])
+    return f"{meta['generateName']}*" if meta.get("generateName") else None
+
+
 @attrs.define(kw_only=True)
 class ApiServerEmulator(KubernetesEmulator):
     """kmock's emulator with the Kubernetes semantics of ``ObjectStore`` behind resource URLs."""
@@ -150,8 +161,11 @@ class ApiServerEmulator(KubernetesEmulator):
             user_agent=raw_request.headers.get("User-Agent", ""),
             resource=route.plural if route else None,
             subresource=route.subresource if route else None,
+            name=route.name if route else None,
             watch=_is_true(raw_request.query.get("watch")),
         ))
+        if route is not None and route.name is None and raw_request.method.upper() == "POST":
+            record.name = _created_name(await raw_request.text())  # read once: aiohttp keeps the body
         fault = self.faults.match(raw_request.method, raw_request.path, record.user_agent)
         response: aiohttp.web.StreamResponse
         try:
