@@ -1,6 +1,8 @@
 """The canary part of `make demo`: a ModelCanary on an Istio-shaped VirtualService whose candidate
 (torch-mnist-v2) is held at 0% while its model is cold (WaitingForModel), released the moment its
-ModelPrewarm turns Warm (the real preloader warms it), stepped 0 -> 10 -> 50 while the built-in
+ModelPrewarm turns Warm (the real preloader warms it), stepped 0 -> 10 -> 50 (the 50% step waits,
+WaitingForCapacity, until the candidate is warm on 3 nodes for the stable's 6 replicas: a third
+GPU node joins and the ModelPrewarm, asked by the canary, warms it) while the built-in
 checks pass (request-success-rate at least 99%, request-duration p99 at most 500 ms, read by the
 operator from a real Prometheus), and rolled back automatically (Warning event, RolledBack,
 weights 100/0) when the candidate starts answering 10% 503s before the last step.
@@ -25,6 +27,7 @@ from devstack.istio_metrics_exporter import Traffic
 from devstack.local_s3 import BUCKET, upload_model_directory
 from devstack.mnist_virtualservice import virtual_service
 from devstack.prewarm_demo import DEMO_ANNOTATIONS, follow_prewarm, node_figures
+from devstack.simulated_gpu_pool import add_gpu_nodes
 from devstack.torch_mnist_sdk import kserve_client, torch_mnist
 from kserve_operator.planning.canary_checks import success_rate_query
 
@@ -40,6 +43,10 @@ STABLE_TRAFFIC = Traffic(requests_per_second=90, error_ratio=0.0005, p99_ms=95)
 HEALTHY, FAILING = Traffic(error_ratio=0.001, p99_ms=120), Traffic(error_ratio=0.1, p99_ms=120)
 MIN_SUCCESS = 99.0
 STEP_TIMEOUT = 30.0
+STABLE_REPLICAS = 6
+EXTRA_NODE = "gpu-3"
+PODS = f"/api/v1/namespaces/{NS}/pods"
+PREWARMS = f"/apis/serving.serverless.xyz/v1alpha1/namespaces/{NS}/modelprewarms"
 
 Weights = tuple[tuple[str, int], ...]
 
@@ -139,6 +146,20 @@ def wait_for_success_rate(prometheus: str, reached: Callable[[float], bool], wha
     raise DemoFailed(f"Prometheus never saw the candidate's success rate {what}")
 
 
+def serve_stable(world: DemoWorld) -> None:
+    """The stable serves with STABLE_REPLICAS predictor Pods (as KServe's Deployment would run them),
+    so a step to w% waits until the candidate is warm on ceil(w% x STABLE_REPLICAS) nodes."""
+    for i in range(STABLE_REPLICAS):
+        name = f"torch-mnist-predictor-{i}"
+        world.kube.create(PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {
+            "serving.kserve.io/inferenceservice": "torch-mnist", "component": "predictor"}},
+            "spec": {"nodeName": f"gpu-{i % 2 + 1}", "containers": [{"name": "kserve-container",
+                                                                      "image": "kserve/torchserve-kfs:0.9.0"}]}})
+        world.kube.patch(f"{PODS}/{name}/status", {"status": {"phase": "Running"}})
+    say(f"  the stable torch-mnist serves with {STABLE_REPLICAS} predictor Pods: a step to w% waits until the "
+        f"candidate is warm on ceil(w% x {STABLE_REPLICAS}) nodes (10%: 1, 50%: 3)")
+
+
 def run(world: DemoWorld) -> None:
     kube = world.kube
     analysis = world.istio_metrics is not None and world.prometheus_url is not None
@@ -165,6 +186,7 @@ def run(world: DemoWorld) -> None:
         say("  Prometheus is not installed (apt-get install prometheus): the canary steps on its interval "
             "alone; the analysis and the automatic rollback are skipped")
 
+    serve_stable(world)
     body = model_canary(analysis)
     say(f"\nApplying ModelCanary {CANARY}: {body['spec']['percent']}% wanted, requireWarm, steps "
         f"{body['spec']['steps']['weights']} every {INTERVAL}" + (" with the analysis" if analysis else ""))
@@ -186,8 +208,20 @@ def run(world: DemoWorld) -> None:
     say_lines(node_figures(n) for n in warm["status"]["nodes"])
     say("  ...and the canary is released at once, then steps:")
     top = 50
+    follow.until(phase_is("WaitingForCapacity"), "phase WaitingForCapacity",
+                 never=lambda _, w: f"{CANDIDATE} past 10% warm on 2 nodes" if candidate_weight(w) > 10 else None)
+    prewarm = kube.get(f"{PREWARMS}/{CANDIDATE}")
+    demand = prewarm["status"]
+    say(f"  ModelPrewarm {CANDIDATE} keeps {demand['desiredNodes']} nodes warm for the canary (its nodeCount is "
+        f"{prewarm['spec']['nodeCount']}; status.capacityDemand from {demand['capacityDemand']['from']}), but only "
+        f"{demand['qualifyingNodes']} GPU nodes qualify")
+    say(f"\nA third GPU node, {EXTRA_NODE}, joins the pool: the ModelPrewarm warms it, and the step is taken:")
+    add_gpu_nodes(world.cluster, EXTRA_NODE)
     follow.until(lambda _, w: candidate_weight(w) == top, f"{CANDIDATE} at {top}%",
                  never=lambda _, w: f"{CANDIDATE} went past {top}%" if candidate_weight(w) > top else None)
+    warm = kube.get(f"{PREWARMS}/{CANDIDATE}")["status"]
+    say(f"  ModelPrewarm {CANDIDATE}: warm {warm['warm']} "
+        f"({', '.join(n['name'] + ' ' + n['phase'] for n in warm['nodes'])})")
     if analysis:
         assert world.istio_metrics is not None and world.prometheus_url is not None
         world.istio_metrics.traffic[f"{CANDIDATE}-predictor"] = FAILING

@@ -196,9 +196,10 @@ def _walk(
                        requeue_after=wait_from(stamp))
     due = max(anchors) + datetime.timedelta(seconds=interval)
     if now < due:
-        held = short_of(upcoming, requeue_after=(due - now).total_seconds())
-        if held is not None:
-            return held
+        if status.phase == res.PHASE_WAITING_FOR_CAPACITY:  # a passing pass was held: still short?
+            held = short_of(upcoming, requeue_after=(due - now).total_seconds())
+            if held is not None:
+                return held
         reason, message = _progress_so_far(status, current, upcoming)
         return replace(hold, reason=reason, message=message, requeue_after=(due - now).total_seconds())
 

@@ -39,6 +39,12 @@ def test_the_demo_shows_prewarm_and_canary_and_exits_0() -> None:
     assert "the VirtualService is not written while the model is cold" in out
     assert "torch-mnist-predictor 90% | torch-mnist-v2-predictor 10%" in out
     assert "torch-mnist-predictor 50% | torch-mnist-v2-predictor 50%" in out
+    # Capacity: the 50% step waits for 3 warm nodes (6 stable replicas) until a third GPU node is warm.
+    assert re.search(r"torch-mnist-v2-predictor 10%; ModelCanary mnist WaitingForCapacity \(WaitingForCapacity: "
+                     r"held at 10%: 50% needs the candidate warm on 3 node\(s\) .*; 2 warm\)", out)
+    assert "ModelPrewarm torch-mnist-v2 keeps 3 nodes warm for the canary (its nodeCount is 2" in out
+    assert out.index("A third GPU node, gpu-3, joins") < out.index("torch-mnist-predictor 50% | torch-mnist-v2-pre")
+    assert "ModelPrewarm torch-mnist-v2: warm 3/" in out and "gpu-3 Warm" in out
     assert "torch-mnist-v2-predictor 100%" not in out
     assert "the VirtualService is otherwise exactly as written" in out
     if metrics_stack.have_binaries():  # the built-in checks, and the rollback when the success rate falls
