@@ -25,6 +25,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -41,6 +42,9 @@ Backoff = Callable[[int], float]  # the delay before the n-th retry (0-based): p
 TOMBSTONES = 10_000  # deleted keys remembered, oldest forgotten first
 WATCH_TIMEOUT_SECONDS = 290  # the server ends each stream about this often; the informer resumes
 NOT_SERVED_RETRY_SECONDS = 300.0  # a kind not served yet (Istio installed later): looked for again this often
+# No answer at all (the API server restarting, the connection cut): look again at least this often,
+# so the caches are current within seconds of its return, not after a backoff grown during the outage.
+UNREACHABLE_RETRY_SECONDS = 4.0
 
 
 class WatchSource(Protocol):
@@ -245,6 +249,8 @@ class Informer:
                 self.tried.set()
                 failures += 1
                 delay = self._backoff(failures - 1)
+                if exc.status == 0:  # unreachable: cheap to try, and every second counts once it is back
+                    delay = min(delay, UNREACHABLE_RETRY_SECONDS * random.uniform(0.5, 1.0))
                 if exc.retry_after is not None:
                     delay = max(delay, exc.retry_after)
                 if exc.not_found and not self._listed_once:  # the kind is not served (its CRD not installed)
