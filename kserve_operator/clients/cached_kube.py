@@ -116,9 +116,9 @@ class CachedKubeApi:
         answering = [i for i in self.informers if id(i) in self._authoritative and i.kind == kind
                      and (i.namespace is None or i.namespace == namespace)]
         for informer in answering:  # start-up: wait (bounded) for its first listing rather than ask
-            if not informer.synced.is_set():
+            if not informer.synced.is_set() and not informer.tried.is_set():  # not once a listing failed
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(informer.synced.wait(), FIRST_LISTING_WAIT_SECONDS)
+                    await asyncio.wait_for(informer.tried.wait(), FIRST_LISTING_WAIT_SECONDS)
         for informer in self._scoped(kind, namespace):
             found = informer.get(namespace if kind.namespaced else None, name)
             if found is not None:

@@ -63,3 +63,26 @@ def test_an_unreachable_server_is_tried_again_within_seconds_however_long_it_was
 def test_a_server_that_answers_with_errors_keeps_the_full_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     slept = waits(503, 6, monkeypatch)
     assert slept == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+
+
+def test_a_read_of_a_kind_whose_listing_failed_goes_to_the_server_without_waiting() -> None:
+    """The Gateway API not installed: the HTTPRoute informer's first listing answered 404; a canary's
+    read must not wait FIRST_LISTING_WAIT_SECONDS for a listing that will not come on every pass."""
+    from kserve_operator.clients.cached_kube import CachedKubeApi
+    from kserve_operator.resources.kinds import HTTP_ROUTE
+
+    class Server:
+        gets = 0
+
+        async def get(self, *_: Any, **__: Any) -> None:
+            Server.gets += 1
+
+    async def run() -> float:
+        cached = CachedKubeApi(Server(), backoff=lambda retry: 1.0)  # type: ignore[arg-type]
+        informer = cached.inform(HTTP_ROUTE, authoritative=True)
+        informer.tried.set()  # the first listing was attempted and failed: never synced
+        started = asyncio.get_running_loop().time()
+        assert await cached.get(HTTP_ROUTE, "mnist", "ml") is None
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(run()) < 1.0 and Server.gets == 1
