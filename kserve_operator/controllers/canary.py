@@ -1,12 +1,13 @@
 """The ModelCanary controller: thin kopf handlers around one level-based reconcile on the core.
 
-One kopf daemon per ModelCanary runs every reconcile: at start, on a wake-up, when a step's
-interval ends and at the resync interval. Wake-ups come from watch events without API
-work in kopf's handlers: a spec change of the ModelCanary (generation ahead of
-observedGeneration), any event of the routing object a ModelCanary references (a VirtualService
-or an HTTPRoute: a hand edit is put back at once) and any event of the ModelPrewarm a `requireWarm`
-canary waits for (released the moment it reports a warm node). Two kopf indices map those objects to
-canaries; the routing one also answers route claims.
+The same shape as the others: kopf `on.create` / `on.resume` / `on.update(field="spec")` reconcile
+at once (a percent change takes effect within one pass), a `timer` at the resync interval (at most
+RESYNC_CONCURRENCY at a time); events of the routing object a ModelCanary references (a
+VirtualService or an HTTPRoute: a hand edit is put back at once) and of the ModelPrewarm a
+`requireWarm` canary waits for (released the moment it reports a warm node) reach the core as events
+(controllers/canary_wakeups.py), and a pass whose step is due later asks the core to requeue it
+(`ReconcileResult.requeue_after`). The ModelCanary informer's indices map those objects to canaries
+and answer route claims.
 
 A canary changes routing objects in its own namespace only, unless the platform lists the
 other namespace (CANARY_ALLOWED_ROUTE_NAMESPACES): otherwise Ready=False/CrossNamespaceNotAllowed,
@@ -16,7 +17,7 @@ A reconcile reads the ModelCanary, its InferenceServices, the routing object (th
 router of the kind `spec.route` names, controllers/canary_routing.py), the ModelPrewarm and, when a
 check is due, Prometheus; `planning.canary` decides the candidate's share and the router puts it in
 the object; the write is conditional (409: re-read, plan again, retry with backoff). A settled
-canary writes nothing.
+canary reads and writes nothing.
 Deletion (the only reason for a finalizer) gives stable everything again and removes the
 candidate destination the controller appended.
 """
@@ -24,18 +25,17 @@ candidate destination the controller appended.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import datetime
 import functools
 import logging
-import random
 from collections.abc import Iterable
 from typing import Any
 
 import kopf
 
 from kserve_operator.clients.cached_kube import CachedKubeApi
+from kserve_operator.clients.informer import Informer
 from kserve_operator.clients.kube import KubeApi
 from kserve_operator.clients.prometheus import PrometheusClient
 from kserve_operator.controllers.canary_routing import CONFLICT_ATTEMPTS, TrafficRouter, conflict_pause, traffic_routers
@@ -43,15 +43,17 @@ from kserve_operator.controllers.canary_wakeups import (
     BY_HTTP_ROUTE,
     BY_PREWARM,
     BY_VIRTUAL_SERVICE,
-    canaries_by_route,
-    canary_event,
     informer_indexes,
     referenced_object_changed,
+    route_claimants,
 )
 from kserve_operator.controllers.core import (
     ObjectKey,
+    OnError,
     Outcome,
+    Reconcile,
     ReconcileCore,
+    ReconcileResult,
     cleanup_within,
     now,
     patch_status,
@@ -83,22 +85,22 @@ from kserve_operator.settings import FINALIZER, OperatorSettings
 
 CONTROLLER = "modelcanary"
 FINALIZER_WAIT_SECONDS = 1.0  # how soon to look again for kopf's finalizer (its event wakes a new canary sooner)
-# Resync passes run at most this many at a time; woken and due passes never wait for a slot, so a
-# percent change is not queued behind a burst of routine re-reads of hundreds of canaries.
+# Resync passes run at most this many at a time; spec changes, events and due passes never wait for a
+# slot, so a percent change is not queued behind a burst of routine re-reads of hundreds of canaries.
 RESYNC_CONCURRENCY = 8
 REASON_RELEASED = "Released"
 LOGGER = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class CanaryContext:
-    """What the handlers share (kopf's memo): settings, the core, a router per kind, Prometheus, wake-ups."""
+    """What the handlers share (kopf's memo): settings, the core, a router per kind, Prometheus, and the
+    ModelCanary informers (their indices name the canaries an event concerns and answer route claims)."""
 
     settings: OperatorSettings
     core: ReconcileCore
     routers: dict[str, TrafficRouter]
     prometheus: PrometheusClient | None
-    wakeups: collections.defaultdict[ObjectKey, asyncio.Event] = dataclasses.field(
-        default_factory=lambda: collections.defaultdict(asyncio.Event))
+    canaries: list[Informer] = dataclasses.field(default_factory=list)
     resync_slots: asyncio.Semaphore = dataclasses.field(
         default_factory=lambda: asyncio.Semaphore(RESYNC_CONCURRENCY))
 
@@ -107,8 +109,10 @@ class CanaryContext:
         return self.core.api
 
     def wake(self, keys: Iterable[ObjectKey]) -> None:
-        for key in keys:
-            self.wakeups[key].set()
+        """Events of what these canaries reference: each is reconciled as an event of the core."""
+        for namespace, name in sorted(keys):
+            self.core.enqueue(namespace, name, pass_of(self, namespace, name, LOGGER),
+                              on_error=error_reporter(self, namespace, name))
 
     def router(self, target: RouteTarget) -> TrafficRouter:
         return self.routers[target.kind]
@@ -167,24 +171,13 @@ async def _analyse(ctx: CanaryContext, spec: CanarySpec) -> AnalysisResult:
     return judge([check for check, _ in queries], readings)
 
 
-def _others(index: Any, spec: CanarySpec) -> list[route_claims.Claimant]:
-    return list(index.get((spec.route.kind, spec.route.namespace, spec.route.name), []) if index else [])
-
-
-@dataclasses.dataclass
-class Pass:
-    """What one reconcile tells the daemon: when the next one is due."""
-
-    requeue_after: float | None = None
-
-
-async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, logger: logging.Logger | Any,
-                    result: Pass) -> Outcome:
+async def reconcile(ctx: CanaryContext, namespace: str, name: str,
+                    logger: logging.Logger | Any) -> ReconcileResult:
     """observe -> plan -> apply. Raises ApiError for the core to classify."""
     api = ctx.api
     body = await api.get(MODEL_CANARY, name, namespace)
     if body is None or body["metadata"].get("deletionTimestamp"):
-        return Outcome.GONE
+        return ReconcileResult(Outcome.GONE)
     meta = body["metadata"]
     try:
         spec = parse_spec(body.get("spec"), namespace)
@@ -192,35 +185,34 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, 
         await _report_problem(api, body, plan.REASON_INVALID_SPEC, str(exc), None)
         ctx.core.warn_once(logger, (namespace, name), meta.get("generation"),
                            f"ModelCanary {namespace}/{name} has an invalid spec: {exc}")
-        return Outcome.INVALID
+        return ReconcileResult(Outcome.INVALID)
     refused = route_namespace_problem(spec, ctx.settings.canary_allowed_route_namespaces)
     if refused is not None:
         await _report_problem(api, body, plan.REASON_CROSS_NAMESPACE_NOT_ALLOWED, refused, spec)
-        return Outcome.INVALID
+        return ReconcileResult(Outcome.INVALID)
     if FINALIZER not in (meta.get("finalizers") or []):
         # Only the finalizer's handler gives stable its traffic back: no weight before it is on.
         logger.info("ModelCanary %s/%s: waiting for the finalizer before writing routes", namespace, name)
-        result.requeue_after = FINALIZER_WAIT_SECONDS
-        return Outcome.WAITING
+        return ReconcileResult(Outcome.WAITING, requeue_after=FINALIZER_WAIT_SECONDS)
 
     for isvc in spec.inference_services:
         if await api.get(INFERENCE_SERVICE, isvc, namespace) is None:
             await _report_problem(api, body, plan.REASON_INFERENCE_SERVICE_NOT_FOUND,
                                   f"InferenceService {namespace}/{isvc} does not exist", spec)
-            return Outcome.WAITING
+            return ReconcileResult(Outcome.WAITING)
     router = ctx.router(spec.route)
     observed = await router.observe(spec.route)
     if observed is None:
         await _report_problem(api, body, *plan.missing_route(spec.route, await router.served(spec.route)), spec)
-        return Outcome.WAITING
+        return ReconcileResult(Outcome.WAITING)
     if observed.owner_problem is not None:
         await _report_problem(api, body, observed.owner_problem.reason, observed.owner_problem.message, spec)
-        return Outcome.INVALID
+        return ReconcileResult(Outcome.INVALID)
     me = route_claims.Claimant(namespace, name, str(meta.get("creationTimestamp") or ""), dict(body.get("spec") or {}))
-    claimed = route_claims.first_claim(me, _others(claims, spec), observed.obj, spec)
+    claimed = route_claims.first_claim(me, route_claimants(ctx.canaries, spec.route), observed.obj, spec)
     if claimed is not None:
         await _report_problem(api, body, plan.REASON_ROUTE_CLAIMED, route_claims.claim_message(*claimed, spec), spec)
-        return Outcome.INVALID
+        return ReconcileResult(Outcome.INVALID)
 
     await _release_previous_route(ctx, body, spec, logger)
     generation = meta.get("generation")
@@ -237,7 +229,7 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, 
         weights, observed = await _apply_weights(ctx, body, spec, observed, decision.percent)
     except RoutingProblem as problem:
         await _report_problem(api, body, problem.reason, problem.message, spec)
-        return Outcome.INVALID
+        return ReconcileResult(Outcome.INVALID)
     except ApiError as exc:
         if not exc.temporary and not exc.not_found:  # forbidden, refused by a webhook: a person must act
             await _report_problem(api, body, plan.REASON_APPLY_FAILED,
@@ -248,9 +240,8 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str, claims: Any, 
                               route_version=observed.version, capacity=capacity)
     if await patch_status(api, MODEL_CANARY, body, status):
         await post_events(api, body, plan.plan_events(old, status))
-    result.requeue_after = decision.requeue_after
     waiting = decision.phase in (res.PHASE_WAITING_FOR_MODEL, res.PHASE_WAITING_FOR_CAPACITY)
-    return Outcome.WAITING if waiting else Outcome.OK
+    return ReconcileResult(Outcome.WAITING if waiting else Outcome.OK, requeue_after=decision.requeue_after)
 
 
 async def _release_previous_route(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec,
@@ -297,67 +288,42 @@ async def _apply_weights(ctx: CanaryContext, body: dict[str, Any], spec: CanaryS
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-async def _run(ctx: CanaryContext, namespace: str, name: str, claims: Any, logger: Any) -> float | None:
-    """One reconcile on the core; returns when the next one is due (None: at the resync)."""
-    result = Pass()
+def pass_of(ctx: CanaryContext, namespace: str, name: str, logger: logging.Logger | Any) -> Reconcile:
+    """One reconcile of the canary, as the core runs (and requeues) it."""
+    return lambda: reconcile(ctx, namespace, name, logger)
+
+
+def error_reporter(ctx: CanaryContext, namespace: str, name: str) -> OnError:
+    """An unexpected error, said in status (ReconcileError) before the core retries."""
 
     async def report_unexpected(problem: str) -> None:
         body = await ctx.api.get(MODEL_CANARY, name, namespace)
         if body is not None:
             await _report_problem(ctx.api, body, plan.REASON_RECONCILE_ERROR, problem, None)
 
-    await ctx.core.run(namespace, name, lambda: reconcile(ctx, namespace, name, claims, logger, result),
-                       on_error=report_unexpected)
-    return result.requeue_after
+    return report_unexpected
 
 
 # --- kopf handlers ----------------------------------------------------------------------------
 
-async def canary_daemon(stopped: kopf.DaemonStopped, namespace: str | None, name: str, memo: Any,
-                        logger: kopf.Logger, canaries_by_route: Any = None, body: kopf.Body | None = None,
-                        **_: Any) -> None:
-    """Every reconcile of one ModelCanary: now, on a wake-up, when a step is due, at the resync."""
+async def canary_changed(namespace: str | None, name: str, memo: Any, logger: kopf.Logger, retry: int,
+                         body: kopf.Body | None = None, **_: Any) -> None:
+    """Create, resume and spec changes: reconcile now; the core hands failures to kopf's retries."""
+    assert namespace is not None  # the CRD is namespaced
+    ctx: CanaryContext = memo.canary
+    if body is not None:  # kopf's view can be ahead of the informer's: the cache keeps the newer
+        remember(ctx.api, MODEL_CANARY, body)
+    await ctx.core.run(namespace, name, pass_of(ctx, namespace, name, logger), retry=retry,
+                       on_error=error_reporter(ctx, namespace, name))
+
+
+async def canary_resync(namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """The periodic re-check (a missed event, a ModelPrewarm's progress), a few canaries at a time."""
     assert namespace is not None
     ctx: CanaryContext = memo.canary
-    key = (namespace, name)
-    wake = ctx.wakeups[key]
-    urgent = True  # created, resumed, woken by an event, or a step due: not a routine resync
-    while not stopped:
-        wake.clear()
-        if body is not None:  # kopf's live view: the cache answers misses of ModelCanaries from its informer
-            remember(ctx.api, MODEL_CANARY, body)
-        # +-10% so that canaries created together do not resync together for ever.
-        delay = ctx.settings.resync_seconds * random.uniform(0.9, 1.1)
-        timed = False
-        try:
-            if urgent:
-                due = await _run(ctx, namespace, name, canaries_by_route, logger)
-            else:
-                async with ctx.resync_slots:
-                    due = await _run(ctx, namespace, name, canaries_by_route, logger)
-            if due is not None and due < delay:
-                delay, timed = max(due, 0.05), True
-        except kopf.TemporaryError as exc:
-            delay, timed = min(delay, exc.delay or delay), True
-            logger.warning("ModelCanary %s/%s: retrying in %.1fs: %s", namespace, name, delay, exc)
-        except kopf.PermanentError as exc:
-            logger.error("ModelCanary %s/%s: %s", namespace, name, exc)
-        waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(_until_stopped(stopped))]
-        try:
-            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            if not stopped:
-                raise
-            break  # kopf cancels a daemon told to stop that is still waiting: that is its normal exit
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-        urgent = wake.is_set() or timed
-    ctx.wakeups.pop(key, None)
-
-
-async def _until_stopped(stopped: kopf.DaemonStopped) -> None:
-    await stopped.wait()
+    async with ctx.resync_slots:
+        await ctx.core.run(namespace, name, pass_of(ctx, namespace, name, logger),
+                           on_error=error_reporter(ctx, namespace, name))
 
 
 async def canary_deleted(body: kopf.Body, namespace: str | None, name: str, memo: Any, logger: kopf.Logger,
@@ -401,22 +367,24 @@ async def _release(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec, s
 def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
     """Attach the handlers; done at start-up (the resync interval comes from settings)."""
     canary = (MODEL_CANARY.group, MODEL_CANARY.version, MODEL_CANARY.plural)
-    kopf.index(*canary, registry=registry)(canaries_by_route)
-    # Told to stop (deletion, operator exit), a waiting daemon is cancelled at once and returns.
-    kopf.daemon(*canary, cancellation_timeout=10, registry=registry)(canary_daemon)
-    kopf.on.event(*canary, registry=registry)(canary_event)
+    kopf.on.resume(*canary, registry=registry)(canary_changed)
+    kopf.on.create(*canary, registry=registry)(canary_changed)
+    kopf.on.update(*canary, field="spec", registry=registry)(canary_changed)
     kopf.on.delete(*canary, registry=registry)(canary_deleted)
-    # Routing objects and ModelPrewarms wake canaries through informers (watch_children), not kopf watches.
+    kopf.timer(*canary, interval=settings.resync_seconds, initial_delay=settings.resync_seconds,
+               registry=registry)(canary_resync)
+    # Routing objects and ModelPrewarms reach the core as events through informers (watch_children).
 
 
 def watch_children(settings: OperatorSettings, cached: CachedKubeApi, memo: Any) -> None:
     """Informers for what a reconcile reads (the ModelCanary, its InferenceServices, routing object and
     ModelPrewarm), so a settled canary reads nothing from the API server; a VirtualService, HTTPRoute or
     ModelPrewarm event wakes the canaries the ModelCanary informer's indices name."""
-    # Misses are answers for these (no `get` in the ClusterRole): the daemon puts kopf's body in the
+    # Misses are answers for these (no `get` in the ClusterRole): the handlers put kopf's body in the
     # cache, and a routing object that appears wakes the canaries that named it.
     canaries = cached.inform_namespaces(MODEL_CANARY, settings.namespaces, indexes=informer_indexes(),
                                         authoritative=True)
+    memo.canary.canaries = canaries
     cached.inform_namespaces(INFERENCE_SERVICE, settings.namespaces)
     # Every namespace: a canary may route in another one the platform allows. v1, else v1beta1.
     routes = cached.inform([VIRTUAL_SERVICE, VIRTUAL_SERVICE_V1BETA1], authoritative=True)

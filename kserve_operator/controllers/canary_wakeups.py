@@ -1,25 +1,22 @@
-"""When a ModelCanary must look again at once: the indices and event handlers that wake its daemon.
+"""Which ModelCanaries an event concerns, and the canaries that claim a route.
 
-Two kopf indices map a routing object (a VirtualService or an HTTPRoute) and a ModelPrewarm to the
-canaries that reference them (the routing one also answers route claims). The ModelCanary informer
-keeps the same maps as index functions (`informer_indexes`: one per routing kind), which the informer
-subscriptions for VirtualServices, HTTPRoutes and ModelPrewarms (`referenced_object_changed`) look up.
-The handlers do no API work: they set the canary's wake-up event (`memo.canary.wake`), and its daemon
-in controllers.canary reconciles.
+The ModelCanary informer keeps index functions (`informer_indexes`): one per routing kind (the
+VirtualService or HTTPRoute a canary names) and one for the ModelPrewarm a `requireWarm` canary
+waits for. The informer subscriptions for VirtualServices, HTTPRoutes and ModelPrewarms
+(`referenced_object_changed`) look the canaries up there and hand them to the core as events
+(`memo.canary.wake`: a pass beside the watch, no API work in the subscription); `route_claimants`
+reads the same routing indices for route claims.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import kopf
-
 from kserve_operator.clients.informer import IndexFunction, Informer, InformerEvent, key_of
-from kserve_operator.controllers.core import ObjectKey, remember
+from kserve_operator.controllers.core import ObjectKey
 from kserve_operator.planning import canary_claims as route_claims
-from kserve_operator.resources.kinds import MODEL_CANARY
-from kserve_operator.resources.routes import KIND_HTTP_ROUTE, KIND_VIRTUAL_SERVICE, route_key_of
+from kserve_operator.resources.routes import KIND_HTTP_ROUTE, KIND_VIRTUAL_SERVICE, RouteTarget, route_key_of
 
 BY_VIRTUAL_SERVICE = "virtual-service"
 BY_HTTP_ROUTE = "http-route"
@@ -27,9 +24,9 @@ BY_PREWARM = "prewarm"
 RouteKey = tuple[str, str, str]  # (kind, namespace, name) of a routing object
 
 
-def canaries_by_route(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta,
+def canaries_by_route(namespace: str | None, name: str, spec: Mapping[str, Any], meta: Mapping[str, Any],
                       **_: Any) -> dict[RouteKey, route_claims.Claimant]:
-    """(kind, namespace, name) of the routing object -> the canaries that reference it, for claims."""
+    """(kind, namespace, name) of the routing object -> the canary that references it, as a claimant."""
     assert namespace is not None
     key = route_key_of(spec, namespace)
     if key is None:
@@ -38,7 +35,21 @@ def canaries_by_route(namespace: str | None, name: str, spec: kopf.Spec, meta: k
                                deleting=bool(meta.get("deletionTimestamp")))}
 
 
-def canaries_by_prewarm(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[ObjectKey, ObjectKey]:
+def route_claimants(canaries: Sequence[Informer], target: RouteTarget) -> list[route_claims.Claimant]:
+    """The canaries that name the routing object `target` (this one too: `first_claim` skips it)."""
+    index = BY_HTTP_ROUTE if target.kind == KIND_HTTP_ROUTE else BY_VIRTUAL_SERVICE
+    claimants: list[route_claims.Claimant] = []
+    for informer in canaries:
+        for obj in informer.by_index(index, f"{target.namespace}/{target.name}"):
+            meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+            mapped = canaries_by_route(namespace=meta.get("namespace"), name=str(meta.get("name")), spec=spec,
+                                       meta=meta)
+            claimants += [c for key, c in mapped.items() if key == (target.kind, target.namespace, target.name)]
+    return claimants
+
+
+def canaries_by_prewarm(namespace: str | None, name: str, spec: Mapping[str, Any],
+                        **_: Any) -> dict[ObjectKey, ObjectKey]:
     """(namespace, ModelPrewarm name) -> the requireWarm canaries that wait for it."""
     assert namespace is not None
     if spec.get("requireWarm") is not True:
@@ -50,23 +61,10 @@ def canaries_by_prewarm(namespace: str | None, name: str, spec: kopf.Spec, **_: 
 
 
 
-# --- wake-ups ---------------------------------------------------------------------------------
-
-async def canary_event(body: kopf.Body, namespace: str | None, name: str | None, type: str | None, memo: Any,
-                       **_: Any) -> None:
-    """A spec change (generation ahead of what status observed): wake the canary's daemon."""
-    if namespace is None or name is None or type is None:
-        return
-    remember(memo.canary.api, MODEL_CANARY, body, type)  # the daemon reads it from the cache next
-    generation = body.get("metadata", {}).get("generation")
-    if generation != (body.get("status") or {}).get("observedGeneration"):
-        memo.canary.wake([(namespace, name)])
-
-
 # --- the same maps on the ModelCanary informer, and its subscriptions -----------------------------
 
 def _as_index(mapper: Callable[..., Mapping[ObjectKey, Any]]) -> IndexFunction:
-    """A kopf index function above as an informer index: "namespace/name" of each key it maps."""
+    """A mapping function above as an informer index: "namespace/name" of each key it maps."""
 
     def keys(obj: Mapping[str, Any]) -> Iterable[str]:
         meta: Any = obj.get("metadata") or {}
@@ -99,7 +97,7 @@ def informer_indexes() -> dict[str, IndexFunction]:
 async def referenced_object_changed(memo: Any, canaries: list[Informer], index: str, event: InformerEvent) -> None:
     """A routing object (a hand edit, created, deleted) or a ModelPrewarm (e.g. turned Warm) that
     canaries reference changed: those canaries look now."""
-    if event.type is None:  # the listing at start-up: every daemon runs its first pass anyway
+    if event.type is None:  # the listing at start-up: every canary's resume handler runs its first pass anyway
         return
     namespace, name = key_of(event.obj)
     memo.canary.wake({key_of(canary) for informer in canaries for canary in informer.by_index(index,

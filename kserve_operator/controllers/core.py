@@ -8,8 +8,8 @@
   unexpected exception is reported through the controller's `on_error` (so status says
   `Degraded`) and retried with backoff: no crash loop, no silent failure.
 - Every path respects the backoff (a Retry-After included): while an object backs off, a
-  reconcile started by a child's event (`from_child=True`) is skipped, and any other (a timer
-  tick, a spec change, a woken daemon) raises `kopf.TemporaryError` for the time left, so kopf
+  reconcile started by an event (`from_child=True`) is skipped (the pending retry covers it), and
+  any other (a timer tick, a spec change) raises `kopf.TemporaryError` for the time left, so kopf
   calls again only once the delay has run out. Checked under the object's lock: a pass that
   waited on the lock behind the failing one is held back too.
 - `warn_once` logs a problem that waits for a person once per generation, not on every resync.
@@ -17,13 +17,20 @@
   top-level status keys that changed; `apply_child` creates a missing child or patches the
   managed fields that drifted (planning.diff), never a child someone else controls.
 
-Controllers pass a coroutine factory that does observe -> plan -> apply and returns an `Outcome`.
+Controllers pass a coroutine factory that does observe -> plan -> apply and returns a
+`ReconcileResult` (the outcome, and when to look again). What happens next is decided here, for
+every controller alike (`run`): a kopf handler's pass (create, resume, a spec change, a resync
+timer) hands its failures to kopf's retries as `kopf.TemporaryError(delay=...)`; an event's pass
+(an informer's or kopf's `on.event`, `enqueue`) never raises and the core retries it itself after
+the backoff; a result's `requeue_after` puts the object in the core's delayed queue
+(controllers/requeue.py), where the earliest pending pass wins and any pass that starts replaces it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import datetime
 import enum
 import logging
@@ -37,6 +44,7 @@ import kopf
 from kserve_operator import observability
 from kserve_operator.clients.cached_kube import CachedKubeApi
 from kserve_operator.clients.kube import KubeApi, PatchType
+from kserve_operator.controllers.requeue import DelayedQueue
 from kserve_operator.errors import ApiError
 from kserve_operator.planning.backoff import backoff_delay
 from kserve_operator.planning.diff import child_patch, status_changes
@@ -60,6 +68,27 @@ class Outcome(enum.StrEnum):
 ObjectKey = tuple[str, str]
 
 
+@dataclasses.dataclass(frozen=True)
+class ReconcileResult:
+    """What one reconcile says happens next: its outcome, and when to look again even if nothing
+    changes (a step's interval, a retry the plan scheduled); None: at the next event or resync."""
+
+    outcome: Outcome
+    requeue_after: float | None = None
+
+
+Reconcile = Callable[[], Awaitable[ReconcileResult]]
+OnError = Callable[[str], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Work:
+    """What a pass of the delayed queue runs: the reconcile that asked for it."""
+
+    reconcile: Reconcile
+    on_error: OnError | None
+
+
 def retry_delay(exc: ApiError | None, failures: int) -> float:
     """Backoff for the `failures`-th consecutive failure, never sooner than the server asked."""
     delay = backoff_delay(max(failures - 1, 0))
@@ -79,12 +108,27 @@ class ReconcileCore:
         self.not_before: dict[ObjectKey, float] = {}
         self.queued: set[ObjectKey] = set()  # a child-event pass waits for the object's lock
         self.warned: dict[ObjectKey, tuple[int | None, str]] = {}
+        self.requeues: DelayedQueue[_Work] = DelayedQueue(self._due)
 
     def forget(self, key: ObjectKey) -> None:
         self.locks.pop(key, None)
         self.failures.pop(key, None)
         self.not_before.pop(key, None)
         self.warned.pop(key, None)
+        self.requeues.cancel(key)
+
+    def enqueue(self, namespace: str, name: str, reconcile: Reconcile, *, on_error: OnError | None = None) -> None:
+        """An event's pass (an informer's subscription, kopf's `on.event`, a requeue that is due): run
+        beside the caller, never raising; skipped while the object backs off; failures retried here."""
+        spawn(self.run(namespace, name, reconcile, from_child=True, on_error=on_error),
+              f"{self.controller} {namespace}/{name}")
+
+    def requeue(self, key: ObjectKey, delay: float, reconcile: Reconcile, on_error: OnError | None = None) -> None:
+        """Reconcile `key` again in `delay` seconds (the earliest pending request wins)."""
+        self.requeues.add_after(key, delay, _Work(reconcile, on_error))
+
+    def _due(self, key: ObjectKey, work: _Work) -> None:
+        self.enqueue(*key, work.reconcile, on_error=work.on_error)
 
     def backing_off(self, key: ObjectKey) -> bool:
         return self.backoff_left(key) > 0
@@ -106,17 +150,19 @@ class ReconcileCore:
         self,
         namespace: str,
         name: str,
-        reconcile: Callable[[], Awaitable[Outcome]],
+        reconcile: Reconcile,
         *,
         retry: int = 0,
         raise_permanent: bool = False,
         from_child: bool = False,
-        on_error: Callable[[str], Awaitable[None]] | None = None,
+        on_error: OnError | None = None,
     ) -> Outcome:
-        """Run one reconcile under the object's lock; raise kopf's errors for kopf to retry.
+        """Run one reconcile under the object's lock and act on its result; returns its outcome.
 
-        `from_child=True` (a child's event, not kopf's own handler) never raises: kopf must
-        not retry another resource's handler for us; the failure still counts for backoff.
+        A kopf handler's pass raises kopf's errors for kopf to retry. `from_child=True` (an event:
+        a child's, a referenced object's, kopf's `on.event`, a requeue) never raises (kopf must not
+        retry another resource's handler for us): the core schedules its retry after the backoff.
+        A result's `requeue_after` schedules the next pass; a pass that starts cancels a pending one.
         """
         key = (namespace, name)
         if self.backing_off(key):
@@ -137,6 +183,7 @@ class ReconcileCore:
         try:
             if self.backing_off(key):  # the pass this one waited behind has just failed
                 return self._held_back(key, from_child)
+            self.requeues.cancel(key)  # this pass replaces a pending one; its result asks again if it must
             return await self._attempt(key, reconcile, retry=retry, raise_permanent=raise_permanent,
                                        from_child=from_child, on_error=on_error)
         finally:
@@ -155,22 +202,25 @@ class ReconcileCore:
     async def _attempt(
         self,
         key: ObjectKey,
-        reconcile: Callable[[], Awaitable[Outcome]],
+        reconcile: Reconcile,
         *,
         retry: int,
         raise_permanent: bool,
         from_child: bool,
-        on_error: Callable[[str], Awaitable[None]] | None,
+        on_error: OnError | None,
     ) -> Outcome:
-        """One reconcile, with the object's lock held; failures set the object's backoff."""
+        """One reconcile, with the object's lock held; failures set the object's backoff and are
+        retried (by kopf for its handlers, by the delayed queue for events); results may requeue."""
         namespace, name = key
         started = time.perf_counter()
         try:
-            outcome = await reconcile()
+            result = await reconcile()
         except ApiError as exc:
             delay = self._failed(key, exc, retry)
             if from_child:
-                log.warning("%s %s/%s: reconcile after a child event failed: %s", self.controller, namespace, name, exc)
+                log.warning("%s %s/%s: reconcile after an event failed: %s", self.controller, namespace, name, exc)
+                if exc.temporary or exc.not_found:  # a refusal (403, 422) waits for a change or the resync
+                    self.requeue(key, delay, reconcile, on_error)
                 return Outcome.WAITING
             if exc.temporary or exc.not_found:
                 raise kopf.TemporaryError(str(exc), delay=delay) from exc
@@ -186,15 +236,19 @@ class ReconcileCore:
                 except Exception:  # reporting is best effort; the retry below still happens
                     log.exception("%s %s/%s: could not report the error in status", self.controller, namespace, name)
             if from_child:
+                self.requeue(key, delay, reconcile, on_error)
                 return Outcome.WAITING
             raise kopf.TemporaryError(f"unexpected {type(exc).__name__}: {exc}", delay=delay) from exc
         finally:
             observability.RECONCILE_SECONDS.labels(controller=self.controller).observe(time.perf_counter() - started)
         self.failures.pop(key, None)
         self.not_before.pop(key, None)
+        outcome = result.outcome
         observability.RECONCILES.labels(controller=self.controller, result=outcome).inc()
         if outcome is Outcome.GONE:
             self.forget(key)
+        elif result.requeue_after is not None:
+            self.requeue(key, result.requeue_after, reconcile, on_error)
         if outcome is Outcome.INVALID and raise_permanent:
             raise kopf.PermanentError("cannot proceed; see status.conditions")
         return outcome

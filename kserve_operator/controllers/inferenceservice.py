@@ -10,11 +10,9 @@ A ModelPrewarm of the same name that the service does not control is left alone 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +21,15 @@ import kopf
 from kserve_operator.clients.cached_kube import CachedKubeApi
 from kserve_operator.clients.informer import InformerEvent
 from kserve_operator.clients.kube import KubeApi, PatchType
-from kserve_operator.controllers.core import Outcome, ReconcileCore, apply_child, post_events, remember, spawn
+from kserve_operator.controllers.core import (
+    Outcome,
+    ReconcileCore,
+    ReconcileResult,
+    apply_child,
+    post_events,
+    remember,
+    spawn,
+)
 from kserve_operator.errors import ApiError
 from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
 from kserve_operator.planning.ownership import owned_by
@@ -55,7 +61,6 @@ class ServiceWatchContext:
     # The last problems reported per service: an Event is posted when they change, not per watch event.
     reported: dict[tuple[str, str], frozenset[str]] = dataclasses.field(default_factory=dict)
     namespace_labels: dict[str, str | None] = dataclasses.field(default_factory=dict)
-    retries: dict[tuple[str, str], asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
 
     @property
     def api(self) -> KubeApi:
@@ -86,29 +91,30 @@ async def _remove(api: KubeApi, isvc: Mapping[str, Any], prewarm: Mapping[str, A
         await post_events(api, isvc, [EventPlan(NORMAL, EVENT_REMOVED, f"ModelPrewarm {meta['name']} removed: {why}")])
 
 
-async def reconcile(ctx: ServiceWatchContext, namespace: str, name: str, logger: logging.Logger | Any) -> Outcome:
+async def reconcile(ctx: ServiceWatchContext, namespace: str, name: str,
+                    logger: logging.Logger | Any) -> ReconcileResult:
     api = ctx.api
     isvc = await api.get(INFERENCE_SERVICE, name, namespace)
     if isvc is None or isvc["metadata"].get("deletionTimestamp"):
         ctx.reported.pop((namespace, name), None)
-        return Outcome.GONE  # the garbage collector removes the ModelPrewarm it owned
+        return ReconcileResult(Outcome.GONE)  # the garbage collector removes the ModelPrewarm it owned
     prewarm = await api.get(MODEL_PREWARM, name, namespace)
     ns = await api.get(NAMESPACE, namespace)
     labels = ((ns or {}).get("metadata") or {}).get("labels") or {}
     if not opted_in(isvc, labels):
         await _remove(api, isvc, prewarm, "the InferenceService is not opted in to pre-warming")
         ctx.reported.pop((namespace, name), None)
-        return Outcome.OK
+        return ReconcileResult(Outcome.OK)
     if prewarm is not None and not owned_by(prewarm, isvc["metadata"]["uid"]):
         message = f"a ModelPrewarm named {name} exists and is not this InferenceService's; it is left alone"
         await _report(ctx, isvc, (EventPlan(WARNING, EVENT_NAME_TAKEN, message),))
-        return Outcome.INVALID
+        return ReconcileResult(Outcome.INVALID)
     desired = desired_prewarm(isvc)
     problems = tuple(EventPlan(WARNING, EVENT_NOT_PREWARMED, p) for p in desired.problems)
     await _report(ctx, isvc, problems)
     if desired.body is None:
         await _remove(api, isvc, prewarm, "the predictor names no model to warm")
-        return Outcome.INVALID
+        return ReconcileResult(Outcome.INVALID)
     body = _with_defaults(desired.body)
     applied, wrote = await apply_child(api, MODEL_PREWARM, prewarm, body, exact=EXACT, merged=MERGED)
     live_annotations = (applied.get("metadata") or {}).get("annotations") or {}
@@ -123,24 +129,15 @@ async def reconcile(ctx: ServiceWatchContext, namespace: str, name: str, logger:
         await post_events(api, isvc, [EventPlan(NORMAL, reason, f"ModelPrewarm {name} {verb}: {spec['storageUri']} "
                                                                   f"on {spec['nodeCount']} node(s)")])
         logger.info("InferenceService %s/%s: ModelPrewarm %s", namespace, name, verb)
-    return Outcome.OK
+    return ReconcileResult(Outcome.OK)
 
 
 async def _run(memo: Any, namespace: str, name: str, logger: Any) -> Outcome:
-    """Reconcile on a watch event. kopf retries no event handler, and a timer would put a
-    finalizer on the InferenceService; so a failed reconcile schedules its own retry, after the
-    core's backoff for this object."""
+    """Reconcile on a watch event, as an event of the core (`from_child`): kopf retries no event handler,
+    and a timer would put a finalizer on the InferenceService, so the core retries a failed pass after
+    the object's backoff (its delayed queue), and an event while it backs off waits for that retry."""
     ctx: ServiceWatchContext = memo.inferenceservices
-    key = (namespace, name)
-    pending = ctx.retries.pop(key, None)
-    if pending is not None:
-        pending.cancel()
-    outcome = await ctx.core.run(namespace, name, lambda: reconcile(ctx, namespace, name, logger), from_child=True)
-    if ctx.core.failures.get(key) or outcome is Outcome.SKIPPED:
-        delay = max(ctx.core.not_before.get(key, 0.0) - time.monotonic(), 0.1)
-        loop = asyncio.get_running_loop()
-        ctx.retries[key] = loop.call_later(delay, lambda: loop.create_task(_run(memo, namespace, name, logger)))
-    return outcome
+    return await ctx.core.run(namespace, name, lambda: reconcile(ctx, namespace, name, logger), from_child=True)
 
 
 async def service_event(body: kopf.Body, type: str | None, memo: Any, logger: kopf.Logger, **_: Any) -> None:

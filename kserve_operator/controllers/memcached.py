@@ -24,6 +24,7 @@ from kserve_operator.clients.prometheus import PrometheusClient
 from kserve_operator.controllers.core import (
     Outcome,
     ReconcileCore,
+    ReconcileResult,
     apply_child,
     cleanup_within,
     now,
@@ -78,12 +79,13 @@ async def _report_problem(api: KubeApi, body: dict[str, Any], reason: str, probl
         await post_events(api, body, memcached_status.plan_events(cache, status))
 
 
-async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: logging.Logger | Any) -> Outcome:
+async def reconcile(ctx: MemcachedContext, namespace: str, name: str,
+                    logger: logging.Logger | Any) -> ReconcileResult:
     """One level-based pass: observe -> plan -> apply. Raises ApiError for the core to classify."""
     api = ctx.api
     body = await api.get(MEMCACHED, name, namespace)
     if body is None or body["metadata"].get("deletionTimestamp"):
-        return Outcome.GONE
+        return ReconcileResult(Outcome.GONE)
     cache = Memcached.parse(body)
     moment = now()
     key, generation = (namespace, name), body["metadata"].get("generation")
@@ -93,19 +95,19 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: lo
         if invalid_name is not None:
             await _report_problem(api, body, plan.REASON_INVALID_NAME, invalid_name, moment)
             ctx.core.warn_once(logger, key, generation, f"Memcached {namespace}/{name}: {invalid_name}")
-            return Outcome.INVALID
+            return ReconcileResult(Outcome.INVALID)
         spec = cache.spec()
     except InvalidSpec as exc:
         # Permanent until the user edits the spec: report it, touch nothing else.
         await _report_problem(api, body, plan.REASON_INVALID_SPEC, str(exc), moment)
         ctx.core.warn_once(logger, key, generation, f"Memcached {namespace}/{name} has an invalid spec: {exc}")
-        return Outcome.INVALID
+        return ReconcileResult(Outcome.INVALID)
 
     if FINALIZER not in (body["metadata"].get("finalizers") or []):
         # A delete before kopf's finalizer is on would skip the graceful scale-to-zero: no children
         # until it is (kopf adds it; the event that brings it reconciles again).
         logger.info("Memcached %s/%s: waiting for the finalizer before creating children", namespace, name)
-        return Outcome.WAITING
+        return ReconcileResult(Outcome.WAITING)
 
     deployment = await api.get(DEPLOYMENT, name, namespace)
     service = await api.get(SERVICE, name, namespace)
@@ -113,7 +115,7 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: lo
     if conflict is not None:
         await _report_problem(api, body, plan.REASON_NAME_CONFLICT, conflict, moment)
         ctx.core.warn_once(logger, key, generation, f"Memcached {namespace}/{name}: {conflict}")
-        return Outcome.INVALID
+        return ReconcileResult(Outcome.INVALID)
     current = deployment["spec"].get("replicas") if deployment else None
 
     connections: float | None = None
@@ -164,7 +166,7 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str, logger: lo
     )
     await patch_status(api, MEMCACHED, body, status)
     await post_events(api, body, memcached_status.plan_events(cache, status))
-    return Outcome.OK
+    return ReconcileResult(Outcome.OK)
 
 
 async def _run(memo: Any, namespace: str, name: str, logger: Any, retry: int, *,

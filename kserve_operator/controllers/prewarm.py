@@ -25,6 +25,7 @@ from kserve_operator.clients.kube import KubeApi
 from kserve_operator.controllers.core import (
     Outcome,
     ReconcileCore,
+    ReconcileResult,
     cleanup_within,
     now,
     patch_status,
@@ -143,7 +144,8 @@ def _owning_service(body: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-async def reconcile(ctx: PrewarmContext, namespace: str, name: str, logger: logging.Logger | Any) -> Outcome:
+async def reconcile(ctx: PrewarmContext, namespace: str, name: str,
+                    logger: logging.Logger | Any) -> ReconcileResult:
     """Observe -> plan -> apply. Raises ApiError for the core to classify."""
     api, platform = ctx.api, ctx.settings.prewarm_platform
     body = await api.get(MODEL_PREWARM, name, namespace)
@@ -152,9 +154,9 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str, logger: logg
         ctx.node_interest.forget((namespace, name))
         # Gone without its finalizer (removed by hand): its Jobs in the platform's namespace are orphans.
         await delete_jobs(api, platform, f"{LABEL_PREWARM_NAMESPACE}={namespace},{LABEL_PREWARM}={name}")
-        return Outcome.GONE
+        return ReconcileResult(Outcome.GONE)
     if body["metadata"].get("deletionTimestamp"):
-        return Outcome.GONE  # the finalizer's handler cleans up
+        return ReconcileResult(Outcome.GONE)  # the finalizer's handler cleans up
     ctx.known.add((namespace, name))
     uid, generation = str(body["metadata"].get("uid", "")), body["metadata"].get("generation")
     memo = ctx.credentials.get(uid)
@@ -173,7 +175,7 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str, logger: logg
     if creates and FINALIZER not in (body["metadata"].get("finalizers") or []):
         # Jobs outside the namespace are cleaned up by the finalizer only: none before it is on.
         logger.info("ModelPrewarm %s/%s: waiting for the finalizer before creating Jobs", namespace, name)
-        return Outcome.WAITING
+        return ReconcileResult(Outcome.WAITING)
     live = [j for j in observed.jobs if j["metadata"]["name"] not in decided.delete
             and not j["metadata"].get("deletionTimestamp")]
     copy_name = plan.credentials_name(name, uid)
@@ -204,7 +206,7 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str, logger: logg
         service = _owning_service(body)
         if service is not None:
             await post_events(api, service, decided.events)
-    return OUTCOMES[decided.outcome]
+    return ReconcileResult(OUTCOMES[decided.outcome])
 
 
 async def prewarm_deleted(body: kopf.Body, namespace: str | None, name: str, memo: Any, logger: kopf.Logger,

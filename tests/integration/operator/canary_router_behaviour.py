@@ -209,7 +209,7 @@ class RacingApi:
 async def reconcile(world: RouteWorld, api: KubeApi) -> Outcome:
     ctx = canary.new_context(OperatorSettings(), api, None)
     return await ctx.core.run(world.namespace, "mnist", lambda: canary.reconcile(
-        ctx, world.namespace, "mnist", None, logging.getLogger("router-suite"), canary.Pass()))
+        ctx, world.namespace, "mnist", logging.getLogger("router-suite")))
 
 
 # --- the suite ------------------------------------------------------------------------------------------

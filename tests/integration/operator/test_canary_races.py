@@ -91,7 +91,7 @@ def finalized(body: dict[str, Any]) -> dict[str, Any]:
 async def reconcile_once(api: KubeApi) -> Outcome:
     ctx = canary.new_context(OperatorSettings(), api, None)
     return await ctx.core.run(NS, "mnist", lambda: canary.reconcile(
-        ctx, NS, "mnist", None, logging.getLogger("test"), canary.Pass()))
+        ctx, NS, "mnist", logging.getLogger("test")))
 
 
 def conflicts(cluster: Any) -> list[Any]:

@@ -23,7 +23,7 @@ import kopf
 import pytest
 
 from kserve_operator.controllers import canary, memcached
-from kserve_operator.controllers.core import Outcome, ReconcileCore
+from kserve_operator.controllers.core import Outcome, ReconcileCore, ReconcileResult
 from kserve_operator.errors import ApiError
 from kserve_operator.planning import memcached as plan
 from kserve_operator.resources.memcached import Memcached
@@ -160,15 +160,15 @@ def test_a_pass_queued_on_the_lock_behind_a_failing_one_is_held_back(from_child:
         inside, release = asyncio.Event(), asyncio.Event()
         ran: list[str] = []
 
-        async def failing() -> Outcome:
+        async def failing() -> ReconcileResult:
             ran.append("failing")
             inside.set()
             await release.wait()
             raise too_many_requests(5)
 
-        async def second() -> Outcome:
+        async def second() -> ReconcileResult:
             ran.append("second")
-            return Outcome.OK
+            return ReconcileResult(Outcome.OK)
 
         first = asyncio.create_task(core.run(NS, NAME, failing))
         await inside.wait()
@@ -197,10 +197,10 @@ def test_every_controller_goes_through_the_same_gate() -> None:
         core.not_before[KEY] = asyncio.get_running_loop().time() + 100  # loop time is time.monotonic
         calls = 0
 
-        async def reconcile() -> Outcome:
+        async def reconcile() -> ReconcileResult:
             nonlocal calls
             calls += 1
-            return Outcome.OK
+            return ReconcileResult(Outcome.OK)
 
         variants: list[dict[str, Any]] = [{}, {"retry": 2}, {"raise_permanent": True}]
         for kwargs in variants:
@@ -241,8 +241,8 @@ def test_a_memcached_creates_no_children_until_its_finalizer_is_on() -> None:
 def test_an_invalid_memcached_is_reported_even_before_its_finalizer() -> None:
     """Waiting for the finalizer holds back children only; a problem in the object is said at once."""
     api = FakeCluster(name="with.dots", finalized=False, deployment=False)
-    outcome = asyncio.run(memcached.reconcile(memo_for(api).memcached, NS, "with.dots", LOG))
-    assert outcome is Outcome.INVALID
+    result = asyncio.run(memcached.reconcile(memo_for(api).memcached, NS, "with.dots", LOG))
+    assert result.outcome is Outcome.INVALID
     assert api.body["status"]["phase"] == "Error"
 
 
@@ -273,15 +273,14 @@ class CanaryApi:
 def test_a_canary_writes_no_route_until_its_finalizer_is_on() -> None:
     api = CanaryApi(finalizers=[])
     ctx = canary.new_context(OperatorSettings(), api, None)  # type: ignore[arg-type]
-    result = canary.Pass()
-    outcome = asyncio.run(canary.reconcile(ctx, NS, "mnist", None, LOG, result))
-    assert outcome is Outcome.WAITING
+    result = asyncio.run(canary.reconcile(ctx, NS, "mnist", LOG))
+    assert result.outcome is Outcome.WAITING
     assert api.calls == [("get", "modelcanaries")], "no VirtualService read or written, no status written"
     assert result.requeue_after == canary.FINALIZER_WAIT_SECONDS
 
     api = CanaryApi(finalizers=[FINALIZER])  # with it the pass goes on (here: to the missing services)
     asyncio.run(canary.reconcile(canary.new_context(OperatorSettings(), api, None),  # type: ignore[arg-type]
-                                 NS, "mnist", None, LOG, canary.Pass()))
+                                 NS, "mnist", LOG))
     assert ("get", "inferenceservices") in api.calls
 
 

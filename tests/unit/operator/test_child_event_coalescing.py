@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from kserve_operator.controllers.core import Outcome, ReconcileCore
+from kserve_operator.controllers.core import Outcome, ReconcileCore, ReconcileResult
 
 
 class NoApi:
@@ -19,14 +19,14 @@ def test_child_events_behind_a_running_pass_coalesce_into_one() -> None:
         release = asyncio.Event()
         passes: list[str] = []
 
-        async def slow() -> Outcome:
+        async def slow() -> ReconcileResult:
             passes.append("kopf")
             await release.wait()
-            return Outcome.OK
+            return ReconcileResult(Outcome.OK)
 
-        async def child() -> Outcome:
+        async def child() -> ReconcileResult:
             passes.append("child")
-            return Outcome.OK
+            return ReconcileResult(Outcome.OK)
 
         running = asyncio.create_task(core.run("ns", "a", slow))
         await asyncio.sleep(0)
