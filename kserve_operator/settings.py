@@ -62,9 +62,12 @@ class OperatorSettings:
     election: ElectionTimings = dataclasses.field(default_factory=ElectionTimings)  # LEASE_DURATION_SECONDS...
     identity: str = ""  # POD_NAME (else the host name) + "_" + random hex
     # The operator's own client (not kopf's watches, not the Lease): a token bucket as client-go's, KUBE_API_QPS
-    # requests per second after a burst of KUBE_API_BURST (clients/rate_limiter.py; the figures: README).
-    kube_api_qps: float = 50.0  # KUBE_API_QPS
-    kube_api_burst: int = 100  # KUBE_API_BURST
+    # requests per second after a burst of KUBE_API_BURST (clients/rate_limiter.py). A cap on herds, not a
+    # throttle of the designed load: creating 40 objects/s takes ~270 of our requests/s (0 s waited at 300/600),
+    # a restart ~50 in all (docs/benchmarks.md, bench-scale); at 50/100 the creates queued (p99 create -> child
+    # 21 s at 400 objects).
+    kube_api_qps: float = 300.0  # KUBE_API_QPS
+    kube_api_burst: int = 600  # KUBE_API_BURST
 
     @property
     def prewarm_platform(self) -> PrewarmPlatform:
