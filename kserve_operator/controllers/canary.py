@@ -68,8 +68,8 @@ from kserve_operator.planning.canary_gates import route_namespace_problem, warm_
 from kserve_operator.planning.events import NORMAL, EventPlan
 from kserve_operator.planning.routes.weights import RoutingProblem, WeightPlan
 from kserve_operator.planning.warm_capacity import Capacity
-from kserve_operator.resources import canary as res
 from kserve_operator.resources.canary import CanarySpec, CanaryStatus, parse_spec
+from kserve_operator.resources.canary_conditions import CanaryPhase, CanaryReason
 from kserve_operator.resources.kinds import (
     HTTP_ROUTE,
     INFERENCE_SERVICE,
@@ -88,7 +88,6 @@ FINALIZER_WAIT_SECONDS = 1.0  # how soon to look again for kopf's finalizer (its
 # Resync passes run at most this many at a time; spec changes, events and due passes never wait for a
 # slot, so a percent change is not queued behind a burst of routine re-reads of hundreds of canaries.
 RESYNC_CONCURRENCY = 8
-REASON_RELEASED = "Released"
 LOGGER = logging.getLogger(__name__)
 
 @dataclasses.dataclass
@@ -182,13 +181,13 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str,
     try:
         spec = parse_spec(body.get("spec"), namespace)
     except InvalidSpec as exc:
-        await _report_problem(api, body, plan.REASON_INVALID_SPEC, str(exc), None)
+        await _report_problem(api, body, CanaryReason.INVALID_SPEC, str(exc), None)
         ctx.core.warn_once(logger, (namespace, name), meta.get("generation"),
                            f"ModelCanary {namespace}/{name} has an invalid spec: {exc}")
         return ReconcileResult(Outcome.INVALID)
     refused = route_namespace_problem(spec, ctx.settings.canary_allowed_route_namespaces)
     if refused is not None:
-        await _report_problem(api, body, plan.REASON_CROSS_NAMESPACE_NOT_ALLOWED, refused, spec)
+        await _report_problem(api, body, CanaryReason.CROSS_NAMESPACE_NOT_ALLOWED, refused, spec)
         return ReconcileResult(Outcome.INVALID)
     if FINALIZER not in (meta.get("finalizers") or []):
         # Only the finalizer's handler gives stable its traffic back: no weight before it is on.
@@ -197,7 +196,7 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str,
 
     for isvc in spec.inference_services:
         if await api.get(INFERENCE_SERVICE, isvc, namespace) is None:
-            await _report_problem(api, body, plan.REASON_INFERENCE_SERVICE_NOT_FOUND,
+            await _report_problem(api, body, CanaryReason.INFERENCE_SERVICE_NOT_FOUND,
                                   f"InferenceService {namespace}/{isvc} does not exist", spec)
             return ReconcileResult(Outcome.WAITING)
     router = ctx.router(spec.route)
@@ -211,7 +210,7 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str,
     me = route_claims.Claimant(namespace, name, str(meta.get("creationTimestamp") or ""), dict(body.get("spec") or {}))
     claimed = route_claims.first_claim(me, route_claimants(ctx.canaries, spec.route), observed.obj, spec)
     if claimed is not None:
-        await _report_problem(api, body, plan.REASON_ROUTE_CLAIMED, route_claims.claim_message(*claimed, spec), spec)
+        await _report_problem(api, body, CanaryReason.ROUTE_CLAIMED, route_claims.claim_message(*claimed, spec), spec)
         return ReconcileResult(Outcome.INVALID)
 
     await _release_previous_route(ctx, body, spec, logger)
@@ -232,7 +231,7 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str,
         return ReconcileResult(Outcome.INVALID)
     except ApiError as exc:
         if not exc.temporary and not exc.not_found:  # forbidden, refused by a webhook: a person must act
-            await _report_problem(api, body, plan.REASON_APPLY_FAILED,
+            await _report_problem(api, body, CanaryReason.APPLY_FAILED,
                                   f"writing {spec.route.display} failed: {exc}", spec)
         raise
     old = body.get("status") or {}
@@ -240,7 +239,7 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str,
                               route_version=observed.version, capacity=capacity)
     if await patch_status(api, MODEL_CANARY, body, status):
         await post_events(api, body, plan.plan_events(old, status))
-    waiting = decision.phase in (res.PHASE_WAITING_FOR_MODEL, res.PHASE_WAITING_FOR_CAPACITY)
+    waiting = decision.phase in (CanaryPhase.WAITING_FOR_MODEL, CanaryPhase.WAITING_FOR_CAPACITY)
     return ReconcileResult(Outcome.WAITING if waiting else Outcome.OK, requeue_after=decision.requeue_after)
 
 
@@ -299,7 +298,7 @@ def error_reporter(ctx: CanaryContext, namespace: str, name: str) -> OnError:
     async def report_unexpected(problem: str) -> None:
         body = await ctx.api.get(MODEL_CANARY, name, namespace)
         if body is not None:
-            await _report_problem(ctx.api, body, plan.REASON_RECONCILE_ERROR, problem, None)
+            await _report_problem(ctx.api, body, CanaryReason.RECONCILE_ERROR, problem, None)
 
     return report_unexpected
 
@@ -361,7 +360,8 @@ async def _release(ctx: CanaryContext, body: dict[str, Any], spec: CanarySpec, s
     release = await ctx.router(spec.route).restore(spec, status.managed_routes, status.added_candidate_routes)
     if release is not None and release.changed:
         await post_events(ctx.api, body, [EventPlan(
-            NORMAL, REASON_RELEASED, f"stable {spec.stable.display} gets 100% again on {', '.join(release.managed)}")])
+            NORMAL, CanaryReason.RELEASED,
+            f"stable {spec.stable.display} gets 100% again on {', '.join(release.managed)}")])
 
 
 def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> None:

@@ -34,6 +34,7 @@ from kserve_operator.errors import ApiError
 from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
 from kserve_operator.planning.ownership import owned_by
 from kserve_operator.resources.inferenceservice import ANNOTATION_UNSUPPORTED, desired_prewarm, opted_in
+from kserve_operator.resources.inferenceservice_conditions import InferenceServiceEvent
 from kserve_operator.resources.kinds import INFERENCE_SERVICE, MODEL_PREWARM, NAMESPACE
 from kserve_operator.resources.prewarm import (
     DEFAULT_ACTIVE_DEADLINE_SECONDS,
@@ -47,11 +48,6 @@ LOGGER = logging.getLogger(__name__)
 EXACT = ("spec",)
 MERGED = ("metadata.labels", "metadata.annotations")
 
-EVENT_CREATED = "PrewarmCreated"
-EVENT_UPDATED = "PrewarmUpdated"
-EVENT_REMOVED = "PrewarmRemoved"
-EVENT_NAME_TAKEN = "PrewarmNameTaken"
-EVENT_NOT_PREWARMED = "PrewarmNotPossible"
 
 
 @dataclasses.dataclass
@@ -88,7 +84,8 @@ async def _remove(api: KubeApi, isvc: Mapping[str, Any], prewarm: Mapping[str, A
         return
     meta = prewarm["metadata"]
     if await api.delete(MODEL_PREWARM, meta["name"], namespace=meta["namespace"], uid=meta.get("uid")):
-        await post_events(api, isvc, [EventPlan(NORMAL, EVENT_REMOVED, f"ModelPrewarm {meta['name']} removed: {why}")])
+        await post_events(api, isvc, [EventPlan(NORMAL, InferenceServiceEvent.PREWARM_REMOVED,
+                                                f"ModelPrewarm {meta['name']} removed: {why}")])
 
 
 async def reconcile(ctx: ServiceWatchContext, namespace: str, name: str,
@@ -107,10 +104,10 @@ async def reconcile(ctx: ServiceWatchContext, namespace: str, name: str,
         return ReconcileResult(Outcome.OK)
     if prewarm is not None and not owned_by(prewarm, isvc["metadata"]["uid"]):
         message = f"a ModelPrewarm named {name} exists and is not this InferenceService's; it is left alone"
-        await _report(ctx, isvc, (EventPlan(WARNING, EVENT_NAME_TAKEN, message),))
+        await _report(ctx, isvc, (EventPlan(WARNING, InferenceServiceEvent.PREWARM_NAME_TAKEN, message),))
         return ReconcileResult(Outcome.INVALID)
     desired = desired_prewarm(isvc)
-    problems = tuple(EventPlan(WARNING, EVENT_NOT_PREWARMED, p) for p in desired.problems)
+    problems = tuple(EventPlan(WARNING, InferenceServiceEvent.PREWARM_NOT_POSSIBLE, p) for p in desired.problems)
     await _report(ctx, isvc, problems)
     if desired.body is None:
         await _remove(api, isvc, prewarm, "the predictor names no model to warm")
@@ -124,7 +121,8 @@ async def reconcile(ctx: ServiceWatchContext, namespace: str, name: str,
                         patch_type=PatchType.JSON)
         wrote = True
     if wrote:
-        reason, verb = (EVENT_CREATED, "created") if prewarm is None else (EVENT_UPDATED, "updated")
+        reason, verb = (InferenceServiceEvent.PREWARM_CREATED, "created") if prewarm is None \
+            else (InferenceServiceEvent.PREWARM_UPDATED, "updated")
         spec = body["spec"]
         await post_events(api, isvc, [EventPlan(NORMAL, reason, f"ModelPrewarm {name} {verb}: {spec['storageUri']} "
                                                                   f"on {spec['nodeCount']} node(s)")])

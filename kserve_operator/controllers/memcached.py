@@ -40,6 +40,7 @@ from kserve_operator.planning.ownership import ownership_problem
 from kserve_operator.resources.conditions import rfc3339
 from kserve_operator.resources.kinds import DEPLOYMENT, MEMCACHED, SERVICE
 from kserve_operator.resources.memcached import Memcached, MemcachedSpec, name_problem
+from kserve_operator.resources.memcached_conditions import MemcachedReason
 from kserve_operator.settings import FINALIZER, OperatorSettings
 
 CONTROLLER = "memcached"
@@ -93,13 +94,13 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str,
     try:
         invalid_name = name_problem(name)
         if invalid_name is not None:
-            await _report_problem(api, body, plan.REASON_INVALID_NAME, invalid_name, moment)
+            await _report_problem(api, body, MemcachedReason.INVALID_NAME, invalid_name, moment)
             ctx.core.warn_once(logger, key, generation, f"Memcached {namespace}/{name}: {invalid_name}")
             return ReconcileResult(Outcome.INVALID)
         spec = cache.spec()
     except InvalidSpec as exc:
         # Permanent until the user edits the spec: report it, touch nothing else.
-        await _report_problem(api, body, plan.REASON_INVALID_SPEC, str(exc), moment)
+        await _report_problem(api, body, MemcachedReason.INVALID_SPEC, str(exc), moment)
         ctx.core.warn_once(logger, key, generation, f"Memcached {namespace}/{name} has an invalid spec: {exc}")
         return ReconcileResult(Outcome.INVALID)
 
@@ -113,18 +114,18 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str,
     service = await api.get(SERVICE, name, namespace)
     conflict = ownership_problem(deployment, body, MEMCACHED) or ownership_problem(service, body, MEMCACHED)
     if conflict is not None:
-        await _report_problem(api, body, plan.REASON_NAME_CONFLICT, conflict, moment)
+        await _report_problem(api, body, MemcachedReason.NAME_CONFLICT, conflict, moment)
         ctx.core.warn_once(logger, key, generation, f"Memcached {namespace}/{name}: {conflict}")
         return ReconcileResult(Outcome.INVALID)
     current = deployment["spec"].get("replicas") if deployment else None
 
     connections: float | None = None
     metrics_problem: str | None = None
-    metrics_reason = plan.REASON_METRICS_UNAVAILABLE
+    metrics_reason = MemcachedReason.METRICS_UNAVAILABLE
     if spec.autoscaling and spec.metrics_query and not ctx.settings.allow_custom_metrics_queries:
         metrics_problem = ("spec.metricsQuery is not allowed on this cluster (the operator's administrator "
                            "enables custom queries with ALLOW_CUSTOM_METRICS_QUERIES=true)")
-        metrics_reason = plan.REASON_QUERY_NOT_ALLOWED
+        metrics_reason = MemcachedReason.QUERY_NOT_ALLOWED
     elif spec.autoscaling:
         try:
             connections = await _observe_connections(ctx, namespace, name, spec)
@@ -152,7 +153,7 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str,
         await apply_child(api, SERVICE, service, plan.build_service(cache), exact=SERVICE_EXACT, merged=MERGED)
     except ApiError as exc:
         if not exc.temporary:  # forbidden, rejected by admission: a person must act
-            await _report_problem(api, body, plan.REASON_APPLY_FAILED, str(exc), moment)
+            await _report_problem(api, body, MemcachedReason.APPLY_FAILED, str(exc), moment)
         raise
 
     if scaled and current is not None:
@@ -176,7 +177,7 @@ async def _run(memo: Any, namespace: str, name: str, logger: Any, retry: int, *,
     async def report_unexpected(problem: str) -> None:
         body = await ctx.api.get(MEMCACHED, name, namespace)
         if body is not None:
-            await _report_problem(ctx.api, body, plan.REASON_RECONCILE_ERROR, problem, now())
+            await _report_problem(ctx.api, body, MemcachedReason.RECONCILE_ERROR, problem, now())
 
     return await ctx.core.run(
         namespace, name, lambda: reconcile(ctx, namespace, name, logger),

@@ -24,51 +24,18 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from kserve_operator.planning.canary_checks import (
-    RESULT_FAILED,
-    RESULT_METRICS_UNAVAILABLE,
-    RESULT_NO_DATA,
-    RESULT_PASSED,
-    AnalysisResult,
-    analysis_status,
-)
+from kserve_operator.planning.canary_checks import AnalysisResult, analysis_status
 from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
 from kserve_operator.planning.routes.weights import WeightPlan
 from kserve_operator.planning.warm_capacity import Capacity
-from kserve_operator.resources import canary as res
 from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.canary import CanarySpec, CanaryStatus
+from kserve_operator.resources.canary_conditions import CanaryPhase, CanaryReason, CheckResult
+from kserve_operator.resources.conditions import ConditionStatus, ConditionType
 from kserve_operator.resources.routes import KIND_HTTP_ROUTE, KIND_VIRTUAL_SERVICE, RouteTarget, recorded_route
 
-# Condition reasons and event reasons: the controller's vocabulary.
-REASON_WEIGHTS_APPLIED = "WeightsApplied"
-REASON_WAITING_FOR_MODEL = "WaitingForModel"
-REASON_WAITING_FOR_CAPACITY = "WaitingForCapacity"  # a step waits for enough warm nodes for its share
-REASON_STEPPING = "Stepping"
-REASON_ANALYSIS_PENDING = "AnalysisPending"
-REASON_NO_DATA = RESULT_NO_DATA  # held: a check found no data (no candidate traffic in the window)
-REASON_METRICS_UNAVAILABLE = RESULT_METRICS_UNAVAILABLE  # held: a check's query errored or Prometheus is away
-REASON_ANALYSIS_FAILED = "AnalysisFailed"
-REASON_SETTLED = "Settled"
-REASON_PROMOTED = "Promoted"
-REASON_ROLLED_BACK = "RolledBack"
-REASON_AS_EXPECTED = "AsExpected"
-REASON_WEIGHTS_CHANGED = "WeightsChanged"
-REASON_MODEL_WARM = "ModelWarm"
-REASON_WEIGHT_IN_FORCE = "WeightInForce"  # Ready: the share the spec asks for is in force
-# Problems: each leaves the routing object untouched.
-REASON_INVALID_SPEC = "InvalidSpec"
-REASON_VIRTUAL_SERVICE_NOT_FOUND = "VirtualServiceNotFound"
-REASON_HTTP_ROUTE_NOT_FOUND = "HTTPRouteNotFound"
-REASON_ROUTE_KIND_NOT_SERVED = "RouteKindNotServed"  # the kind's CRD is not installed (no Istio, no Gateway API)
-REASON_INFERENCE_SERVICE_NOT_FOUND = "InferenceServiceNotFound"
-REASON_ROUTE_CLAIMED = "RouteClaimed"
-REASON_APPLY_FAILED = "ApplyFailed"
-REASON_RECONCILE_ERROR = "ReconcileError"
-REASON_CROSS_NAMESPACE_NOT_ALLOWED = "CrossNamespaceNotAllowed"
-
-
-_NOT_FOUND = {KIND_VIRTUAL_SERVICE: REASON_VIRTUAL_SERVICE_NOT_FOUND, KIND_HTTP_ROUTE: REASON_HTTP_ROUTE_NOT_FOUND}
+_NOT_FOUND = {KIND_VIRTUAL_SERVICE: CanaryReason.VIRTUAL_SERVICE_NOT_FOUND,
+              KIND_HTTP_ROUTE: CanaryReason.HTTP_ROUTE_NOT_FOUND}
 _API_GROUPS = {KIND_VIRTUAL_SERVICE: "Istio's networking.istio.io",
                KIND_HTTP_ROUTE: "the Gateway API's gateway.networking.k8s.io/v1"}
 
@@ -77,8 +44,9 @@ def missing_route(target: RouteTarget, served: bool) -> tuple[str, str]:
     """(reason, message) for a routing object that is not there, or whose kind the cluster does not serve."""
     if served:
         return _NOT_FOUND[target.kind], f"{target.display} does not exist"
-    return REASON_ROUTE_KIND_NOT_SERVED, (f"the API server does not serve {target.kind}s ({_API_GROUPS[target.kind]}):"
-                                          f" install its CRDs; {target.display} is looked for again at the resync")
+    return CanaryReason.ROUTE_KIND_NOT_SERVED, (
+        f"the API server does not serve {target.kind}s ({_API_GROUPS[target.kind]}):"
+        f" install its CRDs; {target.display} is looked for again at the resync")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +84,12 @@ def _position(ladder: tuple[int, ...], share: int) -> int:
     return sum(1 for w in ladder if w <= share)
 
 
+_SETTLED_REASONS: dict[str, CanaryReason] = {CanaryPhase.PROMOTED: CanaryReason.PROMOTED,
+                                             CanaryPhase.ACTIVE: CanaryReason.SETTLED}
+
+
 def _settled_phase(share: int) -> str:
-    return res.PHASE_PROMOTED if share == 100 else res.PHASE_ACTIVE
+    return CanaryPhase.PROMOTED if share == 100 else CanaryPhase.ACTIVE
 
 
 def next_step(
@@ -126,7 +98,7 @@ def next_step(
 ) -> StepDecision:
     """The candidate's share now, and the share whose warm nodes it asks for."""
     decision = _walk(spec, status, generation, warm, analysis, now, capacity)
-    if decision.phase == res.PHASE_ROLLED_BACK:
+    if decision.phase == CanaryPhase.ROLLED_BACK:
         return decision
     ladder = spec.ladder() if spec.steps else ()
     ahead = next((share for share in ladder if share > decision.percent), spec.percent)
@@ -141,7 +113,7 @@ def _walk(
     ladder = spec.ladder()
     current = status.percent
     hold = StepDecision(
-        percent=current, phase=res.PHASE_PROGRESSING, reason=REASON_STEPPING, message="",
+        percent=current, phase=CanaryPhase.PROGRESSING, reason=CanaryReason.STEPPING, message="",
         step=_position(ladder, current), last_step_time=status.last_step_time,
         last_check_time=status.last_check_time, failed_checks=status.failed_checks, rolled_back_generation=None,
     )
@@ -154,13 +126,14 @@ def _walk(
         return spec.steps.interval_seconds + (anchor - now).total_seconds()
 
     if status.rolled_back_generation is not None and status.rolled_back_generation == generation:
-        return replace(hold, percent=0, step=0, phase=res.PHASE_ROLLED_BACK, reason=REASON_ROLLED_BACK,
+        return replace(hold, percent=0, step=0, phase=CanaryPhase.ROLLED_BACK, reason=CanaryReason.ROLLED_BACK,
                        message="rolled back after failed analysis; change the spec to try again",
                        rolled_back_generation=generation)
 
     if spec.require_warm and (warm is None or not warm.warm):
         detail = warm.detail if warm else f"ModelPrewarm {spec.namespace}/{spec.model_prewarm} to be Warm"
-        return replace(hold, percent=0, step=0, phase=res.PHASE_WAITING_FOR_MODEL, reason=REASON_WAITING_FOR_MODEL,
+        return replace(hold, percent=0, step=0, phase=CanaryPhase.WAITING_FOR_MODEL,
+                       reason=CanaryReason.WAITING_FOR_MODEL,
                        message=f"the candidate gets 0% until its model is warm: waiting for {detail}",
                        last_step_time=None, last_check_time=None, failed_checks=0)
 
@@ -169,16 +142,16 @@ def _walk(
         waits = capacity.holds(current, share) if capacity is not None else None
         if waits is None:
             return None
-        return replace(hold, phase=res.PHASE_WAITING_FOR_CAPACITY, reason=REASON_WAITING_FOR_CAPACITY,
+        return replace(hold, phase=CanaryPhase.WAITING_FOR_CAPACITY, reason=CanaryReason.WAITING_FOR_CAPACITY,
                        message=waits, **kept)
 
     def step_to(share: int, message: str) -> StepDecision:
         held = short_of(share)
         if held is not None:
             return held
-        phase = _settled_phase(share) if share == spec.percent else res.PHASE_PROGRESSING
-        reason = {res.PHASE_PROMOTED: REASON_PROMOTED, res.PHASE_ACTIVE: REASON_SETTLED}.get(phase, REASON_STEPPING)
-        requeue = wait_from(stamp) if spec.steps and phase == res.PHASE_PROGRESSING else None
+        phase = _settled_phase(share) if share == spec.percent else CanaryPhase.PROGRESSING
+        reason = _SETTLED_REASONS.get(phase, CanaryReason.STEPPING)
+        requeue = wait_from(stamp) if spec.steps and phase == CanaryPhase.PROGRESSING else None
         return replace(hold, percent=share, phase=phase, reason=reason, message=message,
                        step=_position(ladder, share), requeue_after=requeue,
                        last_step_time=stamp if share != current else status.last_step_time)
@@ -196,7 +169,7 @@ def _walk(
                        requeue_after=wait_from(stamp))
     due = max(anchors) + datetime.timedelta(seconds=interval)
     if now < due:
-        if status.phase == res.PHASE_WAITING_FOR_CAPACITY:  # a passing pass was held: still short?
+        if status.phase == CanaryPhase.WAITING_FOR_CAPACITY:  # a passing pass was held: still short?
             held = short_of(upcoming, requeue_after=(due - now).total_seconds())
             if held is not None:
                 return held
@@ -207,10 +180,10 @@ def _walk(
     if check is None:
         return step_to(upcoming, f"stepped to {upcoming}% after {interval:g}s")
     if analysis is None:
-        return replace(hold, reason=REASON_ANALYSIS_PENDING, wants_analysis=True,
+        return replace(hold, reason=CanaryReason.ANALYSIS_PENDING, wants_analysis=True,
                        message=f"at {current}%, checking the analysis before {upcoming}%")
     verdict, summary = analysis.result, analysis.summary()
-    if verdict == RESULT_PASSED:
+    if verdict == CheckResult.PASSED:
         # Short of capacity: the pass is recorded and the analysis goes on at the interval (a candidate
         # that starts failing while it waits is still rolled back); the step follows a later pass.
         held = short_of(upcoming, failed_checks=0, last_check_time=stamp, analysis=analysis,
@@ -219,27 +192,28 @@ def _walk(
             return held
         return replace(step_to(upcoming, f"analysis passed ({summary}); stepped to {upcoming}%"),
                        failed_checks=0, last_check_time=stamp, analysis=analysis)
-    if verdict != RESULT_FAILED:  # inconclusive: neither a pass nor a failure
+    if verdict != CheckResult.FAILED:  # inconclusive: neither a pass nor a failure
         return replace(hold, reason=verdict, last_check_time=stamp, requeue_after=wait_from(stamp), analysis=analysis,
                        message=f"held at {current}%: the analysis is inconclusive ({summary}); not counted as a pass")
     failed = status.failed_checks + 1
     if failed >= check.failure_limit:
-        return replace(hold, percent=0, step=0, phase=res.PHASE_ROLLED_BACK, reason=REASON_ROLLED_BACK,
+        return replace(hold, percent=0, step=0, phase=CanaryPhase.ROLLED_BACK, reason=CanaryReason.ROLLED_BACK,
                        message=f"rolled back to 0%: analysis failed {failed} time(s) in a row: {summary}",
                        last_step_time=stamp, last_check_time=stamp, failed_checks=failed,
                        rolled_back_generation=generation, analysis=analysis)
-    return replace(hold, reason=REASON_ANALYSIS_FAILED, last_check_time=stamp, failed_checks=failed,
+    return replace(hold, reason=CanaryReason.ANALYSIS_FAILED, last_check_time=stamp, failed_checks=failed,
                    analysis=analysis, requeue_after=wait_from(stamp),
                    message=f"held at {current}%: analysis failed ({failed} of {check.failure_limit}): {summary}")
 
 
 def _progress_so_far(status: CanaryStatus, current: int, upcoming: int) -> tuple[str, str]:
     """While waiting between checks, keep what the last decision said: no status write per tick."""
-    previous = cond.find_condition(list(status.conditions), cond.PROGRESSING)
-    if status.phase == res.PHASE_PROGRESSING and previous and previous.get("reason") in (
-            REASON_STEPPING, REASON_ANALYSIS_FAILED, REASON_NO_DATA, REASON_METRICS_UNAVAILABLE):
+    previous = cond.find_condition(list(status.conditions), ConditionType.PROGRESSING)
+    if status.phase == CanaryPhase.PROGRESSING and previous and previous.get("reason") in (
+            CanaryReason.STEPPING, CanaryReason.ANALYSIS_FAILED, CanaryReason.NO_DATA,
+            CanaryReason.METRICS_UNAVAILABLE):
         return str(previous.get("reason")), str(previous.get("message"))
-    return REASON_STEPPING, f"at {current}%, next step {upcoming}%"
+    return CanaryReason.STEPPING, f"at {current}%, next step {upcoming}%"
 
 
 def _backend_names(spec: CanarySpec) -> dict[str, str]:
@@ -255,24 +229,25 @@ def plan_status(
     conditions: list[cond.Condition] = list(old.get("conditions") or [])
     routes = ", ".join(weights.managed)
     conditions = cond.set_condition(
-        conditions, type=cond.AVAILABLE, status=cond.TRUE, reason=REASON_WEIGHTS_APPLIED,
+        conditions, type=ConditionType.AVAILABLE, status=ConditionStatus.TRUE, reason=CanaryReason.WEIGHTS_APPLIED,
         message=(f"{spec.route.display} carries stable "
                  f"{weights.stable_weight}% / candidate {weights.candidate_weight}% on {routes}"),
         now=now, generation=generation)
-    moving = decision.phase in (res.PHASE_WAITING_FOR_MODEL, res.PHASE_WAITING_FOR_CAPACITY, res.PHASE_PROGRESSING)
+    moving = decision.phase in (CanaryPhase.WAITING_FOR_MODEL, CanaryPhase.WAITING_FOR_CAPACITY,
+                                CanaryPhase.PROGRESSING)
     conditions = cond.set_condition(
-        conditions, type=cond.PROGRESSING, status=cond.TRUE if moving else cond.FALSE,
+        conditions, type=ConditionType.PROGRESSING, status=ConditionStatus.TRUE if moving else ConditionStatus.FALSE,
         reason=decision.reason, message=decision.message, now=now, generation=generation)
-    rolled_back = decision.phase == res.PHASE_ROLLED_BACK
+    rolled_back = decision.phase == CanaryPhase.ROLLED_BACK
     conditions = cond.set_condition(
-        conditions, type=cond.DEGRADED, status=cond.TRUE if rolled_back else cond.FALSE,
-        reason=REASON_ANALYSIS_FAILED if rolled_back else REASON_AS_EXPECTED,
+        conditions, type=ConditionType.DEGRADED, status=ConditionStatus.TRUE if rolled_back else ConditionStatus.FALSE,
+        reason=CanaryReason.ANALYSIS_FAILED if rolled_back else CanaryReason.AS_EXPECTED,
         message=decision.message if rolled_back else "", now=now, generation=generation)
     # Ready: the share the spec asks for is in force and nothing holds it (no wait, step or rollback).
-    ready = decision.percent == spec.percent and decision.phase in (res.PHASE_ACTIVE, res.PHASE_PROMOTED)
+    ready = decision.percent == spec.percent and decision.phase in (CanaryPhase.ACTIVE, CanaryPhase.PROMOTED)
     conditions = cond.set_condition(
-        conditions, type=cond.READY, status=cond.TRUE if ready else cond.FALSE,
-        reason=REASON_WEIGHT_IN_FORCE if ready else decision.reason,
+        conditions, type=ConditionType.READY, status=ConditionStatus.TRUE if ready else ConditionStatus.FALSE,
+        reason=CanaryReason.WEIGHT_IN_FORCE if ready else decision.reason,
         message=(f"the candidate's {spec.percent}% is in force" if ready
                  else f"{decision.percent}% in force of {spec.percent}% wanted: {decision.message}"),
         now=now, generation=generation)
@@ -331,7 +306,7 @@ def intent_status(old: Mapping[str, Any] | None, spec: CanarySpec, weights: Weig
         return None
     changes: dict[str, Any] = {"addedCandidateRoutes": sorted(known | set(weights.appended)), **_route_fields(spec)}
     if not old.get("phase"):
-        changes["phase"] = res.PHASE_PENDING
+        changes["phase"] = CanaryPhase.PENDING
     return changes
 
 
@@ -342,17 +317,18 @@ def problem_status(
     """Phase Error with the problem in Available/Degraded; weights and step bookkeeping unchanged."""
     old = dict(old or {})
     conditions: list[cond.Condition] = list(old.get("conditions") or [])
-    conditions = cond.set_condition(conditions, type=cond.AVAILABLE, status=cond.FALSE, reason=reason,
-                                    message=message, now=now, generation=generation)
-    conditions = cond.set_condition(conditions, type=cond.PROGRESSING, status=cond.FALSE, reason=reason,
+    conditions = cond.set_condition(conditions, type=ConditionType.AVAILABLE, status=ConditionStatus.FALSE,
+                                    reason=reason, message=message, now=now, generation=generation)
+    conditions = cond.set_condition(conditions, type=ConditionType.PROGRESSING, status=ConditionStatus.FALSE,
+                                    reason=reason,
                                     message="the routes are not touched until this is fixed",
                                     now=now, generation=generation)
-    conditions = cond.set_condition(conditions, type=cond.DEGRADED, status=cond.TRUE, reason=reason,
+    conditions = cond.set_condition(conditions, type=ConditionType.DEGRADED, status=ConditionStatus.TRUE, reason=reason,
                                     message=message, now=now, generation=generation)
-    conditions = cond.set_condition(conditions, type=cond.READY, status=cond.FALSE, reason=reason,
+    conditions = cond.set_condition(conditions, type=ConditionType.READY, status=ConditionStatus.FALSE, reason=reason,
                                     message=message, now=now, generation=generation)
-    return {**old, **(_backend_names(spec) if spec else {}), "phase": res.PHASE_ERROR,
-            "lastTransitionTime": _transition(old, res.PHASE_ERROR, now),
+    return {**old, **(_backend_names(spec) if spec else {}), "phase": CanaryPhase.ERROR,
+            "lastTransitionTime": _transition(old, CanaryPhase.ERROR, now),
             "observedGeneration": generation, "conditions": conditions}
 
 
@@ -360,28 +336,29 @@ def plan_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[E
     """Events for what changed between two statuses; nothing when nothing did."""
     old = old or {}
     events: list[EventPlan] = []
-    old_degraded = cond.find_condition(list(old.get("conditions") or []), cond.DEGRADED) or {}
-    degraded = cond.find_condition(list(new.get("conditions") or []), cond.DEGRADED) or {}
+    old_degraded = cond.find_condition(list(old.get("conditions") or []), ConditionType.DEGRADED) or {}
+    degraded = cond.find_condition(list(new.get("conditions") or []), ConditionType.DEGRADED) or {}
     phase, old_phase = new.get("phase"), old.get("phase")
-    if phase == res.PHASE_ERROR:
+    if phase == CanaryPhase.ERROR:
         if (degraded.get("reason"), degraded.get("message")) != (old_degraded.get("reason"),
                                                                  old_degraded.get("message")):
             events.append(EventPlan(WARNING, str(degraded.get("reason")), str(degraded.get("message"))))
         return events
-    progressing = cond.find_condition(list(new.get("conditions") or []), cond.PROGRESSING) or {}
-    if phase == res.PHASE_ROLLED_BACK and old_phase != phase:
-        events.append(EventPlan(WARNING, REASON_ROLLED_BACK, str(progressing.get("message"))))
-    if phase == res.PHASE_WAITING_FOR_MODEL and old_phase != phase:
-        events.append(EventPlan(NORMAL, REASON_WAITING_FOR_MODEL, str(progressing.get("message"))))
-    if old_phase == res.PHASE_WAITING_FOR_MODEL and phase != old_phase:
-        events.append(EventPlan(NORMAL, REASON_MODEL_WARM, "the candidate's model is warm: traffic released"))
+    progressing = cond.find_condition(list(new.get("conditions") or []), ConditionType.PROGRESSING) or {}
+    if phase == CanaryPhase.ROLLED_BACK and old_phase != phase:
+        events.append(EventPlan(WARNING, CanaryReason.ROLLED_BACK, str(progressing.get("message"))))
+    if phase == CanaryPhase.WAITING_FOR_MODEL and old_phase != phase:
+        events.append(EventPlan(NORMAL, CanaryReason.WAITING_FOR_MODEL, str(progressing.get("message"))))
+    if old_phase == CanaryPhase.WAITING_FOR_MODEL and phase != old_phase:
+        events.append(EventPlan(NORMAL, CanaryReason.MODEL_WARM, "the candidate's model is warm: traffic released"))
     if (new.get("stableWeight"), new.get("candidateWeight")) != (old.get("stableWeight"), old.get("candidateWeight")):
-        events.append(EventPlan(NORMAL, REASON_WEIGHTS_CHANGED,
+        events.append(EventPlan(NORMAL, CanaryReason.WEIGHTS_CHANGED,
                                 f"stable {new.get('stable')} {new.get('stableWeight')}%, candidate "
                                 f"{new.get('candidate')} {new.get('candidateWeight')}% on "
                                 f"{', '.join(new.get('managedRoutes') or [])}"))
-    old_progress = cond.find_condition(list(old.get("conditions") or []), cond.PROGRESSING) or {}
-    if (progressing.get("reason") in (REASON_ANALYSIS_FAILED, REASON_NO_DATA, REASON_METRICS_UNAVAILABLE)
+    old_progress = cond.find_condition(list(old.get("conditions") or []), ConditionType.PROGRESSING) or {}
+    if (progressing.get("reason") in (CanaryReason.ANALYSIS_FAILED, CanaryReason.NO_DATA,
+                                      CanaryReason.METRICS_UNAVAILABLE)
             and progressing.get("message") != old_progress.get("message")):
         events.append(EventPlan(WARNING, str(progressing.get("reason")), str(progressing.get("message"))))
     return events

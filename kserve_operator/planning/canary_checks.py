@@ -27,16 +27,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kserve_operator.resources.canary import CHECK_DURATION, CHECK_SUCCESS_RATE, CanarySpec, CheckSpec
+from kserve_operator.resources.canary_conditions import CheckResult
 
 REQUESTS_METRIC = "istio_requests_total"
 DURATION_BUCKETS_METRIC = "istio_request_duration_milliseconds_bucket"
 DURATION_QUANTILE = 0.99
-
-# A check's result, and the whole pass's: also the reasons of the Progressing condition when held.
-RESULT_PASSED = "Passed"
-RESULT_FAILED = "Failed"
-RESULT_NO_DATA = "NoData"  # the query matched no series, or no request in the window
-RESULT_METRICS_UNAVAILABLE = "MetricsUnavailable"  # the query errored, or Prometheus did not answer
 
 
 def promql_string(value: str) -> str:
@@ -114,7 +109,7 @@ class CheckOutcome:
 
     @property
     def passed(self) -> bool:
-        return self.result == RESULT_PASSED
+        return self.result == CheckResult.PASSED
 
     def as_status(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": self.name, "passed": self.passed, "result": self.result,
@@ -135,15 +130,15 @@ class AnalysisResult:
     def result(self) -> str:
         """Failed if a check failed; else inconclusive (MetricsUnavailable before NoData); else Passed."""
         results = {check.result for check in self.checks}
-        for result in (RESULT_FAILED, RESULT_METRICS_UNAVAILABLE, RESULT_NO_DATA):
+        for result in (CheckResult.FAILED, CheckResult.METRICS_UNAVAILABLE, CheckResult.NO_DATA):
             if result in results:
                 return result
-        return RESULT_PASSED
+        return CheckResult.PASSED
 
     def summary(self) -> str:
         """What decided the pass: the failed checks, else the inconclusive ones, else every value."""
         decisive = [check for check in self.checks if check.result == self.result]
-        if self.result != RESULT_FAILED:
+        if self.result != CheckResult.FAILED:
             decisive = [check for check in self.checks if not check.passed] or decisive
         return "; ".join(f"{check.name} {check.message}" for check in decisive)
 
@@ -157,17 +152,17 @@ def judge(checks: Sequence[CheckSpec], readings: Sequence[CheckReading]) -> Anal
     for check, reading in zip(checks, readings, strict=True):
         bounds = {"min": check.min, "max": check.max}
         if reading.value is None:
-            result = RESULT_NO_DATA if reading.no_data else RESULT_METRICS_UNAVAILABLE
+            result = CheckResult.NO_DATA if reading.no_data else CheckResult.METRICS_UNAVAILABLE
             why = "no data" if reading.no_data else "no answer"
             outcomes.append(CheckOutcome(check.name, result, f"{why}: {reading.error or 'no value'}", **bounds))
             continue
         failure = check.out_of_bounds(reading.value)
         if failure is not None:
-            outcomes.append(CheckOutcome(check.name, RESULT_FAILED, failure, reading.value, **bounds))
+            outcomes.append(CheckOutcome(check.name, CheckResult.FAILED, failure, reading.value, **bounds))
             continue
         within = " and ".join(f"{'>=' if key == 'min' else '<='} {bound:g}"
                               for key, bound in bounds.items() if bound is not None)
-        outcomes.append(CheckOutcome(check.name, RESULT_PASSED, f"{reading.value:g} {within}", reading.value,
+        outcomes.append(CheckOutcome(check.name, CheckResult.PASSED, f"{reading.value:g} {within}", reading.value,
                                      **bounds))
     return AnalysisResult(tuple(outcomes))
 

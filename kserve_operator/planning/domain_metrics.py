@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from kserve_operator.resources.canary import PHASE_ROLLED_BACK
+from kserve_operator.resources.canary_conditions import CanaryPhase
 
 # Metric names, shared by the controller that owns the collectors and the tests.
 PREWARM_LOAD_SECONDS = "kserve_operator_prewarm_load_seconds"
@@ -110,5 +110,5 @@ def canary_counts(previous: CanaryMark | None, body: Mapping[str, Any]) -> Canar
     return CanaryCounts(
         mark,
         analysis_failures=max(mark.failed_checks - previous.failed_checks, 0),
-        rolled_back=mark.phase == PHASE_ROLLED_BACK and previous.phase != PHASE_ROLLED_BACK,
+        rolled_back=mark.phase == CanaryPhase.ROLLED_BACK and previous.phase != CanaryPhase.ROLLED_BACK,
     )

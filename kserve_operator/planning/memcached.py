@@ -19,30 +19,6 @@ MEMCACHED_PORT = 11211
 EXPORTER_PORT = 9150
 MANAGED_BY = "kserve-operator"
 
-PHASE_PENDING = "Pending"
-PHASE_RUNNING = "Running"
-PHASE_SCALING = "Scaling"
-PHASE_SCALED_TO_ZERO = "ScaledToZero"
-PHASE_ERROR = "Error"
-
-# Condition reasons: the vocabulary of status.conditions and of Warning events.
-REASON_REPLICAS_READY = "ReplicasReady"
-REASON_NO_REPLICAS_READY = "NoReplicasReady"
-REASON_SCALED_TO_ZERO = "ScaledToZero"
-REASON_SCALING = "Scaling"
-REASON_SCALE_DOWN_PENDING = "ScaleDownPending"
-REASON_SETTLED = "Settled"
-REASON_AS_EXPECTED = "AsExpected"
-REASON_METRICS_UNAVAILABLE = "MetricsUnavailable"
-REASON_QUERY_NOT_ALLOWED = "MetricsQueryNotAllowed"
-REASON_INVALID_SPEC = "InvalidSpec"
-REASON_INVALID_NAME = "InvalidName"
-REASON_NAME_CONFLICT = "NameConflict"
-REASON_APPLY_FAILED = "ApplyFailed"
-REASON_RECONCILE_ERROR = "ReconcileError"
-REASON_SCALED_UP = "ScaledUp"
-REASON_SCALED_DOWN = "ScaledDown"
-
 # Kept on the Deployment in the same write that changes its replicas, so the time of a scale
 # survives a status write that is lost after it.
 LAST_SCALE_ANNOTATION = "cache.serverless.xyz/last-scale-time"

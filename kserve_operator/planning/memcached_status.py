@@ -11,32 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
-from kserve_operator.planning.memcached import (
-    LAST_SCALE_ANNOTATION,
-    PHASE_ERROR,
-    PHASE_PENDING,
-    PHASE_RUNNING,
-    PHASE_SCALED_TO_ZERO,
-    PHASE_SCALING,
-    REASON_APPLY_FAILED,
-    REASON_AS_EXPECTED,
-    REASON_INVALID_NAME,
-    REASON_INVALID_SPEC,
-    REASON_METRICS_UNAVAILABLE,
-    REASON_NAME_CONFLICT,
-    REASON_NO_REPLICAS_READY,
-    REASON_RECONCILE_ERROR,
-    REASON_REPLICAS_READY,
-    REASON_SCALE_DOWN_PENDING,
-    REASON_SCALED_DOWN,
-    REASON_SCALED_TO_ZERO,
-    REASON_SCALED_UP,
-    REASON_SCALING,
-    REASON_SETTLED,
-    ReplicaDecision,
-)
+from kserve_operator.planning.memcached import LAST_SCALE_ANNOTATION, ReplicaDecision
 from kserve_operator.resources import conditions as cond
+from kserve_operator.resources.conditions import ConditionStatus, ConditionType
 from kserve_operator.resources.memcached import Memcached
+from kserve_operator.resources.memcached_conditions import MemcachedPhase, MemcachedReason
 
 
 def with_ready(conditions: list[cond.Condition], *, now: datetime.datetime,
@@ -44,24 +23,25 @@ def with_ready(conditions: list[cond.Condition], *, now: datetime.datetime,
     """Ready = Available and not Degraded, for `kubectl wait --for=condition=Ready` and GitOps
     health checks. Its reason is the one that decides: Degraded's problem first, then Available's
     (ReplicasReady when True; ScaledToZero, NoReplicasReady when no replica serves)."""
-    available = cond.find_condition(conditions, cond.AVAILABLE) or {}
-    degraded = cond.find_condition(conditions, cond.DEGRADED) or {}
-    if degraded.get("status") == cond.TRUE:
-        status, deciding = cond.FALSE, degraded
+    available = cond.find_condition(conditions, ConditionType.AVAILABLE) or {}
+    degraded = cond.find_condition(conditions, ConditionType.DEGRADED) or {}
+    if degraded.get("status") == ConditionStatus.TRUE:
+        status, deciding = ConditionStatus.FALSE, degraded
     else:  # callers set Available (healthy reconciles) or Degraded=True (problems) first
-        status, deciding = (cond.TRUE if available.get("status") == cond.TRUE else cond.FALSE), available
-    return cond.set_condition(conditions, type=cond.READY, status=status, reason=str(deciding.get("reason")),
+        healthy = available.get("status") == ConditionStatus.TRUE
+        status, deciding = (ConditionStatus.TRUE if healthy else ConditionStatus.FALSE), available
+    return cond.set_condition(conditions, type=ConditionType.READY, status=status, reason=str(deciding.get("reason")),
                               message=str(deciding.get("message")), now=now, generation=generation)
 
 
 def _phase(replicas: int, ready: int, deployment_replicas: int | None) -> str:
     if replicas == 0 and ready == 0:
-        return PHASE_SCALED_TO_ZERO
+        return MemcachedPhase.SCALED_TO_ZERO
     if deployment_replicas is None:
-        return PHASE_PENDING
+        return MemcachedPhase.PENDING
     if deployment_replicas != replicas or ready != replicas:
-        return PHASE_SCALING
-    return PHASE_RUNNING
+        return MemcachedPhase.SCALING
+    return MemcachedPhase.RUNNING
 
 
 def plan_status(
@@ -73,7 +53,7 @@ def plan_status(
     metrics_problem: str | None,
     scaled: bool,
     now: datetime.datetime,
-    metrics_reason: str = REASON_METRICS_UNAVAILABLE,
+    metrics_reason: str = MemcachedReason.METRICS_UNAVAILABLE,
 ) -> dict[str, Any]:
     """The status a healthy reconcile writes; identical input gives an identical status.
 
@@ -89,30 +69,31 @@ def plan_status(
     phase = _phase(replicas, ready, dep_replicas)
 
     conditions: list[cond.Condition] = list(old.get("conditions") or [])
-    if phase == PHASE_SCALED_TO_ZERO:
-        available = (cond.FALSE, REASON_SCALED_TO_ZERO, "scaled to zero after a whole window without connections")
+    if phase == MemcachedPhase.SCALED_TO_ZERO:
+        available = (ConditionStatus.FALSE, MemcachedReason.SCALED_TO_ZERO,
+                     "scaled to zero after a whole window without connections")
     elif ready > 0:
-        available = (cond.TRUE, REASON_REPLICAS_READY, f"{ready}/{replicas} replicas ready")
+        available = (ConditionStatus.TRUE, MemcachedReason.REPLICAS_READY, f"{ready}/{replicas} replicas ready")
     else:
-        available = (cond.FALSE, REASON_NO_REPLICAS_READY, f"0/{replicas} replicas ready")
-    if phase in (PHASE_SCALING, PHASE_PENDING):
-        progressing = (cond.TRUE, REASON_SCALING, f"{ready}/{replicas} replicas ready")
+        available = (ConditionStatus.FALSE, MemcachedReason.NO_REPLICAS_READY, f"0/{replicas} replicas ready")
+    if phase in (MemcachedPhase.SCALING, MemcachedPhase.PENDING):
+        progressing = (ConditionStatus.TRUE, MemcachedReason.SCALING, f"{ready}/{replicas} replicas ready")
     elif decision.window is not None:
         progressing = (
-            cond.FALSE,
-            REASON_SCALE_DOWN_PENDING,
+            ConditionStatus.FALSE,
+            MemcachedReason.SCALE_DOWN_PENDING,
             f"demand is {decision.wanted}; scaling down to {decision.window.replicas} after the window",
         )
     else:
-        progressing = (cond.FALSE, REASON_SETTLED, f"running {replicas} replica(s) as wanted")
+        progressing = (ConditionStatus.FALSE, MemcachedReason.SETTLED, f"running {replicas} replica(s) as wanted")
     if metrics_problem is not None:
-        degraded = (cond.TRUE, metrics_reason, f"holding {replicas} replica(s): {metrics_problem}")
+        degraded = (ConditionStatus.TRUE, metrics_reason, f"holding {replicas} replica(s): {metrics_problem}")
     else:
-        degraded = (cond.FALSE, REASON_AS_EXPECTED, "reconciled")
+        degraded = (ConditionStatus.FALSE, MemcachedReason.AS_EXPECTED, "reconciled")
     for ctype, (value, reason, message) in (
-        (cond.AVAILABLE, available),
-        (cond.PROGRESSING, progressing),
-        (cond.DEGRADED, degraded),
+        (ConditionType.AVAILABLE, available),
+        (ConditionType.PROGRESSING, progressing),
+        (ConditionType.DEGRADED, degraded),
     ):
         conditions = cond.set_condition(
             conditions, type=ctype, status=value, reason=reason, message=message, now=now, generation=generation
@@ -143,31 +124,31 @@ def plan_status(
     return status
 
 
-_WAITING_FOR = {
-    REASON_INVALID_SPEC: "waiting for a valid spec",
-    REASON_NAME_CONFLICT: "waiting for the name to be free",
-    REASON_APPLY_FAILED: "waiting for the API server to accept the change",
-    REASON_INVALID_NAME: "waiting for a cache with a usable name",
-    REASON_RECONCILE_ERROR: "retrying with backoff",
+_WAITING_FOR: dict[str, str] = {
+    MemcachedReason.INVALID_SPEC: "waiting for a valid spec",
+    MemcachedReason.NAME_CONFLICT: "waiting for the name to be free",
+    MemcachedReason.APPLY_FAILED: "waiting for the API server to accept the change",
+    MemcachedReason.INVALID_NAME: "waiting for a cache with a usable name",
+    MemcachedReason.RECONCILE_ERROR: "retrying with backoff",
 }
 
 
 def plan_error_status(cache: Memcached, problem: str, now: datetime.datetime,
-                      reason: str = REASON_INVALID_SPEC) -> dict[str, Any]:
+                      reason: str = MemcachedReason.INVALID_SPEC) -> dict[str, Any]:
     """A problem only a person can fix: say why, keep the rest of the status, change nothing else."""
     old = cache.status
     generation = cache.generation
     conditions: list[cond.Condition] = list(old.get("conditions") or [])
     conditions = cond.set_condition(
-        conditions, type=cond.DEGRADED, status=cond.TRUE, reason=reason, message=problem,
+        conditions, type=ConditionType.DEGRADED, status=ConditionStatus.TRUE, reason=reason, message=problem,
         now=now, generation=generation,
     )
     conditions = cond.set_condition(
-        conditions, type=cond.PROGRESSING, status=cond.FALSE, reason=reason,
+        conditions, type=ConditionType.PROGRESSING, status=ConditionStatus.FALSE, reason=reason,
         message=_WAITING_FOR.get(reason, "waiting"), now=now, generation=generation,
     )
     conditions = with_ready(conditions, now=now, generation=generation)
-    status = {**old, "phase": PHASE_ERROR, "conditions": conditions}
+    status = {**old, "phase": MemcachedPhase.ERROR, "conditions": conditions}
     if generation is not None:
         status["observedGeneration"] = generation
     return status
@@ -185,15 +166,15 @@ def plan_events(
     if decision is not None and previous_replicas is not None and previous_replicas != decision.replicas:
         verb = "up" if decision.replicas > previous_replicas else "down"
         events.append(EventPlan(
-            NORMAL, REASON_SCALED_UP if verb == "up" else REASON_SCALED_DOWN,
+            NORMAL, MemcachedReason.SCALED_UP if verb == "up" else MemcachedReason.SCALED_DOWN,
             f"Scaled {verb} from {previous_replicas} to {decision.replicas} replica(s): {decision.reason}",
         ))
     old_conditions = list(cache.status.get("conditions") or [])
-    old_degraded = cond.find_condition(old_conditions, cond.DEGRADED)
-    new_degraded = cond.find_condition(list(new_status.get("conditions") or []), cond.DEGRADED)
-    if new_degraded and new_degraded["status"] == cond.TRUE and (
+    old_degraded = cond.find_condition(old_conditions, ConditionType.DEGRADED)
+    new_degraded = cond.find_condition(list(new_status.get("conditions") or []), ConditionType.DEGRADED)
+    if new_degraded and new_degraded["status"] == ConditionStatus.TRUE and (
         old_degraded is None
-        or old_degraded.get("status") != cond.TRUE
+        or old_degraded.get("status") != ConditionStatus.TRUE
         or old_degraded.get("reason") != new_degraded.get("reason")
     ):
         events.append(EventPlan(WARNING, str(new_degraded["reason"]), str(new_degraded["message"])))

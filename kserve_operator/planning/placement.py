@@ -16,6 +16,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from kserve_operator.resources.prewarm_conditions import PrewarmPhase
+
 #: KServe's labels on a predictor's pods.
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 COMPONENT_LABEL = "component"
@@ -27,7 +29,6 @@ PREFERRED_ANNOTATION = "serving.serverless.xyz/warm-nodes-preferred"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 #: Constant: the scheduler sums the weights of matching preferred terms; 100 is the most a term can weigh.
 WARM_NODE_WEIGHT = 100
-WARM = "Warm"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,7 @@ def warm_model(name: str, status: Mapping[str, Any] | None) -> WarmModel | None:
     version = status.get("modelVersion")
     hostnames: list[str] = []
     for node in status.get("nodes") or []:
-        if not isinstance(node, Mapping) or node.get("phase") != WARM or node.get("version") != version:
+        if not isinstance(node, Mapping) or node.get("phase") != PrewarmPhase.WARM or node.get("version") != version:
             continue
         hostname = node.get("hostname") or node.get("name")
         if isinstance(hostname, str) and hostname and hostname not in hostnames:

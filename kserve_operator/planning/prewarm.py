@@ -35,21 +35,7 @@ from kserve_operator.planning.backoff import backoff_delay
 from kserve_operator.planning.events import NORMAL, EventPlan
 from kserve_operator.planning.node_selection import NodeView, choose_nodes, qualify
 from kserve_operator.planning.prewarm_jobs import JobTemplate, NodeProgress, build_job, job_name, node_progress
-from kserve_operator.planning.prewarm_status import (
-    EVENT_JOBS_CREATED,
-    EVENT_JOBS_DELETED,
-    EVENT_RETRY,
-    REASON_MULTIPLE_URIS,
-    REASON_NO_ACCOUNT,
-    REASON_NO_SECRET,
-    REASON_NO_SECRET_KEY,
-    REASON_UNSUPPORTED_URI,
-    blocked_status,
-    node_entry,
-    plan_status,
-    transition_events,
-)
-from kserve_operator.planning.prewarm_status import REASON_INVALID_SPEC as REASON_INVALID_SPEC
+from kserve_operator.planning.prewarm_status import blocked_status, node_entry, plan_status, transition_events
 from kserve_operator.planning.s3_credentials import (
     DEFAULT_KEY_NAMES,
     S3KeyNames,
@@ -65,16 +51,13 @@ from kserve_operator.resources.prewarm import (
     ANNOTATION_NODE,
     ANNOTATION_TARGET_VERSION,
     DEFAULT_SERVICE_ACCOUNT,
-    FAILED,
     LABEL_SPEC_HASH,
-    PENDING,
     RETRY_ANNOTATION,
-    WARM,
-    WARMING,
     PrewarmPlatform,
     PrewarmSpec,
     parse_spec,
 )
+from kserve_operator.resources.prewarm_conditions import PrewarmPhase, PrewarmReason
 
 OK = "ok"
 INVALID = "invalid"
@@ -170,14 +153,14 @@ def plan_prewarm(
 
     unsupported = meta.annotations.get(ANNOTATION_UNSUPPORTED)
     if unsupported:
-        return blocked(REASON_MULTIPLE_URIS, unsupported, INVALID, keep=False)
+        return blocked(PrewarmReason.MULTIPLE_URIS, unsupported, INVALID, keep=False)
     try:
         spec = parse_spec(raw_spec)
     except InvalidSpec as exc:
-        return blocked(REASON_INVALID_SPEC, str(exc), INVALID, keep=False)
+        return blocked(PrewarmReason.INVALID_SPEC, str(exc), INVALID, keep=False)
     problem = storage_uri_problem(spec.storage_uri)
     if problem is not None:
-        return blocked(REASON_UNSUPPORTED_URI, problem, INVALID, keep=False)
+        return blocked(PrewarmReason.UNSUPPORTED_URI, problem, INVALID, keep=False)
     # A canary stepping its candidate up needs more warm nodes than nodeCount: keep that many.
     demand = observed.demands[0] if observed.demands else None
     raised = demand if demand is not None and demand.nodes > spec.node_count else None
@@ -191,14 +174,14 @@ def plan_prewarm(
         defaults=s3_defaults,
     )
     if credentials.missing_kind is not None:
-        reason = REASON_NO_ACCOUNT if credentials.missing_kind == "ServiceAccount" else REASON_NO_SECRET
+        reason = PrewarmReason.NO_ACCOUNT if credentials.missing_kind == "ServiceAccount" else PrewarmReason.NO_SECRET
         where = f"of service account {account} " if credentials.missing_kind == "Secret" else ""
         return blocked(reason, f"{credentials.missing_kind} {credentials.missing_name} {where}not found in "
                        f"namespace {meta.namespace}", WAITING, keep=True)
     copy_name = credentials_name(meta.name, meta.uid or "")
     relocated = relocate_credentials(credentials.env, observed.secrets, copy_name)
     if relocated.missing is not None:
-        return blocked(REASON_NO_SECRET_KEY, f"{relocated.missing} not found in namespace {meta.namespace}",
+        return blocked(PrewarmReason.NO_SECRET_KEY, f"{relocated.missing} not found in namespace {meta.namespace}",
                        WAITING, keep=True)
     template = JobTemplate(owner_namespace=str(meta.namespace), prewarm=meta.name, owner_uid=meta.uid or "",
                            spec=spec, platform=platform, env=relocated.env)
@@ -230,7 +213,7 @@ def _records(observed: Observed, template: JobTemplate, spec_hash: str, old: Map
     versions = {""} | {str(n.get("version")) for n in old.get("nodes") or [] if n.get("version")}
     for entry in old.get("nodes") or []:
         node, remembered = str(entry.get("name", "")), str(entry.get("job", ""))
-        if remembered in seen or entry.get("phase") not in (WARM, FAILED):
+        if remembered in seen or entry.get("phase") not in (PrewarmPhase.WARM, PrewarmPhase.FAILED):
             continue  # only a finished Job's outcome outlives the Job
         tries = entry.get("attempts")
         attempt = tries - 1 if isinstance(tries, int) and tries > 0 else 0
@@ -277,14 +260,15 @@ def _plan_jobs(
 ) -> PrewarmPlan:
     spec_hash = template.spec_hash()
     records = _records(observed, template, spec_hash, old)
-    finished = sorted((r for r in records if r.progress.phase == WARM and r.progress.version),
+    finished = sorted((r for r in records if r.progress.phase == PrewarmPhase.WARM and r.progress.version),
                       key=lambda r: (r.progress.finished_at, r.progress.version))
     version = finished[-1].progress.version if finished else (
         str(old.get("modelVersion") or "") if old.get("storageUri") == spec.storage_uri else "")
     warm_before = {str(n.get("name")) for n in old.get("nodes") or []
-                   if n.get("phase") == WARM and version and n.get("version") == version
+                   if n.get("phase") == PrewarmPhase.WARM and version and n.get("version") == version
                    and old.get("storageUri") == spec.storage_uri}
-    warm_now = {r.node for r in records if r.progress.phase == WARM and r.progress.version in ("", version)}
+    warm_now = {r.node for r in records
+                if r.progress.phase == PrewarmPhase.WARM and r.progress.version in ("", version)}
     follows = bool(meta.labels.get(LABEL_SOURCE))
     serving = serving_nodes(observed.serving_pods) if follows else []
     qualification = qualify(observed.nodes, spec, observed.nodes_excluded)
@@ -301,14 +285,14 @@ def _plan_jobs(
     keep: set[str] = set()
     for node in chosen:
         mine = [r for r in records if r.node == node.name]
-        stale = any(r.progress.phase == WARM and r.progress.version not in ("", version) for r in mine)
+        stale = any(r.progress.phase == PrewarmPhase.WARM and r.progress.version not in ("", version) for r in mine)
         targets = {r.target for r in mine}
         target = version if stale or (version and version in targets) else ("" if "" in targets or not targets
                                                                              else max(targets))
         attempt = max((r.attempt for r in mine if r.target == target), default=0)
         record = next((r for r in mine if r.target == target and r.attempt == attempt), None)
         retry_at = ""
-        if record is not None and record.progress.phase == FAILED:
+        if record is not None and record.progress.phase == PrewarmPhase.FAILED:
             due = _retry_at(record, old_nodes, template.owner_uid, template.platform, now)
             if retry_now or now >= due:
                 attempt, record = attempt + 1, None
@@ -321,21 +305,23 @@ def _plan_jobs(
             job_template = dataclasses.replace(template, target_version=target, attempt=attempt)
             creates.append(build_job(job_template, node=node.name, hostname=node.hostname))
             created_on.append(node.name)
-            entries.append(node_entry(node.name, node.hostname, name, NodeProgress(PENDING), attempts=attempt + 1
-                                      if attempt else 0))
+            entries.append(node_entry(node.name, node.hostname, name, NodeProgress(PrewarmPhase.PENDING),
+                                      attempts=attempt + 1 if attempt else 0))
         else:
             entries.append(node_entry(node.name, node.hostname, name, record.progress,
-                                      attempts=attempt + 1 if attempt or record.progress.phase == FAILED else 0,
+                                      attempts=attempt + 1
+                                      if attempt or record.progress.phase == PrewarmPhase.FAILED else 0,
                                       retry_at=retry_at) if record.entry is None or retry_at
                            else dict(record.entry))
-    if any(e["phase"] != WARM for e in entries):
+    if any(e["phase"] != PrewarmPhase.WARM for e in entries):
         # Make before break: a warm node left for one where the predictor serves stays warm (its
         # Job and entry kept) until every chosen node is, so the placement webhook always has
         # somewhere to send new Pods.
         chosen_names = {node.name for node in chosen}
         still_qualifying = {node.name: node for node in qualification.qualifying}
         for record in records:
-            if record.node not in chosen_names and record.node in still_qualifying and record.progress.phase == WARM \
+            if record.node not in chosen_names and record.node in still_qualifying \
+                    and record.progress.phase == PrewarmPhase.WARM \
                     and record.progress.version in ("", version) and record.job not in keep:
                 keep.add(record.job)
                 entries.append(dict(record.entry) if record.entry is not None else node_entry(
@@ -345,7 +331,7 @@ def _plan_jobs(
     live = {str((j.get("metadata") or {}).get("name")): j for j in observed.jobs
             if not (j.get("metadata") or {}).get("deletionTimestamp")}
     deletes = tuple(sorted(name for name in live if name not in keep))
-    warm_names = {e["name"] for e in entries if e["phase"] == WARM}
+    warm_names = {e["name"] for e in entries if e["phase"] == PrewarmPhase.WARM}
     on_warm = sum(1 for n in serving if n in warm_names)
     status = plan_status(spec, meta.generation, old, entries, version, len(qualification.qualifying),
                          qualification.summary(), now, serving=(on_warm, len(serving)) if follows else None)
@@ -353,15 +339,16 @@ def _plan_jobs(
         status["retryRequest"] = request
     events = transition_events(old, status)
     if retried:
-        events.insert(0, EventPlan(NORMAL, EVENT_RETRY, f"retrying {', '.join(retried)}"
+        events.insert(0, EventPlan(NORMAL, PrewarmReason.RETRIED, f"retrying {', '.join(retried)}"
                                    + (f" ({RETRY_ANNOTATION}={request})" if retry_now else " after backoff")))
     if creates:
-        events.insert(0, EventPlan(NORMAL, EVENT_JOBS_CREATED,
+        events.insert(0, EventPlan(NORMAL, PrewarmReason.JOBS_CREATED,
                                    f"preloading {spec.storage_uri} on {', '.join(created_on)}"))
     if deletes:
-        events.append(EventPlan(NORMAL, EVENT_JOBS_DELETED,
+        events.append(EventPlan(NORMAL, PrewarmReason.JOBS_DELETED,
                                 f"removed {len(deletes)} stale Job(s): {', '.join(deletes)}"))
-    unfinished = bool(creates) or any(e["phase"] in (PENDING, WARMING) for e in entries)
-    outcome = WAITING if status["phase"] in (PENDING, WARMING) or status.get("nextRetryAt") else OK
+    unfinished = bool(creates) or any(e["phase"] in (PrewarmPhase.PENDING, PrewarmPhase.WARMING) for e in entries)
+    unsettled = status["phase"] in (PrewarmPhase.PENDING, PrewarmPhase.WARMING) or status.get("nextRetryAt")
+    outcome = WAITING if unsettled else OK
     return PrewarmPlan(tuple(creates), deletes, status, tuple(events), outcome,
                        credentials=copy if unfinished else None, drop_credentials=not unfinished)

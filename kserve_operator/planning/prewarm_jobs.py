@@ -24,19 +24,16 @@ from kserve_operator.resources.prewarm import (
     ANNOTATION_NODE,
     ANNOTATION_OWNER,
     ANNOTATION_TARGET_VERSION,
-    FAILED,
     LABEL_HOSTNAME,
     LABEL_PREWARM,
     LABEL_PREWARM_NAMESPACE,
     LABEL_PREWARM_UID,
     LABEL_SPEC_HASH,
     MANAGED_BY,
-    PENDING,
-    WARM,
-    WARMING,
     PrewarmPlatform,
     PrewarmSpec,
 )
+from kserve_operator.resources.prewarm_conditions import PrewarmPhase
 
 CONTAINER = "preloader"
 CACHE_MOUNT_PATH = "/cache"  # the preloader image's cache directory (Dockerfile.gpu)
@@ -243,23 +240,25 @@ def node_progress(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> 
             if terminated is not None and terminated.get("exitCode") == 0:
                 result = parse_message(str(terminated.get("message") or ""))
                 if result is not None and "error" not in result:
-                    return NodeProgress(WARM, result=result, finished_at=str(terminated.get("finishedAt") or ""))
-                return NodeProgress(WARM, reason="NoResult", message="the preloader left no JSON result",
+                    return NodeProgress(PrewarmPhase.WARM, result=result,
+                                        finished_at=str(terminated.get("finishedAt") or ""))
+                return NodeProgress(PrewarmPhase.WARM, reason="NoResult", message="the preloader left no JSON result",
                                     finished_at=str(terminated.get("finishedAt") or ""))
-        return NodeProgress(WARM, reason="NoResult", message="the Job completed; its Pods are gone")
+        return NodeProgress(PrewarmPhase.WARM, reason="NoResult", message="the Job completed; its Pods are gone")
     failed_pods = [(pod, t) for pod in ordered if (t := _terminated(pod)) is not None and t.get("exitCode") != 0]
     gave_up = _condition(job, "Failed")
     if gave_up is not None:
         if failed_pods:
             _, terminated = failed_pods[-1]
             reason, message = _error_text(parse_message(str(terminated.get("message") or "")), terminated)
-            return NodeProgress(FAILED, reason=reason, message=message,
+            return NodeProgress(PrewarmPhase.FAILED, reason=reason, message=message,
                                 finished_at=str(terminated.get("finishedAt") or ""))
-        return NodeProgress(FAILED, reason=str(gave_up.get("reason") or "JobFailed"),
+        return NodeProgress(PrewarmPhase.FAILED, reason=str(gave_up.get("reason") or "JobFailed"),
                             message=str(gave_up.get("message") or "the Job failed"))
     running = any((pod.get("status") or {}).get("phase") == "Running" for pod in ordered)
     if failed_pods:
         _, terminated = failed_pods[-1]
         reason, message = _error_text(parse_message(str(terminated.get("message") or "")), terminated)
-        return NodeProgress(WARMING, reason=reason, message=f"attempt {len(failed_pods)} failed, retrying: {message}")
-    return NodeProgress(WARMING if running else PENDING)
+        return NodeProgress(PrewarmPhase.WARMING, reason=reason,
+                            message=f"attempt {len(failed_pods)} failed, retrying: {message}")
+    return NodeProgress(PrewarmPhase.WARMING if running else PrewarmPhase.PENDING)

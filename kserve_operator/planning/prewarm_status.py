@@ -15,45 +15,9 @@ from typing import Any
 
 from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
 from kserve_operator.planning.prewarm_jobs import NodeProgress
-from kserve_operator.resources.conditions import (
-    DEGRADED,
-    FALSE,
-    PROGRESSING,
-    READY,
-    TRUE,
-    find_condition,
-    set_condition,
-)
-from kserve_operator.resources.prewarm import FAILED, PARTIALLY_WARM, PENDING, WARM, WARMING, PrewarmSpec
-
-# Condition reasons (constants: tools match on them).
-REASON_WARM = "Warm"
-REASON_WARMING = "Warming"
-REASON_INVALID_SPEC = "InvalidSpec"
-REASON_UNSUPPORTED_URI = "UnsupportedStorageUri"
-REASON_MULTIPLE_URIS = "MultipleStorageUris"
-REASON_NO_ACCOUNT = "ServiceAccountNotFound"
-REASON_NO_SECRET = "SecretNotFound"  # noqa: S105 (a condition reason)
-REASON_NO_SECRET_KEY = "SecretKeyNotFound"  # noqa: S105 (a condition reason)
-REASON_NO_NODES = "NoQualifyingNodes"
-REASON_FAILED = "PreloadFailed"
-REASON_PARTIALLY_WARM = "PartiallyWarm"
-REASON_JOBS_RUNNING = "JobsRunning"
-REASON_RETRY_SCHEDULED = "RetryScheduled"
-REASON_SETTLED = "Settled"
-REASON_BLOCKED = "Blocked"
-REASON_FEWER_NODES = "FewerNodesThanRequested"
-REASON_NODES_FAILED = "NodesFailed"
-REASON_AS_EXPECTED = "AsExpected"
-INVALID_REASONS = (REASON_INVALID_SPEC, REASON_UNSUPPORTED_URI, REASON_MULTIPLE_URIS)
-BLOCKING_REASONS = (*INVALID_REASONS, REASON_NO_ACCOUNT, REASON_NO_SECRET, REASON_NO_SECRET_KEY, REASON_NO_NODES)
-
-# Event reasons.
-EVENT_JOBS_CREATED = "PreloadJobsCreated"
-EVENT_JOBS_DELETED = "PreloadJobsDeleted"
-EVENT_WARM = "ModelWarm"
-EVENT_NODE_FAILED = "PreloadFailed"
-EVENT_RETRY = "PreloadRetried"
+from kserve_operator.resources.conditions import ConditionStatus, ConditionType, find_condition, set_condition
+from kserve_operator.resources.prewarm import PrewarmSpec
+from kserve_operator.resources.prewarm_conditions import BLOCKING_REASONS, INVALID_REASONS, PrewarmPhase, PrewarmReason
 
 
 def node_entry(node: str, hostname: str, job: str, progress: NodeProgress, *, attempts: int = 0,
@@ -94,13 +58,15 @@ def blocked_status(
 ) -> dict[str, Any]:
     """Nothing can run (bad input, a missing Secret): say why; keep what is warm if it still is."""
     conditions = list(old.get("conditions") or [])
-    for type, status, why in ((READY, FALSE, reason), (PROGRESSING, FALSE, REASON_BLOCKED), (DEGRADED, TRUE, reason)):
+    for type, status, why in ((ConditionType.READY, ConditionStatus.FALSE, reason),
+                              (ConditionType.PROGRESSING, ConditionStatus.FALSE, PrewarmReason.BLOCKED),
+                              (ConditionType.DEGRADED, ConditionStatus.TRUE, reason)):
         conditions = set_condition(conditions, type=type, status=status, reason=why, message=message, now=now,
                                    generation=generation)
     nodes = list(old.get("nodes") or []) if keep_nodes else []
-    warm = sum(1 for n in nodes if n.get("phase") == WARM)
+    warm = sum(1 for n in nodes if n.get("phase") == PrewarmPhase.WARM)
     return {
-        "phase": FAILED if reason in INVALID_REASONS else PENDING,
+        "phase": PrewarmPhase.FAILED if reason in INVALID_REASONS else PrewarmPhase.PENDING,
         "desiredNodes": node_count,
         "warmNodes": warm,
         "warm": f"{warm}/{node_count}",
@@ -116,15 +82,15 @@ def blocked_status(
 
 def overall_phase(phases: Sequence[str]) -> str:
     if not phases:
-        return PENDING
-    warm = phases.count(WARM)
+        return PrewarmPhase.PENDING
+    warm = phases.count(PrewarmPhase.WARM)
     if warm == len(phases):
-        return WARM
-    if all(p in (WARM, FAILED) for p in phases):
-        return PARTIALLY_WARM if warm else FAILED
-    if all(p == PENDING for p in phases):
-        return PENDING
-    return WARMING
+        return PrewarmPhase.WARM
+    if all(p in (PrewarmPhase.WARM, PrewarmPhase.FAILED) for p in phases):
+        return PrewarmPhase.PARTIALLY_WARM if warm else PrewarmPhase.FAILED
+    if all(p == PrewarmPhase.PENDING for p in phases):
+        return PrewarmPhase.PENDING
+    return PrewarmPhase.WARMING
 
 
 def _failure_text(entry: Mapping[str, Any]) -> str:
@@ -139,8 +105,8 @@ def plan_status(
     """The status of a ModelPrewarm whose Jobs could be planned. `serving` is (predictor Pods on
     warm nodes, predictor Pods) when the ModelPrewarm follows an InferenceService."""
     phases = [e["phase"] for e in entries]
-    warm = phases.count(WARM)
-    failed = [e for e in entries if e["phase"] == FAILED]
+    warm = phases.count(PrewarmPhase.WARM)
+    failed = [e for e in entries if e["phase"] == PrewarmPhase.FAILED]
     phase = overall_phase(phases)
     conditions = list(old.get("conditions") or [])
 
@@ -152,33 +118,40 @@ def plan_status(
     retries = sorted(str(e["retryAt"]) for e in failed if e.get("retryAt"))
     if not entries:
         message = f"no node qualifies for {spec.storage_uri}: {why_not}"
-        put(READY, FALSE, REASON_NO_NODES, message)
-        put(PROGRESSING, FALSE, REASON_BLOCKED, message)
+        put(ConditionType.READY, ConditionStatus.FALSE, PrewarmReason.NO_NODES, message)
+        put(ConditionType.PROGRESSING, ConditionStatus.FALSE, PrewarmReason.BLOCKED, message)
     else:
         if warm >= spec.node_count:
-            put(READY, TRUE, REASON_WARM, f"{spec.storage_uri} is warm on {warm} node(s)")
-        elif phase in (PARTIALLY_WARM, FAILED):
-            put(READY, FALSE, REASON_PARTIALLY_WARM if warm else REASON_FAILED,
+            put(ConditionType.READY, ConditionStatus.TRUE, PrewarmReason.WARM,
+                f"{spec.storage_uri} is warm on {warm} node(s)")
+        elif phase in (PrewarmPhase.PARTIALLY_WARM, PrewarmPhase.FAILED):
+            put(ConditionType.READY, ConditionStatus.FALSE,
+                PrewarmReason.PARTIALLY_WARM if warm else PrewarmReason.PRELOAD_FAILED,
                 f"{warm} of {spec.node_count} node(s) warm; " + "; ".join(_failure_text(e) for e in failed))
         else:
-            put(READY, FALSE, REASON_WARMING, f"{warm} of {spec.node_count} node(s) warm")
-        running = sum(1 for p in phases if p not in (WARM, FAILED))
+            put(ConditionType.READY, ConditionStatus.FALSE, PrewarmReason.WARMING,
+                f"{warm} of {spec.node_count} node(s) warm")
+        running = sum(1 for p in phases if p not in (PrewarmPhase.WARM, PrewarmPhase.FAILED))
         if running:
-            put(PROGRESSING, TRUE, REASON_JOBS_RUNNING, f"{running} preloader Job(s) to finish")
+            put(ConditionType.PROGRESSING, ConditionStatus.TRUE, PrewarmReason.JOBS_RUNNING,
+                f"{running} preloader Job(s) to finish")
         elif retries:
-            put(PROGRESSING, TRUE, REASON_RETRY_SCHEDULED, f"{len(retries)} failed node(s) retried from {retries[0]}")
+            put(ConditionType.PROGRESSING, ConditionStatus.TRUE, PrewarmReason.RETRY_SCHEDULED,
+                f"{len(retries)} failed node(s) retried from {retries[0]}")
         else:
-            put(PROGRESSING, FALSE, REASON_SETTLED, "every Job finished")
+            put(ConditionType.PROGRESSING, ConditionStatus.FALSE, PrewarmReason.SETTLED, "every Job finished")
     if failed:
-        put(DEGRADED, TRUE, REASON_NODES_FAILED, f"{len(failed)} of {len(entries)} node(s) failed: "
-            + "; ".join(_failure_text(e) for e in failed))
+        put(ConditionType.DEGRADED, ConditionStatus.TRUE, PrewarmReason.NODES_FAILED,
+            f"{len(failed)} of {len(entries)} node(s) failed: " + "; ".join(_failure_text(e) for e in failed))
     elif entries and len(entries) < spec.node_count:
-        put(DEGRADED, TRUE, REASON_FEWER_NODES,
+        put(ConditionType.DEGRADED, ConditionStatus.TRUE, PrewarmReason.FEWER_NODES,
             f"{qualifying} qualifying node(s) for nodeCount {spec.node_count}; others: {why_not}")
     elif not entries:
-        put(DEGRADED, TRUE, REASON_NO_NODES, f"0 qualifying node(s) for nodeCount {spec.node_count}")
+        put(ConditionType.DEGRADED, ConditionStatus.TRUE, PrewarmReason.NO_NODES,
+            f"0 qualifying node(s) for nodeCount {spec.node_count}")
     else:
-        put(DEGRADED, FALSE, REASON_AS_EXPECTED, f"{len(entries)} node(s) chosen for nodeCount {spec.node_count}")
+        put(ConditionType.DEGRADED, ConditionStatus.FALSE, PrewarmReason.AS_EXPECTED,
+            f"{len(entries)} node(s) chosen for nodeCount {spec.node_count}")
     status: dict[str, Any] = {
         "phase": phase,
         "desiredNodes": spec.node_count,
@@ -200,20 +173,21 @@ def plan_status(
 def transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[EventPlan]:
     """Warnings for a newly blocked or failed node, ModelWarm when the phase turns Warm."""
     events: list[EventPlan] = []
-    old_ready = find_condition(list(old.get("conditions") or []), READY) or {}
-    new_ready = find_condition(list(new.get("conditions") or []), READY) or {}
+    old_ready = find_condition(list(old.get("conditions") or []), ConditionType.READY) or {}
+    new_ready = find_condition(list(new.get("conditions") or []), ConditionType.READY) or {}
     if new_ready.get("reason") in BLOCKING_REASONS and (
         old_ready.get("reason") != new_ready.get("reason") or old_ready.get("message") != new_ready.get("message")
     ):
         events.append(EventPlan(WARNING, str(new_ready["reason"]), str(new_ready.get("message", ""))))
-    if new.get("phase") == WARM and old.get("phase") != WARM:
+    if new.get("phase") == PrewarmPhase.WARM and old.get("phase") != PrewarmPhase.WARM:
         figures = ", ".join(
             f"{n['name']}: {n.get('bytes', 0)} bytes in {n.get('seconds', 0)}s ({n.get('gbps', 0)} GB/s, "
             f"cache {n.get('cache', '?')})" for n in new.get("nodes") or []
         )
-        events.append(EventPlan(NORMAL, EVENT_WARM, f"warm on {new.get('warmNodes')} node(s): {figures}"))
-    old_failed = {(n.get("name"), n.get("job")) for n in old.get("nodes") or [] if n.get("phase") == FAILED}
+        events.append(EventPlan(NORMAL, PrewarmReason.MODEL_WARM, f"warm on {new.get('warmNodes')} node(s): {figures}"))
+    old_failed = {(n.get("name"), n.get("job")) for n in old.get("nodes") or []
+                  if n.get("phase") == PrewarmPhase.FAILED}
     for node in new.get("nodes") or []:
-        if node.get("phase") == FAILED and (node.get("name"), node.get("job")) not in old_failed:
-            events.append(EventPlan(WARNING, EVENT_NODE_FAILED, _failure_text(node)))
+        if node.get("phase") == PrewarmPhase.FAILED and (node.get("name"), node.get("job")) not in old_failed:
+            events.append(EventPlan(WARNING, PrewarmReason.PRELOAD_FAILED, _failure_text(node)))
     return events

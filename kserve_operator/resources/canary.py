@@ -24,18 +24,6 @@ from kserve_operator.resources.routes import RouteTarget, parse_route_target, re
 
 CLUSTER_DOMAIN = "svc.cluster.local"
 
-PHASE_PENDING = "Pending"
-PHASE_WAITING_FOR_MODEL = "WaitingForModel"
-PHASE_WAITING_FOR_CAPACITY = "WaitingForCapacity"  # a step waits for enough warm nodes for its share
-PHASE_PROGRESSING = "Progressing"
-PHASE_ACTIVE = "Active"
-PHASE_PROMOTED = "Promoted"
-PHASE_ROLLED_BACK = "RolledBack"
-PHASE_ERROR = "Error"
-PHASES = (PHASE_PENDING, PHASE_WAITING_FOR_MODEL, PHASE_WAITING_FOR_CAPACITY, PHASE_PROGRESSING, PHASE_ACTIVE,
-          PHASE_PROMOTED, PHASE_ROLLED_BACK, PHASE_ERROR)
-
-
 def predictor_host(inference_service: str, namespace: str) -> str:
     """The predictor Service KServe creates for an InferenceService (raw and Knative modes)."""
     return f"{inference_service}-predictor.{namespace}.{CLUSTER_DOMAIN}"

@@ -7,16 +7,44 @@ reconcile that finds nothing new produces an identical status and writes nothing
 from __future__ import annotations
 
 import datetime
+import enum
 from typing import Any
 
-AVAILABLE = "Available"
-PROGRESSING = "Progressing"
-DEGRADED = "Degraded"
-READY = "Ready"
 
-TRUE = "True"
-FALSE = "False"
-UNKNOWN = "Unknown"
+class ConditionType(enum.StrEnum):
+    AVAILABLE = "Available"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    READY = "Ready"
+
+
+class ConditionStatus(enum.StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Reason(enum.StrEnum):
+    """Condition and Event reasons more than one kind reports; each kind's module
+    (resources/<kind>_conditions.py) lists its whole vocabulary and takes these values from here.
+    Tools and people match on the values: they never change."""
+
+    INVALID_SPEC = "InvalidSpec"
+    SETTLED = "Settled"
+    AS_EXPECTED = "AsExpected"
+    RECONCILE_ERROR = "ReconcileError"
+    APPLY_FAILED = "ApplyFailed"
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    MODEL_WARM = "ModelWarm"
+
+
+class Phase(enum.StrEnum):
+    """`status.phase` values more than one kind uses (each kind's phases list them again by value)."""
+
+    PENDING = "Pending"
+    ERROR = "Error"
+    FAILED = "Failed"
+
 
 Condition = dict[str, Any]
 
@@ -44,10 +72,10 @@ def set_condition(
     previous = next((c for c in conditions if c.get("type") == type), None)
     changed = previous is None or previous.get("status") != status
     transition = rfc3339(now) if changed or previous is None else previous.get("lastTransitionTime", rfc3339(now))
-    updated: Condition = {
-        "type": type,
-        "status": status,
-        "reason": reason,
+    updated: Condition = {  # plain strings on the wire, whatever enum the caller passed
+        "type": str(type),
+        "status": str(status),
+        "reason": str(reason),
         "message": message,
         "lastTransitionTime": transition,
     }

@@ -48,13 +48,6 @@ LABEL_ISVC = "serving.kserve.io/inferenceservice"
 LABEL_COMPONENT = "component"
 PREDICTOR = "predictor"
 
-# Phases of the whole ModelPrewarm and of each node.
-PENDING = "Pending"
-WARMING = "Warming"
-WARM = "Warm"
-PARTIALLY_WARM = "PartiallyWarm"  # at least one node warm, at least one failed for good
-FAILED = "Failed"
-
 DEFAULT_CACHE_PATH = "/var/cache/kserve-prewarm"
 DEFAULT_JOB_NAMESPACE = "kserve-prewarm"
 DEFAULT_BACKOFF_LIMIT = 2

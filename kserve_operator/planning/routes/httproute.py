@@ -28,24 +28,12 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from kserve_operator.planning.routes.weights import (
-    REASON_AMBIGUOUS_DESTINATION,
-    REASON_FOREIGN_OWNER,
-    REASON_ROUTE_NOT_FOUND,
-    REASON_STABLE_NOT_ROUTED,
-    REASON_WEIGHTS_OVERFLOW,
-    Route,
-    RoutingProblem,
-    WeightPlan,
-    share_of,
-)
+from kserve_operator.planning.routes.weights import Route, RoutingProblem, WeightPlan, share_of
 from kserve_operator.resources.canary import Backend, CanarySpec
+from kserve_operator.resources.canary_conditions import CanaryReason
 from kserve_operator.resources.kinds import OPERATOR_GROUP
 from kserve_operator.resources.routes import OwnerProblem
 
-REASON_WEIGHTS_NOT_PERCENT = "WeightsNotPercent"
-REASON_BACKEND_NOT_A_SERVICE = "BackendNotAService"
-REASON_FOREIGN_CONTROLLER = "OwnedByAnotherController"
 KSERVE_GROUP = "serving.kserve.io"
 DEFAULT_WEIGHT = 1  # Gateway API's weight of a backendRef that names none
 
@@ -69,12 +57,12 @@ def _route_name(route: Mapping[str, Any]) -> str:
 def _service(backend: Backend, role: str) -> tuple[str, str]:
     """(namespace, name) of the Service a backend names; RoutingProblem when it names none."""
     if backend.subset:
-        raise RoutingProblem(REASON_BACKEND_NOT_A_SERVICE,
+        raise RoutingProblem(CanaryReason.BACKEND_NOT_A_SERVICE,
                              f"the {role} backend {backend.display} names a subset, which an HTTPRoute backendRef "
                              "cannot: give each version its own Service")
     service = backend.service
     if service is None:
-        raise RoutingProblem(REASON_BACKEND_NOT_A_SERVICE,
+        raise RoutingProblem(CanaryReason.BACKEND_NOT_A_SERVICE,
                              f"the {role} backend {backend.host} is not a cluster Service "
                              "(NAME.NAMESPACE.svc.cluster.local), which is what an HTTPRoute backendRef names")
     return service
@@ -98,7 +86,7 @@ def _find(rule: Route, backend: Backend, namespace: str, key: str, role: str) ->
     found = [i for i, ref in enumerate(refs) if _matches(ref, service, backend.port, namespace)]
     if len(found) > 1:
         raise RoutingProblem(
-            REASON_AMBIGUOUS_DESTINATION,
+            CanaryReason.AMBIGUOUS_DESTINATION,
             f"HTTPRoute rule {key} sends to the {role} backend {backend.display} through {len(found)} backendRefs; "
             "name a port to pick one",
         )
@@ -113,7 +101,7 @@ def managed_rules(route: Mapping[str, Any], spec: CanarySpec) -> tuple[int, ...]
         found = tuple(i for i, rule in enumerate(rules)
                       if _find(rule, spec.stable, namespace, rule_key(rule, i), "stable") is not None)
         if not found:
-            raise RoutingProblem(REASON_STABLE_NOT_ROUTED,
+            raise RoutingProblem(CanaryReason.STABLE_NOT_ROUTED,
                                  f"no rule of HTTPRoute {_route_name(route)} has a backendRef to the stable "
                                  f"backend {spec.stable.host}")
         return found
@@ -121,9 +109,10 @@ def managed_rules(route: Mapping[str, Any], spec: CanarySpec) -> tuple[int, ...]
     for name in spec.route.rules:
         index = next((i for i, rule in enumerate(rules) if rule.get("name") == name), None)
         if index is None:
-            raise RoutingProblem(REASON_ROUTE_NOT_FOUND, f"HTTPRoute {_route_name(route)} has no rule named {name}")
+            raise RoutingProblem(CanaryReason.ROUTE_NOT_FOUND,
+                                 f"HTTPRoute {_route_name(route)} has no rule named {name}")
         if _find(rules[index], spec.stable, namespace, name, "stable") is None:
-            raise RoutingProblem(REASON_STABLE_NOT_ROUTED,
+            raise RoutingProblem(CanaryReason.STABLE_NOT_ROUTED,
                                  f"rule {name} of HTTPRoute {_route_name(route)} has no backendRef to the stable "
                                  f"backend {spec.stable.host}")
         indices.append(index)
@@ -167,17 +156,17 @@ def split_weights(
     rule: Route = {"backendRefs": list(refs)}
     stable_at = _find(rule, spec.stable, namespace, key, "stable")
     if stable_at is None:
-        raise RoutingProblem(REASON_STABLE_NOT_ROUTED,
+        raise RoutingProblem(CanaryReason.STABLE_NOT_ROUTED,
                              f"HTTPRoute rule {key} has no backendRef to the stable backend {spec.stable.host}")
     candidate_at = _find(rule, spec.candidate, namespace, key, "candidate")
     others = [i for i in range(len(refs)) if i not in (stable_at, candidate_at)]
     taken = sum(_weight(refs[i]) for i in others)
     if taken > 100:
-        raise RoutingProblem(REASON_WEIGHTS_OVERFLOW,
+        raise RoutingProblem(CanaryReason.WEIGHTS_OVERFLOW,
                              f"HTTPRoute rule {key}: other backendRefs already weigh {taken} (over 100)")
     total = sum(_weight(ref) for ref in refs)
     if others and total != 100:
-        raise RoutingProblem(REASON_WEIGHTS_NOT_PERCENT,
+        raise RoutingProblem(CanaryReason.WEIGHTS_NOT_PERCENT,
                              f"HTTPRoute rule {key}: its backendRefs weigh {total} in all; beside other backendRefs "
                              "the weights must add up to 100 to be read as percents")
     remaining = 100 - taken
@@ -289,11 +278,11 @@ def owner_problem(route: Mapping[str, Any]) -> OwnerProblem | None:
         if group == OPERATOR_GROUP:
             continue
         if group == KSERVE_GROUP:
-            return OwnerProblem(REASON_FOREIGN_OWNER,
+            return OwnerProblem(CanaryReason.FOREIGN_OWNER,
                                 f"HTTPRoute {_route_name(route)} is owned by KServe's {ref.get('kind')} "
                                 f"{ref.get('name')}, which rewrites its rules (raw deployment mode); point the "
                                 "ModelCanary at an HTTPRoute the platform team owns")
-        return OwnerProblem(REASON_FOREIGN_CONTROLLER,
+        return OwnerProblem(CanaryReason.FOREIGN_CONTROLLER,
                             f"HTTPRoute {_route_name(route)} is controlled by {ref.get('kind')} {ref.get('name')} "
                             f"({api_version}), which may rewrite its rules; point the ModelCanary at an "
                             "HTTPRoute the platform team owns")

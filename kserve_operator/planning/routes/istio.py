@@ -18,23 +18,13 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kserve_operator.planning.routes.weights import (
-    REASON_AMBIGUOUS_DESTINATION,
-    REASON_FOREIGN_OWNER,
-    REASON_ROUTE_NOT_FOUND,
-    REASON_STABLE_NOT_ROUTED,
-    REASON_WEIGHTS_OVERFLOW,
-    Route,
-    RoutingProblem,
-    WeightPlan,
-    share_of,
-)
+from kserve_operator.planning.routes.weights import Route, RoutingProblem, WeightPlan, share_of
 from kserve_operator.resources.canary import Backend, CanarySpec, canonical_host
+from kserve_operator.resources.canary_conditions import CanaryReason
 from kserve_operator.resources.routes import OwnerProblem
 
 __all__ = [
-    "REASON_AMBIGUOUS_DESTINATION", "REASON_FOREIGN_OWNER", "REASON_ROUTE_NOT_FOUND", "REASON_STABLE_NOT_ROUTED",
-    "REASON_WEIGHTS_OVERFLOW", "RoutingProblem", "WeightPlan", "foreign_owner", "managed_keys", "managed_routes",
+    "RoutingProblem", "WeightPlan", "foreign_owner", "managed_keys", "managed_routes",
     "owner_problem", "plan_release", "plan_weights", "route_key", "share_of", "weights_in_force", "weights_patch",
 ]
 
@@ -76,7 +66,7 @@ def _find(route: Route, backend: Backend, namespace: str, key: str, role: str) -
     found = [i for i, entry in enumerate(destinations) if _matches(entry, backend, namespace)]
     if len(found) > 1:
         raise RoutingProblem(
-            REASON_AMBIGUOUS_DESTINATION,
+            CanaryReason.AMBIGUOUS_DESTINATION,
             f"HTTP route {key} sends to the {role} backend {backend.display} through {len(found)} destinations; "
             "name a subset or port to pick one",
         )
@@ -96,7 +86,7 @@ def managed_routes(vs: Mapping[str, Any], spec: CanarySpec) -> tuple[int, ...]:
         found = tuple(i for i, route in enumerate(routes)
                       if _find(route, spec.stable, namespace, route_key(route, i), "stable") is not None)
         if not found:
-            raise RoutingProblem(REASON_STABLE_NOT_ROUTED,
+            raise RoutingProblem(CanaryReason.STABLE_NOT_ROUTED,
                                  f"no HTTP route of VirtualService {_vs_name(vs)} sends to the stable backend "
                                  f"{spec.stable.host}")
         return found
@@ -104,12 +94,12 @@ def managed_routes(vs: Mapping[str, Any], spec: CanarySpec) -> tuple[int, ...]:
     for name in spec.route.rules:
         index = next((i for i, route in enumerate(routes) if route.get("name") == name), None)
         if index is None:
-            raise RoutingProblem(REASON_ROUTE_NOT_FOUND,
+            raise RoutingProblem(CanaryReason.ROUTE_NOT_FOUND,
                                  f"VirtualService {_vs_name(vs)} has no HTTP route named {name}")
         route = routes[index]
         if _find(route, spec.stable, namespace, name, "stable") is None:
             what = "delegates to another VirtualService" if "delegate" in route else "sends nothing to"
-            raise RoutingProblem(REASON_STABLE_NOT_ROUTED,
+            raise RoutingProblem(CanaryReason.STABLE_NOT_ROUTED,
                                  f"HTTP route {name} of VirtualService {_vs_name(vs)} {what}"
                                  f"{' instead of' if 'delegate' in route else ''} the stable backend "
                                  f"{spec.stable.host}")
@@ -164,13 +154,13 @@ def split_weights(
     route: Route = {"route": list(destinations)}
     stable_at = _find(route, spec.stable, namespace, key, "stable")
     if stable_at is None:
-        raise RoutingProblem(REASON_STABLE_NOT_ROUTED,
+        raise RoutingProblem(CanaryReason.STABLE_NOT_ROUTED,
                              f"HTTP route {key} sends nothing to the stable backend {spec.stable.host}")
     candidate_at = _find(route, spec.candidate, namespace, key, "candidate")
     count = len(destinations)
     others = sum(_weight(entry, count) for i, entry in enumerate(destinations) if i not in (stable_at, candidate_at))
     if others > 100:
-        raise RoutingProblem(REASON_WEIGHTS_OVERFLOW,
+        raise RoutingProblem(CanaryReason.WEIGHTS_OVERFLOW,
                              f"HTTP route {key}: other destinations already take {others}% (over 100)")
     remaining = 100 - others
     candidate_weight = share_of(remaining, percent)
@@ -304,4 +294,4 @@ def foreign_owner(vs: Mapping[str, Any]) -> str | None:
 def owner_problem(vs: Mapping[str, Any]) -> OwnerProblem | None:
     """`foreign_owner` as the router reports it (reason and message)."""
     owner = foreign_owner(vs)
-    return OwnerProblem(REASON_FOREIGN_OWNER, owner) if owner is not None else None
+    return OwnerProblem(CanaryReason.FOREIGN_OWNER, owner) if owner is not None else None

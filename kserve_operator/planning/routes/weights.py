@@ -1,5 +1,5 @@
-"""What every route planner shares: the plan of a weight change, the problem that stops one, and
-the vocabulary (condition reasons) both routers report with.
+"""What every route planner shares: the plan of a weight change and the problem that stops one (its
+reasons are the ModelCanary's, resources/canary_conditions.py).
 
 Weights are read as percents: stable and candidate share what the other destinations of a rule
 leave (100 minus their weights), the candidate gets `percent` of it, rounded half up.
@@ -9,12 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
-
-REASON_ROUTE_NOT_FOUND = "RouteNotFound"
-REASON_STABLE_NOT_ROUTED = "StableNotRouted"
-REASON_WEIGHTS_OVERFLOW = "WeightsOverflow"
-REASON_AMBIGUOUS_DESTINATION = "AmbiguousDestination"
-REASON_FOREIGN_OWNER = "OwnedByKServe"
 
 Route = dict[str, Any]
 

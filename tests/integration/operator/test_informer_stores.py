@@ -26,8 +26,8 @@ from kserve_operator.clients.cached_kube import CachedKubeApi
 from kserve_operator.clients.kube import KubernetesApi, PatchType
 from kserve_operator.clients.stored_objects import LAST_APPLIED
 from kserve_operator.planning.backoff import backoff_delay
-from kserve_operator.planning.prewarm_status import REASON_NO_ACCOUNT
 from kserve_operator.resources.kinds import Kind
+from kserve_operator.resources.prewarm_conditions import PrewarmReason
 from tests.integration.operator.conftest import StartOperator
 from tests.integration.operator.prewarm_world import JOBS, condition, torch_mnist
 
@@ -125,8 +125,8 @@ def test_a_prewarm_waiting_for_its_service_account_starts_when_it_appears(
     opted_in_team(kube)
     start_operator(resync=60.0)  # no timer pass within the test: only the account's event can wake it
     kube.create(TEAM_ISVC, team_service("late"))
-    kube.wait_for(f"{TEAM_PREWARM}/scorer", lambda o: condition(o, "Ready").get("reason") == REASON_NO_ACCOUNT
-                  or condition(o, "Degraded").get("reason") == REASON_NO_ACCOUNT, timeout=20)
+    kube.wait_for(f"{TEAM_PREWARM}/scorer", lambda o: condition(o, "Ready").get("reason") == PrewarmReason.NO_ACCOUNT
+                  or condition(o, "Degraded").get("reason") == PrewarmReason.NO_ACCOUNT, timeout=20)
     assert kube.list(JOBS) == []
     kube.create(f"/api/v1/namespaces/{TEAM}/serviceaccounts",
                 {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "late"}})

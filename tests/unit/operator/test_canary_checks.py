@@ -18,6 +18,7 @@ from kserve_operator.planning.canary_checks import CheckReading, check_queries, 
 from kserve_operator.planning.events import WARNING
 from kserve_operator.resources import canary as res
 from kserve_operator.resources.canary import CanarySpec, CanaryStatus, CheckSpec
+from kserve_operator.resources.canary_conditions import CanaryPhase, CanaryReason, CheckResult
 from tests.unit.operator.canary_shapes import NAMESPACE, canary_spec, raw_spec
 from tests.unit.operator.test_canary_spec import admit
 
@@ -174,7 +175,7 @@ def test_windows_are_written_in_whole_units(seconds: float, text: str) -> None:
 
 def test_every_check_is_judged_and_reported() -> None:
     passed = judge(analysis_of(checked()).checks, [CheckReading(99.9), CheckReading(120.0)])
-    assert passed.result == checks.RESULT_PASSED
+    assert passed.result == CheckResult.PASSED
     assert passed.summary() == "request-success-rate 99.9 >= 99; request-duration 120 <= 500"
     assert passed.as_status() == [
         {"name": "request-success-rate", "value": 99.9, "min": 99.0, "passed": True, "result": "Passed",
@@ -220,28 +221,28 @@ def test_several_checks_step_hold_and_roll_back_together() -> None:
     at_ten = after(plan.next_step(spec, CanaryStatus(), 1, None, None, T0))
     good = judge(analysis_of(spec).checks, [CheckReading(99.9), CheckReading(120.0)])
     stepped = plan.next_step(spec, at_ten, 1, None, good, minutes(1))
-    assert (stepped.percent, stepped.phase) == (50, res.PHASE_ACTIVE)
+    assert (stepped.percent, stepped.phase) == (50, CanaryPhase.ACTIVE)
     assert "analysis passed (request-success-rate 99.9 >= 99; request-duration 120 <= 500)" in stepped.message
 
     quiet = judge(analysis_of(spec).checks, [CheckReading(99.9), CheckReading(error="no samples", no_data=True)])
     held = plan.next_step(spec, at_ten, 1, None, quiet, minutes(1))
-    assert (held.percent, held.reason, held.failed_checks) == (10, plan.REASON_NO_DATA, 0)
+    assert (held.percent, held.reason, held.failed_checks) == (10, CanaryReason.NO_DATA, 0)
     assert held.requeue_after == 60 and "inconclusive (request-duration no data: no samples)" in held.message
 
     slow = judge(analysis_of(spec).checks, [CheckReading(99.9), CheckReading(2000.0)])
     once = plan.next_step(spec, after(held), 1, None, slow, minutes(2))
-    assert (once.percent, once.reason, once.failed_checks) == (10, plan.REASON_ANALYSIS_FAILED, 1)
+    assert (once.percent, once.reason, once.failed_checks) == (10, CanaryReason.ANALYSIS_FAILED, 1)
     twice = plan.next_step(spec, after(once), 1, None, slow, minutes(3))
-    assert (twice.percent, twice.phase) == (0, res.PHASE_ROLLED_BACK)
+    assert (twice.percent, twice.phase) == (0, CanaryPhase.ROLLED_BACK)
     assert "request-duration 2000 is above the maximum 500" in twice.message
 
 
 def test_the_status_reports_each_check_and_an_inconclusive_pass_warns_once() -> None:
     spec = checked()
-    status = plan.CanaryStatus(percent=10, last_step_time=T0, phase=res.PHASE_PROGRESSING)
+    status = plan.CanaryStatus(percent=10, last_step_time=T0, phase=CanaryPhase.PROGRESSING)
     quiet = judge(analysis_of(spec).checks, [CheckReading(error="Prometheus answered HTTP 503"), CheckReading(120.0)])
     decision = plan.next_step(spec, status, 1, None, quiet, minutes(1))
-    assert decision.reason == plan.REASON_METRICS_UNAVAILABLE
+    assert decision.reason == CanaryReason.METRICS_UNAVAILABLE
     analysis = checks.analysis_status(None, failed_checks=0, last_check="2026-01-01T00:01:00Z", evaluated=quiet)
     assert analysis == {
         "failedChecks": 0, "lastCheckTime": "2026-01-01T00:01:00Z", "result": "MetricsUnavailable",
@@ -254,10 +255,10 @@ def test_the_status_reports_each_check_and_an_inconclusive_pass_warns_once() -> 
         "failedChecks": 0, "result": "MetricsUnavailable", "checks": analysis["checks"]}
 
     def progressing(message: str) -> dict[str, Any]:
-        return {"phase": res.PHASE_PROGRESSING, "conditions": [
-            {"type": "Progressing", "status": "True", "reason": plan.REASON_METRICS_UNAVAILABLE, "message": message}]}
-    first = plan.plan_events({"phase": res.PHASE_PROGRESSING}, progressing(decision.message))
-    assert [(e.type, e.reason) for e in first] == [(WARNING, plan.REASON_METRICS_UNAVAILABLE)]
+        return {"phase": CanaryPhase.PROGRESSING, "conditions": [
+            {"type": "Progressing", "status": "True", "reason": CanaryReason.METRICS_UNAVAILABLE, "message": message}]}
+    first = plan.plan_events({"phase": CanaryPhase.PROGRESSING}, progressing(decision.message))
+    assert [(e.type, e.reason) for e in first] == [(WARNING, CanaryReason.METRICS_UNAVAILABLE)]
     again = plan.next_step(spec, after(decision), 1, None, quiet, minutes(2))
     assert again.message == decision.message
     assert plan.plan_events(progressing(decision.message), progressing(again.message)) == []

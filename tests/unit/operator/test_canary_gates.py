@@ -17,9 +17,10 @@ from kserve_operator.planning import canary as plan
 from kserve_operator.planning.canary import WarmState, next_step
 from kserve_operator.planning.canary_gates import route_namespace_problem, warm_state
 from kserve_operator.planning.routes.istio import plan_weights
-from kserve_operator.resources import canary as res
 from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.canary import CanaryStatus
+from kserve_operator.resources.canary_conditions import CanaryPhase, CanaryReason
+from kserve_operator.resources.conditions import ConditionStatus, ConditionType
 from kserve_operator.settings import parse_settings
 from tests.unit.operator.canary_shapes import NAMESPACE, canary_spec, mnist_vs
 
@@ -59,13 +60,14 @@ def test_a_cross_namespace_refusal_is_not_ready_and_warns_once() -> None:
     spec = canary_spec(virtualService={"name": "gateway", "namespace": "istio-ingress"})
     problem = route_namespace_problem(spec, ())
     assert problem is not None
-    status = plan.problem_status(None, plan.REASON_CROSS_NAMESPACE_NOT_ALLOWED, problem, generation=1, now=T0,
+    status = plan.problem_status(None, CanaryReason.CROSS_NAMESPACE_NOT_ALLOWED, problem, generation=1, now=T0,
                                  spec=spec)
-    ready = cond.find_condition(status["conditions"], cond.READY)
-    assert ready is not None and (ready["status"], ready["reason"]) == (cond.FALSE, "CrossNamespaceNotAllowed")
-    assert status["phase"] == res.PHASE_ERROR and "percent" not in status
+    ready = cond.find_condition(status["conditions"], ConditionType.READY)
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == (ConditionStatus.FALSE, "CrossNamespaceNotAllowed")
+    assert status["phase"] == CanaryPhase.ERROR and "percent" not in status
     assert [(e.type, e.reason) for e in plan.plan_events(None, status)] == [("Warning", "CrossNamespaceNotAllowed")]
-    again = plan.problem_status(status, plan.REASON_CROSS_NAMESPACE_NOT_ALLOWED, problem, generation=1, now=T0,
+    again = plan.problem_status(status, CanaryReason.CROSS_NAMESPACE_NOT_ALLOWED, problem, generation=1, now=T0,
                                 spec=spec)
     assert plan.plan_events(status, again) == []
 
@@ -106,9 +108,9 @@ def test_one_warm_node_of_the_wanted_model_releases(body: dict[str, Any] | None,
 def test_a_partially_warm_model_releases_the_candidate_and_a_cold_one_holds_it() -> None:
     spec = canary_spec(percent=30, requireWarm=True)
     partially = next_step(spec, CanaryStatus(), 1, warm_state(prewarm("PartiallyWarm", 1), WHERE), None, T0)
-    assert (partially.percent, partially.phase) == (30, res.PHASE_ACTIVE)
+    assert (partially.percent, partially.phase) == (30, CanaryPhase.ACTIVE)
     cold = next_step(spec, CanaryStatus(percent=30), 1, warm_state(prewarm("PartiallyWarm", 0), WHERE), None, T0)
-    assert (cold.percent, cold.phase) == (0, res.PHASE_WAITING_FOR_MODEL)
+    assert (cold.percent, cold.phase) == (0, CanaryPhase.WAITING_FOR_MODEL)
     assert "waiting for ModelPrewarm models/torch-mnist-v2 to have a warm node" in cold.message
 
 
@@ -120,7 +122,7 @@ def ready_of(old: dict[str, Any] | None, warm: WarmState | None = None, now: dat
     decision = next_step(spec, status or CanaryStatus.parse(old), 1, warm, None, now)
     weights = plan_weights(mnist_vs(), spec, decision.percent)
     written = plan.plan_status(old, spec, decision, weights, generation=1, now=now, route_version="v1")
-    ready = cond.find_condition(written["conditions"], cond.READY)
+    ready = cond.find_condition(written["conditions"], ConditionType.READY)
     assert ready is not None and ready["observedGeneration"] == 1
     return ready
 
@@ -128,28 +130,28 @@ def ready_of(old: dict[str, Any] | None, warm: WarmState | None = None, now: dat
 def test_ready_when_the_wanted_share_is_in_force() -> None:
     for percent in (0, 20, 100):
         ready = ready_of(None, percent=percent)
-        assert (ready["status"], ready["reason"]) == (cond.TRUE, plan.REASON_WEIGHT_IN_FORCE)
+        assert (ready["status"], ready["reason"]) == (ConditionStatus.TRUE, CanaryReason.WEIGHT_IN_FORCE)
         assert f"{percent}% is in force" in ready["message"]
 
 
 def test_not_ready_while_the_model_is_cold() -> None:
     ready = ready_of(None, WarmState(False, f"{WHERE} to have a warm node"), percent=20, requireWarm=True)
-    assert (ready["status"], ready["reason"]) == (cond.FALSE, plan.REASON_WAITING_FOR_MODEL)
+    assert (ready["status"], ready["reason"]) == (ConditionStatus.FALSE, CanaryReason.WAITING_FOR_MODEL)
     assert ready["message"].startswith("0% in force of 20% wanted: the candidate gets 0% until its model is warm")
 
 
 def test_not_ready_while_stepping_then_ready_at_the_last_step() -> None:
     steps = {"weights": [10, 50], "interval": "1m"}
     first = ready_of(None, percent=50, steps=steps)
-    assert (first["status"], first["reason"]) == (cond.FALSE, plan.REASON_STEPPING)
+    assert (first["status"], first["reason"]) == (ConditionStatus.FALSE, CanaryReason.STEPPING)
     assert first["message"].startswith("10% in force of 50% wanted")
-    at_ten = CanaryStatus(percent=10, last_step_time=T0, phase=res.PHASE_PROGRESSING)
+    at_ten = CanaryStatus(percent=10, last_step_time=T0, phase=CanaryPhase.PROGRESSING)
     done = ready_of(None, now=T0 + datetime.timedelta(minutes=1), status=at_ten, percent=50, steps=steps)
-    assert (done["status"], done["reason"]) == (cond.TRUE, plan.REASON_WEIGHT_IN_FORCE)
+    assert (done["status"], done["reason"]) == (ConditionStatus.TRUE, CanaryReason.WEIGHT_IN_FORCE)
 
 
 def test_not_ready_after_a_rollback() -> None:
-    rolled = CanaryStatus(percent=0, rolled_back_generation=1, phase=res.PHASE_ROLLED_BACK)
+    rolled = CanaryStatus(percent=0, rolled_back_generation=1, phase=CanaryPhase.ROLLED_BACK)
     ready = ready_of(None, status=rolled, percent=50,
                      steps={"weights": [10], "interval": "1m", "analysis": {"query": "q", "max": 1}})
-    assert (ready["status"], ready["reason"]) == (cond.FALSE, plan.REASON_ROLLED_BACK)
+    assert (ready["status"], ready["reason"]) == (ConditionStatus.FALSE, CanaryReason.ROLLED_BACK)

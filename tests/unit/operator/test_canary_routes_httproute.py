@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from devstack.mnist_httproute import CANDIDATE_SERVICE, STABLE_SERVICE, mnist_route
 from kserve_operator.planning.routes import httproute as hr
 from kserve_operator.planning.routes.httproute import RoutingProblem, plan_release, plan_weights
+from kserve_operator.resources.canary_conditions import CanaryReason
 from tests.unit.operator.canary_shapes import route_spec
 
 MANAGED = ("predict", "audited", "rules[4]")
@@ -150,23 +151,23 @@ def _edit(rule: int, change: Any) -> Any:
 
 
 @pytest.mark.parametrize(("rules", "changes", "edit", "reason", "words"), [
-    (["nope"], {}, None, hr.REASON_ROUTE_NOT_FOUND, "has no rule named nope"),
-    (["explain"], {}, None, hr.REASON_STABLE_NOT_ROUTED, "has no backendRef to the stable backend"),
-    (["docs"], {}, None, hr.REASON_STABLE_NOT_ROUTED, "has no backendRef to the stable backend"),
-    (None, {"stable": {"inferenceService": "other"}}, None, hr.REASON_STABLE_NOT_ROUTED, "no rule of HTTPRoute"),
+    (["nope"], {}, None, CanaryReason.ROUTE_NOT_FOUND, "has no rule named nope"),
+    (["explain"], {}, None, CanaryReason.STABLE_NOT_ROUTED, "has no backendRef to the stable backend"),
+    (["docs"], {}, None, CanaryReason.STABLE_NOT_ROUTED, "has no backendRef to the stable backend"),
+    (None, {"stable": {"inferenceService": "other"}}, None, CanaryReason.STABLE_NOT_ROUTED, "no rule of HTTPRoute"),
     (["audited"], {}, _edit(2, lambda r: r["backendRefs"][0].update(weight=120)),
-     hr.REASON_WEIGHTS_OVERFLOW, "already weigh 120"),
+     CanaryReason.WEIGHTS_OVERFLOW, "already weigh 120"),
     (["audited"], {}, _edit(2, lambda r: r["backendRefs"][0].update(weight=10)),
-     hr.REASON_WEIGHTS_NOT_PERCENT, "weigh 90 in all"),
+     CanaryReason.WEIGHTS_NOT_PERCENT, "weigh 90 in all"),
     (["predict"], {}, _edit(1, lambda r: r["backendRefs"].append({**r["backendRefs"][0], "port": 81})),
-     hr.REASON_AMBIGUOUS_DESTINATION, "through 2 backendRefs"),
+     CanaryReason.AMBIGUOUS_DESTINATION, "through 2 backendRefs"),
     (["predict"], {"stable": {"host": STABLE_SERVICE, "subset": "v1"}, "candidate": {"host": CANDIDATE_SERVICE}},
-     None, hr.REASON_BACKEND_NOT_A_SERVICE, "names a subset"),
-    (["predict"], {"candidate": {"host": "mnist.example.com"}}, None, hr.REASON_BACKEND_NOT_A_SERVICE,
+     None, CanaryReason.BACKEND_NOT_A_SERVICE, "names a subset"),
+    (["predict"], {"candidate": {"host": "mnist.example.com"}}, None, CanaryReason.BACKEND_NOT_A_SERVICE,
      "not a cluster Service"),
     (["predict"], {}, _edit(1, lambda r: r["backendRefs"][0].update(group="inference.networking.k8s.io",
                                                                       kind="InferencePool")),
-     hr.REASON_STABLE_NOT_ROUTED, "has no backendRef to the stable backend"),
+     CanaryReason.STABLE_NOT_ROUTED, "has no backendRef to the stable backend"),
 ])
 def test_rules_that_cannot_carry_the_split(rules: list[str] | None, changes: dict[str, Any], edit: Any,
                                            reason: str, words: str) -> None:
@@ -181,9 +182,9 @@ def test_rules_that_cannot_carry_the_split(rules: list[str] | None, changes: dic
 
 @pytest.mark.parametrize(("ref", "reason"), [
     ({"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "name": "torch-mnist",
-      "controller": True}, hr.REASON_FOREIGN_OWNER),
+      "controller": True}, CanaryReason.FOREIGN_OWNER),
     ({"apiVersion": "gateway.example.com/v1", "kind": "RouteGenerator", "name": "g", "controller": True},
-     hr.REASON_FOREIGN_CONTROLLER),
+     CanaryReason.FOREIGN_CONTROLLER),
     ({"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "name": "torch-mnist"}, None),
     ({"apiVersion": "serving.serverless.xyz/v1alpha1", "kind": "ModelCanary", "name": "m", "controller": True},
      None),

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from kserve_operator.planning.routes import istio as vsplan
 from kserve_operator.planning.routes.istio import RoutingProblem, plan_release, plan_weights
+from kserve_operator.resources.canary_conditions import CanaryReason
 from tests.unit.operator.canary_shapes import CANDIDATE_HOST, STABLE_HOST, canary_spec, mnist_vs
 
 STABLE_NAMED = ("predict", "audited", "http[5]")
@@ -137,15 +138,15 @@ def test_a_port_and_subset_on_the_backends() -> None:
 
 
 @pytest.mark.parametrize(("changes", "edit", "reason", "words"), [
-    ({"routes": ["nope"]}, None, vsplan.REASON_ROUTE_NOT_FOUND, "no HTTP route named nope"),
-    ({"routes": ["explain"]}, None, vsplan.REASON_STABLE_NOT_ROUTED, "sends nothing to the stable backend"),
-    ({"routes": ["legacy"]}, None, vsplan.REASON_STABLE_NOT_ROUTED, "delegates to another VirtualService"),
-    ({"stable": {"inferenceService": "other"}}, None, vsplan.REASON_STABLE_NOT_ROUTED, "no HTTP route"),
+    ({"routes": ["nope"]}, None, CanaryReason.ROUTE_NOT_FOUND, "no HTTP route named nope"),
+    ({"routes": ["explain"]}, None, CanaryReason.STABLE_NOT_ROUTED, "sends nothing to the stable backend"),
+    ({"routes": ["legacy"]}, None, CanaryReason.STABLE_NOT_ROUTED, "delegates to another VirtualService"),
+    ({"stable": {"inferenceService": "other"}}, None, CanaryReason.STABLE_NOT_ROUTED, "no HTTP route"),
     ({"routes": ["audited"]}, lambda vs: vs["spec"]["http"][2]["route"][0].update(weight=120),
-     vsplan.REASON_WEIGHTS_OVERFLOW, "already take 120%"),
+     CanaryReason.WEIGHTS_OVERFLOW, "already take 120%"),
     ({"routes": ["predict"]}, lambda vs: vs["spec"]["http"][1]["route"].append(
         {"destination": {"host": STABLE_HOST, "port": {"number": 81}}, "weight": 0}),
-     vsplan.REASON_AMBIGUOUS_DESTINATION, "through 2 destinations"),
+     CanaryReason.AMBIGUOUS_DESTINATION, "through 2 destinations"),
 ])
 def test_routes_that_cannot_carry_the_split(changes: dict[str, Any], edit: Any, reason: str, words: str) -> None:
     vs = mnist_vs()

@@ -12,9 +12,10 @@ from kserve_operator.planning.canary_claims import Claimant, claim_message, firs
 from kserve_operator.planning.diff import status_changes
 from kserve_operator.planning.events import NORMAL, WARNING
 from kserve_operator.planning.routes.istio import plan_weights
-from kserve_operator.resources import canary as res
 from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.canary import CanaryStatus
+from kserve_operator.resources.canary_conditions import CanaryPhase, CanaryReason
+from kserve_operator.resources.conditions import ConditionStatus, ConditionType
 from tests.unit.operator.canary_shapes import NAMESPACE, canary_spec, mnist_vs, raw_spec
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -36,7 +37,7 @@ def strip_none(status: dict[str, Any]) -> dict[str, Any]:
 
 def test_status_of_an_active_canary() -> None:
     status = reconcile_once(None, T0, generation=4, percent=20)
-    assert status["phase"] == res.PHASE_ACTIVE
+    assert status["phase"] == CanaryPhase.ACTIVE
     assert (status["percent"], status["stableWeight"], status["candidateWeight"]) == (20, 80, 20)
     assert (status["stable"], status["candidate"]) == ("torch-mnist", "torch-mnist-v2")
     assert status["managedRoutes"] == ["predict", "audited", "http[5]"]
@@ -44,10 +45,10 @@ def test_status_of_an_active_canary() -> None:
     assert status["addedCandidateRoutes"] == ["audited", "http[5]", "predict"]
     assert status["observedGeneration"] == 4 and status["virtualServiceVersion"] == "v1"
     by_type = {c["type"]: c for c in status["conditions"]}
-    assert by_type[cond.AVAILABLE]["status"] == cond.TRUE
-    assert "stable 80% / candidate 20%" in by_type[cond.AVAILABLE]["message"]
-    assert by_type[cond.PROGRESSING]["status"] == cond.FALSE
-    assert by_type[cond.DEGRADED]["reason"] == plan.REASON_AS_EXPECTED
+    assert by_type[ConditionType.AVAILABLE]["status"] == ConditionStatus.TRUE
+    assert "stable 80% / candidate 20%" in by_type[ConditionType.AVAILABLE]["message"]
+    assert by_type[ConditionType.PROGRESSING]["status"] == ConditionStatus.FALSE
+    assert by_type[ConditionType.DEGRADED]["reason"] == CanaryReason.AS_EXPECTED
 
 
 def test_a_settled_canary_plans_an_identical_status() -> None:
@@ -60,17 +61,17 @@ def test_a_settled_canary_plans_an_identical_status() -> None:
 def test_waiting_for_the_model_is_said_in_a_condition_and_an_event() -> None:
     cold = WarmState(False, "ModelPrewarm models/torch-mnist-v2 (phase Warming)")
     waiting = strip_none(reconcile_once(None, T0, warm=cold, percent=20, requireWarm=True))
-    assert waiting["phase"] == res.PHASE_WAITING_FOR_MODEL and waiting["percent"] == 0
-    progressing = cond.find_condition(waiting["conditions"], cond.PROGRESSING)
-    assert progressing is not None and progressing["status"] == cond.TRUE
+    assert waiting["phase"] == CanaryPhase.WAITING_FOR_MODEL and waiting["percent"] == 0
+    progressing = cond.find_condition(waiting["conditions"], ConditionType.PROGRESSING)
+    assert progressing is not None and progressing["status"] == ConditionStatus.TRUE
     assert "waiting for ModelPrewarm models/torch-mnist-v2" in progressing["message"]
-    assert [e.reason for e in plan.plan_events(None, waiting)] == [plan.REASON_WAITING_FOR_MODEL,
-                                                                   plan.REASON_WEIGHTS_CHANGED]
+    assert [e.reason for e in plan.plan_events(None, waiting)] == [CanaryReason.WAITING_FOR_MODEL,
+                                                                   CanaryReason.WEIGHTS_CHANGED]
     warm = WarmState(True, "warm")
     released = reconcile_once(waiting, T0, warm=warm, percent=20, requireWarm=True)
     events = plan.plan_events(waiting, released)
-    assert [(e.type, e.reason) for e in events] == [(NORMAL, plan.REASON_MODEL_WARM),
-                                                    (NORMAL, plan.REASON_WEIGHTS_CHANGED)]
+    assert [(e.type, e.reason) for e in events] == [(NORMAL, CanaryReason.MODEL_WARM),
+                                                    (NORMAL, CanaryReason.WEIGHTS_CHANGED)]
     assert "candidate torch-mnist-v2 20%" in events[1].message
 
 
@@ -78,35 +79,35 @@ def test_a_rollback_is_degraded_with_a_warning() -> None:
     spec = canary_spec(percent=50, steps={"weights": [10], "interval": "1m",
                                           "analysis": {"query": "q", "max": 0.1}})
     assert spec.steps is not None and spec.steps.analysis is not None
-    decision = next_step(spec, CanaryStatus(percent=10, last_step_time=T0, phase=res.PHASE_PROGRESSING), 3,
+    decision = next_step(spec, CanaryStatus(percent=10, last_step_time=T0, phase=CanaryPhase.PROGRESSING), 3,
                          None, judge(spec.steps.analysis.checks, [CheckReading(0.5)]),
                          T0 + datetime.timedelta(minutes=1))
     old = strip_none(reconcile_once(None, T0, percent=10))
     status = plan.plan_status(old, spec, decision, plan_weights(mnist_vs(), spec, 0), generation=3,
                               now=T0, route_version="v1")
-    assert status["phase"] == res.PHASE_ROLLED_BACK and status["rolledBackGeneration"] == 3
+    assert status["phase"] == CanaryPhase.ROLLED_BACK and status["rolledBackGeneration"] == 3
     assert status["analysis"] == {"failedChecks": 1, "lastCheckTime": "2026-01-01T00:01:00Z", "result": "Failed",
                                   "checks": [{"name": "query", "value": 0.5, "max": 0.1, "passed": False,
                                               "result": "Failed", "message": "0.5 is above the maximum 0.1"}]}
-    degraded = cond.find_condition(status["conditions"], cond.DEGRADED)
-    assert degraded is not None and degraded["status"] == cond.TRUE
-    assert degraded["reason"] == plan.REASON_ANALYSIS_FAILED
+    degraded = cond.find_condition(status["conditions"], ConditionType.DEGRADED)
+    assert degraded is not None and degraded["status"] == ConditionStatus.TRUE
+    assert degraded["reason"] == CanaryReason.ANALYSIS_FAILED
     events = plan.plan_events(old, status)
-    assert events[0].type == WARNING and events[0].reason == plan.REASON_ROLLED_BACK
+    assert events[0].type == WARNING and events[0].reason == CanaryReason.ROLLED_BACK
     assert "0.5 is above the maximum 0.1" in events[0].message
 
 
 def test_a_problem_is_reported_once_and_keeps_the_bookkeeping() -> None:
     active = strip_none(reconcile_once(None, T0, percent=20))
-    broken = plan.problem_status(active, plan.REASON_VIRTUAL_SERVICE_NOT_FOUND,
+    broken = plan.problem_status(active, CanaryReason.VIRTUAL_SERVICE_NOT_FOUND,
                                  "VirtualService models/mnist does not exist", generation=2, now=T0)
-    assert broken["phase"] == res.PHASE_ERROR and broken["percent"] == 20
+    assert broken["phase"] == CanaryPhase.ERROR and broken["percent"] == 20
     assert broken["managedRoutes"] == active["managedRoutes"]
-    available = cond.find_condition(broken["conditions"], cond.AVAILABLE)
-    assert available is not None and available["reason"] == plan.REASON_VIRTUAL_SERVICE_NOT_FOUND
+    available = cond.find_condition(broken["conditions"], ConditionType.AVAILABLE)
+    assert available is not None and available["reason"] == CanaryReason.VIRTUAL_SERVICE_NOT_FOUND
     events = plan.plan_events(active, broken)
-    assert [(e.type, e.reason) for e in events] == [(WARNING, plan.REASON_VIRTUAL_SERVICE_NOT_FOUND)]
-    assert plan.plan_events(broken, plan.problem_status(broken, plan.REASON_VIRTUAL_SERVICE_NOT_FOUND,
+    assert [(e.type, e.reason) for e in events] == [(WARNING, CanaryReason.VIRTUAL_SERVICE_NOT_FOUND)]
+    assert plan.plan_events(broken, plan.problem_status(broken, CanaryReason.VIRTUAL_SERVICE_NOT_FOUND,
                                                         "VirtualService models/mnist does not exist",
                                                         generation=2, now=T0)) == []
 
@@ -115,8 +116,8 @@ def test_the_intent_to_append_is_recorded_before_the_write() -> None:
     weights = plan_weights(mnist_vs(), canary_spec(), 20)
     assert plan.intent_status(None, canary_spec(), weights) == {
         "addedCandidateRoutes": ["audited", "http[5]", "predict"], "virtualService": "models/mnist",
-        "routeKind": "VirtualService", "route": "models/mnist", "phase": res.PHASE_PENDING}
-    recorded = {"phase": res.PHASE_ACTIVE, "addedCandidateRoutes": ["audited", "http[5]", "predict"],
+        "routeKind": "VirtualService", "route": "models/mnist", "phase": CanaryPhase.PENDING}
+    recorded = {"phase": CanaryPhase.ACTIVE, "addedCandidateRoutes": ["audited", "http[5]", "predict"],
                 "virtualService": "models/mnist"}
     assert plan.intent_status(recorded, canary_spec(), weights) is None
     moved = canary_spec(virtualService={"name": "other"})

@@ -15,6 +15,7 @@ from kserve_operator.planning.ownership import ownership_problem
 from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.kinds import MEMCACHED
 from kserve_operator.resources.memcached import Memcached, parse_spec
+from kserve_operator.resources.memcached_conditions import MemcachedReason
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
@@ -201,7 +202,7 @@ class TestOwnership:
         problem = ownership_problem(self.live(non_controller), raw_body(), MEMCACHED)
         assert problem is not None and "not managed by this Memcached" in problem
 
-    @pytest.mark.parametrize("reason", [plan.REASON_NAME_CONFLICT, plan.REASON_APPLY_FAILED])
+    @pytest.mark.parametrize("reason", [MemcachedReason.NAME_CONFLICT, MemcachedReason.APPLY_FAILED])
     def test_problem_status_names_the_reason(self, reason: str) -> None:
         s = memcached_status.plan_error_status(body(), "why", T0, reason)
         degraded = cond.find_condition(s["conditions"], "Degraded")

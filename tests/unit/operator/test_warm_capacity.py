@@ -22,8 +22,8 @@ from kserve_operator.planning.warm_capacity import (
     capacity_demands,
     required_warm_nodes,
 )
-from kserve_operator.resources import canary as res
 from kserve_operator.resources.canary import CanaryStatus
+from kserve_operator.resources.canary_conditions import CanaryPhase
 from kserve_operator.resources.kinds import MODEL_CANARY
 from tests.unit.operator.canary_shapes import canary_spec
 from tests.unit.operator.test_canary_steps import T0, after
@@ -123,18 +123,18 @@ def test_steps_wait_for_warm_capacity_for_their_share_of_4_stable_replicas() -> 
         return decision
 
     first = decide(0, 1)
-    assert (first.percent, first.phase, first.capacity_percent) == (25, res.PHASE_PROGRESSING, 50)
+    assert (first.percent, first.phase, first.capacity_percent) == (25, CanaryPhase.PROGRESSING, 50)
     assert Capacity(1, 4).status(first.capacity_percent) == {
         "requiredWarmNodes": 2, "warmNodes": 1, "stableReplicas": 4, "forPercent": 50}
     held = decide(1.5, 1)  # the interval is over, but 50% of 4 replicas needs 2 warm nodes
-    assert (held.percent, held.phase, held.reason) == (25, res.PHASE_WAITING_FOR_CAPACITY, "WaitingForCapacity")
+    assert (held.percent, held.phase, held.reason) == (25, CanaryPhase.WAITING_FOR_CAPACITY, "WaitingForCapacity")
     assert "50% needs the candidate warm on 2 node(s)" in held.message and "1 warm" in held.message
     assert held.capacity_percent == 50
     second = decide(2, 2)  # the ModelPrewarm warmed a second node: the step is taken
-    assert (second.percent, second.phase, second.capacity_percent) == (50, res.PHASE_PROGRESSING, 100)
-    assert decide(3.5, 3).phase == res.PHASE_WAITING_FOR_CAPACITY  # 100% needs all 4
+    assert (second.percent, second.phase, second.capacity_percent) == (50, CanaryPhase.PROGRESSING, 100)
+    assert decide(3.5, 3).phase == CanaryPhase.WAITING_FOR_CAPACITY  # 100% needs all 4
     last = decide(4, 4)
-    assert (last.percent, last.phase, last.capacity_percent) == (100, res.PHASE_PROMOTED, 100)
+    assert (last.percent, last.phase, last.capacity_percent) == (100, CanaryPhase.PROMOTED, 100)
     lower = dataclasses.replace(spec, percent=25)
     down = next_step(lower, status, 2, WarmState(True, "warm", 1), None, T0, Capacity(1, 4))
     assert down.percent == 25  # going down never waits for capacity
@@ -143,11 +143,11 @@ def test_steps_wait_for_warm_capacity_for_their_share_of_4_stable_replicas() -> 
 def test_without_steps_a_jump_waits_for_the_whole_share_and_a_warm_gate_asks_for_the_first_step() -> None:
     jump = canary_spec(percent=50, requireWarm=True)
     held = next_step(jump, CanaryStatus(), 1, WarmState(True, "warm", 1), None, T0, Capacity(1, 4))
-    assert (held.percent, held.phase, held.capacity_percent) == (0, res.PHASE_WAITING_FOR_CAPACITY, 50)
+    assert (held.percent, held.phase, held.capacity_percent) == (0, CanaryPhase.WAITING_FOR_CAPACITY, 50)
     assert next_step(jump, CanaryStatus(), 1, WarmState(True, "warm", 2), None, T0, Capacity(2, 4)).percent == 50
     cold = canary_spec(percent=100, requireWarm=True, steps={"weights": [25, 50], "interval": "1m"})
     waiting = next_step(cold, CanaryStatus(), 1, WarmState(False, "cold"), None, T0, Capacity(0, 4))
-    assert (waiting.phase, waiting.capacity_percent) == (res.PHASE_WAITING_FOR_MODEL, 25)
+    assert (waiting.phase, waiting.capacity_percent) == (CanaryPhase.WAITING_FOR_MODEL, 25)
     assert Capacity(0, 0).holds(0, 10) is not None and Capacity(1, 0).holds(0, 100) is None  # no replicas: 1 node
 
 
@@ -161,14 +161,14 @@ def test_while_short_of_capacity_the_analysis_goes_on_and_a_failing_candidate_is
     status = after(first)
     due = T0 + datetime.timedelta(minutes=1, seconds=1)
     passed = next_step(spec, status, 1, warm, judge(checks, [CheckReading(value=0.01)]), due, short)
-    assert (passed.percent, passed.phase) == (25, res.PHASE_WAITING_FOR_CAPACITY)
+    assert (passed.percent, passed.phase) == (25, CanaryPhase.WAITING_FOR_CAPACITY)
     assert passed.last_check_time is not None and passed.requeue_after == pytest.approx(60, abs=1)
     status = after(passed, status)
     early = next_step(spec, status, 1, warm, None, due + datetime.timedelta(seconds=10), short)
-    assert early.phase == res.PHASE_WAITING_FOR_CAPACITY and not early.wants_analysis  # the next check is not due
+    assert early.phase == CanaryPhase.WAITING_FOR_CAPACITY and not early.wants_analysis  # the next check is not due
     later = due + datetime.timedelta(minutes=1, seconds=1)
     failed = next_step(spec, status, 1, warm, judge(checks, [CheckReading(value=0.5)]), later, short)
-    assert (failed.percent, failed.phase) == (0, res.PHASE_ROLLED_BACK)
+    assert (failed.percent, failed.phase) == (0, CanaryPhase.ROLLED_BACK)
     enough = Capacity(warm_nodes=2, stable_replicas=4)
     stepped = next_step(spec, status, 1, warm, judge(checks, [CheckReading(value=0.01)]), later, enough)
-    assert (stepped.percent, stepped.phase) == (50, res.PHASE_PROGRESSING)
+    assert (stepped.percent, stepped.phase) == (50, CanaryPhase.PROGRESSING)
