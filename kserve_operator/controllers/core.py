@@ -14,8 +14,9 @@
   waited on the lock behind the failing one is held back too.
 - `warn_once` logs a problem that waits for a person once per generation, not on every resync.
 - `post_events` writes core/v1 Events through our client; `patch_status` writes only the
-  top-level status keys that changed; `apply_child` creates a missing child or patches the
-  managed fields that drifted (planning.diff), never a child someone else controls.
+  top-level status keys that changed (`write_status`: the patch a typed status view made);
+  `apply_child` creates a missing child or patches the managed fields that drifted (planning.diff),
+  never a child someone else controls.
 
 Controllers pass a coroutine factory that does observe -> plan -> apply and returns a
 `ReconcileResult` (the outcome, and when to look again). What happens next is decided here, for
@@ -302,11 +303,15 @@ async def post_events(api: KubeApi, target: Mapping[str, Any], events: Sequence[
 
 async def patch_status(api: KubeApi, kind: Kind, body: Mapping[str, Any], new_status: Mapping[str, Any]) -> bool:
     """Write only the top-level status keys that changed; True when something was written."""
-    changes = status_changes(body.get("status"), new_status)
+    return await write_status(api, kind, body, status_changes(body.get("status"), new_status))
+
+
+async def write_status(api: KubeApi, kind: Kind, body: Mapping[str, Any], changes: Mapping[str, Any]) -> bool:
+    """A merge patch of /status with `changes` (a typed status view's `patch_from`); nothing when empty."""
     if not changes:
         return False
     meta = body["metadata"]
-    await api.patch(kind, meta["name"], {"status": changes}, namespace=meta.get("namespace"), status=True)
+    await api.patch(kind, meta["name"], {"status": dict(changes)}, namespace=meta.get("namespace"), status=True)
     return True
 
 

@@ -28,10 +28,10 @@ from kserve_operator.controllers.core import (
     apply_child,
     cleanup_within,
     now,
-    patch_status,
     post_events,
     remember,
     spawn,
+    write_status,
 )
 from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable, NoSamples
 from kserve_operator.planning import memcached as plan
@@ -76,7 +76,7 @@ async def _report_problem(api: KubeApi, body: dict[str, Any], reason: str, probl
     """Status Error + Degraded with the reason, and one Warning event when the problem is new."""
     cache = Memcached.parse(body)
     status = memcached_status.plan_error_status(cache, problem, moment, reason)
-    if await patch_status(api, MEMCACHED, body, status):
+    if await write_status(api, MEMCACHED, body, status.patch_from(body.get("status"))):
         await post_events(api, body, memcached_status.plan_events(cache, status))
 
 
@@ -141,7 +141,7 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str,
     old_status = cache.status
     decision = plan.decide_replicas(
         spec, connections=connections, current=current,
-        window=plan.ScaleDownWindow.from_status(old_status.get("scaleDown")), now=moment,
+        window=plan.ScaleDownWindow.from_status(old_status.scale_down), now=moment,
     )
     scaled = current != decision.replicas
     recorded = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(plan.LAST_SCALE_ANNOTATION)
@@ -165,7 +165,7 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str,
         cache, decision, deployment=deployment, connections=connections, metrics_problem=metrics_problem,
         scaled=scaled, now=moment, metrics_reason=metrics_reason,
     )
-    await patch_status(api, MEMCACHED, body, status)
+    await write_status(api, MEMCACHED, body, status.patch_from(body.get("status")))
     await post_events(api, body, memcached_status.plan_events(cache, status))
     return ReconcileResult(Outcome.OK)
 

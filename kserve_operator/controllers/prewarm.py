@@ -28,10 +28,10 @@ from kserve_operator.controllers.core import (
     ReconcileResult,
     cleanup_within,
     now,
-    patch_status,
     post_events,
     remember,
     spawn,
+    write_status,
 )
 from kserve_operator.controllers.prewarm_capacity import affected_prewarms, read_demands
 from kserve_operator.controllers.prewarm_credentials import apply_credentials, read_credentials
@@ -61,6 +61,7 @@ from kserve_operator.resources.prewarm import (
     LABEL_PREWARM_UID,
     PREDICTOR,
     PrewarmPlatform,
+    PrewarmStatus,
 )
 from kserve_operator.settings import FINALIZER, OperatorSettings
 
@@ -163,12 +164,13 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str,
     remembered = (memo[1], memo[2]) if memo is not None and memo[0] == generation and memo[3] else None
     observed = await observe(api, body, platform, remembered, ctx.nodes)
     observed = dataclasses.replace(observed, demands=read_demands(ctx.canaries, namespace, name))
-    decided = plan.plan_prewarm(observed, platform=platform, now=now())
+    moment = now()
+    decided = plan.plan_prewarm(observed, platform=platform, now=moment)
     acts = bool(decided.create) or decided.credentials is not None or decided.outcome == plan.WAITING
     if remembered is not None and acts:  # the plan acts on the credentials (or waits for them): read fresh
         account, secrets = await read_credentials(api, body)
         observed = dataclasses.replace(observed, service_account=account, secrets=secrets)
-        decided = plan.plan_prewarm(observed, platform=platform, now=now())
+        decided = plan.plan_prewarm(observed, platform=platform, now=moment)
         acts = bool(decided.create) or decided.credentials is not None or decided.outcome == plan.WAITING
     ctx.credentials[uid] = (generation, observed.service_account, dict(observed.secrets), not acts)
     creates = decided.create
@@ -198,7 +200,8 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str,
     for job_name in decided.delete:
         await api.delete(JOB, job_name, namespace=platform.namespace, propagation="Background")
         logger.info("ModelPrewarm %s/%s: deleted stale Job %s", namespace, name, job_name)
-    await patch_status(api, MODEL_PREWARM, body, decided.status)
+    status = PrewarmStatus.parse(body.get("status")).with_changes(decided.status)
+    await write_status(api, MODEL_PREWARM, body, status.patch_from(body.get("status")))
     ctx.node_interest.record((namespace, name), nodes_in_status(decided.status),
                              short=is_short(decided.status, body.get("spec")))
     if decided.events:
@@ -206,7 +209,8 @@ async def reconcile(ctx: PrewarmContext, namespace: str, name: str,
         service = _owning_service(body)
         if service is not None:
             await post_events(api, service, decided.events)
-    return ReconcileResult(OUTCOMES[decided.outcome])
+    # A failed node's retry is due at status.nextRetryAt: looked at again then, not at the next resync.
+    return ReconcileResult(OUTCOMES[decided.outcome], requeue_after=status.retry_in(moment))
 
 
 async def prewarm_deleted(body: kopf.Body, namespace: str | None, name: str, memo: Any, logger: kopf.Logger,

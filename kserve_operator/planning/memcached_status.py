@@ -6,6 +6,7 @@ math and the manifests) so each stays small.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Mapping
 from typing import Any
@@ -14,7 +15,7 @@ from kserve_operator.planning.events import NORMAL, WARNING, EventPlan
 from kserve_operator.planning.memcached import LAST_SCALE_ANNOTATION, ReplicaDecision
 from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.conditions import ConditionStatus, ConditionType
-from kserve_operator.resources.memcached import Memcached
+from kserve_operator.resources.memcached import Memcached, MemcachedStatus
 from kserve_operator.resources.memcached_conditions import MemcachedPhase, MemcachedReason
 
 
@@ -54,7 +55,7 @@ def plan_status(
     scaled: bool,
     now: datetime.datetime,
     metrics_reason: str = MemcachedReason.METRICS_UNAVAILABLE,
-) -> dict[str, Any]:
+) -> MemcachedStatus:
     """The status a healthy reconcile writes; identical input gives an identical status.
 
     `deployment` is the Deployment as it stands after this reconcile applied its change;
@@ -68,7 +69,7 @@ def plan_status(
     replicas = decision.replicas
     phase = _phase(replicas, ready, dep_replicas)
 
-    conditions: list[cond.Condition] = list(old.get("conditions") or [])
+    conditions: list[cond.Condition] = list(old.conditions or ())
     if phase == MemcachedPhase.SCALED_TO_ZERO:
         available = (ConditionStatus.FALSE, MemcachedReason.SCALED_TO_ZERO,
                      "scaled to zero after a whole window without connections")
@@ -100,28 +101,15 @@ def plan_status(
         )
     conditions = with_ready(conditions, now=now, generation=generation)
 
-    status: dict[str, Any] = {
-        "phase": phase,
-        "replicas": replicas,
-        "readyReplicas": ready,
-        "desiredReplicas": decision.wanted,
-        "conditions": conditions,
-        "scaleDown": decision.window.to_status() if decision.window else None,
-    }
-    if generation is not None:
-        status["observedGeneration"] = generation
-    if connections is not None:
-        status["activeConnections"] = connections
-    elif "activeConnections" in old:
-        status["activeConnections"] = old["activeConnections"]
     recorded = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(LAST_SCALE_ANNOTATION)
-    if recorded:
-        status["lastScaleTime"] = recorded
-    elif scaled:
-        status["lastScaleTime"] = cond.rfc3339(now)
-    elif "lastScaleTime" in old:
-        status["lastScaleTime"] = old["lastScaleTime"]
-    return status
+    return MemcachedStatus(
+        phase=phase, replicas=replicas, ready_replicas=ready, desired_replicas=decision.wanted,
+        conditions=tuple(conditions), scale_down=decision.window.to_status() if decision.window else None,
+        observed_generation=generation if generation is not None else old.observed_generation,
+        active_connections=connections if connections is not None else old.active_connections,
+        last_scale_time=recorded or (cond.rfc3339(now) if scaled else old.last_scale_time),
+        unknown=old.unknown,
+    )
 
 
 _WAITING_FOR: dict[str, str] = {
@@ -134,11 +122,11 @@ _WAITING_FOR: dict[str, str] = {
 
 
 def plan_error_status(cache: Memcached, problem: str, now: datetime.datetime,
-                      reason: str = MemcachedReason.INVALID_SPEC) -> dict[str, Any]:
+                      reason: str = MemcachedReason.INVALID_SPEC) -> MemcachedStatus:
     """A problem only a person can fix: say why, keep the rest of the status, change nothing else."""
     old = cache.status
     generation = cache.generation
-    conditions: list[cond.Condition] = list(old.get("conditions") or [])
+    conditions: list[cond.Condition] = list(old.conditions or ())
     conditions = cond.set_condition(
         conditions, type=ConditionType.DEGRADED, status=ConditionStatus.TRUE, reason=reason, message=problem,
         now=now, generation=generation,
@@ -148,15 +136,13 @@ def plan_error_status(cache: Memcached, problem: str, now: datetime.datetime,
         message=_WAITING_FOR.get(reason, "waiting"), now=now, generation=generation,
     )
     conditions = with_ready(conditions, now=now, generation=generation)
-    status = {**old, "phase": MemcachedPhase.ERROR, "conditions": conditions}
-    if generation is not None:
-        status["observedGeneration"] = generation
-    return status
+    return dataclasses.replace(old, phase=MemcachedPhase.ERROR, conditions=tuple(conditions),
+                               observed_generation=generation if generation is not None else old.observed_generation)
 
 
 def plan_events(
     cache: Memcached,
-    new_status: Mapping[str, Any],
+    new_status: MemcachedStatus,
     *,
     previous_replicas: int | None = None,
     decision: ReplicaDecision | None = None,
@@ -169,9 +155,8 @@ def plan_events(
             NORMAL, MemcachedReason.SCALED_UP if verb == "up" else MemcachedReason.SCALED_DOWN,
             f"Scaled {verb} from {previous_replicas} to {decision.replicas} replica(s): {decision.reason}",
         ))
-    old_conditions = list(cache.status.get("conditions") or [])
-    old_degraded = cond.find_condition(old_conditions, ConditionType.DEGRADED)
-    new_degraded = cond.find_condition(list(new_status.get("conditions") or []), ConditionType.DEGRADED)
+    old_degraded = cond.find_condition(list(cache.status.conditions or ()), ConditionType.DEGRADED)
+    new_degraded = cond.find_condition(list(new_status.conditions or ()), ConditionType.DEGRADED)
     if new_degraded and new_degraded["status"] == ConditionStatus.TRUE and (
         old_degraded is None
         or old_degraded.get("status") != ConditionStatus.TRUE

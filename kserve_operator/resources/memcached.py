@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from kserve_operator.errors import InvalidSpec
 from kserve_operator.resources import durations
+from kserve_operator.resources.conditions import Condition
 from kserve_operator.resources.fields import int_field
 from kserve_operator.resources.kinds import MEMCACHED
 from kserve_operator.resources.meta import ObjectMeta
+from kserve_operator.resources.status_view import StatusView
 
 MAX_REPLICAS = 100
 
@@ -84,18 +86,41 @@ def parse_spec(spec: Mapping[str, Any] | None) -> MemcachedSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class MemcachedStatus(StatusView):
+    """A Memcached's status, typed (resources/status_view.py: `parse`, `to_status`, `patch_from`)."""
+
+    KEYS: ClassVar[Mapping[str, str]] = {
+        "phase": "phase", "replicas": "replicas", "readyReplicas": "ready_replicas",
+        "desiredReplicas": "desired_replicas", "conditions": "conditions", "scaleDown": "scale_down",
+        "observedGeneration": "observed_generation", "activeConnections": "active_connections",
+        "lastScaleTime": "last_scale_time",
+    }
+
+    phase: str | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    desired_replicas: int | None = None
+    conditions: tuple[Condition, ...] | None = None
+    scale_down: Mapping[str, Any] | None = None  # an open scale-down window (planning.memcached.ScaleDownWindow)
+    observed_generation: int | None = None
+    active_connections: float | None = None
+    last_scale_time: str | None = None
+    unknown: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class Memcached:
     """A Memcached as read: typed metadata, the raw spec (parsed by `spec()`, which may refuse it)
-    and the status it carries. Parsed once per reconcile; planning takes this, not the dict."""
+    and its typed status. Parsed once per reconcile; planning takes this, not the dict."""
 
     meta: ObjectMeta
     raw_spec: Mapping[str, Any] | None
-    status: Mapping[str, Any]
+    status: MemcachedStatus
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Memcached:
         return cls(meta=ObjectMeta.parse(body.get("metadata")), raw_spec=body.get("spec"),
-                   status=dict(body.get("status") or {}))
+                   status=MemcachedStatus.parse(body.get("status")))
 
     @property
     def name(self) -> str:

@@ -9,13 +9,16 @@ planning's to report in status.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from kserve_operator.errors import InvalidSpec
+from kserve_operator.resources.conditions import Condition, parse_rfc3339
 from kserve_operator.resources.fields import required_int_field
+from kserve_operator.resources.status_view import StatusView
 
 # Labels and annotations: one spelling each.
 LABEL_PREWARM = "serving.serverless.xyz/modelprewarm"  # on Jobs and their Pods: the owner's name
@@ -259,6 +262,49 @@ def parse_spec(spec: Mapping[str, Any] | None) -> PrewarmSpec:
     )
     parsed.requested()  # every quantity parses, or InvalidSpec now rather than mid-plan
     return parsed
+
+
+@dataclasses.dataclass(frozen=True)
+class PrewarmStatus(StatusView):
+    """A ModelPrewarm's status, typed (resources/status_view.py: `parse`, `to_status`, `patch_from`);
+    planning.prewarm plans the keys that change (`with_changes` lays them over the status as read)."""
+
+    KEYS: ClassVar[Mapping[str, str]] = {
+        "phase": "phase", "desiredNodes": "desired_nodes", "warmNodes": "warm_nodes", "warm": "warm",
+        "qualifyingNodes": "qualifying_nodes", "storageUri": "storage_uri", "modelVersion": "model_version",
+        "nodes": "nodes", "nextRetryAt": "next_retry_at", "retryRequest": "retry_request",
+        "capacityDemand": "capacity_demand", "servingPods": "serving_pods",
+        "servingOnWarmNodes": "serving_on_warm_nodes", "conditions": "conditions",
+        "observedGeneration": "observed_generation",
+    }
+
+    phase: str | None = None
+    desired_nodes: int | None = None
+    warm_nodes: int | None = None
+    warm: str | None = None  # "warm/desired", for kubectl's column
+    qualifying_nodes: int | None = None
+    storage_uri: str | None = None
+    model_version: str | None = None
+    nodes: tuple[Mapping[str, Any], ...] | None = None  # one entry per node with a Job or an outcome
+    next_retry_at: str | None = None  # RFC 3339: the earliest retry of a failed node
+    retry_request: str | None = None  # the RETRY_ANNOTATION value last acted on
+    capacity_demand: Mapping[str, Any] | None = None
+    serving_pods: int | None = None
+    serving_on_warm_nodes: str | None = None
+    conditions: tuple[Condition, ...] | None = None
+    observed_generation: int | None = None
+    unknown: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def retry_in(self, now: datetime.datetime) -> float | None:
+        """Seconds until the next scheduled retry of a failed node (None: none scheduled); at least
+        one, so a retry the plan holds back past its time is looked at again at most once a second."""
+        if not self.next_retry_at:
+            return None
+        try:
+            due = parse_rfc3339(self.next_retry_at)
+        except ValueError:
+            return None
+        return max((due - now).total_seconds(), 1.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,11 +10,11 @@ import pytest
 from kserve_operator.controllers.memcached import DEPLOYMENT_EXACT, MERGED
 from kserve_operator.planning import memcached as plan
 from kserve_operator.planning import memcached_status
-from kserve_operator.planning.diff import child_patch, status_changes
+from kserve_operator.planning.diff import child_patch
 from kserve_operator.planning.ownership import ownership_problem
 from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.kinds import MEMCACHED
-from kserve_operator.resources.memcached import Memcached, parse_spec
+from kserve_operator.resources.memcached import Memcached, MemcachedStatus, parse_spec
 from kserve_operator.resources.memcached_conditions import MemcachedReason
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -30,8 +30,8 @@ def raw_body(spec: dict[str, Any] | None = None, status: dict[str, Any] | None =
     }
 
 
-def body(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None) -> Memcached:
-    return Memcached.parse(raw_body(spec, status))
+def body(spec: dict[str, Any] | None = None, status: dict[str, Any] | MemcachedStatus | None = None) -> Memcached:
+    return Memcached.parse(raw_body(spec, status.to_status() if isinstance(status, MemcachedStatus) else status))
 
 
 def deployment(replicas: int, ready: int) -> dict[str, Any]:
@@ -97,29 +97,29 @@ class TestStatus:
     def test_running_when_all_ready(self) -> None:
         s = memcached_status.plan_status(body(), decision(2), deployment=deployment(2, 2), connections=12.0,
                              metrics_problem=None, scaled=False, now=T0)
-        assert s["phase"] == "Running"
-        assert s["readyReplicas"] == 2 and s["activeConnections"] == 12.0 and s["observedGeneration"] == 3
-        available = cond.find_condition(s["conditions"], "Available")
+        assert s.phase == "Running"
+        assert s.ready_replicas == 2 and s.active_connections == 12.0 and s.observed_generation == 3
+        available = cond.find_condition(list(s.conditions or ()), "Available")
         assert available is not None and available["status"] == "True"
 
     def test_scaling_while_pods_come_up(self) -> None:
         s = memcached_status.plan_status(body(), decision(3), deployment=deployment(3, 1), connections=None,
                              metrics_problem=None, scaled=True, now=T0)
-        assert s["phase"] == "Scaling" and s["lastScaleTime"] == "2026-01-01T00:00:00Z"
-        progressing = cond.find_condition(s["conditions"], "Progressing")
+        assert s.phase == "Scaling" and s.last_scale_time == "2026-01-01T00:00:00Z"
+        progressing = cond.find_condition(list(s.conditions or ()), "Progressing")
         assert progressing is not None and progressing["status"] == "True"
 
     def test_scaled_to_zero(self) -> None:
         s = memcached_status.plan_status(body(), decision(0), deployment=deployment(0, 0), connections=0.0,
                              metrics_problem=None, scaled=True, now=T0)
-        assert s["phase"] == "ScaledToZero"
-        available = cond.find_condition(s["conditions"], "Available")
+        assert s.phase == "ScaledToZero"
+        available = cond.find_condition(list(s.conditions or ()), "Available")
         assert available is not None and available["reason"] == "ScaledToZero"
 
     def test_metrics_problem_is_a_degraded_condition(self) -> None:
         s = memcached_status.plan_status(body(), decision(2), deployment=deployment(2, 2), connections=None,
                              metrics_problem="Prometheus answered HTTP 500", scaled=False, now=T0)
-        degraded = cond.find_condition(s["conditions"], "Degraded")
+        degraded = cond.find_condition(list(s.conditions or ()), "Degraded")
         assert degraded is not None and degraded["status"] == "True" and degraded["reason"] == "MetricsUnavailable"
         assert "HTTP 500" in degraded["message"]
 
@@ -129,13 +129,13 @@ class TestStatus:
         later = T0 + datetime.timedelta(minutes=5)
         second = memcached_status.plan_status(body(status=first), decision(2), deployment=deployment(2, 2),
                                               connections=5.0, metrics_problem=None, scaled=False, now=later)
-        assert status_changes(first, second) == {}
+        assert second.patch_from(first.to_status()) == {}
 
     def test_invalid_spec_status_keeps_the_rest(self) -> None:
         old = {"phase": "Running", "replicas": 2, "readyReplicas": 2}
         s = memcached_status.plan_error_status(body(status=old), "maxSize (1) must not be smaller than size (2)", T0)
-        assert s["phase"] == "Error" and s["replicas"] == 2
-        degraded = cond.find_condition(s["conditions"], "Degraded")
+        assert s.phase == "Error" and s.replicas == 2
+        degraded = cond.find_condition(list(s.conditions or ()), "Degraded")
         assert degraded is not None and degraded["reason"] == "InvalidSpec" and "maxSize" in degraded["message"]
 
 
@@ -205,7 +205,7 @@ class TestOwnership:
     @pytest.mark.parametrize("reason", [MemcachedReason.NAME_CONFLICT, MemcachedReason.APPLY_FAILED])
     def test_problem_status_names_the_reason(self, reason: str) -> None:
         s = memcached_status.plan_error_status(body(), "why", T0, reason)
-        degraded = cond.find_condition(s["conditions"], "Degraded")
-        assert s["phase"] == "Error" and degraded is not None and degraded["reason"] == reason
+        degraded = cond.find_condition(list(s.conditions or ()), "Degraded")
+        assert s.phase == "Error" and degraded is not None and degraded["reason"] == reason
         events = memcached_status.plan_events(body(), s)
         assert [(e.type, e.reason) for e in events] == [("Warning", reason)]

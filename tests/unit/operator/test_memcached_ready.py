@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from kserve_operator.planning import memcached_status
-from kserve_operator.planning.diff import status_changes
 from kserve_operator.resources import conditions as cond
 from kserve_operator.resources.conditions import ConditionType
 from kserve_operator.resources.memcached_conditions import MemcachedReason
@@ -17,7 +16,7 @@ from tests.unit.operator.test_memcached_plan import T0, body, decision, deployme
 
 
 def ready_of(status: dict[str, Any]) -> tuple[str, str, str]:
-    ready = cond.find_condition(status["conditions"], ConditionType.READY)
+    ready = cond.find_condition(list(status.conditions or ()), ConditionType.READY)
     assert ready is not None and ready["observedGeneration"] == 3
     return ready["status"], ready["reason"], ready["message"]
 
@@ -43,7 +42,7 @@ def test_a_problem_only_a_person_can_fix_is_not_ready() -> None:
     broken = memcached_status.plan_error_status(body(status=healthy), "maxSize (1) is below size (2)", T0,
                                                 reason=MemcachedReason.INVALID_SPEC)
     assert ready_of(broken) == ("False", MemcachedReason.INVALID_SPEC, "maxSize (1) is below size (2)")
-    ready = cond.find_condition(broken["conditions"], ConditionType.READY)
+    ready = cond.find_condition(list(broken.conditions or ()), ConditionType.READY)
     assert ready is not None and ready["lastTransitionTime"] == "2026-01-01T00:00:00Z"
 
 
@@ -53,4 +52,4 @@ def test_a_settled_cache_keeps_its_ready_condition_unchanged() -> None:
     later = memcached_status.plan_status(body(status=first), decision(2), deployment=deployment(2, 2),
                                          connections=None, metrics_problem=None, scaled=False,
                                          now=T0 + datetime.timedelta(hours=1))
-    assert status_changes(first, later) == {}
+    assert later.patch_from(first.to_status()) == {}

@@ -164,4 +164,4 @@ def test_a_status_write_lost_after_a_scale_keeps_the_event_and_the_time() -> Non
     status = memcached_status.plan_status(Memcached.parse(api.body), plan.ReplicaDecision(3, 3, None, ""),
                                           deployment=api.deployment, connections=None, metrics_problem=None,
                                           scaled=False, now=T0)
-    assert status["lastScaleTime"] == stamp, "the next reconcile reads the scale time from the Deployment"
+    assert status.last_scale_time == stamp, "the next reconcile reads the scale time from the Deployment"
