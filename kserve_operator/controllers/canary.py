@@ -38,6 +38,7 @@ from kserve_operator.clients.cached_kube import CachedKubeApi
 from kserve_operator.clients.informer import Informer
 from kserve_operator.clients.kube import KubeApi
 from kserve_operator.clients.prometheus import PrometheusClient
+from kserve_operator.controllers.canary_observe import analyse, observe_capacity, observe_warm
 from kserve_operator.controllers.canary_routing import CONFLICT_ATTEMPTS, TrafficRouter, conflict_pause, traffic_routers
 from kserve_operator.controllers.canary_wakeups import (
     BY_HTTP_ROUTE,
@@ -60,14 +61,12 @@ from kserve_operator.controllers.core import (
     post_events,
     remember,
 )
-from kserve_operator.errors import ApiError, InvalidSpec, MetricsUnavailable, NoSamples
+from kserve_operator.errors import ApiError, InvalidSpec
 from kserve_operator.planning import canary as plan
 from kserve_operator.planning import canary_claims as route_claims
-from kserve_operator.planning.canary_checks import AnalysisResult, CheckReading, check_queries, judge
-from kserve_operator.planning.canary_gates import route_namespace_problem, warm_state
+from kserve_operator.planning.canary_gates import route_namespace_problem
 from kserve_operator.planning.events import NORMAL, EventPlan
 from kserve_operator.planning.routes.weights import RoutingProblem, WeightPlan
-from kserve_operator.planning.warm_capacity import Capacity
 from kserve_operator.resources.canary import CanarySpec, CanaryStatus, parse_spec
 from kserve_operator.resources.canary_conditions import CanaryPhase, CanaryReason
 from kserve_operator.resources.kinds import (
@@ -75,11 +74,9 @@ from kserve_operator.resources.kinds import (
     INFERENCE_SERVICE,
     MODEL_CANARY,
     MODEL_PREWARM,
-    POD,
     VIRTUAL_SERVICE,
     VIRTUAL_SERVICE_V1BETA1,
 )
-from kserve_operator.resources.prewarm import LABEL_COMPONENT, LABEL_ISVC, PREDICTOR
 from kserve_operator.resources.routes import ObservedRoutes, RouteTarget
 from kserve_operator.settings import FINALIZER, OperatorSettings
 
@@ -134,42 +131,6 @@ async def _report_problem(api: KubeApi, body: dict[str, Any], reason: str, probl
         await post_events(api, body, plan.plan_events(old, status))
 
 
-async def _warm_state(api: KubeApi, spec: CanarySpec) -> plan.WarmState:
-    assert spec.model_prewarm is not None  # parse_spec guarantees one when requireWarm is set
-    prewarm = await api.get(MODEL_PREWARM, spec.model_prewarm, spec.namespace)
-    return warm_state(prewarm, f"ModelPrewarm {spec.namespace}/{spec.model_prewarm}")
-
-
-async def _capacity(api: KubeApi, spec: CanarySpec, warm: plan.WarmState) -> Capacity:
-    """The candidate's warm nodes and the stable's serving replicas (its predictor Pods running, from
-    the predictor Pod informer: no request); a stable that is not an InferenceService counts 0."""
-    replicas = 0
-    if spec.stable.inference_service:
-        pods = await api.list(POD, spec.namespace, label_selector=f"{LABEL_ISVC}={spec.stable.inference_service},"
-                                                                f"{LABEL_COMPONENT}={PREDICTOR}")
-        replicas = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Running"
-                       and not (p.get("metadata") or {}).get("deletionTimestamp"))
-    return Capacity(warm_nodes=warm.nodes, stable_replicas=replicas)
-
-
-async def _read_check(ctx: CanaryContext, query: str) -> CheckReading:
-    if ctx.prometheus is None:
-        return CheckReading(error="PROMETHEUS_URL is not set")
-    try:
-        return CheckReading(value=await ctx.prometheus.query_scalar(query))
-    except NoSamples as exc:
-        return CheckReading(error=str(exc), no_data=True)
-    except MetricsUnavailable as exc:
-        return CheckReading(error=str(exc))
-
-
-async def _analyse(ctx: CanaryContext, spec: CanarySpec) -> AnalysisResult:
-    """Every check of the analysis, queried together; none raises (an error is an inconclusive check)."""
-    queries = check_queries(spec)
-    readings = await asyncio.gather(*(_read_check(ctx, query) for _, query in queries))
-    return judge([check for check, _ in queries], readings)
-
-
 async def reconcile(ctx: CanaryContext, namespace: str, name: str,
                     logger: logging.Logger | Any) -> ReconcileResult:
     """observe -> plan -> apply. Raises ApiError for the core to classify."""
@@ -216,11 +177,11 @@ async def reconcile(ctx: CanaryContext, namespace: str, name: str,
     await _release_previous_route(ctx, body, spec, logger)
     generation = meta.get("generation")
     moment = now()
-    warm = await _warm_state(api, spec) if spec.require_warm else None
-    capacity = await _capacity(api, spec, warm) if warm is not None else None  # steps wait for warm capacity
+    warm = await observe_warm(api, spec) if spec.require_warm else None
+    capacity = await observe_capacity(api, spec, warm) if warm is not None else None  # steps wait for capacity
     decision = plan.next_step(spec, CanaryStatus.parse(body.get("status")), generation, warm, None, moment, capacity)
     if decision.wants_analysis:
-        analysis = await _analyse(ctx, spec)
+        analysis = await analyse(ctx.prometheus, spec)
         decision = plan.next_step(spec, CanaryStatus.parse(body.get("status")), generation, warm, analysis, moment,
                                   capacity)
 
