@@ -79,12 +79,13 @@ def test_unsupported_uris_missing_credentials_and_unqualified_nodes(
 
     missing_account = ready_reason(kube, "no-account", "ServiceAccountNotFound")
     assert "ServiceAccount nobody" in condition(missing_account, "Ready")["message"]
-    assert any(e["type"] == "Warning" and "ServiceAccount nobody" in e["message"]
-               for e in events_for(kube, "ModelPrewarm", "no-account"))
+    # The Event is posted after the status write: wait for it rather than read once.
+    cluster.wait_for(lambda: any(e["type"] == "Warning" and "ServiceAccount nobody" in e["message"]
+                                 for e in events_for(kube, "ModelPrewarm", "no-account")), timeout=10)
     missing_secret = ready_reason(kube, "no-secret", "SecretNotFound")
     assert "Secret gone of service account lost-keys" in condition(missing_secret, "Ready")["message"]
-    assert any(e["type"] == "Warning" and "Secret gone" in e["message"]
-               for e in events_for(kube, "ModelPrewarm", "no-secret"))
+    cluster.wait_for(lambda: any(e["type"] == "Warning" and "Secret gone" in e["message"]
+                                 for e in events_for(kube, "ModelPrewarm", "no-secret")), timeout=10)
 
     cluster.wait_for(lambda: any(e["reason"] == "PrewarmNameTaken" and e["type"] == "Warning"
                                  for e in events_for(kube, "InferenceService", "taken")), timeout=15)
