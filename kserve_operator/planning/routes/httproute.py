@@ -23,12 +23,19 @@ Istio's subsets have no counterpart here.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from kserve_operator.planning.routes.weights import Route, RoutingProblem, WeightPlan, share_of
+from kserve_operator.planning.routes.weights import (
+    Route,
+    RoutingProblem,
+    RuleShape,
+    WeightPlan,
+    plan_release_in,
+    plan_weights_in,
+    share_of,
+)
 from kserve_operator.resources.canary import Backend, CanarySpec
 from kserve_operator.resources.canary_conditions import CanaryReason
 from kserve_operator.resources.kinds import OPERATOR_GROUP
@@ -190,67 +197,17 @@ def split_weights(
     return result, appended, (stable_weight, candidate_weight)
 
 
-def _release_rule(live: list[Route], rules: list[Route], spec: CanarySpec, key: str,
-                  remove: bool) -> tuple[int, int] | None:
-    """Stable 100% in the rule keyed `key` (in `rules`); None when it is gone or unrecognisable."""
-    for index, rule in enumerate(live):
-        if rule_key(rule, index) != key or not isinstance(rule.get("backendRefs"), list):
-            continue
-        try:
-            refs, _, weights = split_weights(rule["backendRefs"], spec, 0, key, remove_added_candidate=remove)
-        except RoutingProblem:
-            return None
-        rules[index]["backendRefs"] = copy.deepcopy(refs)
-        return weights
-    return None
-
-
-def plan_weights(route: Mapping[str, Any], spec: CanarySpec, percent: int, *,
+def plan_weights(obj: Mapping[str, Any], spec: CanarySpec, percent: int, *,
                  previously: Sequence[str] = (), added: Sequence[str] = ()) -> WeightPlan:
-    """Put the candidate at `percent` of every managed rule; nothing else in `spec.rules` changes.
-
-    Rules managed before (`previously`) that the spec no longer selects are given back: stable
-    100%, the candidate backendRef removed where we appended it (`added`).
-    """
-    live = http_rules(route)
-    rules = copy.deepcopy(live)
-    keys: list[str] = []
-    appended: list[str] = []
-    first: tuple[int, int] | None = None
-    for index in managed_rules(route, spec):
-        key = rule_key(live[index], index)
-        refs, was_added, weights = split_weights(live[index]["backendRefs"], spec, percent, key)
-        rules[index]["backendRefs"] = copy.deepcopy(refs)
-        keys.append(key)
-        if was_added:
-            appended.append(key)
-        first = first or weights
-    assert first is not None  # managed_rules never returns an empty tuple
-    removed = tuple(key for key in previously if key not in keys and key in added
-                    and _release_rule(live, rules, spec, key, remove=True) is not None)
-    for key in previously:
-        if key not in keys and key not in added:
-            _release_rule(live, rules, spec, key, remove=False)
-    return WeightPlan(rules, rules != live, tuple(keys), tuple(appended), *first, removed=removed)
+    """The candidate at `percent` of every managed rule (weights.plan_weights_in over
+    an HTTPRoute's `spec.rules[].backendRefs`)."""
+    return plan_weights_in(HTTP_ROUTE_RULES, obj, spec, percent, previously=previously, added=added)
 
 
-def plan_release(route: Mapping[str, Any], spec: CanarySpec, managed: Sequence[str],
+def plan_release(obj: Mapping[str, Any], spec: CanarySpec, managed: Sequence[str],
                  added: Sequence[str]) -> WeightPlan:
-    """Stable gets everything again in the rules we managed; the candidate backendRef we appended is
-    removed, one that was there before stays at weight 0. Rules changed beyond recognition are left alone."""
-    live = http_rules(route)
-    rules = copy.deepcopy(live)
-    keys: list[str] = []
-    first: tuple[int, int] = (100, 0)
-    for key in managed:
-        weights = _release_rule(live, rules, spec, key, remove=key in added)
-        if weights is None:
-            continue
-        if not keys:
-            first = weights
-        keys.append(key)
-    return WeightPlan(rules, rules != live, tuple(keys), (), *first,
-                      removed=tuple(key for key in keys if key in added))
+    """Stable 100% again in the rules we managed (weights.plan_release_in)."""
+    return plan_release_in(HTTP_ROUTE_RULES, obj, spec, managed, added)
 
 
 def weights_patch(route: Mapping[str, Any], rules: list[Route]) -> list[dict[str, Any]]:
@@ -287,3 +244,7 @@ def owner_problem(route: Mapping[str, Any]) -> OwnerProblem | None:
                             f"({api_version}), which may rewrite its rules; point the ModelCanary at an "
                             "HTTPRoute the platform team owns")
     return None
+
+
+HTTP_ROUTE_RULES = RuleShape(rules=http_rules, key=rule_key, backends="backendRefs",
+                             managed=managed_rules, split=split_weights)

@@ -18,7 +18,15 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kserve_operator.planning.routes.weights import Route, RoutingProblem, WeightPlan, share_of
+from kserve_operator.planning.routes.weights import (
+    Route,
+    RoutingProblem,
+    RuleShape,
+    WeightPlan,
+    plan_release_in,
+    plan_weights_in,
+    share_of,
+)
 from kserve_operator.resources.canary import Backend, CanarySpec, canonical_host
 from kserve_operator.resources.canary_conditions import CanaryReason
 from kserve_operator.resources.routes import OwnerProblem
@@ -182,68 +190,17 @@ def split_weights(
     return result, appended, (stable_weight, candidate_weight)
 
 
-def _release_route(live: list[Route], http: list[Route], spec: CanarySpec, key: str,
-                   remove: bool) -> tuple[int, int] | None:
-    """Stable 100% in the route keyed `key` (in `http`); None when it is gone or unrecognisable."""
-    for index, route in enumerate(live):
-        if route_key(route, index) != key or not isinstance(route.get("route"), list):
-            continue
-        try:
-            destinations, _, weights = split_weights(route["route"], spec, 0, key, remove_added_candidate=remove)
-        except RoutingProblem:
-            return None
-        http[index]["route"] = copy.deepcopy(destinations)
-        return weights
-    return None
-
-
-def plan_weights(vs: Mapping[str, Any], spec: CanarySpec, percent: int, *,
+def plan_weights(obj: Mapping[str, Any], spec: CanarySpec, percent: int, *,
                  previously: Sequence[str] = (), added: Sequence[str] = ()) -> WeightPlan:
-    """Put the candidate at `percent` of every managed route; nothing else in `spec.http` changes.
-
-    Routes managed before (`previously`) that the spec no longer selects are given back: stable
-    100%, the candidate destination removed where we appended it (`added`).
-    """
-    live = http_routes(vs)
-    http = copy.deepcopy(live)
-    keys: list[str] = []
-    appended: list[str] = []
-    first: tuple[int, int] | None = None
-    for index in managed_routes(vs, spec):
-        key = route_key(live[index], index)
-        destinations, was_added, weights = split_weights(live[index]["route"], spec, percent, key)
-        http[index]["route"] = copy.deepcopy(destinations)
-        keys.append(key)
-        if was_added:
-            appended.append(key)
-        first = first or weights
-    assert first is not None  # managed_routes never returns an empty tuple
-    removed = tuple(key for key in previously if key not in keys and key in added
-                    and _release_route(live, http, spec, key, remove=True) is not None)
-    for key in previously:
-        if key not in keys and key not in added:
-            _release_route(live, http, spec, key, remove=False)
-    return WeightPlan(http, http != live, tuple(keys), tuple(appended), *first, removed=removed)
+    """The candidate at `percent` of every managed rule (weights.plan_weights_in over
+    a VirtualService's `spec.http[].route`)."""
+    return plan_weights_in(VIRTUAL_SERVICE_RULES, obj, spec, percent, previously=previously, added=added)
 
 
-def plan_release(vs: Mapping[str, Any], spec: CanarySpec, managed: Sequence[str],
+def plan_release(obj: Mapping[str, Any], spec: CanarySpec, managed: Sequence[str],
                  added: Sequence[str]) -> WeightPlan:
-    """Stable gets everything again in the routes we managed; the candidate destination we
-    appended is removed, one that was there before stays at weight 0. Routes that changed
-    beyond recognition (renamed, no stable destination any more) are left alone."""
-    live = http_routes(vs)
-    http = copy.deepcopy(live)
-    keys: list[str] = []
-    first: tuple[int, int] = (100, 0)
-    for key in managed:
-        weights = _release_route(live, http, spec, key, remove=key in added)
-        if weights is None:
-            continue
-        if not keys:
-            first = weights
-        keys.append(key)
-    return WeightPlan(http, http != live, tuple(keys), (), *first,
-                      removed=tuple(key for key in keys if key in added))
+    """Stable 100% again in the rules we managed (weights.plan_release_in)."""
+    return plan_release_in(VIRTUAL_SERVICE_RULES, obj, spec, managed, added)
 
 
 def weights_in_force(vs: Mapping[str, Any], spec: CanarySpec) -> tuple[int, int] | None:
@@ -295,3 +252,7 @@ def owner_problem(vs: Mapping[str, Any]) -> OwnerProblem | None:
     """`foreign_owner` as the router reports it (reason and message)."""
     owner = foreign_owner(vs)
     return OwnerProblem(CanaryReason.FOREIGN_OWNER, owner) if owner is not None else None
+
+
+VIRTUAL_SERVICE_RULES = RuleShape(rules=http_routes, key=route_key, backends="route",
+                                  managed=managed_routes, split=split_weights)
