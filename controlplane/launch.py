@@ -157,6 +157,11 @@ class ControlPlane:
         self.failure: str | None = None
         self._stopping = threading.Event()
         self._paused: set[str] = set()  # components stopped on purpose (stop_apiserver): not a death
+        # (down, ready) wall-clock times of each kube-apiserver restart (stop_apiserver .. start_apiserver):
+        # right after a start its authorizer is still filling its caches and may refuse a request
+        # (403) a shipped grant allows; an audit of the grants leaves those moments out.
+        self.outages: list[tuple[float, float]] = []
+        self._down_since: float | None = None
         self._watchdog: threading.Thread | None = None
         self._failure_callbacks: list[Callable[[str], None]] = []
         self.ca: CertificateAuthority | None = None
@@ -280,6 +285,7 @@ class ControlPlane:
         component = self._component("kube-apiserver")
         assert component.process is not None, "start() first"
         self._paused.add(component.name)
+        self._down_since = time.time()
         began = time.monotonic()
         if grace > 0:
             component.process.terminate()
@@ -300,6 +306,7 @@ class ControlPlane:
             self._wait_healthy(component, timeout, began)
         finally:
             self._paused.discard(component.name)
+        self.outages.append((self._down_since if self._down_since is not None else time.time(), time.time()))
         return time.monotonic() - began
 
     def _component(self, name: str) -> Component:

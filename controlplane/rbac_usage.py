@@ -7,6 +7,7 @@ the requests the server refused with 403 (a grant that is missing).
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -38,8 +39,29 @@ def _terminating_namespace(event: Mapping[str, Any]) -> bool:
     return "because it is being terminated" in message
 
 
-def used(events: Iterable[Mapping[str, Any]]) -> tuple[set[Grant], list[str]]:
-    """The triples the audited requests were authorised for, and the requests refused with 403."""
+RESTART_SETTLE_SECONDS = 15.0  # after a kube-apiserver restart is ready, its RBAC caches may still be filling
+
+
+def _received(event: Mapping[str, Any]) -> float | None:
+    stamp = event.get("requestReceivedTimestamp")
+    try:
+        return datetime.datetime.fromisoformat(str(stamp)).timestamp() if stamp else None
+    except ValueError:
+        return None
+
+
+def _during_restart(event: Mapping[str, Any], outages: Iterable[tuple[float, float]]) -> bool:
+    """Received while kube-apiserver was restarting (down, or ready less than RESTART_SETTLE_SECONDS ago)."""
+    at = _received(event)
+    return at is not None and any(down <= at <= ready + RESTART_SETTLE_SECONDS for down, ready in outages)
+
+
+def used(events: Iterable[Mapping[str, Any]],
+         outages: Iterable[tuple[float, float]] = ()) -> tuple[set[Grant], list[str]]:
+    """The triples the audited requests were authorised for, and the requests refused with 403.
+    `outages`: (down, ready) wall-clock times of kube-apiserver restarts; a 403 just after one (its
+    authorizer's caches not filled yet) is not counted as a missing grant."""
+    outages = list(outages)
     seen: set[Grant] = set()
     denied: list[str] = []
     for event in events:
@@ -51,6 +73,8 @@ def used(events: Iterable[Mapping[str, Any]]) -> tuple[set[Grant], list[str]]:
         code = int((event.get("responseStatus") or {}).get("code", 0))
         if code == 403 and _terminating_namespace(event):
             seen.add(grant)  # authorised; the NamespaceLifecycle admission plugin refused it afterwards
+        elif code == 403 and _during_restart(event, outages):
+            continue
         elif code == 403:
             denied.append(f"{grant} ({ref.get('namespace', '')}/{ref.get('name', '')}): {event.get('requestURI', '')}")
         elif code:

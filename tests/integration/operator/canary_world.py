@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import Any
 
 from devstack.mnist_virtualservice import virtual_service as virtual_service
@@ -92,6 +93,18 @@ def condition(obj: dict[str, Any], type: str) -> dict[str, Any]:
 
 def events_for(kube: Any, name: str) -> list[dict[str, Any]]:
     return [e for e in kube.list(EVENTS) if (e.get("involvedObject") or {}).get("name") == name]
+
+
+def events_until(kube: Any, name: str, seen: Callable[[list[dict[str, Any]]], bool],
+                 timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The events of `name` once `seen` holds: the operator posts them after the status write, so a
+    test that saw the status waits for them rather than reading once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = events_for(kube, name)
+        if seen(events) or time.monotonic() > deadline:
+            return events
+        time.sleep(0.05)
 
 
 def wait_phase(kube: Any, name: str, phase: str, timeout: float = 10.0) -> dict[str, Any]:

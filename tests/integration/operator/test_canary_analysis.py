@@ -23,7 +23,7 @@ from devstack.error_ratio_exporter import ErrorRatioExporter, wait_for_series
 from tests.integration.operator.canary_world import (
     MCANARY,
     condition,
-    events_for,
+    events_until,
     install_world,
     model_canary,
     virtual_service,
@@ -92,7 +92,8 @@ def test_steps_with_a_passing_a_failing_and_an_inconclusive_analysis(
         assert weights(kube.get(vs_path(name="mnist-fail"))) == [100, 0]
         assert condition(rolled, "Degraded")["reason"] == "AnalysisFailed"
         assert rolled["status"]["rolledBackGeneration"] == rolled["metadata"]["generation"]
-        assert any(e["type"] == "Warning" and e["reason"] == "RolledBack" for e in events_for(kube, "mnist-fail"))
+        assert any(e["type"] == "Warning" and e["reason"] == "RolledBack" for e in events_until(
+            kube, "mnist-fail", lambda es: any(e["reason"] == "RolledBack" for e in es)))
 
         quiet = kube.get(f"{MCANARY}/mnist-quiet")
         assert quiet["status"]["phase"] == "Progressing"

@@ -31,6 +31,7 @@ from tests.integration.operator.canary_world import (
     NS,
     condition,
     events_for,
+    events_until,
     inference_service,
     model_canary,
     virtual_service,
@@ -126,7 +127,8 @@ def test_built_in_checks_step_a_good_candidate_and_roll_back_bad_ones(
             other = next(c for n, c in checks.items() if n != failing)
             assert other["passed"] is True
             assert condition(rolled, "Degraded")["reason"] == "AnalysisFailed"
-            [event] = [e for e in events_for(kube, name) if e["type"] == "Warning" and e["reason"] == "RolledBack"]
+            [event] = [e for e in events_until(kube, name, lambda es: any(e["reason"] == "RolledBack" for e in es))
+                       if e["type"] == "Warning" and e["reason"] == "RolledBack"]
             assert f"analysis failed 2 time(s) in a row: {failing} " in event["message"]
 
         quiet = kube.get(f"{MCANARY}/quiet")

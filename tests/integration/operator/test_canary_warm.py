@@ -17,7 +17,7 @@ from tests.integration.operator.canary_world import (
     MCANARY,
     PREWARM,
     condition,
-    events_for,
+    events_until,
     install_world,
     model_canary,
     model_prewarm,
@@ -56,7 +56,7 @@ def test_held_at_zero_until_warm_then_released_at_once(kube: Any, start_operator
     assert released_after < 3, f"released {released_after:.1f}s after Warm (the resync is 60s away)"
     mc = wait_phase(kube, "mnist", "Active")
     assert condition(mc, "Progressing")["status"] == "False"
-    reasons = [e["reason"] for e in events_for(kube, "mnist")]
+    reasons = [e["reason"] for e in events_until(kube, "mnist", lambda es: any(e["reason"] == "ModelWarm" for e in es))]
     assert "WaitingForModel" in reasons and "ModelWarm" in reasons
 
 

@@ -17,6 +17,7 @@ from tests.integration.operator.canary_world import (
     MCANARY,
     condition,
     events_for,
+    events_until,
     install_world,
     model_canary,
     operator_writes,
@@ -67,7 +68,8 @@ def test_weights_for_many_percents_and_nothing_else_changes(kube: Any, start_ope
         assert mc["status"]["phase"] == ("Promoted" if percent == 100 else "Active")
         assert (mc["status"]["stableWeight"], mc["status"]["candidateWeight"]) == (100 - percent, percent)
     assert route(vs, "predict")["route"][1]["destination"] == {"host": CANDIDATE_HOST, "port": {"number": 80}}
-    changed = [e for e in events_for(kube, "mnist") if e["reason"] == "WeightsChanged"]
+    changed = [e for e in events_until(kube, "mnist", lambda es: any(
+        "candidate torch-mnist-v2 77%" in e["message"] for e in es)) if e["reason"] == "WeightsChanged"]
     assert any("candidate torch-mnist-v2 77%" in e["message"] for e in changed)
 
 
