@@ -127,7 +127,9 @@ def make_world(cluster: RealCluster, tmp_path: Path, labels: dict[str, str]) -> 
         yield world
     finally:
         try:
-            cluster.delete_namespace(namespace, timeout=60)  # while the operator runs: finalizers get handled
+            # While the operator runs: finalizers get handled. Generous: on a loaded 2-core CI machine the
+            # namespace controller and the process kubelet have taken over 60 s after an API server restart.
+            cluster.delete_namespace(namespace, timeout=180)
         finally:
             for node in world.nodes:
                 cluster.remove_node(node)
