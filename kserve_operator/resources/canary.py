@@ -19,7 +19,7 @@ from typing import Any
 from kserve_operator.errors import InvalidSpec
 from kserve_operator.resources.conditions import Condition, parse_rfc3339
 from kserve_operator.resources.durations import parse_duration
-from kserve_operator.resources.fields import int_field
+from kserve_operator.resources.fields import int_field, text_field
 from kserve_operator.resources.routes import RouteTarget, parse_route_target, recorded_route
 
 CLUSTER_DOMAIN = "svc.cluster.local"
@@ -142,15 +142,6 @@ class CanarySpec:
         return tuple(sorted(share for share in shares if share > 0))
 
 
-def _text(raw: Mapping[str, Any], field: str, where: str) -> str | None:
-    value = raw.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidSpec(f"{where}{field} must be a non-empty string")
-    return value
-
-
 def _number(raw: Mapping[str, Any], field: str, where: str) -> float | None:
     value = raw.get(field)
     if value is None:
@@ -163,11 +154,11 @@ def _number(raw: Mapping[str, Any], field: str, where: str) -> float | None:
 def _backend(raw: Any, field: str, namespace: str) -> Backend:
     if not isinstance(raw, Mapping):
         raise InvalidSpec(f"{field} is required")
-    isvc = _text(raw, "inferenceService", f"{field}.")
-    host = _text(raw, "host", f"{field}.")
+    isvc = text_field(raw, "inferenceService", f"{field}.")
+    host = text_field(raw, "host", f"{field}.")
     if (isvc is None) == (host is None):
         raise InvalidSpec(f"{field} needs exactly one of inferenceService and host")
-    subset = _text(raw, "subset", f"{field}.")
+    subset = text_field(raw, "subset", f"{field}.")
     port = int_field(raw, "port", low=1, high=65535, where=f"{field}.")
     if isvc is not None:
         return Backend(predictor_host(isvc, namespace), subset, port, inference_service=isvc)
@@ -185,10 +176,10 @@ def _bounds(raw: Mapping[str, Any], where: str) -> tuple[float | None, float | N
 def _check(raw: Any, where: str) -> CheckSpec:
     if not isinstance(raw, Mapping):
         raise InvalidSpec(f"{where} must be an object")
-    name = _text(raw, "name", f"{where}.")
+    name = text_field(raw, "name", f"{where}.")
     if name is None or not _CHECK_NAME.match(name) or len(name) > 63:
         raise InvalidSpec(f"{where}.name must be a lowercase name such as {CHECK_SUCCESS_RATE}, got {name!r}")
-    query = _text(raw, "query", f"{where}.")
+    query = text_field(raw, "query", f"{where}.")
     high, low = _bounds(raw, f"{where}.")
     if name in (CHECK_SUCCESS_RATE, CHECK_DURATION):
         if query is not None:
@@ -214,7 +205,7 @@ def _analysis(raw: Any) -> AnalysisSpec | None:
     if not isinstance(raw, Mapping):
         raise InvalidSpec("steps.analysis must be an object")
     where = "steps.analysis."
-    checks_raw, query = raw.get("checks"), _text(raw, "query", where)
+    checks_raw, query = raw.get("checks"), text_field(raw, "query", where)
     if (checks_raw is None) == (query is None):
         raise InvalidSpec("steps.analysis needs checks, or a query with max/min (not both)")
     if query is not None:
@@ -290,7 +281,7 @@ def parse_spec(raw: Mapping[str, Any] | None, namespace: str) -> CanarySpec:
     if not isinstance(require_warm, bool):
         raise InvalidSpec(f"requireWarm must be true or false, got {require_warm!r}")
     assert isinstance(candidate_raw, Mapping)
-    prewarm = _text(candidate_raw, "modelPrewarm", "candidate.") or candidate.inference_service
+    prewarm = text_field(candidate_raw, "modelPrewarm", "candidate.") or candidate.inference_service
     if require_warm and prewarm is None:
         raise InvalidSpec("requireWarm needs candidate.modelPrewarm when the candidate is a host, "
                           "not an inferenceService")

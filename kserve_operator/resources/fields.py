@@ -31,3 +31,13 @@ def required_int_field(raw: Mapping[str, Any], name: str, *, low: int, default: 
     value = int_field(raw, name, low=low, high=high, default=default)
     assert value is not None
     return value
+
+
+def text_field(raw: Mapping[str, Any], name: str, where: str = "") -> str | None:
+    """An optional non-empty string; InvalidSpec naming `where + name` for anything else."""
+    value = raw.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidSpec(f"{where}{name} must be a non-empty string")
+    return value

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kserve_operator.errors import InvalidSpec
+from kserve_operator.resources.fields import text_field
 
 KIND_VIRTUAL_SERVICE = "VirtualService"
 KIND_HTTP_ROUTE = "HTTPRoute"
@@ -66,15 +67,6 @@ class ObservedRoutes:
         return str(version) if version is not None else None
 
 
-def _name(raw: Mapping[str, Any], field: str, where: str) -> str | None:
-    value = raw.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidSpec(f"{where}{field} must be a non-empty string")
-    return value
-
-
 def _rule_names(raw: Any, field: str) -> tuple[str, ...] | None:
     if raw is None:
         return None
@@ -100,17 +92,17 @@ def parse_route_target(raw: Mapping[str, Any], namespace: str) -> RouteTarget:
         kind = route.get("kind")
         if kind not in ROUTE_KINDS:
             raise InvalidSpec(f"route.kind must be one of {', '.join(ROUTE_KINDS)}, got {kind!r}")
-        name = _name(route, "name", "route.")
+        name = text_field(route, "name", "route.")
         if name is None:
             raise InvalidSpec("route.name is required")
-        return RouteTarget(str(kind), name, _name(route, "namespace", "route.") or namespace,
+        return RouteTarget(str(kind), name, text_field(route, "namespace", "route.") or namespace,
                            _rule_names(route.get("rules"), "route.rules"))
     if not isinstance(vs, Mapping):
         raise InvalidSpec("virtualService must be an object")
-    name = _name(vs, "name", "virtualService.")
+    name = text_field(vs, "name", "virtualService.")
     if name is None:
         raise InvalidSpec("virtualService.name is required")
-    return RouteTarget(KIND_VIRTUAL_SERVICE, name, _name(vs, "namespace", "virtualService.") or namespace,
+    return RouteTarget(KIND_VIRTUAL_SERVICE, name, text_field(vs, "namespace", "virtualService.") or namespace,
                        _rule_names(raw.get("routes"), "routes"))
 
 
