@@ -152,6 +152,9 @@ class Server:
     add_plain_node: Callable[[str], object]
     remove_node: Callable[[str], object]
     create_namespace: Callable[[str, dict[str, str]], None]
+    # The server's own processes by name (kube-apiserver, etcd, ...; none for the emulator, which
+    # runs in the bench's process), for the CPU breakdown.
+    pids: Callable[[], dict[str, int]] = dict
 
 
 @contextlib.contextmanager
@@ -240,7 +243,8 @@ def real_server(workdir: pathlib.Path, bin_dir: pathlib.Path) -> Iterator[Server
                      lambda name: cluster.add_node(name, capacity={"cpu": "256", "memory": "1024Gi",
                                                                    "pods": PODS_PER_NODE}),
                      lambda name: kube.delete(f"/api/v1/nodes/{name}"),
-                     lambda name, labels: cluster.create_namespace(name, labels))
+                     lambda name, labels: cluster.create_namespace(name, labels),
+                     cluster.plane.pids)
 
 
 # ---- watching for first children -------------------------------------------------------------------
@@ -321,6 +325,24 @@ def create_all(kube: ClusterClient, jobs: list[tuple[str, dict[str, Any]]], thre
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         list(pool.map(create, jobs))
     return time.perf_counter() - started
+
+
+def cpu_by_process(server: Server, operator_pid: int | None) -> dict[str, float]:
+    """CPU seconds used so far by each process of the run: the server's components, the operator,
+    and this process (the bench's creates and watches; on the real server also the process kubelet,
+    a thread here; on the emulator the API server itself)."""
+    pids = {**server.pids(), "bench": os.getpid()}
+    if operator_pid is not None:
+        pids["operator"] = operator_pid
+    used: dict[str, float] = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(OSError):
+            used[name] = cpu_seconds(pid)
+    return used
+
+
+def cpu_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {name: round(used - before.get(name, 0.0), 1) for name, used in after.items()}
 
 
 def wait_until(what: str, check: Callable[[], tuple[int, int]], timeout: float, interval: float = 1.0) -> float:
@@ -419,6 +441,7 @@ def scale_run(server: Server, workdir: pathlib.Path, counts: dict[str, int], cre
 
     load_before = os.getloadavg()
     op_started = time.time()
+    cpu_at = cpu_by_process(server, None)
     with running_operator(server.operator_kubeconfig, workdir / f"operator-scale-{server.name}.log",
                           env={"RESYNC_SECONDS": "30"}) as op:
         ready_s = time.time() - op_started
@@ -445,6 +468,8 @@ def scale_run(server: Server, workdir: pathlib.Path, counts: dict[str, int], cre
             client.call("POST", path, body)
         creates_s = time.perf_counter() - begun
         creating_until = time.time()
+        cpu_creating = cpu_delta(cpu_by_process(server, op.proc.pid), cpu_at)
+        cpu_at = cpu_by_process(server, op.proc.pid)
 
         def converged() -> tuple[int, int]:
             running = sum(1 for o in client.call("GET", mc_path)["items"]
@@ -468,6 +493,7 @@ def scale_run(server: Server, workdir: pathlib.Path, counts: dict[str, int], cre
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}: {converged.last}") from None  # type: ignore[attr-defined]
         converge_s = all_done - begun
+        cpu_converging = cpu_delta(cpu_by_process(server, op.proc.pid), cpu_at)
         creating_times = server.request_times(first, creating_until)
         creating_breakdown = server.breakdown(first, creating_until)
         converging_times = server.request_times(first, time.time())
@@ -522,6 +548,7 @@ def scale_run(server: Server, workdir: pathlib.Path, counts: dict[str, int], cre
         "rss_ready_mib": rss_ready / 2**20, "peak_rss_mib": peak_first / 2**20, "final_rss_mib": final_first / 2**20,
         "restart_peak_rss_mib": peak_second / 2**20, "cpu_s": cpu_first,
         "load_before": load_before, "load_converged": load_converged,
+        "cpu_creating": cpu_creating, "cpu_converging": cpu_converging,
     }
 
 
@@ -590,6 +617,10 @@ def report(r: dict[str, Any]) -> None:
     print(f"  operator RSS: ready {r['rss_ready_mib']:.0f} MiB, peak {r['peak_rss_mib']:.0f} MiB,"
           f" settled {r['final_rss_mib']:.0f} MiB; restarted process peak {r['restart_peak_rss_mib']:.0f} MiB"
           f" (target < 400); CPU {r['cpu_s']:.0f} s")
+    for phase in ("creating", "converging"):
+        cpu = r.get(f"cpu_{phase}") or {}
+        print(f"  CPU seconds by process while {phase}: " + ", ".join(
+            f"{name} {used:.1f}" for name, used in sorted(cpu.items(), key=lambda kv: -kv[1])))
     for p in r["probe"].values():
         print(f"  Nodes probe, {p['nodes']:5.0f} Nodes: InferenceService -> Job p50 {p['p50_ms']:.0f} ms"
               f" (max {p['max_ms']:.0f}), operator CPU {p['cpu_ms']:.0f} ms and {p['requests']:.0f} requests"

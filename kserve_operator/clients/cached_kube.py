@@ -8,6 +8,10 @@ Controllers keep calling `KubeApi`; this class answers
   for an informer registered as `authoritative` (no label selector; a newer object's event wakes
   its reader): there a miss is the answer, and the operator needs no `get` on that kind; nor
   for a version of a kind that an informer found not served (its fallback version answers);
+- `get_labelled`: a GET of an object of ours, which carries a label selector's labels, from an
+  informer of exactly that selector: there a miss is the answer too (no object of ours has the
+  name) and costs no request; someone else's object of that name shows itself as a create's 409
+  AlreadyExists (controllers.core.apply_child);
 - a LIST whose namespace and label selector are within an informer's scope from the store, the
   selector evaluated in memory (`resources.label_selectors`), through a label index when the
   request names one label value; a field selector always goes to the server;
@@ -137,6 +141,15 @@ class CachedKubeApi:
         if fetched is not None:
             self._offer(kind, fetched)
         return fetched
+
+    async def get_labelled(self, kind: Kind, name: str, namespace: str | None, selector: str) -> Object | None:
+        """`get` of an object of ours, which carries `selector`'s labels: answered by a listed informer
+        of exactly that selector over the namespace, a miss included (no request); elsewhere `get`."""
+        for informer in self._scoped(kind, namespace):
+            if informer.label_selector == selector:
+                found = informer.get(namespace if kind.namespaced else None, name)
+                return None if found is None else copy.deepcopy(found)
+        return await self.get(kind, name, namespace)
 
     async def list(
         self, kind: Kind, namespace: str | None = None, *,

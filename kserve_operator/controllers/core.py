@@ -16,7 +16,8 @@
 - `post_events` writes core/v1 Events through our client; `patch_status` writes only the
   top-level status keys that changed (`write_status`: the patch a typed status view made);
   `apply_child` creates a missing child or patches the managed fields that drifted (planning.diff),
-  never a child someone else controls.
+  never a child someone else controls; `read_child` reads a labelled child from its informer,
+  a miss included, and a create that meets a same-named object raises `ChildExists`.
 
 Controllers pass a coroutine factory that does observe -> plan -> apply and returns a
 `ReconcileResult` (the outcome, and when to look again). What happens next is decided here, for
@@ -315,6 +316,26 @@ async def write_status(api: KubeApi, kind: Kind, body: Mapping[str, Any], change
     return True
 
 
+class ChildExists(Exception):
+    """A create met 409 AlreadyExists: an object the read did not see holds the name (someone
+    else's, outside the informer's label selector, or ours not yet in the cache). `live` is it, read
+    from the API server, for the caller's ownership check."""
+
+    def __init__(self, kind: Kind, live: dict[str, Any] | None) -> None:
+        meta = (live or {}).get("metadata") or {}
+        super().__init__(f"{kind.kind} {meta.get('namespace')}/{meta.get('name')} already exists")
+        self.kind, self.live = kind, live
+
+
+async def read_child(api: KubeApi, kind: Kind, name: str, namespace: str, selector: str) -> dict[str, Any] | None:
+    """A child that carries `selector`'s labels, from the informer of that selector where there is
+    one: a miss costs no request (a same-named object of someone else's surfaces on create as
+    `ChildExists`). A plain `get` on an uncached client."""
+    if isinstance(api, CachedKubeApi):
+        return await api.get_labelled(kind, name, namespace, selector)
+    return await api.get(kind, name, namespace)
+
+
 async def apply_child(
     api: KubeApi, kind: Kind, live: Mapping[str, Any] | None, desired: Mapping[str, Any], *,
     exact: Sequence[str], merged: Sequence[str] = ("metadata.labels",),
@@ -322,11 +343,17 @@ async def apply_child(
     """Create `desired` when missing, else patch the managed fields that drifted.
 
     Returns the object as it now stands and whether a write happened. The caller has checked
-    that `live`, if present, is ours (planning.ownership).
+    that `live`, if present, is ours (planning.ownership); a create that finds the name taken
+    raises `ChildExists` with the object read from the server, for the caller to judge.
     """
     meta = desired["metadata"]
     if live is None:
-        return await api.create(kind, desired), True
+        try:
+            return await api.create(kind, desired), True
+        except ApiError as exc:
+            if exc.status != 409 or exc.reason != "AlreadyExists":
+                raise
+            raise ChildExists(kind, await api.get(kind, meta["name"], meta.get("namespace"))) from exc
     ops = child_patch(live, desired, exact=exact, merged=merged)
     if not ops:
         return dict(live), False

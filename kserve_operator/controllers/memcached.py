@@ -22,6 +22,7 @@ from kserve_operator.clients.informer import InformerEvent
 from kserve_operator.clients.kube import KubeApi
 from kserve_operator.clients.prometheus import PrometheusClient
 from kserve_operator.controllers.core import (
+    ChildExists,
     Outcome,
     ReconcileCore,
     ReconcileResult,
@@ -29,6 +30,7 @@ from kserve_operator.controllers.core import (
     cleanup_within,
     now,
     post_events,
+    read_child,
     remember,
     spawn,
     write_status,
@@ -58,6 +60,10 @@ class MemcachedContext:
     settings: OperatorSettings
     core: ReconcileCore
     prometheus: PrometheusClient | None
+    # Memcacheds whose child names a create found taken by an object outside the child informers
+    # (someone else's, or ours without our label): their children are read from the server until a
+    # pass finds no conflict.
+    names_taken: set[tuple[str, str]] = dataclasses.field(default_factory=set)
 
     @property
     def api(self) -> KubeApi:
@@ -78,6 +84,16 @@ async def _report_problem(api: KubeApi, body: dict[str, Any], reason: str, probl
     status = memcached_status.plan_error_status(cache, problem, moment, reason)
     if await write_status(api, MEMCACHED, body, status.patch_from(body.get("status"))):
         await post_events(api, body, memcached_status.plan_events(cache, status))
+
+
+async def _name_conflict(ctx: MemcachedContext, body: dict[str, Any], conflict: str, moment: datetime.datetime,
+                         logger: logging.Logger | Any) -> ReconcileResult:
+    """A child's name is held by an object we do not control: say so (once per generation), touch nothing."""
+    meta = body["metadata"]
+    await _report_problem(ctx.api, body, MemcachedReason.NAME_CONFLICT, conflict, moment)
+    ctx.core.warn_once(logger, (meta["namespace"], meta["name"]), meta.get("generation"),
+                       f"Memcached {meta['namespace']}/{meta['name']}: {conflict}")
+    return ReconcileResult(Outcome.INVALID)
 
 
 async def reconcile(ctx: MemcachedContext, namespace: str, name: str,
@@ -110,13 +126,14 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str,
         logger.info("Memcached %s/%s: waiting for the finalizer before creating children", namespace, name)
         return ReconcileResult(Outcome.WAITING)
 
-    deployment = await api.get(DEPLOYMENT, name, namespace)
-    service = await api.get(SERVICE, name, namespace)
+    if key in ctx.names_taken:  # a create met a same-named object outside our informers: read the server
+        deployment, service = await api.get(DEPLOYMENT, name, namespace), await api.get(SERVICE, name, namespace)
+    else:
+        deployment = await read_child(api, DEPLOYMENT, name, namespace, CHILD_SELECTOR)
+        service = await read_child(api, SERVICE, name, namespace, CHILD_SELECTOR)
     conflict = ownership_problem(deployment, body, MEMCACHED) or ownership_problem(service, body, MEMCACHED)
     if conflict is not None:
-        await _report_problem(api, body, MemcachedReason.NAME_CONFLICT, conflict, moment)
-        ctx.core.warn_once(logger, key, generation, f"Memcached {namespace}/{name}: {conflict}")
-        return ReconcileResult(Outcome.INVALID)
+        return await _name_conflict(ctx, body, conflict, moment, logger)
     current = deployment["spec"].get("replicas") if deployment else None
 
     connections: float | None = None
@@ -151,10 +168,17 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str,
         desired = plan.build_deployment(cache, decision.replicas, ctx.settings.memcached, last_scale)
         deployment, _ = await apply_child(api, DEPLOYMENT, deployment, desired, exact=DEPLOYMENT_EXACT, merged=MERGED)
         await apply_child(api, SERVICE, service, plan.build_service(cache), exact=SERVICE_EXACT, merged=MERGED)
+    except ChildExists as exc:
+        ctx.names_taken.add(key)  # until a pass finds no conflict: its reads go to the server
+        conflict = ownership_problem(exc.live, body, MEMCACHED)
+        if conflict is not None:
+            return await _name_conflict(ctx, body, conflict, moment, logger)
+        return ReconcileResult(Outcome.OK, requeue_after=0.0)  # ours, not in the cache: read it and go on
     except ApiError as exc:
         if not exc.temporary:  # forbidden, rejected by admission: a person must act
             await _report_problem(api, body, MemcachedReason.APPLY_FAILED, str(exc), moment)
         raise
+    ctx.names_taken.discard(key)
 
     if scaled and current is not None:
         observability.SCALES.labels(direction="up" if decision.replicas > current else "down").inc()

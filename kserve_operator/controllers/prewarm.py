@@ -368,7 +368,9 @@ def watch_children(settings: OperatorSettings, cached: CachedKubeApi, memo: Any)
     reads nothing; their Secrets are never watched (read by name only when the plan acts on them)."""
     platform = settings.prewarm_namespace
     by_uid = {label_index_name(LABEL_PREWARM_UID): label_index(LABEL_PREWARM_UID)}
-    cached.inform_namespaces(MODEL_PREWARM, settings.namespaces)
+    # Authoritative: a miss is the answer (the InferenceService watcher creates a ModelPrewarm it
+    # does not find without a GET first; a create racing someone else's meets 409 and is retried).
+    cached.inform_namespaces(MODEL_PREWARM, settings.namespaces, authoritative=True)
     for child in (JOB, POD):
         cached.inform(child, namespace=platform, label_selector=LABEL_PREWARM_UID,
                       indexes=by_uid).subscribe(_beside_the_watch(job_or_pod_changed, memo))

@@ -119,6 +119,24 @@ def test_a_running_prewarm_reads_nothing_at_rest_nor_by_get_after_a_restart(
     assert len(kube.list(JOBS)) == 1
 
 
+def test_a_new_inference_service_gets_its_prewarm_without_a_get_first(
+        cluster: EmulatedCluster, kube: ClusterClient, start_operator: StartOperator) -> None:
+    """The ModelPrewarm informer covers every ModelPrewarm in scope: a miss is the answer, so the
+    watcher creates the ModelPrewarm of a new InferenceService without a GET that could only 404."""
+    add_gpu_nodes(cluster, "gpu-1")
+    opted_in_team(kube)
+    kube.create(f"/api/v1/namespaces/{TEAM}/serviceaccounts",
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "models-s3"}})
+    start_operator()
+    since = time.time()
+    kube.create(TEAM_ISVC, team_service("models-s3"))
+    kube.wait_for(f"{TEAM_PREWARM}/scorer", lambda o: o.get("status", {}).get("phase") == "Warming", timeout=20)
+    gets = [r.name for r in cluster.request_log.snapshot() if r.user_agent.startswith(OPERATOR)
+            and r.timestamp >= since and r.resource == "modelprewarms" and r.method == "GET" and r.name
+            and not r.watch and r.subresource is None]
+    assert gets == []
+
+
 def test_a_prewarm_waiting_for_its_service_account_starts_when_it_appears(
         cluster: EmulatedCluster, kube: ClusterClient, start_operator: StartOperator) -> None:
     add_gpu_nodes(cluster, "gpu-1")

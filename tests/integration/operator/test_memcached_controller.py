@@ -201,6 +201,43 @@ def test_an_existing_deployment_of_the_same_name_is_not_taken_over(
     assert kube.get(f"{DEPLOY}/taken")["spec"]["replicas"] == 1
 
 
+def test_creating_a_cache_reads_neither_child_from_the_api_server(
+    cluster: Any, kube: Any, start_operator: StartOperator
+) -> None:
+    """The child informers' label selector is ours: a miss there is the answer, so a new cache's
+    Deployment and Service are created without a GET first (a GET that would only ever 404)."""
+    start_operator()
+    since = time.time()
+    kube.create(MC, memcached("fresh", size=1))
+    kube.wait_for(f"{MC}/fresh", lambda o: o.get("status", {}).get("phase") == "Running")
+    reads = [(r.method, r.resource) for r in cluster.request_log.snapshot()
+             if r.timestamp >= since and r.resource in ("deployments", "services") and r.method == "GET"
+             and not r.watch and ("kopf/" in r.user_agent or "kserve-operator" in r.user_agent)]
+    assert reads == []
+    assert kube.exists(f"{DEPLOY}/fresh") and kube.exists(f"{SVC}/fresh")
+
+
+def test_a_child_of_ours_stripped_of_its_labels_is_found_and_relabelled(
+    cluster: Any, kube: Any, start_operator: StartOperator
+) -> None:
+    """Someone removes our labels from the Deployment: it leaves the label-selected informer, so the
+    next pass's create meets 409; the object read then is ours (our controller reference), so it is
+    taken back, labels restored, no conflict reported and no second Deployment."""
+    start_operator(resync=0.5)
+    kube.create(MC, memcached("relabel", size=1))
+    kube.wait_for(f"{MC}/relabel", lambda o: o.get("status", {}).get("phase") == "Running")
+    deployment = kube.get(f"{DEPLOY}/relabel")
+    managed_by = "app.kubernetes.io/managed-by"
+    assert managed_by in deployment["metadata"]["labels"]
+    kube.patch(f"{DEPLOY}/relabel", [{"op": "remove", "path": "/metadata/labels/app.kubernetes.io~1managed-by"}],
+               content_type="application/json-patch+json")
+    relabelled = kube.wait_for(f"{DEPLOY}/relabel", lambda o: managed_by in o["metadata"].get("labels", {}))
+    assert relabelled["metadata"]["uid"] == deployment["metadata"]["uid"]
+    mc = kube.get(f"{MC}/relabel")
+    assert mc["status"]["phase"] == "Running" and condition(mc, "Degraded").get("status") != "True"
+    assert [e for e in events_for(kube, "relabel") if e["type"] == "Warning"] == []
+
+
 def test_a_settled_autoscaled_cache_costs_no_writes_even_with_an_open_window(
     cluster: Any, kube: Any, start_operator: StartOperator, stub_prometheus: StubPrometheus
 ) -> None:
