@@ -125,8 +125,12 @@ async def run_controllers(settings: OperatorSettings, stop_flag: threading.Event
     )
     for controller in (memcached, prewarm, inferenceservice, canary):
         controller.watch_children(settings, api, memo)
+    resyncs: list[asyncio.Task[None]] = []  # one periodic resync per controller (core.Resync)
     try:
         await api.start()  # every informer lists before the first reconcile (bounded wait)
+        resyncs.extend(asyncio.create_task(controller.resync(memo).run_forever(settings.resync_seconds),
+                                           name=f"{controller.__name__} resync")
+                       for controller in (memcached, prewarm, canary))
         await kopf.operator(
             registry=build_registry(settings),
             settings=kopf_settings(settings),
@@ -138,6 +142,9 @@ async def run_controllers(settings: OperatorSettings, stop_flag: threading.Event
             ready_flag=ready_flag,
         )
     finally:
+        for task in resyncs:
+            task.cancel()
+        await asyncio.gather(*resyncs, return_exceptions=True)
         await api.close()
         if prometheus is not None:
             await prometheus.close()

@@ -254,7 +254,7 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     # Events come from the controllers' explicit decisions only: kopf would otherwise turn
-    # every handler log line (one per 30 s timer tick) into an Event, a write per tick.
+    # every handler log line into an Event, a write per line.
     tuned.posting.loggers = False
     # Watches die silently behind some load balancers; reconnect well before that
     # (kopf issues #232, #585: a server-side timeout plus a slightly longer client one).

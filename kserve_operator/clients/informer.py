@@ -157,6 +157,10 @@ class Informer:
     def items(self) -> list[Object]:
         return list(self._store.values())
 
+    def object_keys(self) -> list[ObjectKey]:
+        """(namespace, name) of every stored object, without copying any."""
+        return list(self._store)
+
     def by_index(self, index: str, value: str) -> list[Object]:
         keys = self._indexes[index].get(value, set())
         return [self._store[key] for key in sorted(keys) if key in self._store]

@@ -1,8 +1,8 @@
 """The ModelCanary controller: thin kopf handlers around one level-based reconcile on the core.
 
 The same shape as the others: kopf `on.create` / `on.resume` / `on.update(field="spec")` reconcile
-at once (a percent change takes effect within one pass), a `timer` at the resync interval (at most
-RESYNC_CONCURRENCY at a time); events of the routing object a ModelCanary references (a
+at once (a percent change takes effect within one pass), a resync pass at the resync interval
+(core.Resync; at most RESYNC_CONCURRENCY at a time); events of the routing object a ModelCanary references (a
 VirtualService or an HTTPRoute: a hand edit is put back at once) and of the ModelPrewarm a
 `requireWarm` canary waits for (released the moment it reports a warm node) reach the core as events
 (controllers/canary_wakeups.py), and a pass whose step is due later asks the core to requeue it
@@ -55,11 +55,13 @@ from kserve_operator.controllers.core import (
     Reconcile,
     ReconcileCore,
     ReconcileResult,
+    Resync,
     cleanup_within,
     now,
     patch_status,
     post_events,
     remember,
+    spawn,
 )
 from kserve_operator.errors import ApiError, InvalidSpec
 from kserve_operator.planning import canary as plan
@@ -277,13 +279,19 @@ async def canary_changed(namespace: str | None, name: str, memo: Any, logger: ko
                        on_error=error_reporter(ctx, namespace, name))
 
 
-async def canary_resync(namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    """The periodic re-check (a missed event, a ModelPrewarm's progress), a few canaries at a time."""
-    assert namespace is not None
+async def canary_resync(namespace: str, name: str, memo: Any) -> None:
+    """The periodic re-check (a missed event, a ModelPrewarm's progress), a few canaries at a time.
+    An event's pass: skipped while the object backs off; failures are retried by the core."""
     ctx: CanaryContext = memo.canary
     async with ctx.resync_slots:
-        await ctx.core.run(namespace, name, pass_of(ctx, namespace, name, logger),
+        await ctx.core.run(namespace, name, pass_of(ctx, namespace, name, LOGGER), from_child=True,
                            on_error=error_reporter(ctx, namespace, name))
+
+
+def resync(memo: Any) -> Resync:
+    """Every ModelCanary the informer holds, once per resync interval (core.Resync)."""
+    return Resync(memo.canary.canaries, lambda namespace, name: spawn(
+        canary_resync(namespace, name, memo), f"canary resync {namespace}/{name}"))
 
 
 async def canary_deleted(body: kopf.Body, namespace: str | None, name: str, memo: Any, logger: kopf.Logger,
@@ -332,8 +340,7 @@ def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> Non
     kopf.on.create(*canary, registry=registry)(canary_changed)
     kopf.on.update(*canary, field="spec", registry=registry)(canary_changed)
     kopf.on.delete(*canary, registry=registry)(canary_deleted)
-    kopf.timer(*canary, interval=settings.resync_seconds, initial_delay=settings.resync_seconds,
-               registry=registry)(canary_resync)
+    # The resync: one task for every ModelCanary (`resync`, started by the operator), not a kopf timer each.
     # Routing objects and ModelPrewarms reach the core as events through informers (watch_children).
 
 

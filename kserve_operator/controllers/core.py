@@ -8,8 +8,8 @@
   unexpected exception is reported through the controller's `on_error` (so status says
   `Degraded`) and retried with backoff: no crash loop, no silent failure.
 - Every path respects the backoff (a Retry-After included): while an object backs off, a
-  reconcile started by an event (`from_child=True`) is skipped (the pending retry covers it), and
-  any other (a timer tick, a spec change) raises `kopf.TemporaryError` for the time left, so kopf
+  reconcile started by an event or the resync (`from_child=True`) is skipped (the pending retry
+  covers it), and any other (a spec change, a resume) raises `kopf.TemporaryError` for the time left, so kopf
   calls again only once the delay has run out. Checked under the object's lock: a pass that
   waited on the lock behind the failing one is held back too.
 - `warn_once` logs a problem that waits for a person once per generation, not on every resync.
@@ -21,9 +21,9 @@
 
 Controllers pass a coroutine factory that does observe -> plan -> apply and returns a
 `ReconcileResult` (the outcome, and when to look again). What happens next is decided here, for
-every controller alike (`run`): a kopf handler's pass (create, resume, a spec change, a resync
-timer) hands its failures to kopf's retries as `kopf.TemporaryError(delay=...)`; an event's pass
-(an informer's or kopf's `on.event`, `enqueue`) never raises and the core retries it itself after
+every controller alike (`run`): a kopf handler's pass (create, resume, a spec change) hands its
+failures to kopf's retries as `kopf.TemporaryError(delay=...)`; an event's pass (an informer's or
+kopf's `on.event`, `enqueue`, the periodic `Resync`) never raises and the core retries it itself after
 the backoff; a result's `requeue_after` puts the object in the core's delayed queue
 (controllers/requeue.py), where the earliest pending pass wins and any pass that starts replaces it.
 """
@@ -45,6 +45,7 @@ import kopf
 
 from kserve_operator import observability
 from kserve_operator.clients.cached_kube import CachedKubeApi
+from kserve_operator.clients.informer import Informer
 from kserve_operator.clients.kube import KubeApi, PatchType
 from kserve_operator.controllers.requeue import DelayedQueue
 from kserve_operator.errors import ApiError
@@ -260,7 +261,7 @@ class ReconcileCore:
         now waits (one jittered value: kopf's retry and the skip of the others agree)."""
         observability.RECONCILES.labels(controller=self.controller, result="error").inc()
         failures = self.failures[key] = self.failures.get(key, 0) + 1
-        # kopf's `retry` restarts at 0 on every timer tick; the failure count does not.
+        # kopf's `retry` restarts at 0 on every handler call; the failure count does not.
         delay = retry_delay(exc, max(retry + 1, failures))
         self.not_before[key] = time.monotonic() + delay
         return delay
@@ -375,6 +376,35 @@ async def cleanup_within(
             logger.warning("%s failed after %.0fs (%s); releasing anyway", what, runtime.total_seconds(), exc)
             return None
         raise kopf.TemporaryError(f"{what} failed: {exc}", delay=2) from exc
+
+
+# --- the periodic resync -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Resync:
+    """controller-runtime's SyncPeriod, one task per controller instead of a kopf timer per object
+    (a timer is a task of its own per object, and kopf then keeps each object's whole body as last
+    seen, managedFields and all): every `interval`, each object the controller's own informers hold
+    gets one pass, the passes spread evenly over the interval (never a burst of thousands), each an
+    event's pass (`start_pass` -> `ReconcileCore.enqueue`: skipped while the object backs off, a
+    Retry-After included; failures retried by the core)."""
+
+    informers: Sequence[Informer]
+    start_pass: Callable[[str, str], None]
+
+    def keys(self) -> list[ObjectKey]:
+        return [key for informer in self.informers for key in informer.object_keys()]
+
+    async def run_forever(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(interval)
+        while True:
+            started, due = loop.time(), self.keys()
+            for i, (namespace, name) in enumerate(due):
+                await asyncio.sleep(max(started + interval * i / len(due) - loop.time(), 0.0))
+                self.start_pass(namespace, name)
+            await asyncio.sleep(max(started + interval - loop.time(), 0.0))
 
 
 # --- child watches (informers) -------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The Memcached controller: thin kopf handlers around one level-based reconcile on the core.
 
-Every trigger (create/resume/spec change, the resync timer, a change of an owned Deployment)
+Every trigger (create/resume/spec change, the periodic resync, a change of an owned Deployment)
 runs the same `reconcile`: read the Memcached, its Deployment and the metric, ask
 `planning.memcached` what should be, then write only what differs (controllers.core).
 """
@@ -18,7 +18,7 @@ import kopf
 
 from kserve_operator import observability
 from kserve_operator.clients.cached_kube import CachedKubeApi
-from kserve_operator.clients.informer import InformerEvent
+from kserve_operator.clients.informer import Informer, InformerEvent
 from kserve_operator.clients.kube import KubeApi
 from kserve_operator.clients.prometheus import PrometheusClient
 from kserve_operator.controllers.core import (
@@ -26,6 +26,7 @@ from kserve_operator.controllers.core import (
     Outcome,
     ReconcileCore,
     ReconcileResult,
+    Resync,
     apply_child,
     cleanup_within,
     now,
@@ -64,6 +65,7 @@ class MemcachedContext:
     # (someone else's, or ours without our label): their children are read from the server until a
     # pass finds no conflict.
     names_taken: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    objects: list[Informer] = dataclasses.field(default_factory=list)  # the Memcacheds (watch_children)
 
     @property
     def api(self) -> KubeApi:
@@ -220,10 +222,16 @@ async def memcached_changed(
     await _run(memo, namespace, name, logger, retry, raise_permanent=True)
 
 
-async def memcached_resync(namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    """The periodic re-evaluation (the seed's RequeueAfter: 30s): metrics move without events."""
-    assert namespace is not None
-    await _run(memo, namespace, name, logger, 0)
+async def memcached_resync(namespace: str, name: str, memo: Any) -> None:
+    """The periodic re-evaluation (the seed's RequeueAfter: 30s): metrics move without events. An
+    event's pass: skipped while the object backs off; failures are retried by the core."""
+    await _run(memo, namespace, name, LOGGER, 0, from_child=True)
+
+
+def resync(memo: Any) -> Resync:
+    """Every Memcached the informer holds, once per resync interval (core.Resync)."""
+    return Resync(memo.memcached.objects, lambda namespace, name: spawn(
+        memcached_resync(namespace, name, memo), f"memcached resync {namespace}/{name}"))
 
 
 async def child_changed(
@@ -250,7 +258,7 @@ async def child_event(memo: Any, event: InformerEvent) -> None:
 def watch_children(settings: OperatorSettings, cached: CachedKubeApi, memo: Any) -> None:
     """Informers (clients/informer.py): the Memcacheds, and their Deployments and Services selected on the
     server by our label, so reconciles read them from memory; child events reach `child_changed`."""
-    cached.inform_namespaces(MEMCACHED, settings.namespaces)
+    memo.memcached.objects = cached.inform_namespaces(MEMCACHED, settings.namespaces)
     for child in (DEPLOYMENT, SERVICE):
         for informer in cached.inform_namespaces(child, settings.namespaces, label_selector=CHILD_SELECTOR):
             informer.subscribe(functools.partial(child_event, memo))
@@ -296,6 +304,5 @@ def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> Non
     kopf.on.create(*resource, registry=registry)(memcached_changed)
     kopf.on.update(*resource, field="spec", registry=registry)(memcached_changed)
     kopf.on.delete(*resource, registry=registry)(memcached_deleted)
-    kopf.timer(*resource, interval=settings.resync_seconds, initial_delay=settings.resync_seconds,
-               registry=registry)(memcached_resync)
+    # The resync: one task for every Memcached (`resync`, started by the operator), not a kopf timer each.
     # Deployments and Services: informers with a server-side selector (watch_children), not kopf watches.

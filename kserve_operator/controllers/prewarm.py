@@ -1,6 +1,6 @@
 """The ModelPrewarm controller: one preloader Job per chosen node, status from their Pods.
 
-Every trigger (create/resume/change of a ModelPrewarm, the resync timer, an event of one of its
+Every trigger (create/resume/change of a ModelPrewarm, the periodic resync, an event of one of its
 Jobs or their Pods, a Node whose labels, taints, schedulability or allocatable changed) runs the
 same level-based `reconcile`: read the ModelPrewarm, the Nodes, its Jobs and their Pods, the
 service account and its Secrets; ask `planning.prewarm` what should be; create the missing
@@ -26,6 +26,7 @@ from kserve_operator.controllers.core import (
     Outcome,
     ReconcileCore,
     ReconcileResult,
+    Resync,
     cleanup_within,
     now,
     post_events,
@@ -82,6 +83,7 @@ class PrewarmContext:
     nodes: Informer | None = None  # every Node, indexed by the extended resources it offers
     node_interest: NodeInterest = dataclasses.field(default_factory=NodeInterest)
     canaries: list[Informer] = dataclasses.field(default_factory=list)  # indexed by the ModelPrewarm they name
+    objects: list[Informer] = dataclasses.field(default_factory=list)  # the ModelPrewarms (watch_children)
     demands_seen: dict[tuple[str, str], tuple[str | None, int]] = dataclasses.field(default_factory=dict)
     # The resourceVersion each Job and Pod of ours was last seen at: a re-listing (after a watch
     # expired) reports every object again as "initial"; those that changed in the gap still count.
@@ -253,10 +255,16 @@ async def prewarm_changed(namespace: str | None, name: str, memo: Any, logger: k
     await _run(memo, namespace, name, logger, retry, raise_permanent=True)
 
 
-async def prewarm_resync(namespace: str | None, name: str, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    """The periodic re-check: a Secret created later, a missed event."""
-    assert namespace is not None
-    await _run(memo, namespace, name, logger, 0)
+async def prewarm_resync(namespace: str, name: str, memo: Any) -> None:
+    """The periodic re-check: a Secret created later, a missed event. An event's pass: skipped while
+    the object backs off; failures are retried by the core."""
+    await _run(memo, namespace, name, LOGGER, 0, from_child=True)
+
+
+def resync(memo: Any) -> Resync:
+    """Every ModelPrewarm the informer holds, once per resync interval (core.Resync)."""
+    return Resync(memo.prewarm.objects, lambda namespace, name: spawn(
+        prewarm_resync(namespace, name, memo), f"prewarm resync {namespace}/{name}"))
 
 
 async def job_or_pod_changed(body: Mapping[str, Any], type: str | None, memo: Any, logger: logging.Logger | Any,
@@ -370,7 +378,7 @@ def watch_children(settings: OperatorSettings, cached: CachedKubeApi, memo: Any)
     by_uid = {label_index_name(LABEL_PREWARM_UID): label_index(LABEL_PREWARM_UID)}
     # Authoritative: a miss is the answer (the InferenceService watcher creates a ModelPrewarm it
     # does not find without a GET first; a create racing someone else's meets 409 and is retried).
-    cached.inform_namespaces(MODEL_PREWARM, settings.namespaces, authoritative=True)
+    memo.prewarm.objects = cached.inform_namespaces(MODEL_PREWARM, settings.namespaces, authoritative=True)
     for child in (JOB, POD):
         cached.inform(child, namespace=platform, label_selector=LABEL_PREWARM_UID,
                       indexes=by_uid).subscribe(_beside_the_watch(job_or_pod_changed, memo))
@@ -395,5 +403,4 @@ def register(settings: OperatorSettings, registry: kopf.OperatorRegistry) -> Non
     kopf.on.create(*resource, registry=registry)(prewarm_changed)
     kopf.on.update(*resource, registry=registry)(prewarm_changed)
     kopf.on.delete(*resource, registry=registry)(prewarm_deleted)
-    kopf.timer(*resource, interval=settings.resync_seconds, initial_delay=settings.resync_seconds,
-               registry=registry)(prewarm_resync)
+    # The resync: one task for every ModelPrewarm (`resync`, started by the operator), not a kopf timer each.

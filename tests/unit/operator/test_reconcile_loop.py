@@ -7,13 +7,16 @@ reconciles are plain coroutines, the clock is the event loop's."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import kopf
 import pytest
 
+from kserve_operator.clients.informer import Informer
 from kserve_operator.controllers import canary, inferenceservice, memcached, prewarm
-from kserve_operator.controllers.core import Outcome, ReconcileCore, ReconcileResult
+from kserve_operator.controllers.core import Outcome, ReconcileCore, ReconcileResult, Resync
 from kserve_operator.errors import ApiError
+from kserve_operator.resources.kinds import MEMCACHED
 from kserve_operator.settings import OperatorSettings
 
 KEY = ("ns", "a")
@@ -128,13 +131,49 @@ def test_a_refusal_after_an_event_is_not_retried_and_a_handlers_failure_goes_to_
 
 
 def test_no_controller_schedules_its_own_passes() -> None:
-    """One loop: the canary has no daemon or wake-up events of its own, the watcher no timers; every
-    controller registers kopf handlers and hands passes to the core."""
+    """One loop: no controller has a daemon or timer of its own per object (the resync is one task per
+    controller: core.Resync), nor wake-up events of its own; every controller registers kopf
+    handlers and hands passes to the core."""
     registry = kopf.OperatorRegistry()
     settings = OperatorSettings()
     for controller in (memcached, prewarm, inferenceservice, canary):
         controller.register(settings, registry)
     spawned = list(registry._spawning.get_all_handlers())  # kopf's daemons and timers
-    assert spawned and all(type(h).__name__ == "TimerHandler" for h in spawned), "timers only, no daemon"
+    assert spawned == [], "no kopf timer or daemon per object: the resync is one task per controller"
+    assert all(callable(controller.resync) for controller in (memcached, prewarm, canary))
     assert not hasattr(canary, "canary_daemon") and "wakeups" not in canary.CanaryContext.__dataclass_fields__
     assert "retries" not in inferenceservice.ServiceWatchContext.__dataclass_fields__
+
+
+def _memcached(name: str, version: str = "1") -> dict[str, object]:
+    return {"metadata": {"namespace": "ns", "name": name, "resourceVersion": version}}
+
+
+def test_the_resync_visits_every_object_once_per_interval_spread_evenly() -> None:
+    """One task per controller: each object the informer holds gets one pass per interval, the passes
+    spread over it (no burst), objects created since are included and deleted ones are not."""
+    async def scenario() -> list[tuple[float, tuple[str, str]]]:
+        informer = Informer(None, [MEMCACHED], backoff=lambda n: 0.0)  # type: ignore[arg-type]
+        for name in ("a", "b", "c", "d"):
+            informer.offer(_memcached(name))
+        loop = asyncio.get_running_loop()
+        passes: list[tuple[float, tuple[str, str]]] = []
+        begun = loop.time()
+        task = asyncio.create_task(Resync([informer], lambda ns, n: passes.append((loop.time() - begun, (ns, n))))
+                                   .run_forever(0.4))
+        await asyncio.sleep(0.65)
+        informer.discard("ns", "d")
+        informer.offer(_memcached("e"))
+        await asyncio.sleep(0.55)  # the second sweep: 0.8, 0.9, 1.0, 1.1 s
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return passes
+
+    passes = asyncio.run(scenario())
+    first = [key for at, key in passes if at < 0.8]
+    second = [key for at, key in passes if 0.8 <= at < 1.2]
+    assert [n for _, n in first] == ["a", "b", "c", "d"], "nothing before the first interval, each once"
+    assert sorted(n for _, n in second) == ["a", "b", "c", "e"]
+    times = [at for at, _ in passes if at < 0.8]
+    assert times[0] >= 0.38 and all(0.06 <= b - a <= 0.16 for a, b in itertools.pairwise(times)), times
+
