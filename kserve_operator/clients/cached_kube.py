@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -124,9 +123,9 @@ class CachedKubeApi:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(informer.tried.wait(), FIRST_LISTING_WAIT_SECONDS)
         for informer in self._scoped(kind, namespace):
-            found = informer.get(namespace if kind.namespaced else None, name)
+            found = informer.get(namespace if kind.namespaced else None, name)  # a fresh copy
             if found is not None:
-                return copy.deepcopy(found)
+                return found
             if id(informer) in self._authoritative:
                 return None
         for other in self.informers:  # an informer of another version of the same kind
@@ -147,8 +146,7 @@ class CachedKubeApi:
         of exactly that selector over the namespace, a miss included (no request); elsewhere `get`."""
         for informer in self._scoped(kind, namespace):
             if informer.label_selector == selector:
-                found = informer.get(namespace if kind.namespaced else None, name)
-                return None if found is None else copy.deepcopy(found)
+                return informer.get(namespace if kind.namespaced else None, name)  # a fresh copy
         return await self.get(kind, name, namespace)
 
     async def list(
@@ -159,7 +157,7 @@ class CachedKubeApi:
             selector = LabelSelector.parse(label_selector)
             for informer in self.informers:
                 if informer.covers(kind, namespace, selector):
-                    return [copy.deepcopy(obj) for obj in _candidates(informer, selector)
+                    return [obj for obj in _candidates(informer, selector)  # fresh copies
                             if _in_namespace(obj, kind, namespace) and
                             selector.matches((obj.get("metadata") or {}).get("labels"))]
         return await self.api.list(kind, namespace, label_selector=label_selector, field_selector=field_selector)
@@ -197,7 +195,7 @@ class CachedKubeApi:
 
     def remember(self, kind: Kind, obj: Mapping[str, Any]) -> None:
         """An object the caller got elsewhere (kopf's watch): kept where newer than the cache's copy."""
-        self._offer(kind, copy.deepcopy(dict(obj)))
+        self._offer(kind, dict(obj))  # stored as text (clients/informer.py): never shared with the caller
 
 
 def _candidates(informer: Informer, selector: LabelSelector) -> list[Object]:

@@ -100,6 +100,5 @@ async def referenced_object_changed(memo: Any, canaries: list[Informer], index: 
     if event.type is None:  # the listing at start-up: every canary's resume handler runs its first pass anyway
         return
     namespace, name = key_of(event.obj)
-    memo.canary.wake({key_of(canary) for informer in canaries for canary in informer.by_index(index,
-                                                                                               f"{namespace}/{name}")})
+    memo.canary.wake({key for informer in canaries for key in informer.keys_by_index(index, f"{namespace}/{name}")})
 

@@ -31,9 +31,9 @@ async def candidate_nodes(api: KubeApi, nodes: Informer | None, body: Mapping[st
             narrowing = ()
     if not narrowing or nodes is None:
         return [NodeView.parse(n) for n in await api.list(NODE)], {}
-    resource = min(narrowing, key=lambda name: len(nodes.by_index(EXTENDED_RESOURCE_INDEX, name)))
+    resource = min(narrowing, key=lambda name: nodes.count_by_index(EXTENDED_RESOURCE_INDEX, name))
     offering = nodes.by_index(EXTENDED_RESOURCE_INDEX, resource)
-    return [NodeView.parse(n) for n in offering], {f"no {resource} allocatable": len(nodes.items()) - len(offering)}
+    return [NodeView.parse(n) for n in offering], {f"no {resource} allocatable": len(nodes) - len(offering)}
 
 
 def node_fingerprint(body: Mapping[str, Any]) -> str:
