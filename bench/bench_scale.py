@@ -12,7 +12,9 @@ Per server, in this order:
    stay Pending: the process kubelet runs nothing for them), created by a thread pool.
 3. The operator starts; the 4,000 objects are created, paced and interleaved (`--create-rate`).
    Reported: create -> first child p50/p99 per kind (Memcached: its Deployment; InferenceService:
-   its ModelPrewarm; ModelCanary: the VirtualService carrying its weights), seen on watches;
+   its ModelPrewarm; ModelCanary: the VirtualService carrying its weights), seen on watches, and
+   beside it the peer under the same load: kube-controller-manager's Deployment -> first
+   ReplicaSet for the same Deployments (on the real control plane; the emulator has no such controller);
    the time until every object has converged (Memcached Running; ModelPrewarm Warm on the emulator,
    where the Jobs are completed by its status-only Job simulation; on the real control plane no
    preloader image is registered, so its pods are status-only and never end: there a ModelPrewarm
@@ -452,6 +454,11 @@ def scale_run(server: Server, workdir: pathlib.Path, counts: dict[str, int], cre
             "canary": FirstSeen(server.kube, vs_path, lambda o: str(o["metadata"]["name"]).replace("vs-", "canary-")
                                 if predict_weights(o) == [90, 10] else None),
         }
+        # The peer, in the same run: kube-controller-manager's Deployment controller, Deployment (as
+        # the operator created it, seen above) -> its first ReplicaSet, seen by the same kind of watch.
+        replicasets = FirstSeen(server.kube, ns_path("/apis/apps/v1", CACHE_NS, "replicasets"),
+                                lambda o: next((str(ref["name"]) for ref in o["metadata"].get("ownerReferences") or []
+                                                if ref.get("kind") == "Deployment"), None))
         time.sleep(2)
         startup_times = server.request_times(op_started, time.time())
         plan = ([("memcached", mc_path, memcached(i)) for i in range(n_mc)]
@@ -503,6 +510,9 @@ def scale_run(server: Server, workdir: pathlib.Path, counts: dict[str, int], cre
             watch.close()
             latencies[kind] = [watch.seen[n] - created_at[kind][n] for n in created_at[kind] if n in watch.seen]
         missing = {kind: len(created_at[kind]) - len(latencies[kind]) for kind in watches}
+        replicasets.close()
+        deployments_seen = watches["memcached"].seen
+        peer = [replicasets.seen[n] - deployments_seen[n] for n in deployments_seen if n in replicasets.seen]
         load_converged = os.getloadavg()
 
         time.sleep(60)  # the last status writes and kopf's bookkeeping settle (two resync ticks)
@@ -533,6 +543,8 @@ def scale_run(server: Server, workdir: pathlib.Path, counts: dict[str, int], cre
         "latency": {kind: {"p50_ms": 1000 * statistics.median(v), "p99_ms": 1000 * percentile(v, 99),
                            "max_ms": 1000 * max(v), "n": len(v)} for kind, v in latencies.items() if v},
         "missing": missing,
+        "peer_latency": {"p50_ms": 1000 * statistics.median(peer), "p99_ms": 1000 * percentile(peer, 99),
+                         "max_ms": 1000 * max(peer), "n": len(peer)} if peer else None,
         "startup_peak": peak_rate(startup_times), "startup_requests": len(startup_times),
         "creating_peak": peak_rate(creating_times), "converging_requests": len(converging_times),
         "settled_reads": settled.total_reads, "settled_writes": settled.total_writes,
@@ -602,6 +614,10 @@ def report(r: dict[str, Any]) -> None:
     for kind, lat in r["latency"].items():
         print(f"  {children[kind]:<40} p50 {lat['p50_ms']:7.1f} ms  p99 {lat['p99_ms']:7.1f} ms"
               f"  max {lat['max_ms']:7.1f} ms  ({lat['n']} seen, {r['missing'][kind]} missed)")
+    if r.get("peer_latency"):
+        lat = r["peer_latency"]
+        print(f"  {'peer: kube-controller-manager Deployment -> ReplicaSet':<40} p50 {lat['p50_ms']:7.1f} ms"
+              f"  p99 {lat['p99_ms']:7.1f} ms  max {lat['max_ms']:7.1f} ms  ({lat['n']} seen; the same run and load)")
     sp, cp, rp = r["startup_peak"], r["creating_peak"], r["restart_peak"]
     print(f"  operator requests/s: startup (empty, {r['ready_s']:.1f} s to ready) peak {sp[0]};"
           f" while creating peak {cp[0]}, mean {cp[1]:.1f}")
