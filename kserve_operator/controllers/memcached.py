@@ -168,8 +168,10 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str,
 
     try:
         desired = plan.build_deployment(cache, decision.replicas, ctx.settings.memcached, last_scale)
-        deployment, _ = await apply_child(api, DEPLOYMENT, deployment, desired, exact=DEPLOYMENT_EXACT, merged=MERGED)
+        # The Service first: inert (no pods), so a Deployment name that turns out to be taken leaves
+        # nothing running; a taken Service name stops the pass before the Deployment is created.
         await apply_child(api, SERVICE, service, plan.build_service(cache), exact=SERVICE_EXACT, merged=MERGED)
+        deployment, _ = await apply_child(api, DEPLOYMENT, deployment, desired, exact=DEPLOYMENT_EXACT, merged=MERGED)
     except ChildExists as exc:
         ctx.names_taken.add(key)  # until a pass finds no conflict: its reads go to the server
         conflict = ownership_problem(exc.live, body, MEMCACHED)

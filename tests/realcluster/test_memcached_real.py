@@ -69,6 +69,42 @@ def test_a_cache_runs_scales_settles_and_is_collected(world: World) -> None:
     kube.wait_gone(svc_path, timeout=60, interval=0.25)
 
 
+def test_taken_names_are_reported_and_nothing_of_someone_else_is_touched(world: World) -> None:
+    """The children are created straight from a cache miss (no GET first): a same-named object of
+    someone else's meets kube-apiserver's 409 AlreadyExists, is read then (under the shipped RBAC:
+    the only `get` of Services and Deployments) and reported as NameConflict. A taken Service
+    name stops the pass before the Deployment: nothing runs; a taken Deployment name leaves only the
+    cache's own Service, which runs nothing."""
+    kube = world.kube
+    world.add_node("cpu")
+    world.start_operator()
+    selector = {"app.kubernetes.io/name": "memcached", "app.kubernetes.io/instance": "elsewhere"}
+    kube.create(world.path("v1", "services"), {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc-taken", "namespace": world.namespace},
+        "spec": {"selector": selector, "ports": [{"port": 80}]}})
+    kube.create(world.path("apps/v1", "deployments"), {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "deploy-taken", "namespace": world.namespace},
+        "spec": {"replicas": 0, "selector": {"matchLabels": selector},
+                 "template": {"metadata": {"labels": selector},
+                              "spec": {"containers": [{"name": "app", "image": "registry.local/app:1"}]}}}})
+    for name in ("svc-taken", "deploy-taken"):
+        kube.create(world.path("cache.serverless.xyz/v1alpha1", "memcacheds"), memcached(world, name, size=1))
+    for name, kind in (("svc-taken", "Service"), ("deploy-taken", "Deployment")):
+        mc = kube.wait_for(world.path("cache.serverless.xyz/v1alpha1", "memcacheds", name),
+                           lambda o: (o.get("status") or {}).get("phase") == "Error", timeout=60)
+        degraded = condition(mc, "Degraded")
+        assert degraded["reason"] == "NameConflict" and f"{kind} {world.namespace}/{name}" in degraded["message"]
+        assert [e["reason"] for e in world.events_for(name) if e["type"] == "Warning"] == ["NameConflict"]
+    assert not kube.exists(world.path("apps/v1", "deployments", "svc-taken")), "nothing runs for a taken Service"
+    theirs = kube.get(world.path("v1", "services", "svc-taken"))
+    assert "ownerReferences" not in theirs["metadata"] and not theirs["metadata"].get("labels")
+    theirs = kube.get(world.path("apps/v1", "deployments", "deploy-taken"))
+    assert "ownerReferences" not in theirs["metadata"] and theirs["spec"]["replicas"] == 0
+    ours = kube.get(world.path("v1", "services", "deploy-taken"))
+    assert ours["metadata"]["ownerReferences"][0]["name"] == "deploy-taken"
+
+
 def test_an_invalid_cache_is_rejected_by_the_real_schema(world: World) -> None:
     kube = world.kube
     from devcluster import ApiError
