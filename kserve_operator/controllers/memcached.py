@@ -7,6 +7,8 @@ runs the same `reconcile`: read the Memcached, its Deployment and the metric, as
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -86,6 +88,35 @@ async def _report_problem(api: KubeApi, body: dict[str, Any], reason: str, probl
     status = memcached_status.plan_error_status(cache, problem, moment, reason)
     if await write_status(api, MEMCACHED, body, status.patch_from(body.get("status"))):
         await post_events(api, body, memcached_status.plan_events(cache, status))
+
+
+async def _apply_children(api: KubeApi, deployment: dict[str, Any] | None, desired: dict[str, Any],
+                          service: dict[str, Any] | None, desired_service: dict[str, Any]) -> dict[str, Any]:
+    """The Deployment and the Service as planned; returns the Deployment as it now stands.
+
+    Both new (a cache just created): created together, since kube-apiserver's Service create (it
+    allocates a cluster IP) is the slower and the Deployment need not wait behind it. Should the
+    Service's name turn out to be someone else's, the Deployment this pass created is scaled to
+    zero before `ChildExists` goes on to the caller: nothing runs for a cache whose name is taken."""
+    if deployment is not None or service is not None:
+        applied, _ = await apply_child(api, DEPLOYMENT, deployment, desired, exact=DEPLOYMENT_EXACT, merged=MERGED)
+        await apply_child(api, SERVICE, service, desired_service, exact=SERVICE_EXACT, merged=MERGED)
+        return applied
+    creating = asyncio.ensure_future(
+        apply_child(api, DEPLOYMENT, None, desired, exact=DEPLOYMENT_EXACT, merged=MERGED))
+    try:
+        await apply_child(api, SERVICE, None, desired_service, exact=SERVICE_EXACT, merged=MERGED)
+    except ChildExists:
+        with contextlib.suppress(ApiError, ChildExists):  # not created: nothing to hold at zero
+            created, _ = await creating
+            meta = created["metadata"]
+            await api.patch(DEPLOYMENT, meta["name"], {"spec": {"replicas": 0}}, namespace=meta["namespace"])
+        raise
+    except BaseException:
+        await asyncio.gather(creating, return_exceptions=True)  # settled either way; the next pass sees it
+        raise
+    applied, _ = await creating
+    return applied
 
 
 async def _name_conflict(ctx: MemcachedContext, body: dict[str, Any], conflict: str, moment: datetime.datetime,
@@ -168,10 +199,7 @@ async def reconcile(ctx: MemcachedContext, namespace: str, name: str,
 
     try:
         desired = plan.build_deployment(cache, decision.replicas, ctx.settings.memcached, last_scale)
-        # The Service first: inert (no pods), so a Deployment name that turns out to be taken leaves
-        # nothing running; a taken Service name stops the pass before the Deployment is created.
-        await apply_child(api, SERVICE, service, plan.build_service(cache), exact=SERVICE_EXACT, merged=MERGED)
-        deployment, _ = await apply_child(api, DEPLOYMENT, deployment, desired, exact=DEPLOYMENT_EXACT, merged=MERGED)
+        deployment = await _apply_children(api, deployment, desired, service, plan.build_service(cache))
     except ChildExists as exc:
         ctx.names_taken.add(key)  # until a pass finds no conflict: its reads go to the server
         conflict = ownership_problem(exc.live, body, MEMCACHED)

@@ -70,11 +70,11 @@ def test_a_cache_runs_scales_settles_and_is_collected(world: World) -> None:
 
 
 def test_taken_names_are_reported_and_nothing_of_someone_else_is_touched(world: World) -> None:
-    """The children are created straight from a cache miss (no GET first): a same-named object of
-    someone else's meets kube-apiserver's 409 AlreadyExists, is read then (under the shipped RBAC:
-    the only `get` of Services and Deployments) and reported as NameConflict. A taken Service
-    name stops the pass before the Deployment: nothing runs; a taken Deployment name leaves only the
-    cache's own Service, which runs nothing."""
+    """The children are created straight from a cache miss (no GET first; both at once for a new
+    cache): a same-named object of someone else's meets kube-apiserver's 409 AlreadyExists, is read
+    then (under the shipped RBAC: the only `get` of Services and Deployments) and reported as
+    NameConflict. Nothing runs either way: beside a taken Service the new Deployment is held at zero
+    replicas; a taken Deployment name leaves only the cache's own Service, which selects nothing."""
     kube = world.kube
     world.add_node("cpu")
     world.start_operator()
@@ -96,7 +96,11 @@ def test_taken_names_are_reported_and_nothing_of_someone_else_is_touched(world: 
         degraded = condition(mc, "Degraded")
         assert degraded["reason"] == "NameConflict" and f"{kind} {world.namespace}/{name}" in degraded["message"]
         assert [e["reason"] for e in world.events_for(name) if e["type"] == "Warning"] == ["NameConflict"]
-    assert not kube.exists(world.path("apps/v1", "deployments", "svc-taken")), "nothing runs for a taken Service"
+    held = kube.get(world.path("apps/v1", "deployments", "svc-taken"))
+    assert held["spec"]["replicas"] == 0, "nothing runs for a taken Service"
+    assert held["metadata"]["ownerReferences"][0]["name"] == "svc-taken"
+    kube.wait_for(world.path("apps/v1", "deployments", "svc-taken"),
+                  lambda o: not (o.get("status") or {}).get("replicas"), timeout=60)
     theirs = kube.get(world.path("v1", "services", "svc-taken"))
     assert "ownerReferences" not in theirs["metadata"] and not theirs["metadata"].get("labels")
     theirs = kube.get(world.path("apps/v1", "deployments", "deploy-taken"))
