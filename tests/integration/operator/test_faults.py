@@ -10,7 +10,6 @@ reads: each client's next request for an object arrives no sooner than the Retry
 
 from __future__ import annotations
 
-import itertools
 import re
 import signal
 import time
@@ -47,10 +46,21 @@ def owner(record: RequestRecord) -> str | None:
     return found.group(1) if found else None
 
 
+SIBLING_WINDOW = 0.5  # seconds: a new cache's Deployment and Service creates are sent together
+
+
+def siblings(first: RequestRecord, second: RequestRecord) -> bool:
+    """Creates in two collections sent together (a new Memcached's Deployment and Service): the second
+    was on its way before the first's 429 came back, so it is no retry of it."""
+    return first.method == second.method == "POST" and first.path != second.path \
+        and second.timestamp - first.timestamp < SIBLING_WINDOW
+
+
 def early_retries(records: Iterable[RequestRecord], agent: str) -> list[str]:
     """Requests by `agent` for an object (not watches) that came sooner after a 429 for that object
-    than its Retry-After. Arrival times are stamped by the server, so the client's own delay in
-    reading the 429 only makes a gap longer (10 ms for the clock's resolution)."""
+    than its Retry-After (a sibling create sent beside the refused one aside). Arrival times are
+    stamped by the server, so the client's own delay in reading the 429 only makes a gap longer
+    (10 ms for the clock's resolution)."""
     by_owner: defaultdict[str, list[RequestRecord]] = defaultdict(list)
     for record in sorted(records, key=lambda r: r.timestamp):
         key = owner(record)
@@ -58,9 +68,12 @@ def early_retries(records: Iterable[RequestRecord], agent: str) -> list[str]:
             by_owner[key].append(record)
     early = []
     for key, seen in by_owner.items():
-        for refused, following in itertools.pairwise(seen):
-            gap = following.timestamp - refused.timestamp
-            if refused.status == 429 and gap < RETRY_AFTER - 0.01:
+        for i, refused in enumerate(seen):
+            if refused.status != 429:
+                continue
+            following = next((r for r in seen[i + 1:] if not siblings(refused, r)), None)
+            gap = None if following is None else following.timestamp - refused.timestamp
+            if following is not None and gap is not None and gap < RETRY_AFTER - 0.01:
                 early.append(f"{key}: {following.method} {following.path} {gap:.2f}s after a 429 on "
                              f"{refused.method} {refused.path}")
     return early
