@@ -77,7 +77,7 @@ bench-failover: install
 
 # One operator, 4,000 objects, 10,000 unrelated Pods (issue 17); SCALE=0.1 for a quick run
 bench-scale: install
-	$(PY) -m bench.bench_scale --scale $(or $(SCALE),1)
+	$(PY) -m bench.bench_scale --scale $(or $(SCALE),1) --create-rate $(or $(RATE),40)
 
 bench-preload: install
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[preloader,dev,bench]'
