@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+import aiohttp
 import kopf
 
 from kserve_operator import observability
@@ -108,8 +109,22 @@ class OperatorThread:
         return not self._thread.is_alive()
 
 
+def quiet_after_stop(stop_flag: threading.Event, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The controllers' loop's exception handler. A replica stopped during kopf's start-up (a standby
+    that took the Lease and is told to stop at once) can leave kopf's own background tasks (its API
+    scanning) failing on the closed session; nothing awaits them, so asyncio would log "Task
+    exception was never retrieved" with a traceback. Once the stop flag is set a lost connection is
+    expected: one WARNING line. Anything else, or before the stop, goes to the default handler."""
+    exc = context.get("exception")
+    if stop_flag.is_set() and isinstance(exc, aiohttp.ClientError):
+        logger.warning("After the stop: %s (%s: %s)", context.get("message"), type(exc).__name__, exc)
+        return
+    loop.default_exception_handler(context)
+
+
 async def run_controllers(settings: OperatorSettings, stop_flag: threading.Event, ready_flag: threading.Event) -> None:
     """The controllers' operator, in its own thread and loop (its API clients belong to that loop)."""
+    asyncio.get_running_loop().set_exception_handler(functools.partial(quiet_after_stop, stop_flag))
     # Reads come from informers (clients/cached_kube.py), writes go through and into them.
     limiter = TokenBucket(settings.kube_api_qps, settings.kube_api_burst)  # every request of ours takes a token
     api = CachedKubeApi(await KubernetesApi.connect(user_agent="kserve-operator", limiter=limiter),
